@@ -1,0 +1,96 @@
+"""The `opd` command line. Each command parses options, builds its typed config and calls one ``run_*()``.
+
+Nothing heavy is imported here (torch, transformers, trl, vllm load inside the ``run_*`` functions), so
+``opd --help`` is instant; tests/test_cli.py guards that.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from opd_cli.errors import OpdError
+
+app = typer.Typer(
+    name="opd",
+    help="Prefix on-policy distillation of reasoning LMs: train, analyse, evaluate, plot.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+toy_app = typer.Typer(help="The built-in toy world: a synthetic planning task with a tiny teacher and student.", no_args_is_help=True)
+app.add_typer(toy_app, name="toy")
+
+_STATE = {"debug": False}
+
+RecipeOpt = typer.Option(None, "--recipe", help="YAML file of config fields (recipes/*.yaml); flags override it.")
+IfExistsOpt = typer.Option(None, "--if-exists", help="Existing run folder: raise (default) | resume | overwrite.")
+OutOpt = typer.Option(None, "--output-dir", "-o", help="Run folder (default: runs/<command>-<name>).")
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")) -> None:
+    _STATE["debug"] = debug
+
+
+def dispatch(module: str, config_cls: str, run_fn: str, recipe: Optional[Path], options: dict[str, Any]) -> Any:
+    """Build ``config_cls`` from defaults < recipe < options, print it, and call ``module.run_fn(cfg)``.
+
+    An :class:`OpdError` becomes one red line on stderr and exit code 2 (``opd --debug`` shows the traceback).
+    """
+    try:
+        from opd_cli.config import build_config
+
+        mod = importlib.import_module(module)
+        overrides = {k: v for k, v in options.items() if k != "recipe"}
+        cfg = build_config(getattr(mod, config_cls), recipe, overrides)
+        return getattr(mod, run_fn)(cfg)
+    except OpdError as err:
+        if _STATE["debug"]:
+            raise
+        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+
+
+# --------------------------------------------------------------------------------------------- eval
+@app.command("eval")
+def eval_cmd(
+    recipe: Optional[Path] = RecipeOpt,
+    model: Optional[str] = typer.Option(None, "--model", help="Hub id or local folder (default: the toy teacher... see --toy-model)."),
+    toy_model: Optional[str] = typer.Option(None, "--toy-model", help="With no --model: toy world 'teacher' or 'student' (default student)."),
+    run: Optional[Path] = typer.Option(None, "--run", help="A training run folder: evaluate its checkpoints (see --steps)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Checkpoint steps of --run to evaluate, e.g. 10,20,30 (default: all)."),
+    benchmark: Optional[list[str]] = typer.Option(None, "--benchmark", "-b", help="Registered benchmark (repeatable): toy, toy-ood, math500, aime24, ..."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Local jsonl/parquet/csv file of problems (instead of --benchmark)."),
+    question_column: Optional[str] = typer.Option(None, "--question-column", help="Column with the problem text for --data."),
+    answer_column: Optional[str] = typer.Option(None, "--answer-column", help="Column with the gold answer for --data."),
+    dev_benchmark: Optional[str] = typer.Option(None, "--dev-benchmark", help="Benchmark that picks the best checkpoint of --run."),
+    samples: Optional[int] = typer.Option(None, "--samples", "-n", help="Completions per problem (n of Mean Acc@n)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N problems (0 = all)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling (1.0 = off)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Response cap in tokens."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per generate call."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="hf (any device) | vllm (GPU + the vllm extra)."),
+    template: Optional[str] = typer.Option(None, "--template", help="Prompt template: auto | chat | plain."),
+    think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Append <think> to the prompt."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed."),
+    output_dir: Optional[Path] = OutOpt,
+    if_exists: Optional[str] = IfExistsOpt,
+) -> None:
+    """Sample n answers per problem and grade them: Mean Acc@n, pass@k, lengths, truncation."""
+    dispatch("opd_cli.evaluate", "EvalConfig", "run_eval", recipe, locals())
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

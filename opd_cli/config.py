@@ -1,0 +1,144 @@
+"""Typed configs: defaults < recipe YAML < command-line flags, checked on construction.
+
+Every command has one dataclass. Each field carries ``metadata={"help": ...}`` that states its unit and its
+"off" value; ``__post_init__`` raises :class:`OpdError` for values that cannot work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from opd_cli.errors import OpdError
+
+C = TypeVar("C")
+
+
+def field(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
+    """A dataclass field with a help string (unit and off value)."""
+    if isinstance(default, (list, dict)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kwargs)
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """Load a recipe YAML file as a flat mapping of config fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise OpdError(f"recipe {path} does not exist: pass an existing YAML file to --recipe (see recipes/)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OpdError(f"recipe {path} is not valid YAML ({first}): fix the file or pass another --recipe") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise OpdError(f"recipe {path} must be a mapping of config fields, got {type(data).__name__}")
+    return data
+
+
+def _coerce(cls_name: str, name: str, tp: Any, value: Any) -> Any:
+    """Convert a YAML/CLI value to the field's declared type where that is unambiguous."""
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType):
+        if len(args) == 1:
+            return _coerce(cls_name, name, args[0], value)
+        for a in args:  # first type that accepts the value as it is
+            if a in (int, float, str, bool) and isinstance(value, a) and not (a is int and isinstance(value, bool)):
+                return value
+        for a in args:
+            try:
+                return _coerce(cls_name, name, a, value)
+            except OpdError:
+                continue
+        raise OpdError(f"{name}: cannot read {value!r} as {tp}")
+    if origin is list or tp is list:
+        item = args[0] if args else Any
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip() != ""]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(cls_name, name, item, v) for v in value]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise OpdError(f"{name}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise OpdError(f"{name}: expected true or false, got {value!r}")
+        return bool(value)
+    if tp in (int, float):
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return tp(value)
+        except (TypeError, ValueError):
+            raise OpdError(f"{name}: expected {'an integer' if tp is int else 'a number'}, got {value!r}") from None
+    if tp is str:
+        return str(value)
+    return value
+
+
+def build_config(cls: type[C], recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:
+    """Resolve a config: dataclass defaults, then the recipe's fields, then non-None ``overrides`` (CLI flags).
+
+    Unknown recipe keys are an error (a typo must not silently fall back to a default).
+    """
+    values: dict[str, Any] = {}
+    if recipe is not None:
+        values.update(read_recipe(recipe))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        where = f"recipe {recipe}" if recipe else "options"
+        raise OpdError(
+            f"{where} sets unknown field(s) {', '.join(unknown)} for `{getattr(cls, 'command', cls.__name__)}`; "
+            f"known fields: {', '.join(fields)}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _coerce(cls.__name__, k, hints[k], v) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, YAML-safe mapping of a config (paths as strings)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def dump_yaml(cfg: Any) -> str:
+    header = f"# resolved config of `opd {getattr(cfg, 'command', '')}`\n"
+    return header + yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def check(cond: bool, message: str) -> None:
+    """Raise a one-line :class:`OpdError` when ``cond`` is false (for ``__post_init__`` checks)."""
+    if not cond:
+        raise OpdError(message)

@@ -1,0 +1,89 @@
+"""Loading models and tokenizers by hub id or local folder, with device/dtype resolution and vocabulary checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from opd_cli.errors import OpdError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+VOCAB_PROBE = "Solve 12 + 7 = ? <think> step 1: x = 3*(4-1) </think> \\boxed{19}"
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise OpdError(f"--device {device} asked for, but no CUDA GPU is visible; use --device cpu or auto")
+    return device
+
+
+def resolve_dtype(dtype: str = "auto", device: str = "cpu") -> Any:
+    import torch
+
+    if dtype not in DTYPES:
+        raise OpdError(f"unknown --dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    if dtype == "auto":  # bf16 where the hardware has it, float32 on CPU (exact, and fast enough for toy models)
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def _check_source(name_or_path: str, what: str) -> None:
+    p = Path(name_or_path).expanduser()
+    looks_local = name_or_path.startswith((".", "/", "~")) or p.exists() or name_or_path.count("/") > 1
+    if looks_local and not p.is_dir():
+        raise OpdError(f"{what} {name_or_path!r} is not a folder: pass a local model folder or a hub id like Qwen/Qwen3-8B")
+
+
+def load_tokenizer(name_or_path: str, what: str = "model") -> Any:
+    from transformers import AutoTokenizer
+
+    _check_source(name_or_path, what)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().is_dir() else name_or_path)
+    except (OSError, ValueError) as err:
+        raise OpdError(f"cannot load the tokenizer of {what} {name_or_path!r} ({_first_line(err)}): check the id or path") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path: str, dtype: str = "auto", device: str = "auto", what: str = "model") -> Any:
+    """A causal LM from a hub id or local folder, on ``device`` in ``dtype``, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    _check_source(name_or_path, what)
+    dev = resolve_device(device)
+    local = Path(name_or_path).expanduser()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(local) if local.is_dir() else name_or_path, dtype=resolve_dtype(dtype, dev)
+        )
+    except (OSError, ValueError) as err:
+        raise OpdError(f"cannot load {what} {name_or_path!r} ({_first_line(err)}): check the id or path") from None
+    return model.to(dev).eval()
+
+
+def check_same_vocab(student_tok: Any, teacher_tok: Any, student_model: Any = None, teacher_model: Any = None) -> None:
+    """Student and teacher must share one vocabulary: same size and the same ids for a probe string."""
+    sizes = (len(student_tok), len(teacher_tok))
+    if student_model is not None and teacher_model is not None:
+        sizes = (student_model.get_output_embeddings().weight.shape[0], teacher_model.get_output_embeddings().weight.shape[0])
+    ids_s = student_tok(VOCAB_PROBE, add_special_tokens=False)["input_ids"]
+    ids_t = teacher_tok(VOCAB_PROBE, add_special_tokens=False)["input_ids"]
+    if sizes[0] != sizes[1] or ids_s != ids_t:
+        why = f"sizes {sizes[0]} vs {sizes[1]}" if sizes[0] != sizes[1] else "different token ids for the same text"
+        raise OpdError(
+            f"student and teacher do not share one vocabulary ({why}): distillation needs models from one tokenizer family"
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__

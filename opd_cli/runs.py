@@ -1,0 +1,200 @@
+"""Run folders: one layout that every command writes and that `opd plot` and `analysis/` read.
+
+    runs/<name>/config.yaml          resolved config (``command:`` names the subcommand)
+    runs/<name>/metrics.jsonl        one JSON object per line, each with a ``step``
+    runs/<name>/checkpoints/step_000010/   complete checkpoints only (written to a temp dir, then renamed)
+    runs/<name>/eval/...             evaluation summaries and per-sample files
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from opd_cli.config import dump_yaml, to_dict
+from opd_cli.errors import OpdError
+
+IF_EXISTS = ("raise", "resume", "overwrite")
+CKPT_PREFIX = "step_"
+COMPLETE_MARK = "COMPLETE"
+
+
+def _json_default(v: Any) -> Any:
+    if hasattr(v, "item"):
+        return v.item()
+    if isinstance(v, Path):
+        return str(v)
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_finite(x) for x in v]
+    return v
+
+
+@dataclass
+class RunDir:
+    path: Path
+    resumed: bool = False
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def write_config(self, cfg: Any) -> None:
+        self.config_file.write_text(dump_yaml(cfg))
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one metrics line (must carry ``step``)."""
+        if "step" not in record:
+            raise ValueError("metrics records need a 'step'")
+        with self.metrics_file.open("a") as f:
+            f.write(json.dumps(_finite(record), default=_json_default) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.path)
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop metrics lines past ``after_step`` (resume replays them from the checkpoint)."""
+        keep = [r for r in self.read_metrics() if r["step"] <= after_step]
+        tmp = self.metrics_file.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        os.replace(tmp, self.metrics_file)
+
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.checkpoints / f"{CKPT_PREFIX}{step:06d}"
+
+    def list_checkpoints(self) -> list[tuple[int, Path]]:
+        return list_checkpoints(self.path)
+
+    def last_checkpoint(self) -> tuple[int, Path] | None:
+        ckpts = self.list_checkpoints()
+        return ckpts[-1] if ckpts else None
+
+
+def read_metrics(run: str | Path) -> list[dict[str, Any]]:
+    f = Path(run) / "metrics.jsonl"
+    if not f.is_file():
+        return []
+    out = []
+    for line in f.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill mid-write
+                continue
+    return out
+
+
+def read_config(run: str | Path) -> dict[str, Any]:
+    f = Path(run) / "config.yaml"
+    if not f.is_file():
+        return {}
+    return yaml.safe_load(f.read_text()) or {}
+
+
+def list_checkpoints(run: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first. A checkpoint is complete when its COMPLETE marker exists."""
+    root = Path(run) / "checkpoints"
+    if not root.is_dir():
+        return []
+    out = []
+    for d in root.iterdir():
+        if d.is_dir() and d.name.startswith(CKPT_PREFIX) and (d / COMPLETE_MARK).exists():
+            try:
+                out.append((int(d.name[len(CKPT_PREFIX) :]), d))
+            except ValueError:
+                continue
+    return sorted(out)
+
+
+def commit_checkpoint(tmp_dir: Path, final_dir: Path) -> None:
+    """Mark ``tmp_dir`` complete and move it into place atomically: a kill mid-write leaves only a temp folder."""
+    (tmp_dir / COMPLETE_MARK).write_text("")
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    os.replace(tmp_dir, final_dir)
+
+
+def open_run(
+    output_dir: str | Path, if_exists: str, cfg: Any, resumable: bool = True, compare_ignore: tuple[str, ...] = ()
+) -> RunDir:
+    """Create (or reopen) a run folder according to ``--if-exists``.
+
+    raise: refuse an existing, non-empty folder. overwrite: delete it and start again. resume: reopen it; the
+    saved config must match ``cfg`` except for fields in ``compare_ignore`` (and ``if_exists`` itself).
+    """
+    path = Path(output_dir)
+    if if_exists not in IF_EXISTS:
+        raise OpdError(f"--if-exists must be one of {', '.join(IF_EXISTS)}, got {if_exists!r}")
+    exists = path.exists() and any(path.iterdir()) if path.is_dir() else path.exists()
+    if exists and not path.is_dir():
+        raise OpdError(f"{path} exists and is not a folder: choose another --output-dir")
+    if exists and if_exists == "raise":
+        raise OpdError(
+            f"run folder {path} already exists: pass --if-exists resume to continue it, "
+            f"--if-exists overwrite to replace it, or choose another --output-dir"
+        )
+    if exists and if_exists == "resume":
+        if not resumable:
+            raise OpdError(f"`opd {getattr(cfg, 'command', '')}` cannot resume: use --if-exists overwrite or a new --output-dir")
+        saved = read_config(path)
+        now = to_dict(cfg)
+        ignore = {"if_exists", *compare_ignore}
+        diff = sorted(k for k in set(saved) | set(now) if k not in ignore and saved.get(k) != now.get(k))
+        if saved and diff:
+            raise OpdError(
+                f"cannot resume {path}: its config differs in {', '.join(diff)}; "
+                f"rerun with the saved settings ({path / 'config.yaml'}) or use another --output-dir"
+            )
+        run = RunDir(path, resumed=True)
+        run.write_config(cfg)
+        return run
+    if exists and if_exists == "overwrite":
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    run = RunDir(path)
+    run.write_config(cfg)
+    return run
+
+
+def iter_run_dirs(paths: list[str | Path]) -> Iterator[Path]:
+    """Expand arguments into run folders: a run folder itself, or every run folder directly under a folder."""
+    for p in map(Path, paths):
+        if (p / "config.yaml").is_file():
+            yield p
+        elif p.is_dir():
+            yield from sorted(d for d in p.iterdir() if (d / "config.yaml").is_file())
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_finite(data), indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    return to_dict(cfg)

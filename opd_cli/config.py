@@ -104,6 +104,11 @@ def build_config(cls: type[C], recipe: str | Path | None = None, overrides: dict
     values: dict[str, Any] = {}
     if recipe is not None:
         values.update(read_recipe(recipe))
+        # Recipes name their command; it must be the one being run (a train recipe passed to `opd eval` is a mistake).
+        named = values.pop("command", None)
+        own = getattr(cls, "command", None)
+        if named is not None and own is not None and str(named) != own:
+            raise OpdError(f"recipe {recipe} is for `opd {named}`, not `opd {own}`: pass it to that command")
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
@@ -130,7 +135,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
             return {k: plain(x) for k, x in v.items()}
         return v
 
-    return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    out = {"command": cfg.command} if isinstance(getattr(cfg, "command", None), str) else {}
+    out.update({f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)})
+    return out
 
 
 def dump_yaml(cfg: Any) -> str:

@@ -1,0 +1,237 @@
+"""The maths of prefix OPD as small pure tensor functions, shared by `opd train`, `opd kl-by-position` and the tests.
+
+Shape suffixes: B = sequences, T = response positions, V = vocabulary, H = hidden width, K = top-k.
+Response position t = 0 is the first generated token; a prefix of length L keeps positions t < L.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+LOSSES = ("sampled", "full", "topk")
+TOPK_SUPPORTS = ("student", "overlap", "nonoverlap")
+SCHEDULES = ("none", "linear")
+OVERLAP_KEYS = (
+    "overlap_ratio",
+    "overlap_adv",
+    "entropy_student",
+    "entropy_teacher",
+    "entropy_gap",
+    "overlap_mass_student",
+    "overlap_mass_teacher",
+)
+
+
+# ----------------------------------------------------------------------------------------------- prefix schedule
+def prefix_length(step: int, prefix: int | None, max_len: int, schedule: str = "none", start: int = 1, delta: int = 256) -> int:
+    """L for the rollouts of optimizer step ``step`` (0-based: the first update uses step 0).
+
+    Fixed prefix: ``min(prefix, max_len)``; ``prefix=None`` is full OPD (``max_len``). Linear schedule (paper §4,
+    prefix scheduling): ``L = start + delta * step``, capped at ``max_len`` — 1, 257, 513, ... for start 1, delta 256.
+    """
+    if schedule == "linear":
+        return min(start + delta * step, max_len)
+    return max_len if prefix is None else min(prefix, max_len)
+
+
+# ----------------------------------------------------------------------------------------------- masks
+def positions_BT(lengths_B: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Response positions (B, T) and the valid-token mask (t < length) for right-padded responses."""
+    pos_BT = torch.arange(T, device=lengths_B.device).expand(lengths_B.shape[0], T)
+    return pos_BT, pos_BT < lengths_B[:, None]
+
+
+def prefix_mask_BT(lengths_B: torch.Tensor, T: int, L: int) -> torch.Tensor:
+    """Valid tokens at positions t < L (prefix OPD: nothing past L is trained)."""
+    pos_BT, valid_BT = positions_BT(lengths_B, T)
+    return valid_BT & (pos_BT < L)
+
+
+def window_mask_BT(lengths_B: torch.Tensor, T: int, start: int, end: int) -> torch.Tensor:
+    """Valid tokens at positions start <= t < end (window ablation, paper Table 3)."""
+    pos_BT, valid_BT = positions_BT(lengths_B, T)
+    return valid_BT & (pos_BT >= start) & (pos_BT < end)
+
+
+def tail_mask_BT(lengths_B: torch.Tensor, T: int, n: int) -> torch.Tensor:
+    """The last ``n`` valid tokens of each response (window ablation, "last 1024 tokens")."""
+    pos_BT, valid_BT = positions_BT(lengths_B, T)
+    return valid_BT & (pos_BT >= (lengths_B[:, None] - n))
+
+
+# ----------------------------------------------------------------------------------------------- log-probs
+def token_logprobs_BT(logits_BTV: torch.Tensor, ids_BT: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[ids] in float32 (one chunk's worth of logits)."""
+    logp_BTV = torch.log_softmax(logits_BTV.float(), dim=-1)
+    return logp_BTV.gather(-1, ids_BT.unsqueeze(-1)).squeeze(-1)
+
+
+def map_chunks_T(fn: Callable[..., torch.Tensor | tuple], *tensors_BT: torch.Tensor, chunk: int = 256, remat: bool | None = None):
+    """Apply ``fn`` to slices [:, i:i+chunk] of every tensor along dim 1 and concatenate the results along dim 1.
+
+    With gradients (``remat`` None = when any input requires grad) each chunk is recomputed in backward
+    (activation checkpointing), so only one chunk's (B, chunk, V) logits ever exist at a time.
+    """
+    T = tensors_BT[0].shape[1]
+    if remat is None:
+        remat = torch.is_grad_enabled() and any(t.requires_grad for t in tensors_BT)
+    outs = []
+    for i in range(0, max(T, 1), chunk):
+        parts = [t[:, i : i + chunk] for t in tensors_BT]
+        outs.append(checkpoint(fn, *parts, use_reentrant=False) if remat else fn(*parts))
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat(o, dim=1) for o in zip(*outs, strict=True))
+    return torch.cat(outs, dim=1)
+
+
+def logprobs_from_hidden_BT(hidden_BTH: torch.Tensor, head: Callable, ids_BT: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Per-token log-probs of ``ids`` from last hidden states and an LM head, chunked along the sequence."""
+    return map_chunks_T(lambda h, ids: token_logprobs_BT(head(h), ids), hidden_BTH, ids_BT, chunk=chunk)
+
+
+# ----------------------------------------------------------------------------------------------- reverse KL
+def kl_estimate_BT(logp_old_BT: torch.Tensor, logp_teacher_BT: torch.Tensor) -> torch.Tensor:
+    """Sampled-token reverse-KL estimate k_t = log p_old(x_t) - log p_T(x_t) (SPEC "The method", step 4).
+
+    Its expectation over x_t ~ p_old is KL(p_old || p_T) at that position.
+    """
+    return logp_old_BT - logp_teacher_BT
+
+
+def sum_over_seqs(per_token_BT: torch.Tensor, mask_BT: torch.Tensor, num_seqs: float | torch.Tensor) -> torch.Tensor:
+    """Sum over masked tokens, divided by the number of sequences (the paper sums over the length)."""
+    return (per_token_BT * mask_BT).sum() / num_seqs
+
+
+def sampled_loss(
+    logp_BT: torch.Tensor,
+    logp_old_BT: torch.Tensor,
+    logp_teacher_BT: torch.Tensor,
+    mask_BT: torch.Tensor,
+    num_seqs: float | torch.Tensor,
+) -> torch.Tensor:
+    """Importance-sampled policy-gradient OPD loss (SPEC "The method", step 5).
+
+    A_t = -(logp_old - logp_T) without gradient, rho_t = exp(logp_theta - logp_old), loss = -sum_t rho_t A_t over
+    masked tokens, averaged over sequences. At rho = 1 its gradient is -sum_t A_t grad log p_theta(x_t).
+    """
+    adv_BT = -kl_estimate_BT(logp_old_BT, logp_teacher_BT).detach()
+    ratio_BT = torch.exp(logp_BT - logp_old_BT.detach())
+    return sum_over_seqs(-ratio_BT * adv_BT, mask_BT.to(logp_BT.dtype), num_seqs)
+
+
+def reverse_kl_full_BT(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary KL(p_student || p_teacher) per position."""
+    logp_BTV = torch.log_softmax(student_logits_BTV.float(), dim=-1)
+    logq_BTV = torch.log_softmax(teacher_logits_BTV.float(), dim=-1)
+    return (logp_BTV.exp() * (logp_BTV - logq_BTV)).sum(-1)
+
+
+def topk_support_BTV(logp_BTV: torch.Tensor, logq_BTV: torch.Tensor, k: int, support: str) -> torch.Tensor:
+    """Boolean (B, T, V) support: student top-k | top-k overlap | symmetric difference (Rethinking OPD §4.2)."""
+    in_p = torch.zeros_like(logp_BTV, dtype=torch.bool).scatter_(-1, logp_BTV.topk(k, dim=-1).indices, True)
+    if support == "student":
+        return in_p
+    in_q = torch.zeros_like(logq_BTV, dtype=torch.bool).scatter_(-1, logq_BTV.topk(k, dim=-1).indices, True)
+    if support == "overlap":
+        return in_p & in_q
+    if support == "nonoverlap":
+        return in_p ^ in_q
+    raise ValueError(f"unknown top-k support {support!r}")
+
+
+def renormalised_logp(logp_BTV: torch.Tensor, support_BTV: torch.Tensor) -> torch.Tensor:
+    """log of p restricted to the support and renormalised on it (-inf outside)."""
+    masked = logp_BTV.masked_fill(~support_BTV, float("-inf"))
+    return masked - torch.logsumexp(masked, dim=-1, keepdim=True)
+
+
+def reverse_kl_topk_BT(
+    student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor, k: int = 16, support: str = "student"
+) -> torch.Tensor:
+    """KL(p̄ || q̄) on a top-k support with both distributions renormalised on it (Rethinking OPD Eq. 5).
+
+    The support is chosen without gradient; a position with an empty support contributes 0.
+    """
+    logp_BTV = torch.log_softmax(student_logits_BTV.float(), dim=-1)
+    logq_BTV = torch.log_softmax(teacher_logits_BTV.float(), dim=-1)
+    sup_BTV = topk_support_BTV(logp_BTV.detach(), logq_BTV.detach(), k, support)
+    nonempty_BT = sup_BTV.any(-1)
+    sup_BTV = sup_BTV | ~nonempty_BT[..., None]  # avoid 0/0 on empty supports; zeroed below
+    lp_BTV = renormalised_logp(logp_BTV, sup_BTV)
+    lq_BTV = renormalised_logp(logq_BTV, sup_BTV)
+    diff_BTV = torch.where(sup_BTV, lp_BTV - lq_BTV, torch.zeros_like(lp_BTV))
+    kl_BT = (lp_BTV.exp() * diff_BTV).sum(-1)
+    return kl_BT * nonempty_BT
+
+
+def divergence_BT(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor, loss: str, k: int = 16, support: str = "student") -> torch.Tensor:
+    """Per-position divergence for the ``full`` and ``topk`` losses."""
+    if loss == "full":
+        return reverse_kl_full_BT(student_logits_BTV, teacher_logits_BTV)
+    if loss == "topk":
+        return reverse_kl_topk_BT(student_logits_BTV, teacher_logits_BTV, k, support)
+    raise ValueError(f"divergence_BT has no {loss!r} loss")
+
+
+# ----------------------------------------------------------------------------------------------- overlap metrics
+@torch.no_grad()
+def overlap_metrics_BT(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor, k: int = 16) -> dict[str, torch.Tensor]:
+    """Rethinking-OPD dynamics per position (§2.3, Eqs. 6-8 and overlap mass, App. B.1), each (B, T):
+
+    overlap_ratio |S_p ∩ S_q| / k; overlap_adv mean over the overlap of p̄ (log q̄ - log p̄), both renormalised on
+    the overlap (0 where it is empty); entropies H(p), H(q) and gap |H(q) - H(p)|; overlap mass sum_{S_p ∩ S_q} p
+    and sum_{S_p ∩ S_q} q.
+    """
+    logp_BTV = torch.log_softmax(student_logits_BTV.float(), dim=-1)
+    logq_BTV = torch.log_softmax(teacher_logits_BTV.float(), dim=-1)
+    p_BTV, q_BTV = logp_BTV.exp(), logq_BTV.exp()
+    ov_BTV = topk_support_BTV(logp_BTV, logq_BTV, k, "overlap")
+    n_BT = ov_BTV.sum(-1)
+    safe_BTV = ov_BTV | (n_BT == 0)[..., None]
+    lp_BTV, lq_BTV = renormalised_logp(logp_BTV, safe_BTV), renormalised_logp(logq_BTV, safe_BTV)
+    a_BTV = torch.where(ov_BTV, lp_BTV.exp() * (lq_BTV - lp_BTV), torch.zeros_like(lp_BTV))
+    h_p_BT = -(p_BTV * logp_BTV).sum(-1)
+    h_q_BT = -(q_BTV * logq_BTV).sum(-1)
+    return {
+        "overlap_ratio": n_BT.float() / k,
+        "overlap_adv": a_BTV.sum(-1) / n_BT.clamp(min=1),
+        "entropy_student": h_p_BT,
+        "entropy_teacher": h_q_BT,
+        "entropy_gap": (h_q_BT - h_p_BT).abs(),
+        "overlap_mass_student": (p_BTV * ov_BTV).sum(-1),
+        "overlap_mass_teacher": (q_BTV * ov_BTV).sum(-1),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- position bins
+def bin_by_position(values_BT: torch.Tensor, mask_BT: torch.Tensor, bin_size: int) -> tuple[list[float], list[int]]:
+    """Sum and count of ``values`` per response-position bin b = [b*size, (b+1)*size), over masked tokens.
+
+    Returns plain lists up to the last bin that holds a token (sums, not means, so bins add across batches).
+    """
+    T = values_BT.shape[1]
+    if T == 0:
+        return [], []
+    bins_T = torch.arange(T, device=values_BT.device) // bin_size
+    nb = int(bins_T[-1].item()) + 1
+    m_BT = mask_BT.to(torch.float64)
+    sums = torch.zeros(nb, dtype=torch.float64, device=values_BT.device).index_add_(0, bins_T, (values_BT.double() * m_BT).sum(0))
+    counts = torch.zeros(nb, dtype=torch.float64, device=values_BT.device).index_add_(0, bins_T, m_BT.sum(0))
+    nz = torch.nonzero(counts).flatten()
+    last = int(nz[-1].item()) + 1 if nz.numel() else 0
+    return sums[:last].tolist(), [int(c) for c in counts[:last].tolist()]
+
+
+def add_bins(acc_sums: list[float], acc_counts: list[int], sums: list[float], counts: list[int]) -> None:
+    """Accumulate bin sums/counts in place (lists grow to the longest)."""
+    for i, (s, c) in enumerate(zip(sums, counts, strict=True)):
+        if i >= len(acc_sums):
+            acc_sums.append(0.0)
+            acc_counts.append(0)
+        acc_sums[i] += s
+        acc_counts[i] += c

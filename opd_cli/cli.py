@@ -87,6 +87,25 @@ def eval_cmd(
     dispatch("opd_cli.evaluate", "EvalConfig", "run_eval", recipe, locals())
 
 
+# -------------------------------------------------------------------------------------------- flops
+@app.command("flops")
+def flops_cmd(
+    runs: Optional[list[str]] = typer.Argument(None, help="Run folders (or folders of runs) to total from logged lengths."),
+    recipe: Optional[Path] = RecipeOpt,
+    model: Optional[str] = typer.Option(None, "--model", help="Model config: shipped name (qwen3-8b), folder, config.json or hub id."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher config, for OPD per-rollout and --paper numbers."),
+    lengths: Optional[str] = typer.Option(None, "--lengths", help="Sequence lengths in tokens, e.g. 1024,4096."),
+    attn_coef: Optional[int] = typer.Option(None, "--attn-coef", help="Attention coefficient: 12 (verl <= 0.7.0, default) or 6."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per run: GPU-hours from logged wall time (0 = off)."),
+    paper: Optional[bool] = typer.Option(None, "--paper", help="Paper accounting: --steps x --rollouts rollouts at each --lengths."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="--paper: optimizer steps (default 60)."),
+    rollouts: Optional[int] = typer.Option(None, "--rollouts", help="--paper: rollouts per step (default 512)."),
+    output: Optional[str] = typer.Option(None, "--output", help="Also write the table as CSV here."),
+) -> None:
+    """Training FLOPs (paper appendix B): per sequence of a model config, or totals and ratios of run folders."""
+    dispatch("opd_cli.flops", "FlopsConfig", "run_flops", recipe, locals())
+
+
 def main() -> None:
     """Console entry point."""
     app()

@@ -1,0 +1,412 @@
+"""Training FLOPs, the accounting of the prefix-OPD paper (appendix B), and `opd flops`.
+
+Per sequence, verl's counter for dense Qwen2/Qwen3/Llama models (forward + backward):
+
+    d       = head_dim (or hidden / n_heads)
+    N_dense = n_layers * (3*h*I + h*(n_q*d + 2*n_kv*d + n_q*d)) + 2*V*h     # V*h twice, tied or not
+    F(seqs) = 6 * N_dense * sum_i s_i  +  c * sum_i s_i^2 * d * n_q * n_layers
+
+``c`` is 12 in verl up to v0.7.0 and 6 after; the paper predates the change, so 12 is the default.
+OPD counts x/3 (generation) + x/3 (student log-probs) + y/3 (teacher log-probs) + x (update) per rollout,
+x and y being F of the student and of the teacher on that rollout; SFT counts x per sample.
+
+Everything here is plain Python (no torch); ``transformers`` is imported only to fetch a hub config.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opd_cli.config import check, field
+from opd_cli.errors import OpdError
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+ATTN_COEFS = (6, 12)
+REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+
+# The paper's FLOPs column for Qwen3-8B-Base (Table 2), to set beside `opd flops --paper`.
+PAPER_TABLE2_FLOPS = {
+    "OPD (full, 10 steps)": 2.7e19,
+    "OPD (prefix 256)": 3.4e18,
+    "OPD (prefix 512)": 5.2e18,
+    "OPD (prefix 1024)": 8.9e18,
+    "OPD (prefix 2048)": 1.7e19,
+    "OPD (full)": 1.8e20,
+    "OPD (prefix scheduling)": 7.5e19,
+    "SFT (300 steps)": 4.4e19,
+    "SFT (1500 steps)": 2.2e20,
+}
+
+
+# ------------------------------------------------------------------------------------------- shapes
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a dense decoder that the FLOPs formula needs."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    name: str = ""
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], name: str = "") -> ModelShape:
+        """Read a config.json mapping (Qwen2/Qwen3/Llama keys; a nested ``text_config`` is used when present)."""
+        if not isinstance(config, dict):
+            raise OpdError(f"model config {name or ''} is not a JSON object".replace("  ", " "))
+        if "hidden_size" not in config and isinstance(config.get("text_config"), dict):
+            config = config["text_config"]
+        missing = [k for k in REQUIRED if config.get(k) is None]
+        if missing:
+            raise OpdError(
+                f"model config {name or '(unnamed)'} lacks {', '.join(missing)}: "
+                "FLOPs need a dense decoder config.json (hidden_size, intermediate_size, num_hidden_layers, "
+                "num_attention_heads, vocab_size; num_key_value_heads and head_dim are optional)"
+            )
+        try:
+            h = int(config["hidden_size"])
+            heads = int(config["num_attention_heads"])
+            kv = int(config.get("num_key_value_heads") or heads)  # absent in old Llama configs: multi-head attention
+            d = int(config.get("head_dim") or h // heads)
+            return cls(
+                hidden_size=h,
+                intermediate_size=int(config["intermediate_size"]),
+                num_layers=int(config["num_hidden_layers"]),
+                num_heads=heads,
+                num_kv_heads=kv,
+                head_dim=d,
+                vocab_size=int(config["vocab_size"]),
+                name=name,
+            )
+        except (TypeError, ValueError, ZeroDivisionError):
+            raise OpdError(f"model config {name or '(unnamed)'} has non-integer sizes: check its config.json") from None
+
+    @classmethod
+    def from_source(cls, source: str | Path) -> ModelShape:
+        """A shipped name (``qwen3-8b``), a folder with config.json, a config.json file, or a hub id."""
+        src = str(source).strip()
+        check(src != "", "empty model config: pass a shipped name (e.g. qwen3-8b), a folder, a config.json or a hub id")
+        path = Path(src).expanduser()
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise OpdError(f"{src} has no config.json: pass a model folder, a config.json file or a shipped name")
+            return cls.from_config(_read_json(path / "config.json"), name=src)
+        if path.is_file():
+            return cls.from_config(_read_json(path), name=src)
+        shipped = shipped_config_path(src)
+        if shipped is not None:
+            return cls.from_config(_read_json(shipped), name=src)
+        if src.startswith((".", "/", "~")) or src.endswith(".json") or src.count("/") != 1:
+            raise OpdError(
+                f"unknown model config {src!r}: not a file or folder, not a shipped config "
+                f"({', '.join(shipped_names())}) and not a hub id like Qwen/Qwen3-8B"
+            )
+        return cls.from_config(_hub_config(src), name=src)
+
+
+def shipped_names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def shipped_config_path(name: str) -> Path | None:
+    """The shipped config for ``qwen3-8b`` or a hub id whose last part matches (``Qwen/Qwen3-8B``)."""
+    key = name.rstrip("/").split("/")[-1].lower()
+    p = CONFIG_DIR / f"{key}.json"
+    return p if key and p.is_file() else None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise OpdError(f"cannot read {path} as JSON ({type(err).__name__}): pass a valid config.json") from None
+
+
+def _hub_config(hub_id: str) -> dict[str, Any]:
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(hub_id).to_dict()
+    except Exception as err:  # network, gated repos, unknown model types: all one line for the user
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise OpdError(f"cannot fetch the config of {hub_id!r} ({first}): pass a local config.json or a shipped name") from None
+
+
+# ------------------------------------------------------------------------------------------ formulas
+def n_dense(shape: ModelShape) -> int:
+    """Dense parameter count of the formula: MLP + attention projections per layer, plus 2*V*h."""
+    h, d = shape.hidden_size, shape.head_dim
+    attn = h * (shape.num_heads * d + 2 * shape.num_kv_heads * d + shape.num_heads * d)
+    mlp = 3 * h * shape.intermediate_size
+    return shape.num_layers * (mlp + attn) + 2 * shape.vocab_size * h
+
+
+def seq_sums(seq_lens: Iterable[int]) -> tuple[int, int]:
+    """(sum s_i, sum s_i^2) of sequence lengths."""
+    lens = [int(s) for s in seq_lens]
+    return sum(lens), sum(s * s for s in lens)
+
+
+def flops_from_sums(shape: ModelShape, sum_s: float, sum_s2: float, attn_coef: float = 12) -> float:
+    """F for sequences given only sum s_i and sum s_i^2 (F is linear in both)."""
+    return 6 * n_dense(shape) * sum_s + attn_coef * sum_s2 * shape.head_dim * shape.num_heads * shape.num_layers
+
+
+def flops(shape: ModelShape, seq_lens: Iterable[int], attn_coef: float = 12) -> float:
+    """F(seqs), forward + backward FLOPs of training on sequences of ``seq_lens`` tokens (prompt + response)."""
+    sum_s, sum_s2 = seq_sums(seq_lens)
+    return flops_from_sums(shape, sum_s, sum_s2, attn_coef)
+
+
+def opd_flops(student: ModelShape, teacher: ModelShape, sum_s: float, sum_s2: float, attn_coef: float = 12) -> float:
+    """OPD rollouts: x/3 (generate) + x/3 (student log-probs) + y/3 (teacher log-probs) + x (update)."""
+    x = flops_from_sums(student, sum_s, sum_s2, attn_coef)
+    y = flops_from_sums(teacher, sum_s, sum_s2, attn_coef)
+    return x / 3 + x / 3 + y / 3 + x
+
+
+def sft_flops(student: ModelShape, sum_s: float, sum_s2: float, attn_coef: float = 12) -> float:
+    """SFT samples: x per sample (one forward + backward)."""
+    return flops_from_sums(student, sum_s, sum_s2, attn_coef)
+
+
+# ------------------------------------------------------------------------------------------ run folders
+@dataclass
+class RunTotals:
+    run: str
+    command: str
+    student: str
+    teacher: str
+    steps: int
+    seq_tokens: float
+    seq_tokens_sq: float
+    flops: float
+    logged_flops: float | None
+    wall_time: float | None
+
+
+def _last_per_step(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One metrics line per step (the last one wins: a resumed run may repeat steps)."""
+    by_step: dict[Any, dict[str, Any]] = {}
+    for r in rows:
+        by_step[r.get("step")] = r
+    return [by_step[k] for k in sorted(by_step, key=lambda s: (s is None, s if isinstance(s, (int, float)) else 0))]
+
+
+def _resolve_model(name: Any, run: Path, what: str) -> ModelShape:
+    if not name:
+        raise OpdError(f"run {run}: its config.yaml names no {what}: FLOPs need the {what}'s model config")
+    name = str(name)
+    local = Path(name).expanduser()
+    if not local.exists() and not local.is_absolute() and (run / name).exists():
+        name = str(run / name)  # a path written relative to the run folder
+    try:
+        return ModelShape.from_source(name)
+    except OpdError as err:
+        raise OpdError(f"run {run}: {what} {err}") from None
+
+
+def run_totals(run: str | Path, attn_coef: float = 12) -> RunTotals:
+    """Training FLOPs of a finished run, recomputed from its logged ``seq_tokens`` and ``seq_tokens_sq``."""
+    from opd_cli.runs import read_config, read_metrics
+
+    run = Path(run)
+    if not (run / "config.yaml").is_file():
+        raise OpdError(f"{run} is not a run folder (no config.yaml): pass folders written by opd train or sft-baseline")
+    cfg = read_config(run)
+    rows = _last_per_step(read_metrics(run))
+    if not rows:
+        raise OpdError(f"run {run} has no metrics (metrics.jsonl missing or empty): was it trained?")
+    lacking = [r.get("step") for r in rows if r.get("seq_tokens") is None or r.get("seq_tokens_sq") is None]
+    if lacking:
+        raise OpdError(f"run {run}: metrics lack seq_tokens/seq_tokens_sq at step(s) {', '.join(map(str, lacking[:5]))}")
+    command = str(cfg.get("command") or "train")
+    student = _resolve_model(cfg.get("student"), run, "student")
+    sum_s = sum(float(r["seq_tokens"]) for r in rows)
+    sum_s2 = sum(float(r["seq_tokens_sq"]) for r in rows)
+    if command.startswith("sft"):
+        teacher_name, total = "", sft_flops(student, sum_s, sum_s2, attn_coef)
+    else:
+        teacher = _resolve_model(cfg.get("teacher"), run, "teacher")
+        teacher_name, total = str(cfg.get("teacher")), opd_flops(student, teacher, sum_s, sum_s2, attn_coef)
+    logged = rows[-1].get("flops_total")
+    walls = [float(r["wall_time"]) for r in rows if r.get("wall_time") is not None]
+    return RunTotals(
+        run=str(cfg.get("name") or run.name),
+        command=command,
+        student=str(cfg.get("student")),
+        teacher=teacher_name,
+        steps=max(int(r.get("step") or 0) for r in rows),
+        seq_tokens=sum_s,
+        seq_tokens_sq=sum_s2,
+        flops=total,
+        logged_flops=float(logged) if logged is not None else None,
+        wall_time=max(walls) if walls else None,
+    )
+
+
+# ------------------------------------------------------------------------------------------ command
+@dataclass
+class FlopsConfig:
+    command = "flops"
+
+    runs: list[str] = field([], help="Run folders (or folders of runs) to total from their logged lengths; [] = none.")
+    model: str = field("", help="Model config: shipped name (qwen3-8b), folder, config.json or hub id; '' = none.")
+    teacher: str = field("", help="Teacher config for OPD per-rollout / --paper numbers; '' = none (--paper: qwen3-8b).")
+    lengths: list[int] = field([], help="Sequence lengths in tokens (prompt + response); [] = 1024,2048,4096,8192,16384.")
+    attn_coef: int = field(12, help="Attention coefficient c: 12 (verl <= 0.7.0, the paper) or 6 (later verl).")
+    gpus: int = field(0, help="GPUs per run, to turn logged wall_time into GPU-hours; 0 = off.")
+    paper: bool = field(False, help="The paper's OPD accounting: --steps x --rollouts rollouts at each mean length.")
+    steps: int = field(60, help="--paper: optimizer steps.")
+    rollouts: int = field(512, help="--paper: rollouts per step (the OPD batch).")
+    output: str = field("", help="CSV file for the table; '' = print only.")
+
+    def __post_init__(self) -> None:
+        check(self.attn_coef in ATTN_COEFS, f"--attn-coef must be 12 or 6 (verl before / after v0.7.0), got {self.attn_coef}")
+        check(all(int(s) > 0 for s in self.lengths), f"--lengths must be positive token counts, got {self.lengths}")
+        check(self.gpus >= 0, f"--gpus must be >= 0 (0 = no GPU-hours), got {self.gpus}")
+        check(self.steps > 0 and self.rollouts > 0, "--steps and --rollouts must be positive")
+        check(
+            bool(self.runs or self.model or self.paper),
+            "nothing to count: pass run folders, --model NAME --lengths 1024,4096, or --paper",
+        )
+
+
+DEFAULT_LENGTHS = [1024, 2048, 4096, 8192, 16384]
+
+
+def model_table(cfg: FlopsConfig) -> list[dict[str, Any]]:
+    """FLOPs per sequence of one model at each length (and per OPD rollout with a teacher)."""
+    shape = ModelShape.from_source(cfg.model)
+    teacher = ModelShape.from_source(cfg.teacher) if cfg.teacher else None
+    rows = []
+    for s in cfg.lengths or DEFAULT_LENGTHS:
+        row: dict[str, Any] = {
+            "model": cfg.model,
+            "seq_len": s,
+            "n_dense": n_dense(shape),
+            "dense_flops": 6 * n_dense(shape) * s,
+            "attn_flops": flops(shape, [s], cfg.attn_coef) - 6 * n_dense(shape) * s,
+            "flops": flops(shape, [s], cfg.attn_coef),
+        }
+        if teacher is not None:
+            row["opd_flops_per_rollout"] = opd_flops(shape, teacher, s, s * s, cfg.attn_coef)
+        rows.append(row)
+    return rows
+
+
+def paper_table(cfg: FlopsConfig) -> list[dict[str, Any]]:
+    """Total OPD FLOPs for steps x rollouts sequences of each mean length (sum s^2 taken as n * mean^2, a lower bound)."""
+    student_name = cfg.model or "qwen3-8b-base"
+    teacher_name = cfg.teacher or "qwen3-8b"
+    student, teacher = ModelShape.from_source(student_name), ModelShape.from_source(teacher_name)
+    n = cfg.steps * cfg.rollouts
+    rows = []
+    for s in cfg.lengths or DEFAULT_LENGTHS:
+        rows.append(
+            {
+                "mean_seq_len": s,
+                "rollouts": n,
+                "x_student": flops(student, [s], cfg.attn_coef),
+                "y_teacher": flops(teacher, [s], cfg.attn_coef),
+                "opd_per_rollout": opd_flops(student, teacher, s, s * s, cfg.attn_coef),
+                "opd_total": opd_flops(student, teacher, n * s, n * s * s, cfg.attn_coef),
+            }
+        )
+    return rows
+
+
+def runs_table(cfg: FlopsConfig) -> list[dict[str, Any]]:
+    from opd_cli.runs import iter_run_dirs
+
+    for p in cfg.runs:
+        if not Path(p).exists():
+            raise OpdError(f"run folder {p} does not exist")
+    dirs = list(iter_run_dirs(cfg.runs))
+    if not dirs:
+        raise OpdError(f"no run folders (with config.yaml) in {', '.join(cfg.runs)}")
+    totals = [run_totals(d, cfg.attn_coef) for d in dirs]
+    base = totals[0].flops
+    rows = []
+    for t in totals:
+        hours = t.wall_time / 3600 if t.wall_time is not None else None
+        rows.append(
+            {
+                "run": t.run,
+                "command": t.command,
+                "student": t.student,
+                "teacher": t.teacher,
+                "steps": t.steps,
+                "seq_tokens": t.seq_tokens,
+                "seq_tokens_sq": t.seq_tokens_sq,
+                "flops": t.flops,
+                "logged_flops": t.logged_flops,
+                "ratio": t.flops / base if base else None,
+                "hours": hours,
+                "gpu_hours": hours * cfg.gpus if hours is not None and cfg.gpus else None,
+            }
+        )
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if v != 0 and (abs(v) >= 1e6 or abs(v) < 1e-2):
+            return f"{v:.3g}"
+        return f"{v:.3g}" if not v.is_integer() else f"{int(v)}"
+    if isinstance(v, int) and abs(v) >= 1e6:
+        return f"{v:.3g}"
+    return str(v)
+
+
+def print_table(rows: list[dict[str, Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for k in rows[0]:
+        table.add_column(k, justify="left" if k in ("model", "run", "command", "student", "teacher") else "right")
+    for r in rows:
+        table.add_row(*[_fmt(v) for v in r.values()])
+    Console().print(table)
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def run_flops(cfg: FlopsConfig) -> list[dict[str, Any]]:
+    """`opd flops`: a per-length table for a model config, the paper's totals, or totals of run folders."""
+    if cfg.runs:
+        rows = runs_table(cfg)
+        title = f"training FLOPs recomputed from logged lengths (c={cfg.attn_coef}; ratio to {rows[0]['run']})"
+    elif cfg.paper:
+        rows = paper_table(cfg)
+        ref = ", ".join(f"{k} {v:.1e}" for k, v in PAPER_TABLE2_FLOPS.items() if k.startswith("OPD (full"))
+        title = (
+            f"OPD FLOPs of {cfg.model or 'qwen3-8b-base'} <- {cfg.teacher or 'qwen3-8b'}, {cfg.steps} steps x "
+            f"{cfg.rollouts} rollouts, c={cfg.attn_coef} (paper Table 2, Qwen3-8B-Base: {ref})"
+        )
+    else:
+        rows = model_table(cfg)
+        title = f"FLOPs per sequence of {cfg.model} (forward + backward, c={cfg.attn_coef})"
+    print_table(rows, title)
+    if cfg.output:
+        print(f"wrote {write_csv(rows, cfg.output)}")
+    return rows

@@ -1,0 +1,375 @@
+"""`opd sft-baseline`: off-policy SFT on teacher responses with TRL's ``SFTTrainer`` (paper Tables 1-2, Fig. 6).
+
+The student imitates fixed teacher responses (prompt-completion format, loss on the completion only). The prompts
+are built by :func:`opd_cli.prompts.build_prompt`, exactly as ``opd train`` builds them, so an SFT checkpoint is a
+valid ``opd train --student`` (off-policy cold start, Rethinking OPD §5.1). ``--max-length`` caps prompt +
+completion in tokens: 2048 is the paper's prefix SFT (Fig. 6). FLOPs use SPEC.md's accounting, ``x`` per sample.
+
+Run folder (docs/run-format.md): ``config.yaml``, ``metrics.jsonl`` (one line per optimizer step),
+``checkpoints/step_XXXXXX/`` (model + tokenizer + trainer state), and, with ``--generate-with-teacher``,
+``teacher_responses.jsonl`` (the generated data, reused when the run is resumed).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opd_cli.config import check, field
+from opd_cli.errors import OpdError
+
+TEACHER_CACHE = "teacher_responses.jsonl"
+TRAINER_TMP = ".trainer"  # TRL writes checkpoint-N here; each is then committed as checkpoints/step_N
+SCHEDULERS = ("constant", "linear", "cosine", "constant_with_warmup")
+
+
+@dataclass
+class SftConfig:
+    """Off-policy SFT of the student on teacher responses."""
+
+    command = "sft-baseline"
+
+    name: str = field("sft", help="Run name (the default output folder is runs/sft-baseline-<name>).")
+    student: str = field("", help="Student to fine-tune: hub id or local folder ('' = the toy world's student).")
+    teacher: str = field(
+        "", help="Teacher for --generate-with-teacher: hub id or folder ('' = the toy world's teacher; unused otherwise)."
+    )
+    data: str = field(
+        "toy-train",
+        help="Training problems: a benchmark with teacher responses (toy-train, openthoughts3) or a local "
+        "jsonl/parquet/csv file (its response column, see --response-column, unless --generate-with-teacher).",
+    )
+    response_column: str = field("response", help="Column of --data files holding the teacher response.")
+    limit: int = field(0, help="Use the first N problems of --data (0 = all).")
+    generate_with_teacher: bool = field(
+        False, help="Have the teacher write the responses (cached in the run folder) instead of reading them."
+    )
+    teacher_samples: int = field(1, help="Teacher responses per problem with --generate-with-teacher.")
+    teacher_max_new_tokens: int = field(16384, help="Teacher response cap in tokens with --generate-with-teacher.")
+    teacher_batch_size: int = field(8, help="Sequences per teacher generate call.")
+    temperature: float = field(1.0, help="Teacher sampling temperature.")
+    top_p: float = field(1.0, help="Teacher nucleus sampling (1.0 = off).")
+    correct_only: bool = field(False, help="Keep only teacher responses graded correct (rejection sampling; off = keep all).")
+    max_length: int = field(
+        0, help="Cap on prompt + completion tokens; the completion is cut (prefix SFT: 2048 in the paper; 0 = off)."
+    )
+    steps: int = field(300, help="Optimizer steps (paper: 300 and 1500).")
+    batch_size: int = field(128, help="Sequences per optimizer step (paper: 128).")
+    micro_batch_size: int = field(0, help="Sequences per forward/backward; gradients accumulate to --batch-size (0 = all at once).")
+    lr: float = field(1e-4, help="AdamW learning rate (paper: 1e-4).")
+    lr_scheduler: str = field("constant", help=f"Learning-rate schedule: {' | '.join(SCHEDULERS)}.")
+    warmup_steps: int = field(0, help="Linear warm-up steps (0 = off).")
+    weight_decay: float = field(0.0, help="AdamW weight decay (0 = off).")
+    max_grad_norm: float = field(1.0, help="Gradient clipping norm (0 = off).")
+    gradient_checkpointing: bool = field(False, help="Recompute activations in backward to save memory.")
+    save_every: int = field(100, help="Write a checkpoint every N steps (0 = only at the last step).")
+    save_only_model: bool = field(False, help="Checkpoints without optimizer state: smaller, but --if-exists resume restarts the optimizer.")
+    template: str = field("auto", help="Prompt template: auto | chat | plain (as in opd train).")
+    think: bool = field(True, help="Append <think> to the prompt (as in opd train).")
+    attn_coef: int = field(12, help="FLOPs attention coefficient c: 12 (verl <= 0.7.0, the paper) or 6.")
+    dtype: str = field("auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16.")
+    device: str = field("auto", help="auto | cpu | cuda.")
+    seed: int = field(0, help="Seed of data order, initialisation of the trainer and teacher sampling.")
+    output_dir: str = field("", help="Run folder ('' = runs/sft-baseline-<name>).")
+    if_exists: str = field("raise", help="Existing run folder: raise | resume | overwrite.")
+
+    def __post_init__(self) -> None:
+        check(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
+        check(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+        check(self.micro_batch_size >= 0, f"--micro-batch-size must be 0 (off) or positive, got {self.micro_batch_size}")
+        check(
+            self.micro_batch_size == 0 or self.batch_size % self.micro_batch_size == 0,
+            f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size {self.micro_batch_size}",
+        )
+        check(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        check(self.lr_scheduler in SCHEDULERS, f"--lr-scheduler must be one of {', '.join(SCHEDULERS)}, got {self.lr_scheduler!r}")
+        check(self.warmup_steps >= 0, f"--warmup-steps must be 0 (off) or positive, got {self.warmup_steps}")
+        check(self.max_length >= 0, f"--max-length must be 0 (off) or a positive number of tokens, got {self.max_length}")
+        check(self.save_every >= 0, f"--save-every must be 0 (last step only) or positive, got {self.save_every}")
+        check(self.limit >= 0, f"--limit must be 0 (all) or positive, got {self.limit}")
+        check(self.teacher_samples >= 1, f"--teacher-samples must be at least 1, got {self.teacher_samples}")
+        check(self.teacher_max_new_tokens >= 1, f"--teacher-max-new-tokens must be positive, got {self.teacher_max_new_tokens}")
+        check(self.teacher_batch_size >= 1, f"--teacher-batch-size must be positive, got {self.teacher_batch_size}")
+        check(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
+        check(0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}")
+        check(self.attn_coef in (12, 6), f"--attn-coef must be 12 or 6, got {self.attn_coef}")
+        check(self.if_exists in ("raise", "resume", "overwrite"), f"--if-exists must be raise, resume or overwrite, got {self.if_exists!r}")
+        check(self.data.strip() != "", "--data must name a benchmark (toy-train, openthoughts3) or a local file")
+
+    @property
+    def micro(self) -> int:
+        return self.micro_batch_size or self.batch_size
+
+
+# ------------------------------------------------------------------------------------------- data
+def strip_think(response: str) -> str:
+    """Drop a leading ``<think>`` from a teacher response: the prompt already ends with it (build_prompt)."""
+    from opd_cli.prompts import THINK_OPEN
+
+    text = response.lstrip()
+    return text[len(THINK_OPEN) :].lstrip("\n") if text.startswith(THINK_OPEN) else response
+
+
+def _response_of(problem: Any, column: str) -> str | None:
+    meta = getattr(problem, "meta", None) or {}
+    for key in (column, "response", "solution"):
+        value = meta.get(key)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
+def load_problems(cfg: SftConfig) -> list[Any]:
+    from opd_cli import data as data_mod
+
+    limit = cfg.limit or None
+    if Path(cfg.data).expanduser().is_file():
+        return list(data_mod.load_file(cfg.data))[:limit]
+    return list(data_mod.load_benchmark(cfg.data, limit=limit, seed=cfg.seed))
+
+
+def dataset_responses(cfg: SftConfig, problems: list[Any]) -> list[tuple[Any, str]]:
+    """(problem, teacher response) pairs read from the data set itself."""
+    pairs = [(p, r) for p in problems if (r := _response_of(p, cfg.response_column)) is not None]
+    if not pairs:
+        raise OpdError(
+            f"--data {cfg.data} has no teacher responses (no {cfg.response_column!r} field): use a data set that has "
+            "them (toy-train, openthoughts3) or pass --generate-with-teacher"
+        )
+    return pairs
+
+
+def teacher_responses(cfg: SftConfig, problems: list[Any], run_dir: Path, teacher_path: str) -> list[tuple[Any, str]]:
+    """(problem, response) pairs the teacher writes; cached in ``run_dir/teacher_responses.jsonl`` and reused."""
+    cache = run_dir / TEACHER_CACHE
+    by_id = {str(p.id): p for p in problems}
+    if cache.is_file():
+        rows = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
+        if {r["problem_id"] for r in rows} == set(by_id) and len(rows) == len(by_id) * cfg.teacher_samples:
+            print(f"reusing {len(rows)} cached teacher responses from {cache}")
+            return [(by_id[r["problem_id"]], r["response"]) for r in rows]
+
+    from opd_cli.generation import sample
+    from opd_cli.models import load_model, load_tokenizer
+    from opd_cli.prompts import build_prompt
+
+    tok = load_tokenizer(teacher_path, what="teacher")
+    model = load_model(teacher_path, dtype=cfg.dtype, device=cfg.device, what="teacher")
+    prompts = [build_prompt(tok, p.question, template=cfg.template, think=cfg.think) for p in problems]
+    print(f"teacher writes {cfg.teacher_samples} response(s) to each of {len(prompts)} problems")
+    outs = sample(
+        model, tok, prompts, n=cfg.teacher_samples, temperature=cfg.temperature, top_p=cfg.top_p,
+        max_new_tokens=cfg.teacher_max_new_tokens, batch_size=cfg.teacher_batch_size, seed=cfg.seed,
+    )
+    rows = [
+        {"problem_id": str(p.id), "sample": j, "response": s.text, "length": s.length, "truncated": s.truncated}
+        for p, samples in zip(problems, outs, strict=True)
+        for j, s in enumerate(samples)
+    ]
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(cache)
+    del model
+    return [(by_id[r["problem_id"]], r["response"]) for r in rows]
+
+
+def keep_correct(pairs: list[tuple[Any, str]]) -> list[tuple[Any, str]]:
+    from opd_cli.grading import grade
+
+    return [(p, r) for p, r in pairs if grade(p, r)[0]]
+
+
+def build_examples(tokenizer: Any, pairs: list[tuple[Any, str]], template: str, think: bool) -> list[dict[str, str]]:
+    """TRL prompt-completion records: the OPD prompt text and the teacher's response (its leading <think> dropped)."""
+    from opd_cli.prompts import build_prompt
+
+    return [
+        {"prompt": build_prompt(tokenizer, p.question, template=template, think=think), "completion": strip_think(r)}
+        for p, r in pairs
+    ]
+
+
+# ---------------------------------------------------------------------------------------- metrics
+def sample_flops(shape: Any, seq_tokens: int, seq_tokens_sq: int, attn_coef: int) -> float:
+    """SFT FLOPs of one step: SPEC.md's ``F`` of the student on the trained sequences (``x`` per sample)."""
+    from opd_cli.flops import flops_from_sums
+
+    return float(flops_from_sums(shape, seq_tokens, seq_tokens_sq, attn_coef))
+
+
+def _make_callback(run: Any, model: Any, shape: Any, cfg: SftConfig, start: dict[str, float]) -> Any:
+    """A TrainerCallback that logs run-format metrics per optimizer step and commits TRL's checkpoints.
+
+    Sequence lengths come from a forward pre-hook on the model (the attention mask of every training micro-batch),
+    so they are the lengths actually trained, after truncation and without padding.
+    """
+    import torch
+    from transformers import TrainerCallback
+
+    from opd_cli.runs import commit_checkpoint
+
+    class SftMetrics(TrainerCallback):
+        def __init__(self) -> None:
+            self.lens: list[int] = []
+            self.flops_total = start.get("flops_total", 0.0)
+            self.wall0 = time.time() - start.get("wall_time", 0.0)
+            model.register_forward_pre_hook(self._record, with_kwargs=True)
+
+        def _record(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+            mask = kwargs.get("attention_mask")
+            if module.training and torch.is_grad_enabled() and mask is not None:
+                self.lens.extend(int(n) for n in mask.sum(-1).tolist())
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+            if not logs or "loss" not in logs or not self.lens:
+                return
+            s, s2 = sum(self.lens), sum(n * n for n in self.lens)
+            flops_step = sample_flops(shape, s, s2, cfg.attn_coef)
+            self.flops_total += flops_step
+            run.log(
+                {
+                    "step": state.global_step,
+                    "loss": float(logs["loss"]),
+                    "lr": float(logs.get("learning_rate", cfg.lr)),
+                    "grad_norm": logs.get("grad_norm"),
+                    "sequences": len(self.lens),
+                    "seq_tokens": s,
+                    "seq_tokens_sq": s2,
+                    "seq_len_max": max(self.lens),
+                    "flops_step": flops_step,
+                    "flops_total": self.flops_total,
+                    "wall_time": time.time() - self.wall0,
+                }
+            )
+            self.lens = []
+            print(f"step {state.global_step}/{cfg.steps}  loss {float(logs['loss']):.4f}  tokens {s}  flops {self.flops_total:.3g}")
+
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            src = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if src.is_dir():
+                run.checkpoints.mkdir(parents=True, exist_ok=True)
+                commit_checkpoint(src, run.checkpoint_dir(state.global_step))
+                print(f"checkpoint step {state.global_step} -> {run.checkpoint_dir(state.global_step)}")
+
+    return SftMetrics()
+
+
+# -------------------------------------------------------------------------------------------- run
+def _toy_paths() -> tuple[str, str]:
+    from opd_cli.toy.world import ensure_world
+
+    world = ensure_world()
+    return str(world.student_dir), str(world.teacher_dir)
+
+
+def run_sft(cfg: SftConfig) -> Path:
+    """Fine-tune the student on teacher responses; returns the run folder."""
+    from opd_cli.models import load_model, load_tokenizer, resolve_device
+    from opd_cli.runs import open_run
+
+    if not cfg.student or (cfg.generate_with_teacher and not cfg.teacher):
+        toy_student, toy_teacher = _toy_paths()
+        cfg.student = cfg.student or toy_student
+        if cfg.generate_with_teacher:
+            cfg.teacher = cfg.teacher or toy_teacher
+    out = Path(cfg.output_dir or f"runs/sft-baseline-{cfg.name}")
+    cfg.output_dir = str(out)
+
+    from opd_cli.flops import ModelShape
+
+    shape = ModelShape.from_source(cfg.student)  # fails early on a model the FLOPs formula cannot read
+    # A finished run may be extended (--steps 1500 over 300) or saved more often; anything else must match.
+    run = open_run(out, cfg.if_exists, cfg, compare_ignore=("steps", "save_every"))
+    start: dict[str, float] = {}
+    resume_from = None
+    last = run.last_checkpoint() if run.resumed else None
+    if last is not None:
+        step, resume_from = last
+        if step >= cfg.steps:
+            print(f"{out} is complete ({step} of {cfg.steps} steps): nothing to do")
+            return out
+        run.truncate_metrics(step)
+        rows = run.read_metrics()
+        if rows:
+            start = {"flops_total": float(rows[-1].get("flops_total") or 0.0), "wall_time": float(rows[-1].get("wall_time") or 0.0)}
+        print(f"resuming {out} from step {step}")
+    elif run.metrics_file.exists():
+        run.metrics_file.unlink()  # a resumed run without a checkpoint starts over
+
+    problems = load_problems(cfg)
+    check(len(problems) > 0, f"--data {cfg.data} gave no problems: check the name, file or --limit")
+    pairs = teacher_responses(cfg, problems, out, cfg.teacher) if cfg.generate_with_teacher else dataset_responses(cfg, problems)
+    if cfg.correct_only:
+        n = len(pairs)
+        pairs = keep_correct(pairs)
+        print(f"--correct-only keeps {len(pairs)} of {n} teacher responses")
+        check(len(pairs) > 0, "--correct-only left no teacher response: no response was graded correct")
+
+    tok = load_tokenizer(cfg.student, what="student")
+    examples = build_examples(tok, pairs, cfg.template, cfg.think)
+    device = resolve_device(cfg.device)
+    model = load_model(cfg.student, dtype=cfg.dtype, device=device, what="student")
+    model.train()
+    trainer = _build_trainer(cfg, model, tok, examples, out, device)
+    if len(trainer.train_dataset) == 0:
+        raise OpdError(f"no training example is left after --max-length {cfg.max_length}: every prompt fills it; raise --max-length")
+    trainer.add_callback(_make_callback(run, model, shape, cfg, start))
+    print(
+        f"SFT {cfg.student} on {len(trainer.train_dataset)} teacher responses: {cfg.steps} steps x {cfg.batch_size} "
+        f"sequences, lr {cfg.lr}, max length {cfg.max_length or 'off'}"
+    )
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    shutil.rmtree(out / TRAINER_TMP, ignore_errors=True)  # only TRL's model card is left there
+    return out
+
+
+def _build_trainer(cfg: SftConfig, model: Any, tok: Any, examples: list[dict[str, str]], out: Path, device: str) -> Any:
+    import logging
+
+    import datasets
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from transformers.utils import logging as hf_logging
+    from trl import SFTConfig, SFTTrainer
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    logging.getLogger("trl").setLevel(logging.ERROR)
+    args = SFTConfig(
+        output_dir=str(out / TRAINER_TMP),
+        max_steps=cfg.steps,
+        per_device_train_batch_size=cfg.micro,
+        gradient_accumulation_steps=cfg.batch_size // cfg.micro,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        optim="adamw_torch",
+        **({"activation_checkpointing": True} if cfg.gradient_checkpointing else {}),
+        max_length=cfg.max_length or None,  # keep_start: the prompt stays whole, the completion is cut
+        completion_only_loss=True,
+        packing=False,
+        save_strategy="steps",
+        save_steps=cfg.save_every or cfg.steps,  # the last step is always saved (transformers' flow callback)
+        save_only_model=cfg.save_only_model,
+        logging_steps=1,
+        logging_strategy="steps",
+        report_to="none",
+        disable_tqdm=True,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        use_cpu=device == "cpu",
+        bf16=False,
+        fp16=False,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tok)
+    trainer.remove_callback(PrinterCallback)  # our callback prints one line per step
+    return trainer

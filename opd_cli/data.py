@@ -1,0 +1,339 @@
+"""Problems and prompt sources: the benchmark registry (SPEC.md "Evaluation"), local files, hub datasets and the
+toy world, all as one :class:`Problem` list. No torch here; ``datasets`` is imported only when a hub source loads.
+
+Other modules plug in sources with :func:`register_source`; ``load_benchmark(name)`` finds them by name.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opd_cli.errors import OpdError
+
+ANSWER_TYPES = ("math", "choice")
+MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+CHOICE_INSTRUCTION = "Answer with the letter of the correct option only, within \\boxed{}, e.g. \\boxed{A}."
+QUESTION_COLUMNS = ("question", "problem", "prompt", "Question", "Problem", "input", "query")
+ANSWER_COLUMNS = ("answer", "final_answer", "gold", "Answer", "target", "label", "solution", "output")
+ID_COLUMNS = ("id", "unique_id", "problem_id", "question_id", "ID", "idx")
+LETTERS = "ABCDEFGHIJ"
+
+
+@dataclass
+class Problem:
+    """One question with its gold answer. ``answer_type``: ``math`` (graded by math-verify) or ``choice`` (a letter)."""
+
+    id: str
+    question: str
+    answer: str
+    answer_type: str = "math"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+Loader = Callable[..., list[Problem]]  # loader(limit: int | None = None, seed: int = 0) -> list[Problem]
+
+
+@dataclass(frozen=True)
+class HubBenchmark:
+    """Where a hub benchmark lives and how its rows become problems."""
+
+    name: str
+    dataset_ids: tuple[str, ...]  # tried in order (mirrors)
+    config: str | None
+    split: str
+    question: str
+    answer: str
+    answer_type: str = "math"
+    id_column: str | None = None
+    description: str = ""
+
+
+HUB_BENCHMARKS: dict[str, HubBenchmark] = {
+    "math500": HubBenchmark("math500", ("HuggingFaceH4/MATH-500",), None, "test", "problem", "answer", id_column="unique_id",
+                            description="MATH-500, 500 competition problems (4 samples in the paper)"),
+    "aime24": HubBenchmark("aime24", ("HuggingFaceH4/aime_2024",), None, "train", "problem", "answer", id_column="id",
+                           description="AIME 2024, 30 problems; the paper's dev set (16 samples)"),
+    "aime25": HubBenchmark("aime25", ("yentinglin/aime_2025", "math-ai/aime25"), None, "train", "problem", "answer",
+                           id_column="id", description="AIME 2025, 30 problems (16 samples)"),
+    "gpqa": HubBenchmark("gpqa", ("Idavidrein/gpqa",), "gpqa_diamond", "train", "Question", "Correct Answer", "choice",
+                         id_column="Record ID", description="GPQA Diamond, 198 questions, gated; options shuffled by seed (4 samples)"),
+    "mmlu-pro": HubBenchmark("mmlu-pro", ("TIGER-Lab/MMLU-Pro",), None, "test", "question", "answer", "choice",
+                             id_column="question_id", description="MMLU-Pro, a fixed seeded 500-question sample (4 samples)"),
+    "openthoughts3": HubBenchmark("openthoughts3", ("open-thoughts/OpenThoughts3-1.2M",), None, "train", "conversations",
+                                  "conversations", description="OpenThoughts3 training prompts; meta['response'] = teacher response"),
+}
+MMLU_PRO_SAMPLE = 500
+TOY_SPLITS = {"toy": "test", "toy-dev": "dev", "toy-ood": "ood", "toy-train": "train"}
+
+_SOURCES: dict[str, Loader] = {}
+
+
+def register_source(name: str, loader: Loader) -> None:
+    """Make ``load_benchmark(name)`` call ``loader(limit=..., seed=...)`` (returns a list of :class:`Problem`)."""
+    _SOURCES[name] = loader
+
+
+def benchmark_names() -> list[str]:
+    return sorted(_SOURCES)
+
+
+def load_benchmark(name: str, limit: int | None = None, seed: int = 0) -> list[Problem]:
+    """The problems of a registered benchmark or source; ``limit`` keeps the first N (None or 0 = all)."""
+    if name not in _SOURCES:
+        raise OpdError(f"unknown benchmark {name!r}: use one of {', '.join(benchmark_names())}, or --data FILE for a local file")
+    problems = _SOURCES[name](limit=limit or None, seed=seed)
+    return problems[:limit] if limit else problems
+
+
+# ------------------------------------------------------------------------------------------ local files
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    try:
+        if suffix in (".jsonl", ".jsonl.gz", ".ndjson"):
+            import gzip
+
+            opener = gzip.open if suffix.endswith(".gz") else open
+            rows = []
+            with opener(path, "rt") as f:
+                for i, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            row = json.loads(line)
+                        except json.JSONDecodeError as err:
+                            raise OpdError(f"{path} line {i} is not valid JSON ({err.msg}): fix the file (one JSON object per line)") from None
+                        if not isinstance(row, dict):
+                            raise OpdError(f"{path} line {i} is not a JSON object: each line must be {{\"question\": ..., \"answer\": ...}}")
+                        rows.append(row)
+            return rows
+        if suffix == ".json":
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+                data = next(iter(data.values()))
+            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+                raise OpdError(f"{path} must hold a JSON list of objects")
+            return data
+        if suffix in (".parquet", ".csv", ".tsv"):
+            import pandas as pd
+
+            if suffix == ".parquet":
+                df = pd.read_parquet(path)
+            else:
+                df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+            return df.to_dict(orient="records")
+    except OpdError:
+        raise
+    except Exception as err:  # pandas/pyarrow/json raise many types for a broken file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise OpdError(f"cannot read {path} ({first}): is it a valid {suffix.lstrip('.')} file?") from None
+    raise OpdError(f"{path}: unsupported file type {suffix or '(none)'}; use .jsonl, .json, .parquet or .csv")
+
+
+def _pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Any, flag: str) -> str:
+    if wanted is not None:
+        if wanted not in columns:
+            raise OpdError(f"{path} has no column {wanted!r} for the {what}; its columns are: {', '.join(columns)}")
+        return wanted
+    for c in candidates:
+        if c in columns:
+            return c
+    raise OpdError(
+        f"{path}: no {what} column found (looked for {', '.join(candidates[:4])}, ...); its columns are: "
+        f"{', '.join(columns)}; name one with {flag}"
+    )
+
+
+def _answer_from(value: Any) -> str:
+    text = str(value if value is not None else "").strip()
+    if "\\boxed" in text:  # a full solution as the answer column: grade against its final boxed answer
+        from opd_cli.grading import boxed_content
+
+        return boxed_content(text) or text
+    return text
+
+
+def load_file(
+    path: str | Path, question_column: str | None = None, answer_column: str | None = None, id_column: str | None = None
+) -> list[Problem]:
+    """Problems from a local .jsonl / .json / .parquet / .csv file.
+
+    Columns are found by common names (question/problem/prompt, answer/solution/...) unless named. An optional
+    ``answer_type`` column (``math`` | ``choice``) sets how each row is graded (default math). Other columns go to
+    ``meta``.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise OpdError(f"data file {path} does not exist: pass an existing .jsonl/.parquet/.csv file to --data")
+    rows = _read_rows(path)
+    if not rows:
+        raise OpdError(f"{path} has no rows: it must contain at least one problem")
+    columns = list(rows[0].keys())
+    q_col = _pick_column(columns, question_column, QUESTION_COLUMNS, "question", path, "--question-column")
+    a_col = _pick_column(columns, answer_column, ANSWER_COLUMNS, "answer", path, "--answer-column")
+    id_col = id_column if id_column is not None else next((c for c in ID_COLUMNS if c in columns), None)
+    if id_col is not None and id_col not in columns:
+        raise OpdError(f"{path} has no column {id_col!r} for the problem id; its columns are: {', '.join(columns)}")
+    problems = []
+    for i, row in enumerate(rows):
+        missing = [c for c in (q_col, a_col) if c not in row]
+        if missing:
+            raise OpdError(f"{path} row {i + 1} lacks column(s) {', '.join(missing)}: every row needs a question and an answer")
+        kind = str(row.get("answer_type") or "math")
+        if kind not in ANSWER_TYPES:
+            raise OpdError(f"{path} row {i + 1}: answer_type {kind!r} is not one of {', '.join(ANSWER_TYPES)}")
+        meta = {k: v for k, v in row.items() if k not in (q_col, a_col, id_col, "answer_type")}
+        pid = str(row[id_col]) if id_col is not None else str(i)
+        problems.append(Problem(pid, str(row[q_col]), _answer_from(row[a_col]), kind, meta))
+    return problems
+
+
+# ------------------------------------------------------------------------------------------ hub
+def _hub_rows(dataset_id: str, config: str | None, split: str, limit: int | None = None, streaming: bool = False) -> Any:
+    try:
+        import datasets
+    except ImportError:
+        raise OpdError("hub datasets need the `datasets` package: pip install datasets") from None
+    try:
+        ds = datasets.load_dataset(dataset_id, config, split=split, streaming=streaming)
+    except Exception as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise OpdError(
+            f"cannot load hub dataset {dataset_id}{'/' + config if config else ''} split {split} ({first}): "
+            f"check the id, your network and `huggingface-cli login` for gated sets, or use --data FILE"
+        ) from None
+    if streaming and limit:
+        return list(ds.take(limit))
+    return ds
+
+
+def load_hub(
+    dataset_id: str,
+    config: str | None = None,
+    split: str = "test",
+    question_column: str | None = None,
+    answer_column: str | None = None,
+    id_column: str | None = None,
+    answer_type: str = "math",
+    limit: int | None = None,
+) -> list[Problem]:
+    """Problems from a hub dataset through ``datasets.load_dataset`` (columns found as in :func:`load_file`)."""
+    ds = _hub_rows(dataset_id, config, split)
+    columns = list(ds.column_names)
+    where = f"hub dataset {dataset_id}"
+    q_col = _pick_column(columns, question_column, QUESTION_COLUMNS, "question", where, "--question-column")
+    a_col = _pick_column(columns, answer_column, ANSWER_COLUMNS, "answer", where, "--answer-column")
+    id_col = id_column or next((c for c in ID_COLUMNS if c in columns), None)
+    out = []
+    for i, row in enumerate(ds):
+        if limit and i >= limit:
+            break
+        meta = {k: v for k, v in row.items() if k not in (q_col, a_col, id_col)}
+        out.append(Problem(str(row[id_col]) if id_col else str(i), str(row[q_col]), _answer_from(row[a_col]), answer_type, meta))
+    return out
+
+
+def _load_first_mirror(spec: HubBenchmark, **kw: Any) -> Any:
+    errors = []
+    for dataset_id in spec.dataset_ids:
+        try:
+            return dataset_id, _hub_rows(dataset_id, spec.config, spec.split, **kw)
+        except OpdError as err:
+            errors.append(str(err))
+            # mirrors can name their split differently (math-ai/aime25 has only "test")
+            try:
+                return dataset_id, _hub_rows(dataset_id, spec.config, "test", **kw)
+            except OpdError:
+                continue
+    raise OpdError(errors[0])
+
+
+def with_instruction(question: str, answer_type: str) -> str:
+    return question.rstrip() + "\n\n" + (CHOICE_INSTRUCTION if answer_type == "choice" else MATH_INSTRUCTION)
+
+
+def format_choices(question: str, options: list[str]) -> str:
+    lines = [f"{LETTERS[i]}) {str(o).strip()}" for i, o in enumerate(options)]
+    return question.strip() + "\n\n" + "\n".join(lines)
+
+
+def gpqa_problem(row: dict[str, Any], index: int, seed: int = 0) -> Problem:
+    """A GPQA row with its four options shuffled by a fixed per-question seed; the answer is the correct letter."""
+    correct = str(row["Correct Answer"]).strip()
+    options = [correct] + [str(row[f"Incorrect Answer {k}"]).strip() for k in (1, 2, 3)]
+    pid = str(row.get("Record ID") or index)
+    rng = random.Random(f"{seed}-{pid}")
+    rng.shuffle(options)
+    letter = LETTERS[options.index(correct)]
+    q = with_instruction(format_choices(str(row["Question"]), options), "choice")
+    return Problem(pid, q, letter, "choice", {"options": options, "source": "gpqa_diamond"})
+
+
+def mmlu_pro_problem(row: dict[str, Any]) -> Problem:
+    options = [o for o in row["options"] if str(o).strip() not in ("", "N/A")]
+    q = with_instruction(format_choices(str(row["question"]), options), "choice")
+    return Problem(str(row["question_id"]), q, str(row["answer"]).strip().upper(), "choice",
+                   {"options": options, "category": row.get("category")})
+
+
+def openthoughts_problem(row: dict[str, Any], index: int) -> Problem:
+    turns = row["conversations"]
+    user = next((t["value"] for t in turns if t.get("from") in ("human", "user")), "")
+    response = next((t["value"] for t in turns if t.get("from") in ("gpt", "assistant")), "")
+    from opd_cli.grading import boxed_content
+
+    meta = {"response": response, **{k: row[k] for k in ("domain", "source", "difficulty") if k in row}}
+    return Problem(str(row.get("id", index)), user, boxed_content(response) or "", "math", meta)
+
+
+def _hub_benchmark_loader(spec: HubBenchmark) -> Loader:
+    def load(limit: int | None = None, seed: int = 0) -> list[Problem]:
+        if spec.name == "openthoughts3":  # 1.2M rows: stream only what is asked for
+            _, rows = _load_first_mirror(spec, limit=limit, streaming=bool(limit))
+            return [openthoughts_problem(r, i) for i, r in enumerate(rows) if not limit or i < limit]
+        dataset_id, ds = _load_first_mirror(spec)
+        if spec.name == "gpqa":
+            return [gpqa_problem(r, i, seed) for i, r in enumerate(ds)]
+        if spec.name == "mmlu-pro":
+            # fixed sample: seed 0 unless asked, so every run of the paper recipe sees the same 500 questions
+            idx = sorted(random.Random(seed).sample(range(len(ds)), min(MMLU_PRO_SAMPLE, len(ds))))
+            return [mmlu_pro_problem(ds[i]) for i in idx]
+        id_col = spec.id_column if spec.id_column in ds.column_names else None
+        return [
+            Problem(str(r[id_col]) if id_col else str(i), with_instruction(str(r[spec.question]), spec.answer_type),
+                    _answer_from(r[spec.answer]), spec.answer_type, {"dataset": dataset_id})
+            for i, r in enumerate(ds)
+        ]
+
+    return load
+
+
+for _spec in HUB_BENCHMARKS.values():
+    register_source(_spec.name, _hub_benchmark_loader(_spec))
+
+
+# ------------------------------------------------------------------------------------------ toy world
+def _toy_loader(split: str) -> Loader:
+    def load(limit: int | None = None, seed: int = 0) -> list[Problem]:
+        from opd_cli.toy.world import ensure_world  # builds the toy world on first use
+
+        world = ensure_world()  # one fixed world; `seed` only orders sampling elsewhere
+        rows = _read_rows(Path(world.split_path(split)))
+        out = []
+        for i, r in enumerate(rows):
+            if limit and i >= limit:
+                break
+            meta = {k: v for k, v in r.items() if k not in ("id", "question", "answer")}
+            if "solution" in r:
+                meta["response"] = r["solution"]
+            out.append(Problem(str(r.get("id", i)), str(r["question"]), str(r["answer"]), "math", meta))
+        return out
+
+    return load
+
+
+for _name, _split in TOY_SPLITS.items():
+    register_source(_name, _toy_loader(_split))

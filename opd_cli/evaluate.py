@@ -1,0 +1,391 @@
+"""`opd eval`: sample n answers per problem, grade them, report Mean Acc@n (SPEC.md "Evaluation").
+
+Three entry points share one path: :func:`run_eval` (the command), :func:`evaluate_model` (one model on one
+benchmark, reused by other commands) and :func:`evaluate_run` (the checkpoints of a training run, with the best
+one on a dev benchmark recorded in ``run/eval/best.json``; docs/run-format.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opd_cli.config import check, dump_yaml, field
+from opd_cli.data import Problem, load_benchmark, load_file
+from opd_cli.errors import OpdError
+from opd_cli.generation import BACKENDS, check_backend
+from opd_cli.models import DEVICES, DTYPES
+from opd_cli.runs import CKPT_PREFIX, IF_EXISTS, list_checkpoints, open_run, read_config, write_json
+
+TOY_MODELS = ("student", "teacher")
+EVAL_TEMPLATES = ("auto", "chat", "plain")
+
+
+@dataclass
+class EvalConfig:
+    """Options of `opd eval` (recipes/eval-*.yaml fill the same fields)."""
+
+    model: str | None = field(None, help="Hub id or local model folder; off (None) = a toy-world model (--toy-model) or --run.")
+    toy_model: str = field("student", help="Without --model/--run: which toy-world model to evaluate, student | teacher.")
+    run: str | None = field(None, help="Training run folder whose checkpoints to evaluate; None = off.")
+    steps: list[int] = field([], help="Checkpoint steps of --run (0 = the run's initial student); empty = every checkpoint.")
+    benchmark: list[str] = field([], help="Registered benchmarks (toy, toy-ood, math500, aime24, aime25, gpqa, mmlu-pro, ...); empty = toy for toy models.")
+    data: str | None = field(None, help="Local .jsonl/.json/.parquet/.csv problem file, named by its stem; None = off.")
+    question_column: str | None = field(None, help="Question column of --data; None = auto (question/problem/prompt...).")
+    answer_column: str | None = field(None, help="Answer column of --data; None = auto (answer/solution...).")
+    dev_benchmark: str | None = field(None, help="Benchmark that picks the best checkpoint of --run; None = the first one.")
+    samples: int = field(4, help="Completions per problem, the n of Mean Acc@n (>= 1).")
+    samples_per_benchmark: dict[str, int] = field({}, help="Per-benchmark n overriding `samples`, e.g. {aime24: 16} (recipes only).")
+    limit: int = field(0, help="Evaluate only the first N problems of each benchmark; 0 = all.")
+    temperature: float = field(1.0, help="Sampling temperature; 0 = greedy.")
+    top_p: float = field(1.0, help="Nucleus sampling mass; 1.0 = off.")
+    max_new_tokens: int = field(1024, help="Response cap in tokens (the paper evaluates with 16384).")
+    batch_size: int = field(16, help="Sequences per generate call (hf backend).")
+    backend: str = field("hf", help="hf (transformers generate, any device) | vllm (CUDA GPU + the vllm extra).")
+    template: str = field("auto", help="Prompt template: auto (chat template if the tokenizer has one) | chat | plain.")
+    think: bool = field(True, help="Append <think> to the prompt (paper default); false = off.")
+    dtype: str = field("auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16.")
+    device: str = field("auto", help="auto (cuda when available) | cpu | cuda | mps.")
+    seed: int = field(0, help="Sampling seed (and the MMLU-Pro sample / GPQA shuffle seed).")
+    output_dir: str | None = field(None, help="Output folder; None = runs/eval-<model label> (with --run: <run>/eval).")
+    if_exists: str = field("raise", help="Existing outputs: raise | resume (skip finished benchmarks) | overwrite.")
+
+    command = "eval"
+
+    def __post_init__(self) -> None:
+        self.benchmark = [b.strip() for item in self.benchmark for b in str(item).split(",") if b.strip()]
+        check(self.samples >= 1, f"--samples must be at least 1, got {self.samples}")
+        for name, n in self.samples_per_benchmark.items():
+            check(isinstance(n, int) and n >= 1, f"samples_per_benchmark[{name}] must be an integer >= 1, got {n!r}")
+        check(self.limit >= 0, f"--limit must be >= 0 (0 = all problems), got {self.limit}")
+        check(self.temperature >= 0, f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        check(0 < self.top_p <= 1, f"--top-p must be in (0, 1] (1 = off), got {self.top_p}")
+        check(self.max_new_tokens >= 1, f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        check(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
+        check(self.backend in BACKENDS, f"unknown --backend {self.backend!r}: use hf (any device) or vllm (a CUDA GPU and the vllm extra)")
+        check_backend(self.backend, need_gpu=False)  # the extra must be installed; the GPU is checked at load time
+        check(self.template in EVAL_TEMPLATES, f"unknown --template {self.template!r}: use one of {', '.join(EVAL_TEMPLATES)}")
+        check(self.toy_model in TOY_MODELS, f"--toy-model must be student or teacher, got {self.toy_model!r}")
+        check(self.dtype in DTYPES, f"unknown --dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        check(self.device in DEVICES or self.device.startswith("cuda:"), f"unknown --device {self.device!r}: use one of {', '.join(DEVICES)}")
+        check(self.if_exists in IF_EXISTS, f"--if-exists must be one of {', '.join(IF_EXISTS)}, got {self.if_exists!r}")
+        check(not (self.model and self.run), "pass either --model or --run, not both")
+        check(all(s >= 0 for s in self.steps), f"--steps must be >= 0, got {self.steps}")
+        check(not self.steps or bool(self.run), "--steps needs --run (a training run folder)")
+        if self.model is not None and not self.benchmark and self.data is None:
+            raise OpdError("--model needs something to evaluate on: pass --benchmark NAME (e.g. math500) or --data FILE")
+
+    def n_for(self, benchmark: str) -> int:
+        return int(self.samples_per_benchmark.get(benchmark, self.samples))
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def pass_ks(n: int) -> list[int]:
+    """k = 1, 2, 4, ... up to n, and n itself."""
+    ks, k = [], 1
+    while k <= n:
+        ks.append(k)
+        k *= 2
+    return ks if ks[-1] == n else ks + [n]
+
+
+def summarize(correct: Sequence[Sequence[bool]], lengths: Sequence[int], truncated: Sequence[bool]) -> dict[str, Any]:
+    """Mean Acc@n (per-problem accuracy averaged over problems) with its standard error over problems, pass@k,
+    mean response length (tokens) and the fraction of responses stopped by the length cap."""
+    n = len(correct[0]) if correct else 0
+    per_problem = [sum(c) / len(c) for c in correct]
+    p = len(per_problem)
+    mean = sum(per_problem) / p if p else float("nan")
+    if p > 1:
+        var = sum((a - mean) ** 2 for a in per_problem) / (p - 1)
+        stderr = math.sqrt(var / p)
+    else:
+        stderr = 0.0
+    pk = {str(k): sum(pass_at_k(n, sum(c), k) for c in correct) / p for k in pass_ks(n)} if p else {}
+    return {
+        "n": n,
+        "num_problems": p,
+        "mean_acc": mean,
+        "stderr": stderr,
+        "pass_at_k": pk,
+        "mean_length": sum(lengths) / len(lengths) if lengths else float("nan"),
+        "truncated_frac": sum(truncated) / len(truncated) if truncated else float("nan"),
+    }
+
+
+# ------------------------------------------------------------------------------------------ problems and models
+def resolve_benchmarks(cfg: EvalConfig, default: Sequence[str] = ()) -> dict[str, list[Problem]]:
+    """Benchmark name -> problems, loaded before any model so bad data fails fast."""
+    out: dict[str, list[Problem]] = {}
+    for name in cfg.benchmark or ([] if cfg.data else list(default)):
+        out[name] = load_benchmark(name, limit=cfg.limit or None, seed=cfg.seed)
+    if cfg.data is not None:
+        probs = load_file(cfg.data, cfg.question_column, cfg.answer_column)
+        out[Path(cfg.data).name.split(".")[0]] = probs[: cfg.limit] if cfg.limit else probs
+    if not out:
+        raise OpdError("nothing to evaluate on: pass --benchmark NAME or --data FILE")
+    for name, probs in out.items():
+        if not probs:
+            raise OpdError(f"benchmark {name} has no problems (check --limit and the source)")
+    return out
+
+
+def toy_model_dir(which: str, console: Any = None) -> str:
+    """The folder of the toy world's student or teacher, building the world on first use."""
+    from opd_cli.toy.world import ensure_world
+
+    world = ensure_world(console=console)
+    for attr in (f"{which}_dir", f"{which}_path", which):
+        val = getattr(world, attr, None)
+        if isinstance(val, (str, Path)):
+            return str(val)
+    if hasattr(world, "model_dir"):
+        return str(world.model_dir(which))
+    raise OpdError(f"the toy world has no {which} model folder")
+
+
+def model_label(model: str) -> str:
+    p = Path(model)
+    name = p.name if not p.name.startswith(CKPT_PREFIX) else f"{p.parent.parent.name}-{p.name}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "model"
+
+
+def load_for_eval(model: str, cfg: EvalConfig) -> tuple[Any, Any]:
+    """(model, tokenizer) for sampling; the model is a ``vllm.LLM`` with ``--backend vllm``."""
+    from opd_cli.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(model, what="model")
+    if cfg.backend == "vllm":
+        from opd_cli.generation import load_vllm
+
+        return load_vllm(model, dtype=cfg.dtype if cfg.dtype != "auto" else "auto", seed=cfg.seed), tok
+    return load_model(model, dtype=cfg.dtype, device=cfg.device, what="model"), tok
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def _progress(console: Any) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=False)
+
+
+def evaluate_model(
+    model: str | tuple[Any, Any],
+    problems: list[Problem],
+    cfg: EvalConfig,
+    out_dir: str | Path,
+    label: str,
+    *,
+    model_name: str | None = None,
+    step: int | None = None,
+    console: Any = None,
+) -> dict[str, Any]:
+    """Evaluate one model on one benchmark; writes ``out_dir/<label>.json`` (summary) and
+    ``out_dir/<label>.samples.jsonl`` (one line per sample) and returns the summary.
+
+    ``model``: hub id or folder, or an already loaded ``(model, tokenizer)`` pair (``model_name`` then names it).
+    ``cfg``: an :class:`EvalConfig` (or anything with its sampling fields and ``n_for``).
+    """
+    from rich.console import Console
+
+    from opd_cli.generation import sample
+    from opd_cli.grading import grade
+    from opd_cli.prompts import build_prompt
+
+    console = console or Console(stderr=True)
+    if isinstance(model, tuple):
+        lm, tok = model
+        name = model_name or "model"
+    else:
+        lm, tok = load_for_eval(model, cfg)
+        name = model_name or model
+    n = cfg.n_for(label) if hasattr(cfg, "n_for") else int(cfg.samples)
+    prompts = [build_prompt(tok, p.question, template=cfg.template, think=cfg.think) for p in problems]
+    t0 = time.time()
+    with _progress(console) as bar:
+        task = bar.add_task(f"{label} ({len(problems)}x{n})", total=len(problems) * n)
+        samples = sample(lm, tok, prompts, n, temperature=cfg.temperature, top_p=cfg.top_p,
+                         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
+                         progress=lambda k: bar.advance(task, k), backend=cfg.backend)
+    gen_time = time.time() - t0
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    correct, lengths, truncated, lines = [], [], [], []
+    for prob, row in zip(problems, samples, strict=True):
+        marks = []
+        for j, s in enumerate(row):
+            ok, extracted = grade(prob, s.text)
+            marks.append(ok)
+            lengths.append(s.length)
+            truncated.append(s.truncated)
+            lines.append(json.dumps({"problem_id": prob.id, "sample": j, "text": s.text, "extracted": extracted,
+                                     "gold": prob.answer, "correct": ok, "length": s.length, "truncated": s.truncated}))
+        correct.append(marks)
+    tmp = out_dir / f"{label}.samples.jsonl.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out_dir / f"{label}.samples.jsonl")
+    summary = {"benchmark": label, "model": str(name), "step": step, **summarize(correct, lengths, truncated),
+               "temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
+               "backend": cfg.backend, "seed": cfg.seed, "time_generate": gen_time}
+    write_json(out_dir / f"{label}.json", summary)
+    return summary
+
+
+def _done(out_dir: Path, label: str) -> dict[str, Any] | None:
+    f = out_dir / f"{label}.json"
+    if f.is_file() and (out_dir / f"{label}.samples.jsonl").is_file():
+        try:
+            return json.loads(f.read_text())
+        except json.JSONDecodeError:
+            return None
+    return None
+
+
+def print_summary(summaries: list[dict[str, Any]], console: Any = None, title: str = "opd eval") -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=title)
+    for col in ("step", "benchmark", "n", "problems", "Mean Acc@n", "pass@k", "mean len", "truncated"):
+        table.add_column(col, justify="left" if col == "benchmark" else "right")
+    for s in summaries:
+        pk = " ".join(f"@{k}={v:.3f}" for k, v in s["pass_at_k"].items())
+        table.add_row("-" if s.get("step") is None else str(s["step"]), s["benchmark"], str(s["n"]), str(s["num_problems"]),
+                      f"{s['mean_acc']:.3f} ± {s['stderr']:.3f}", pk, f"{s['mean_length']:.1f}", f"{s['truncated_frac']:.2f}")
+    console.print(table)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    steps: Sequence[int] | None,
+    benchmarks: Mapping[str, list[Problem]] | Sequence[str],
+    dev_benchmark: str | None = None,
+    cfg: EvalConfig | None = None,
+    if_exists: str | None = None,
+    console: Any = None,
+) -> dict[str, Any]:
+    """Evaluate checkpoints of a run: ``run/eval/step_XXXXXX/<benchmark>.json`` (+ ``.samples.jsonl``) per step and
+    ``run/eval/best.json`` = ``{"dev_benchmark", "best_step", "scores": {"<step>": mean_acc}}`` (ties: earliest).
+
+    Step 0 is the run's initial student (``student`` in its config.yaml); ``steps`` None/empty = every complete
+    checkpoint. Already evaluated steps follow ``if_exists`` (default ``cfg.if_exists``): raise | resume | overwrite.
+    """
+    from rich.console import Console
+
+    cfg = cfg or EvalConfig()
+    if_exists = if_exists or cfg.if_exists
+    console = console or Console()
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise OpdError(f"{run_dir} is not a run folder (no config.yaml): pass a folder written by `opd train`")
+    if not isinstance(benchmarks, Mapping):
+        benchmarks = {b: load_benchmark(b, limit=cfg.limit or None, seed=cfg.seed) for b in benchmarks}
+    if not benchmarks:
+        raise OpdError("nothing to evaluate on: pass --benchmark NAME or --data FILE")
+    dev = dev_benchmark or next(iter(benchmarks))
+    if dev not in benchmarks:
+        raise OpdError(f"--dev-benchmark {dev} is not among the evaluated benchmarks ({', '.join(benchmarks)}): add it with --benchmark")
+    ckpts = dict(list_checkpoints(run_dir))
+    wanted = sorted(set(steps)) if steps else sorted(ckpts)
+    if not wanted:
+        raise OpdError(f"{run_dir} has no complete checkpoints yet: pass --steps 0 to evaluate its initial student")
+    targets: list[tuple[int, str]] = []
+    for s in wanted:
+        if s == 0:
+            student = read_config(run_dir).get("student")
+            if not student:
+                raise OpdError(f"{run_dir}/config.yaml names no `student`, so step 0 cannot be evaluated")
+            targets.append((0, str(student)))
+        elif s in ckpts:
+            targets.append((s, str(ckpts[s])))
+        else:
+            have = ", ".join(str(k) for k in sorted(ckpts)) or "none"
+            raise OpdError(f"{run_dir} has no complete checkpoint for step {s} (have: {have})")
+    eval_root = run_dir / "eval"
+    if if_exists == "raise":
+        for s, _ in targets:
+            clash = [b for b in benchmarks if _done(eval_root / f"{CKPT_PREFIX}{s:06d}", b) is not None]
+            if clash:
+                raise OpdError(
+                    f"{eval_root}/{CKPT_PREFIX}{s:06d} already has results for {', '.join(clash)}: pass --if-exists resume "
+                    f"to keep them, --if-exists overwrite to redo them"
+                )
+    eval_root.mkdir(parents=True, exist_ok=True)
+    (eval_root / "eval_config.yaml").write_text(dump_yaml(cfg))
+    summaries = []
+    for s, model in targets:
+        out = eval_root / f"{CKPT_PREFIX}{s:06d}"
+        loaded = None
+        for name, probs in benchmarks.items():
+            prev = _done(out, name) if if_exists == "resume" else None
+            if prev is not None:
+                summaries.append(prev)
+                continue
+            loaded = loaded or load_for_eval(model, cfg)
+            summaries.append(evaluate_model(loaded, probs, cfg, out, name, model_name=model, step=s, console=console))
+    best = record_best(run_dir, dev, {s["step"]: s["mean_acc"] for s in summaries if s["benchmark"] == dev})
+    print_summary(summaries, console, title=f"opd eval --run {run_dir}")
+    console.print(f"best step on {dev}: {best['best_step']} (Mean Acc {best['scores'][str(best['best_step'])]:.3f}) -> {eval_root / 'best.json'}")
+    return best
+
+
+def record_best(run_dir: str | Path, dev_benchmark: str, scores: Mapping[int, float]) -> dict[str, Any]:
+    """Merge ``scores`` (step -> dev Mean Acc) into ``run/eval/best.json`` and pick the best step (ties: earliest)."""
+    f = Path(run_dir) / "eval" / "best.json"
+    merged: dict[str, float] = {}
+    if f.is_file():
+        try:
+            old = json.loads(f.read_text())
+            if old.get("dev_benchmark") == dev_benchmark:
+                merged.update({str(k): v for k, v in old.get("scores", {}).items() if v is not None})
+        except json.JSONDecodeError:
+            pass
+    merged.update({str(k): float(v) for k, v in scores.items()})
+    ordered = dict(sorted(merged.items(), key=lambda kv: int(kv[0])))
+    best_step = max(ordered, key=lambda k: (ordered[k], -int(k)))
+    best = {"dev_benchmark": dev_benchmark, "best_step": int(best_step), "scores": ordered}
+    write_json(f, best)
+    return best
+
+
+def run_eval(cfg: EvalConfig) -> list[dict[str, Any]] | dict[str, Any]:
+    """`opd eval`: a model (hub id or folder), a run's checkpoints, or by default the toy world's student."""
+    from rich.console import Console
+
+    console = Console()
+    console.print(dump_yaml(cfg), markup=False, highlight=False)
+    if cfg.run is not None:
+        benchmarks = resolve_benchmarks(cfg, default=[cfg.dev_benchmark] if cfg.dev_benchmark else ["toy"])
+        return evaluate_run(cfg.run, cfg.steps, benchmarks, cfg.dev_benchmark, cfg, console=console)
+    benchmarks = resolve_benchmarks(cfg, default=["toy"])
+    if cfg.model is not None:
+        model, label = cfg.model, model_label(cfg.model)
+    else:
+        model, label = toy_model_dir(cfg.toy_model, console), f"toy-{cfg.toy_model}"
+    if cfg.backend == "vllm":
+        check_backend("vllm")  # GPU present too, before anything is written
+    loaded = load_for_eval(model, cfg)  # a bad path fails here, before the output folder is created
+    run = open_run(cfg.output_dir or f"runs/eval-{label}", cfg.if_exists, cfg)
+    summaries = []
+    for name, probs in benchmarks.items():
+        prev = _done(run.path / "eval", name) if run.resumed else None
+        summaries.append(prev if prev is not None else
+                         evaluate_model(loaded, probs, cfg, run.path / "eval", name, model_name=model, console=console))
+    print_summary(summaries, console)
+    console.print(f"results: {run.path / 'eval'}")
+    return summaries

@@ -1,0 +1,171 @@
+"""Sampling completions: HF ``generate`` on any device, or vLLM on a GPU (the ``vllm`` extra).
+
+``sample`` returns, per prompt, ``n`` :class:`Sample` objects. Text, token ids and length cover only the tokens
+the model generated: never the prompt, and never a forced ``prefix`` (teacher-prefix probe), whose token count is
+kept separately in ``Sample.prefix_length`` — a full response is ``prefix + text``, ``prefix_length + length``
+tokens long.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from opd_cli.errors import OpdError
+
+BACKENDS = ("hf", "vllm")
+VLLM_MISSING = "--backend vllm needs the vllm extra (pip install 'opd-cli[vllm]') and a CUDA GPU"
+
+
+@dataclass
+class Sample:
+    """One completion. ``length`` = generated tokens (the EOS token included when it was produced);
+    ``truncated`` = stopped by ``max_new_tokens`` before an EOS; ``prefix_length`` = tokens of a forced prefix
+    placed between prompt and completion (0 when none), not counted in ``length``."""
+
+    text: str
+    token_ids: list[int]
+    length: int
+    truncated: bool
+    prefix_length: int = 0
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def check_backend(backend: str, need_gpu: bool = True) -> None:
+    """Fail early and clearly for an unknown backend, or vLLM without the extra (or, when ``need_gpu``, a GPU)."""
+    if backend not in BACKENDS:
+        raise OpdError(f"unknown --backend {backend!r}: use hf (any device) or vllm (a CUDA GPU and the vllm extra)")
+    if backend == "vllm":
+        if not vllm_available():
+            raise OpdError(VLLM_MISSING)
+        if need_gpu:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise OpdError(VLLM_MISSING + "; no CUDA GPU is visible here, use --backend hf")
+
+
+def eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every token id that ends a response: the tokenizer's EOS and the model's generation-config EOS ids."""
+    ids: set[int] = set()
+    cfg_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for v in (tokenizer.eos_token_id, cfg_eos):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, (list, tuple)):
+            ids.update(int(x) for x in v)
+    return sorted(ids)
+
+
+def _encode(tokenizer: Any, prompts: Sequence[str], prefixes: Sequence[str] | None) -> tuple[list[list[int]], list[int]]:
+    """Prompt (+ prefix) token ids, tokenised separately so the prefix's tokens are exactly its own."""
+    ids, pre_lens = [], []
+    for i, p in enumerate(prompts):
+        x = tokenizer(p, add_special_tokens=False)["input_ids"]
+        pre = tokenizer(prefixes[i], add_special_tokens=False)["input_ids"] if prefixes and prefixes[i] else []
+        ids.append(list(x) + list(pre))
+        pre_lens.append(len(pre))
+    return ids, pre_lens
+
+
+def _finish(tokenizer: Any, new_ids: list[int], eos: set[int], prefix_len: int) -> Sample:
+    cut = next((j for j, t in enumerate(new_ids) if t in eos), None)
+    kept = new_ids if cut is None else new_ids[: cut + 1]
+    text = tokenizer.decode(kept, skip_special_tokens=True)
+    return Sample(text, kept, len(kept), cut is None, prefix_len)
+
+
+def sample(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    n: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 1024,
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+    prefixes: list[str] | None = None,
+    backend: str = "hf",
+) -> list[list[Sample]]:
+    """``n`` completions of each prompt (temperature 0 = greedy; top-k is always off, as in the paper).
+
+    hf: ``model`` is a transformers causal LM; prompts are left-padded and generated ``batch_size`` sequences at a
+    time. vllm: ``model`` is a ``vllm.LLM`` (see :func:`load_vllm`). ``progress(k)`` is called as k more
+    sequences finish. ``prefixes[i]`` (optional) is forced after prompt i; see :class:`Sample` for how it counts.
+    """
+    if n < 1:
+        raise OpdError(f"the number of samples must be at least 1, got {n}")
+    if prefixes is not None and len(prefixes) != len(prompts):
+        raise ValueError("prefixes must have one entry per prompt")
+    check_backend(backend, need_gpu=False)
+    if backend == "vllm":
+        return _sample_vllm(model, tokenizer, prompts, n, temperature, top_p, max_new_tokens, seed, progress, prefixes)
+    import torch
+
+    torch.manual_seed(seed)
+    ids, pre_lens = _encode(tokenizer, prompts, prefixes)
+    eos = set(eos_ids(model, tokenizer))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+    # every (prompt, sample) pair is one sequence; copies of one prompt sit together for better batching
+    jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
+    out: list[list[Sample | None]] = [[None] * n for _ in prompts]
+    device = next(model.parameters()).device
+    gen_kwargs: dict[str, Any] = {"do_sample": False}
+    if temperature > 0:
+        gen_kwargs = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    for start in range(0, len(jobs), max(1, batch_size)):
+        chunk = jobs[start : start + batch_size]
+        seqs = [ids[i] for i, _ in chunk]
+        width = max(len(s) for s in seqs)
+        input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
+        attn = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+        with torch.no_grad():
+            gen = model.generate(
+                input_ids=input_ids, attention_mask=attn, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                eos_token_id=sorted(eos), **gen_kwargs,
+            )
+        for row, (i, j) in enumerate(chunk):
+            out[i][j] = _finish(tokenizer, gen[row, width:].tolist(), eos, pre_lens[i])
+        if progress is not None:
+            progress(len(chunk))
+    return out  # type: ignore[return-value]
+
+
+def load_vllm(model: str, dtype: str = "auto", seed: int = 0, max_model_len: int | None = None,
+              gpu_memory_utilization: float = 0.9) -> Any:
+    """A ``vllm.LLM`` for ``model`` (hub id or folder); clear error without the extra or a GPU."""
+    check_backend("vllm")
+    import vllm
+
+    kwargs: dict[str, Any] = {"model": model, "dtype": dtype, "seed": seed, "gpu_memory_utilization": gpu_memory_utilization}
+    if max_model_len:
+        kwargs["max_model_len"] = max_model_len
+    return vllm.LLM(**kwargs)
+
+
+def _sample_vllm(llm: Any, tokenizer: Any, prompts: list[str], n: int, temperature: float, top_p: float,
+                 max_new_tokens: int, seed: int, progress: Callable[[int], None] | None,
+                 prefixes: list[str] | None) -> list[list[Sample]]:
+    from vllm import SamplingParams
+
+    ids, pre_lens = _encode(tokenizer, prompts, prefixes)
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=-1 if temperature > 0 else 1,
+                            max_tokens=max_new_tokens, seed=seed, skip_special_tokens=True)
+    results = llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
+    out = []
+    for i, res in enumerate(results):
+        row = []
+        for c in res.outputs:
+            tok_ids = list(c.token_ids)
+            row.append(Sample(c.text, tok_ids, len(tok_ids), c.finish_reason == "length", pre_lens[i]))
+        out.append(row)
+        if progress is not None:
+            progress(n)
+    return out

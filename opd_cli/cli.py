@@ -106,6 +106,24 @@ def flops_cmd(
     dispatch("opd_cli.flops", "FlopsConfig", "run_flops", recipe, locals())
 
 
+# --------------------------------------------------------------------------------------------- plot
+@app.command("plot")
+def plot_cmd(
+    kind: Optional[str] = typer.Argument(None, help="kl-position | teacher-prefix | compute-vs-acc | sft-prefix | lr-sweep | window-ablation | main-table | overlap"),
+    runs: Optional[list[str]] = typer.Argument(None, help="Run folders, or folders of run folders."),
+    recipe: Optional[Path] = RecipeOpt,
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="Folder for PNG/PDF/CSV/markdown (default plots)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="kl-position: training steps to draw, e.g. 10,20,30 (default: 3 evenly spaced)."),
+    dev_benchmark: Optional[str] = typer.Option(None, "--dev-benchmark", help="Dev benchmark (default: each run's eval/best.json)."),
+    in_domain: Optional[str] = typer.Option(None, "--in-domain", help="In-domain benchmarks, e.g. math500,aime24,aime25."),
+    ood: Optional[str] = typer.Option(None, "--ood", help="Out-of-domain benchmarks, e.g. gpqa,mmlu-pro."),
+    x_axis: Optional[str] = typer.Option(None, "--x-axis", help="sft-prefix: flops (default) | step."),
+    match_acc: Optional[float] = typer.Option(None, "--match-acc", help="lr-sweep: dev accuracy to match for OOD (-1 = highest level all runs reach)."),
+) -> None:
+    """Figures and tables of the paper from run folders: PNG + PDF, and CSV/markdown for tables."""
+    dispatch("opd_cli.plot", "PlotConfig", "run_plot", recipe, locals())
+
+
 def main() -> None:
     """Console entry point."""
     app()

@@ -1,0 +1,591 @@
+"""`opd train`: prefix on-policy distillation (SPEC.md "The method") on top of TRL's DistillationTrainer.
+
+The trainer overrides four hooks of ``trl.DistillationTrainer`` (TRL 1.16) and nothing else:
+
+- ``_generate_single_turn``: sets this step's generation length (L, or the loss window's end) so generation *stops*
+  there, reseeds sampling per (seed, step, rank) so a resumed run draws the same rollouts, and on the vLLM path keeps
+  vLLM's sampled-token log-probs instead of discarding them;
+- ``_generate_and_score_completions``: after TRL's rollout/padding code, one no-grad pass of both models over the
+  rollouts, chunked along the sequence: rollout log-probs ``logp_old``, teacher log-probs ``logp_T``, the Rethinking-OPD
+  metrics, the trained-token mask, and ``num_items_in_batch`` = number of sequences (the paper sums over tokens);
+- ``compute_loss``: the ``sampled`` / ``full`` / ``topk`` loss from :mod:`opd_cli.maths`;
+- ``log`` and ``_save_checkpoint``: one metrics.jsonl line per optimizer step from our own accumulators, and
+  checkpoints committed atomically into ``checkpoints/step_XXXXXX`` (TRL/transformers write model, tokenizer,
+  optimizer, scheduler and RNG states; we add ``opd_state.json``).
+
+Rollout log-probs on the HF path are *recomputed* with the same no-grad model right after generation rather than
+taken from ``generate(output_logits=True)``: the recompute is the x/3 "student log-probs" term of the paper's FLOPs
+count, it runs the exact forward the update runs (so the importance ratio is exactly 1 on every micro-step: weights
+only change at the optimizer step), and it avoids holding (B, L, V) float32 logits from generation. Sampling itself
+uses temperature 1, top-p 1, top-k off, so the sampling distribution is the model's distribution.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opd_cli.config import check, field
+from opd_cli.errors import OpdError
+
+BACKENDS = ("hf", "vllm")
+VLLM_MODES = ("colocate", "server")
+METRIC_K = 16  # Rethinking-OPD metrics use k = 16
+TIMING_KEYS = ("time_generate", "time_teacher", "time_update", "time_step", "wall_time")
+METRIC_KEYS = (
+    "step", "prefix_len", "loss", "kl", "kl_bin_size", "kl_bin_mean", "kl_bin_count",
+    "rollout_len_mean", "rollout_len_min", "rollout_len_max", "clipped_frac",
+    "tokens_generated", "tokens_scored", "tokens_trained", "seq_tokens", "seq_tokens_sq", "flops_step", "flops_total",
+    *TIMING_KEYS, "lr", "grad_norm",
+    "overlap_ratio", "overlap_adv", "entropy_student", "entropy_teacher", "entropy_gap",
+    "overlap_mass_student", "overlap_mass_teacher",
+)  # fmt: skip
+
+
+@dataclass
+class TrainConfig:
+    """Prefix on-policy distillation of a teacher into a student (no --student/--teacher: the toy world)."""
+
+    command = "train"
+
+    name: str = field("opd", help="Run name; the default output folder is runs/train-<name>.")
+    student: str | None = field(None, help="Student: hub id or local folder (None = the toy world's student).")
+    teacher: str | None = field(None, help="Teacher: hub id or local folder sharing the student's vocabulary (None = toy teacher).")
+    prompts: str | None = field(None, help="Registered prompt source, e.g. toy-train, openthoughts3 (None = toy-train on the toy world, openthoughts3 otherwise).")
+    data: str | None = field(None, help="Local jsonl/parquet/csv file of prompts instead of --prompts (None = off).")
+    question_column: str | None = field(None, help="Column of --data holding the question (None = guess).")
+    limit: int = field(0, help="Use only the first N prompts (0 = all).")
+    prefix: str = field("full", help="Prefix length L in tokens: only the first L response tokens are sampled and trained; 'full' = --max-new-tokens.")
+    schedule: str = field("none", help="Prefix schedule: none (fixed --prefix) | linear (L = start + delta*step, capped).")
+    prefix_start: int = field(1, help="Linear schedule: L at the first step (tokens).")
+    prefix_delta: int = field(256, help="Linear schedule: L growth per optimizer step (tokens).")
+    max_new_tokens: int = field(512, help="Response cap in tokens (full OPD length; the paper uses 16384).")
+    loss: str = field("sampled", help="sampled (importance-sampled sampled-token reverse KL) | full (full-vocabulary reverse KL) | topk.")
+    topk: int = field(16, help="k of --loss topk (tokens).")
+    topk_support: str = field("student", help="--loss topk support: student | overlap | nonoverlap (Rethinking OPD §4.2).")
+    loss_window: str | None = field(None, help="Only response positions A <= t < B carry gradient, as 'A:B' (None = off); rollouts run to at least B.")
+    loss_tail: int = field(0, help="Only the last N tokens of each full-length rollout carry gradient (0 = off).")
+    kl_bin: int = field(256, help="Position-bin width of the logged KL profile (tokens).")
+    batch_size: int = field(32, help="Rollouts (prompts) per optimizer step, over all processes.")
+    micro_batch_size: int = field(8, help="Rollouts per forward/backward per process; gradient accumulation = batch / (micro * processes).")
+    lr: float = field(5e-5, help="AdamW learning rate (constant after warmup).")
+    weight_decay: float = field(0.0, help="AdamW weight decay (0 = off).")
+    max_grad_norm: float = field(1.0, help="Gradient clipping norm (0 = off).")
+    steps: int = field(60, help="Optimizer steps.")
+    warmup: int = field(0, help="Linear warmup steps (0 = off).")
+    seed: int = field(0, help="Seed of data order, sampling and initialisation.")
+    save_every: int = field(10, help="Checkpoint every N optimizer steps (0 = only the final model).")
+    backend: str = field("hf", help="Rollouts: hf (transformers generate, any device) | vllm (GPU + the vllm extra).")
+    vllm_mode: str = field("colocate", help="--backend vllm: colocate (same GPUs) | server (trl vllm-serve).")
+    dtype: str = field("auto", help="auto | float32 | bfloat16 | float16.")
+    device: str = field("auto", help="auto | cpu | cuda (accelerate launch picks the device per process).")
+    template: str = field("auto", help="Prompt template: auto | chat | plain | teacher.")
+    think: bool = field(True, help="Append <think> to the prompt (paper §3).")
+    chunk: int = field(256, help="Response positions per logits chunk (bounds (B, chunk, V) memory).")
+    attn_coef: float = field(12.0, help="Attention coefficient c of the FLOPs formula (12 = verl <= 0.7, 6 after).")
+    output_dir: str | None = field(None, help="Run folder (None = runs/train-<name>).")
+    if_exists: str = field("raise", help="Existing run folder: raise | resume | overwrite.")
+
+    def __post_init__(self) -> None:
+        from opd_cli.maths import LOSSES, SCHEDULES, TOPK_SUPPORTS
+
+        self.prefix = str(self.prefix).strip().lower()
+        check(self.prefix == "full" or self.prefix.lstrip("-").isdigit(), f"--prefix must be a token count or 'full', got {self.prefix!r}")
+        check(self.prefix == "full" or int(self.prefix) > 0, f"--prefix must be > 0 tokens (or 'full'), got {self.prefix}")
+        check(self.max_new_tokens > 0, f"--max-new-tokens must be > 0, got {self.max_new_tokens}")
+        check(self.schedule in SCHEDULES, f"unknown --schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
+        check(self.prefix_start > 0 and self.prefix_delta >= 0, "--prefix-start must be > 0 and --prefix-delta >= 0")
+        check(self.loss in LOSSES, f"unknown --loss {self.loss!r}: use one of {', '.join(LOSSES)}")
+        check(self.topk > 0, f"--topk must be > 0, got {self.topk}")
+        check(self.topk_support in TOPK_SUPPORTS, f"unknown --topk-support {self.topk_support!r}: use one of {', '.join(TOPK_SUPPORTS)}")
+        if self.loss_window is not None:
+            a, b = self.window
+            check(0 <= a < b, f"--loss-window A:B needs 0 <= A < B, got {self.loss_window}")
+            check(b <= self.max_new_tokens, f"--loss-window end {b} is past --max-new-tokens {self.max_new_tokens}")
+        check(self.loss_tail >= 0, f"--loss-tail must be >= 0 (0 = off), got {self.loss_tail}")
+        check(self.loss_tail <= self.max_new_tokens, f"--loss-tail {self.loss_tail} is larger than --max-new-tokens {self.max_new_tokens}")
+        check(not (self.loss_tail and self.loss_window), "use either --loss-window or --loss-tail, not both")
+        check(not (self.loss_tail and (self.prefix != "full" or self.schedule != "none")), "--loss-tail trains the end of full-length rollouts: use it with --prefix full and no schedule")
+        check(self.kl_bin > 0, f"--kl-bin must be > 0 tokens, got {self.kl_bin}")
+        check(self.batch_size > 0 and self.micro_batch_size > 0, "--batch-size and --micro-batch-size must be > 0")
+        check(self.batch_size % self.micro_batch_size == 0, f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size {self.micro_batch_size}")
+        check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        check(self.steps > 0, f"--steps must be > 0, got {self.steps}")
+        check(self.warmup >= 0 and self.save_every >= 0 and self.limit >= 0, "--warmup, --save-every and --limit must be >= 0")
+        check(self.chunk > 0, f"--chunk must be > 0, got {self.chunk}")
+        check(self.backend in BACKENDS, f"unknown --backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
+        check(self.vllm_mode in VLLM_MODES, f"unknown --vllm-mode {self.vllm_mode!r}: use one of {', '.join(VLLM_MODES)}")
+        check((self.student is None) == (self.teacher is None), "pass both --student and --teacher, or neither (the toy world)")
+        check(not (self.prompts and self.data), "pass either --prompts or --data, not both")
+
+    @property
+    def window(self) -> tuple[int, int]:
+        try:
+            a, b = (int(x) for x in str(self.loss_window).split(":"))
+        except ValueError:
+            raise OpdError(f"--loss-window must look like A:B (token positions), got {self.loss_window!r}") from None
+        return a, b
+
+    @property
+    def prefix_tokens(self) -> int | None:
+        return None if self.prefix == "full" else int(self.prefix)
+
+    def prefix_len(self, step: int) -> int:
+        """L for the rollouts of optimizer step ``step`` (0-based)."""
+        from opd_cli.maths import prefix_length
+
+        return prefix_length(step, self.prefix_tokens, self.max_new_tokens, self.schedule, self.prefix_start, self.prefix_delta)
+
+    def gen_len(self, step: int) -> int:
+        """Tokens to generate at ``step``: L, but at least the loss window's end (window ablation)."""
+        L = self.prefix_len(step)
+        return max(L, self.window[1]) if self.loss_window else L
+
+    def resolved_output_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path("runs") / f"train-{self.name}"
+
+
+# --------------------------------------------------------------------------------------------- the trainer
+def _make_trainer_class():
+    """Build the DistillationTrainer subclass (TRL is imported only when training)."""
+    import torch
+    from trl import DistillationTrainer
+
+    from opd_cli import maths
+
+    class OpdTrainer(DistillationTrainer):
+        def __init__(self, *args: Any, opd: TrainConfig, run: Any, flops_fn: Any, offsets: dict[str, float], **kwargs: Any):
+            self.opd = opd
+            self.run_dir = run
+            self.flops_fn = flops_fn
+            self.flops_total = offsets.get("flops_total", 0.0)
+            self.wall_offset = offsets.get("wall_time", 0.0)
+            self.progress = None
+            super().__init__(*args, **kwargs)
+            self.teacher_model.requires_grad_(False)
+            self._reset_acc()
+            self._t_start = None
+
+        # ------------------------------------------------------------------ helpers
+        def _reset_acc(self) -> None:
+            nb = math.ceil(self.opd.max_new_tokens / self.opd.kl_bin)
+            dev = self.accelerator.device
+            self._acc: dict[str, Any] = {
+                "loss": torch.zeros((), device=dev, dtype=torch.float64),
+                "sums": torch.zeros(8, device=dev, dtype=torch.float64),  # kl, trained, 7 metrics below use idx 1..
+                "metrics": torch.zeros(len(maths.OVERLAP_KEYS), device=dev, dtype=torch.float64),
+                "bin_sum": torch.zeros(nb, device=dev, dtype=torch.float64),
+                "bin_cnt": torch.zeros(nb, device=dev, dtype=torch.float64),
+                "lens": [],
+                "clipped": [],
+                "seq": [],
+                "time_generate": 0.0,
+                "time_teacher": 0.0,
+            }
+
+        def _step_index(self) -> int:
+            return int(self.state.global_step)
+
+        def _hidden_BTH(self, model: Any, ids: torch.Tensor, attn: torch.Tensor, T: int) -> torch.Tensor:
+            """Last hidden states predicting the T completion tokens, with position ids that skip left padding
+            (generate numbers positions that way; a plain forward would shift the prompts of padded rows)."""
+            pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
+            out = model.base_model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
+            return out.last_hidden_state[:, -T - 1 : -1, :]
+
+        # ------------------------------------------------------------------ hook 1: generation
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
+            step = self._step_index()
+            gen_len = self.opd.gen_len(step)
+            # Rollouts depend only on (seed, step, rank) and the weights, so a resumed run samples what the
+            # uninterrupted run sampled, whatever RNG the dataloader or checkpoint loading consumed in between.
+            torch.manual_seed((self.opd.seed * 1_000_003 + step * 7919 + self.accelerator.process_index) % (2**63))
+            t0 = time.perf_counter()
+            if self.use_vllm:
+                if self.state.global_step != self._last_loaded_step:
+                    self.vllm_generation.sync_weights()
+                    self._last_loaded_step = self.state.global_step
+                self.vllm_generation.max_completion_length = gen_len
+                self.vllm_generation.logprobs = 0  # keep the sampled token's log-prob (TRL discards it)
+                _, completion_ids, logprobs, _ = self.vllm_generation.generate(
+                    prompts=prompt_ids, images=images, num_generations=1
+                )
+                self._rollout_logprobs = [[lp[0] for lp in seq] for seq in logprobs]
+            else:
+                self.generation_config.max_new_tokens = gen_len
+                self.generation_kwargs["max_new_tokens"] = gen_len
+                completion_ids = super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
+                self._rollout_logprobs = None
+            self._acc["time_generate"] += time.perf_counter() - t0
+            return completion_ids
+
+        # ------------------------------------------------------------------ hook 2: scoring
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            step = self._step_index()
+            L = self.opd.prefix_len(step)
+            prompt_ids, prompt_mask = out["prompt_ids"], out["prompt_mask"]
+            ids_BT, cmask_BT = out["completion_ids"], out["completion_mask"]
+            B, T = ids_BT.shape
+            ids = torch.cat([prompt_ids, ids_BT], 1)
+            attn = torch.cat([prompt_mask, cmask_BT], 1)
+            lengths_B = cmask_BT.sum(1)
+
+            student = self.accelerator.unwrap_model(self.model)
+            teacher = self.accelerator.unwrap_model(self.teacher_model)
+            s_head, t_head = student.get_output_embeddings(), teacher.get_output_embeddings()
+            k = min(METRIC_K, s_head.weight.shape[0])
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                h_s = self._hidden_BTH(student, ids, attn, T)
+                t1 = time.perf_counter()
+                h_t = self._hidden_BTH(teacher, ids, attn, T)
+
+                def score(hs, ht, y):
+                    ls, lt = s_head(hs), t_head(ht)
+                    m = maths.overlap_metrics_BT(ls, lt, k)
+                    return (maths.token_logprobs_BT(ls, y), maths.token_logprobs_BT(lt, y), *(m[key] for key in maths.OVERLAP_KEYS))
+
+                res = maths.map_chunks_T(score, h_s, h_t, ids_BT, chunk=self.opd.chunk, remat=False)
+            t2 = time.perf_counter()
+            self._acc["time_generate"] += t1 - t0  # rollout log-probs belong to the rollout
+            self._acc["time_teacher"] += t2 - t1
+            logp_recomputed, logp_T = res[0], res[1]
+            metrics_BT = dict(zip(maths.OVERLAP_KEYS, res[2:], strict=True))
+            if self._rollout_logprobs is not None:  # vLLM: the log-probs it sampled with
+                lp = torch.zeros(B, T, device=ids.device)
+                for i, seq in enumerate(self._rollout_logprobs):
+                    lp[i, : len(seq)] = torch.tensor([x if x is not None else 0.0 for x in seq][:T])
+                logp_old = lp
+            else:
+                logp_old = logp_recomputed
+
+            valid_BT = cmask_BT.bool()
+            train_BT = maths.prefix_mask_BT(lengths_B, T, L)
+            if self.opd.loss_window:
+                a, b = self.opd.window
+                train_BT &= maths.window_mask_BT(lengths_B, T, a, b)
+            if self.opd.loss_tail:
+                train_BT &= maths.tail_mask_BT(lengths_B, T, self.opd.loss_tail)
+            out["old_logp"] = logp_old
+            out["teacher_logp"] = logp_T
+            out["train_mask"] = train_BT
+            if self.opd.loss != "sampled":
+                out["teacher_hidden"] = h_t
+            # The paper sums over tokens and averages over sequences: normalise by the global rollout count, not
+            # by TRL's completion-token count.
+            out["num_items_in_batch"] = self.accelerator.gather(torch.tensor(float(B), device=ids.device)).sum()
+
+            # step accumulators (local; gathered at log time)
+            acc = self._acc
+            kl_BT = maths.kl_estimate_BT(logp_old, logp_T)
+            tm = train_BT.double()
+            acc["sums"][0] += (kl_BT.double() * tm).sum()
+            acc["sums"][1] += tm.sum()
+            acc["sums"][2] += valid_BT.sum()
+            for i, key in enumerate(maths.OVERLAP_KEYS):
+                acc["metrics"][i] += (metrics_BT[key].double() * tm).sum()
+            bs, bc = maths.bin_by_position(kl_BT, valid_BT, self.opd.kl_bin)
+            n = min(len(bs), acc["bin_sum"].numel())
+            acc["bin_sum"][:n] += torch.tensor(bs[:n], dtype=torch.float64, device=ids.device)
+            acc["bin_cnt"][:n] += torch.tensor(bc[:n], dtype=torch.float64, device=ids.device)
+            gen_len = self.opd.gen_len(step)
+            last = ids_BT.gather(1, (lengths_B - 1).clamp(min=0)[:, None]).squeeze(1)
+            ended = torch.isin(last, torch.tensor(self.eos_token_ids, device=ids.device)) & (lengths_B > 0)
+            acc["lens"].append(lengths_B.double())
+            acc["clipped"].append(((~ended) & (lengths_B >= gen_len)).double())
+            acc["seq"].append((prompt_mask.sum(1) + lengths_B).double())
+            acc["prefix_len"] = L
+            return out
+
+        # ------------------------------------------------------------------ hook 3: loss
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # Per-process divisor: DDP averages gradients over processes, so divide by (sequences / processes).
+            n = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+            unwrapped = self.accelerator.unwrap_model(model)
+            loss = self._forward_redirection(model, unwrapped, self._opd_loss, unwrapped, inputs, n)
+            self._acc["loss"] += loss.detach().double()
+            return (loss, None) if return_outputs else loss
+
+        def _opd_loss(self, student, inputs, n):
+            ids_BT = inputs["completion_ids"]
+            T = ids_BT.shape[1]
+            ids = torch.cat([inputs["prompt_ids"], ids_BT], 1)
+            attn = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+            h_BTH = self._hidden_BTH(student, ids, attn, T)
+            head = student.get_output_embeddings()
+            mask_BT = inputs["train_mask"]
+            if self.opd.loss == "sampled":
+                logp_BT = maths.logprobs_from_hidden_BT(h_BTH, head, ids_BT, chunk=self.opd.chunk)
+                return maths.sampled_loss(logp_BT, inputs["old_logp"], inputs["teacher_logp"], mask_BT, n)
+            t_head = self.accelerator.unwrap_model(self.teacher_model).get_output_embeddings()
+            div_BT = maths.map_chunks_T(
+                lambda hs, ht: maths.divergence_BT(head(hs), t_head(ht), self.opd.loss, self.opd.topk, self.opd.topk_support),
+                h_BTH, inputs["teacher_hidden"], chunk=self.opd.chunk,
+            )
+            return maths.sum_over_seqs(div_BT, mask_BT.to(div_BT.dtype), n)
+
+        # ------------------------------------------------------------------ hook 4: metrics + checkpoints
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if "grad_norm" in logs and "train_runtime" not in logs:  # the once-per-optimizer-step log
+                self._write_metrics(logs)
+            super().log(logs, start_time)
+
+        def _write_metrics(self, logs: dict[str, float]) -> None:
+            acc, g = self._acc, self.accelerator
+            now = time.perf_counter()
+            time_step = now - (self._t_start or now)
+            self._t_start = now
+            loss = g.gather(acc["loss"][None]).sum().item()  # per-process losses already divide by the global count
+            sums = g.gather(acc["sums"][None]).sum(0)
+            met = g.gather(acc["metrics"][None]).sum(0)
+            bsum = g.gather(acc["bin_sum"][None]).sum(0)
+            bcnt = g.gather(acc["bin_cnt"][None]).sum(0)
+            lens = g.gather(torch.cat(acc["lens"])) if acc["lens"] else torch.zeros(1)
+            clipped = g.gather(torch.cat(acc["clipped"])) if acc["clipped"] else torch.zeros(1)
+            seq = g.gather(torch.cat(acc["seq"])) if acc["seq"] else torch.zeros(1)
+            times = g.gather(torch.tensor([acc["time_generate"], acc["time_teacher"]], device=g.device, dtype=torch.float64)[None]).max(0).values
+            n_tr = sums[1].item()
+            sum_s, sum_s2 = seq.sum().item(), (seq**2).sum().item()
+            flops_step = self.flops_fn(sum_s, sum_s2)
+            self.flops_total += flops_step
+            nz = torch.nonzero(bcnt).flatten()
+            nb = int(nz[-1].item()) + 1 if nz.numel() else 0
+            rec: dict[str, Any] = {
+                "step": int(self.state.global_step),
+                "prefix_len": int(acc.get("prefix_len", self.opd.prefix_len(self.state.global_step - 1))),
+                "loss": loss,
+                "kl": sums[0].item() / n_tr if n_tr else None,
+                "kl_bin_size": self.opd.kl_bin,
+                "kl_bin_mean": [(s / c if c else None) for s, c in zip(bsum[:nb].tolist(), bcnt[:nb].tolist(), strict=True)],
+                "kl_bin_count": [int(c) for c in bcnt[:nb].tolist()],
+                "rollout_len_mean": lens.mean().item(),
+                "rollout_len_min": int(lens.min().item()),
+                "rollout_len_max": int(lens.max().item()),
+                "clipped_frac": clipped.mean().item(),
+                "tokens_generated": int(lens.sum().item()),
+                "tokens_scored": int(sums[2].item()),
+                "tokens_trained": int(n_tr),
+                "seq_tokens": int(sum_s),
+                "seq_tokens_sq": int(sum_s2),
+                "flops_step": flops_step,
+                "flops_total": self.flops_total,
+                "time_generate": times[0].item(),
+                "time_teacher": times[1].item(),
+                "time_update": max(time_step - times[0].item() - times[1].item(), 0.0),
+                "time_step": time_step,
+                "wall_time": self.wall_offset + (now - self._t0),
+                "lr": logs.get("learning_rate"),
+                "grad_norm": logs.get("grad_norm"),
+            }
+            for i, key in enumerate(maths.OVERLAP_KEYS):
+                rec[key] = met[i].item() / n_tr if n_tr else None
+            if g.is_main_process:
+                self.run_dir.log(rec)
+                if self.progress is not None:
+                    self.progress(rec)
+            self._reset_acc()
+
+        def train(self, *args, **kwargs):
+            self._t0 = self._t_start = time.perf_counter()
+            return super().train(*args, **kwargs)
+
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)
+            step = int(self.state.global_step)
+            src = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
+            if self.accelerator.is_main_process:
+                state = {"step": step, "prefix_len": self.opd.prefix_len(step - 1), "next_prefix_len": self.opd.prefix_len(step),
+                         "flops_total": self.flops_total}
+                (src / "opd_state.json").write_text(json.dumps(state, indent=2) + "\n")
+                from opd_cli.runs import commit_checkpoint
+
+                self.run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
+                commit_checkpoint(src, self.run_dir.checkpoint_dir(step))
+            self.accelerator.wait_for_everyone()
+
+    return OpdTrainer
+
+
+# --------------------------------------------------------------------------------------------- run_train
+def _flops_fn(student: str, teacher: str, attn_coef: float):
+    from opd_cli.flops import ModelShape, opd_flops
+
+    s, t = ModelShape.from_source(student), ModelShape.from_source(teacher)
+    return lambda sum_s, sum_s2: opd_flops(s, t, sum_s, sum_s2, attn_coef)
+
+
+def _questions(cfg: TrainConfig, toy: bool) -> list[str]:
+    from opd_cli import data
+
+    if cfg.data:
+        problems = data.load_file(cfg.data, question_column=cfg.question_column)
+        problems = problems[: cfg.limit] if cfg.limit else problems
+    else:
+        problems = data.load_benchmark(cfg.prompts or ("toy-train" if toy else "openthoughts3"), limit=cfg.limit or None, seed=cfg.seed)
+    if not problems:
+        raise OpdError("no training prompts: check --prompts / --data")
+    return [p.question for p in problems]
+
+
+def _progress(total: int, start: int):
+    """A rich progress bar with step, L, loss and KL; returns (update_fn, stop_fn)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    prog = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+    task = prog.add_task("train", total=total, completed=start, info="")
+    prog.start()
+
+    def update(rec: dict[str, Any]) -> None:
+        kl = rec["kl"]
+        prog.update(task, completed=rec["step"], info=f"L={rec['prefix_len']} loss={rec['loss']:.4f} kl={kl if kl is None else round(kl, 4)}")
+
+    return update, prog.stop
+
+
+def run_train(cfg: TrainConfig) -> Path:
+    """Train, writing runs/<name>/{config.yaml, metrics.jsonl, checkpoints/, final/}; returns the run folder."""
+    from opd_cli.models import check_same_vocab, load_tokenizer
+    from opd_cli.runs import open_run
+
+    toy = cfg.student is None
+    if toy:
+        from opd_cli.toy.world import ensure_world
+
+        world = ensure_world(seed=0)
+        student_src, teacher_src = str(world.student_dir), str(world.teacher_dir)
+    else:
+        student_src, teacher_src = str(cfg.student), str(cfg.teacher)
+
+    if cfg.backend == "vllm":
+        import torch
+        from trl.import_utils import is_vllm_available
+
+        if not is_vllm_available() or not torch.cuda.is_available():
+            raise OpdError("--backend vllm needs a CUDA GPU and the vllm package (pip install 'trl[vllm]'); use --backend hf")
+
+    s_tok = load_tokenizer(student_src, "student")
+    t_tok = load_tokenizer(teacher_src, "teacher")
+    check_same_vocab(s_tok, t_tok)
+    flops_fn = _flops_fn(student_src, teacher_src, cfg.attn_coef)
+    # max_new_tokens caps every response; an L beyond the model's context is a user error worth one line
+    questions = _questions(cfg, toy)
+
+    from accelerate import PartialState
+
+    state = PartialState()
+    world_size = state.num_processes
+    check(cfg.batch_size % (cfg.micro_batch_size * world_size) == 0,
+          f"--batch-size {cfg.batch_size} must be a multiple of --micro-batch-size x processes = {cfg.micro_batch_size * world_size}")
+    grad_accum = cfg.batch_size // (cfg.micro_batch_size * world_size)
+
+    out = cfg.resolved_output_dir()
+    if state.is_main_process:
+        run = open_run(out, cfg.if_exists, cfg)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        from opd_cli.runs import RunDir
+
+        run = RunDir(out, resumed=cfg.if_exists == "resume")
+
+    resume_from = None
+    offsets: dict[str, float] = {}
+    last = run.last_checkpoint() if run.resumed else None
+    if last is not None:
+        step, path = last
+        resume_from = str(path)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            run.truncate_metrics(step)
+        rows = [r for r in run.read_metrics() if r["step"] == step]
+        if rows:
+            offsets = {"flops_total": rows[-1].get("flops_total") or 0.0, "wall_time": rows[-1].get("wall_time") or 0.0}
+    elif run.resumed and state.is_main_process and run.metrics_file.exists():
+        run.truncate_metrics(0)  # nothing complete to resume from: start over
+    tmp_root = run.checkpoints / ".tmp"
+    if state.is_main_process and tmp_root.exists():
+        shutil.rmtree(tmp_root, ignore_errors=True)  # half-written checkpoints of a killed run
+    state.wait_for_everyone()
+
+    import torch
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
+    from trl import DistillationConfig
+
+    from opd_cli.models import load_model, resolve_device
+    from opd_cli.prompts import build_prompt
+
+    prompts = [build_prompt(s_tok, q, template=cfg.template, think=cfg.think, teacher_tokenizer=t_tok) for q in questions]
+    dataset = Dataset.from_dict({"prompt": prompts})
+
+    device = "cpu" if world_size > 1 and not torch.cuda.is_available() else resolve_device(cfg.device)
+    student = load_model(student_src, cfg.dtype, "cpu" if world_size > 1 else device, "student")
+    teacher = load_model(teacher_src, cfg.dtype, "cpu" if world_size > 1 else device, "teacher")
+    check_same_vocab(s_tok, t_tok, student, teacher)
+    s_tok.padding_side = "left"
+    bf16 = student.dtype == torch.bfloat16
+
+    args = DistillationConfig(
+        output_dir=str(tmp_root),
+        per_device_train_batch_size=cfg.micro_batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        max_steps=cfg.steps,
+        warmup_steps=cfg.warmup,
+        lr_scheduler_type="constant_with_warmup",
+        optim="adamw_torch",
+        logging_strategy="steps",
+        logging_steps=1,
+        save_strategy="steps" if cfg.save_every else "no",
+        save_steps=cfg.save_every or 1,
+        report_to="none",
+        disable_tqdm=True,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_completion_length=max(cfg.gen_len(s) for s in range(cfg.steps)),
+        beta=1.0,
+        disable_dropout=True,
+        gradient_checkpointing=False,
+        bf16=bf16,
+        use_cpu=device == "cpu",
+        use_vllm=cfg.backend == "vllm",
+        vllm_mode=cfg.vllm_mode,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        save_only_model=False,
+    )
+    Trainer = _make_trainer_class()
+    trainer = Trainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=dataset, processing_class=s_tok,
+        opd=cfg, run=run, flops_fn=flops_fn, offsets=offsets,
+    )
+    trainer.remove_callback(PrinterCallback)
+    stop = None
+    if state.is_main_process:
+        trainer.progress, stop = _progress(cfg.steps, last[0] if last else 0)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        if stop is not None:
+            stop()
+    final = run.path / "final"
+    tmp_final = run.path / ".final.tmp"
+    trainer.save_model(str(tmp_final))
+    if state.is_main_process:
+        s_tok.save_pretrained(str(tmp_final))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp_final, final)
+    state.wait_for_everyone()
+    return run.path

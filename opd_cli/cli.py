@@ -106,6 +106,69 @@ def flops_cmd(
     dispatch("opd_cli.flops", "FlopsConfig", "run_flops", recipe, locals())
 
 
+# ----------------------------------------------------------------------------------- kl-by-position
+@app.command("kl-by-position")
+def kl_by_position_cmd(
+    recipe: Optional[Path] = RecipeOpt,
+    models: Optional[list[str]] = typer.Option(None, "--model", help="Model folder or hub id to roll out (repeatable; default: --run, else the toy student)."),
+    run: Optional[str] = typer.Option(None, "--run", help="Training run folder: its checkpoints and its logged per-bin KL."),
+    checkpoint_steps: Optional[str] = typer.Option(None, "--checkpoint-steps", help="Checkpoints of --run to roll out, e.g. 0,10,20,30 (0 = initial student)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Steps of --run whose logged per-bin KL to include, e.g. 10,20,30."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Scoring teacher (default: --run's teacher, else the toy teacher)."),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Benchmark whose questions are the prompts (default toy-dev)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Local jsonl/parquet/csv file of prompts (instead of --benchmark)."),
+    question_column: Optional[str] = typer.Option(None, "--question-column", help="Column with the problem text for --data."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Prompts to roll out (0 = all; default 32)."),
+    samples: Optional[int] = typer.Option(None, "--samples", "-n", help="Rollouts per prompt (default 1)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Rollout length cap in tokens (default 16384)."),
+    bin: Optional[int] = typer.Option(None, "--bin", help="Position-bin width in tokens (default 256)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (default 1.0)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling (1.0 = off)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per generate / scoring call."),
+    chunk: Optional[int] = typer.Option(None, "--chunk", help="Positions per log-softmax chunk (0 = no chunking)."),
+    template: Optional[str] = typer.Option(None, "--template", help="Prompt template: auto | chat | plain | teacher."),
+    think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Append <think> to the prompt."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed."),
+    output_dir: Optional[str] = OutOpt,
+    if_exists: Optional[str] = IfExistsOpt,
+) -> None:
+    """Reverse KL per output-position bin (Fig. 2/5): rollouts of checkpoints scored by the teacher, and logged KL."""
+    dispatch("opd_cli.analyses.kl_by_position", "KlByPositionConfig", "run_kl_by_position", recipe, locals())
+
+
+# ----------------------------------------------------------------------------- probe-teacher-prefix
+@app.command("probe-teacher-prefix")
+def probe_teacher_prefix_cmd(
+    recipe: Optional[Path] = RecipeOpt,
+    lengths: Optional[str] = typer.Option(None, "--lengths", help="Prefix lengths in tokens, e.g. 2048,4096 (L=0, the student alone, is added)."),
+    margin: Optional[int] = typer.Option(None, "--margin", help="Prefix = min(L, L_r - margin) tokens of the teacher's response (default 512; 0 = no guard)."),
+    student: Optional[str] = typer.Option(None, "--student", help="Untrained student (default: the toy student)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher that writes the solutions (default: the toy teacher)."),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Benchmark (default aime24)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Local jsonl/parquet/csv file of problems (instead of --benchmark)."),
+    question_column: Optional[str] = typer.Option(None, "--question-column", help="Column with the problem text for --data."),
+    answer_column: Optional[str] = typer.Option(None, "--answer-column", help="Column with the gold answer for --data."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="First N problems only (0 = all)."),
+    samples: Optional[int] = typer.Option(None, "--samples", "-n", help="Teacher solutions per problem = n of Mean Acc@n (default 16)."),
+    teacher_max_new_tokens: Optional[int] = typer.Option(None, "--teacher-max-new-tokens", help="Teacher solution cap in tokens (default 32768)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Student tokens after the prefix (default 32768)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (default 1.0)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling (1.0 = off)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per generate call."),
+    template: Optional[str] = typer.Option(None, "--template", help="Prompt template: auto | chat | plain | teacher."),
+    think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Append <think> to the prompt."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed."),
+    output_dir: Optional[str] = OutOpt,
+    if_exists: Optional[str] = IfExistsOpt,
+) -> None:
+    """Teacher-prefix probe (Fig. 3): the untrained student continues from the first L tokens of teacher solutions."""
+    dispatch("opd_cli.analyses.probe", "ProbeConfig", "run_probe", recipe, locals())
+
+
 # --------------------------------------------------------------------------------------------- plot
 @app.command("plot")
 def plot_cmd(

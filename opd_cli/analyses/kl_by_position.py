@@ -1,0 +1,316 @@
+"""`opd kl-by-position`: where along the output the student and the teacher disagree (paper Fig. 2 and Fig. 5).
+
+Two sources of curves, written as one tidy table (docs/run-format.md, "Analyses"):
+
+* ``checkpoint``: for each checkpoint, the student samples full-length rollouts (no prefix cap, so Fig. 5 can
+  measure the KL *beyond* the training prefix L), the teacher scores them without gradient, and the sampled-token
+  reverse-KL estimate ``k_t = logp_S(x_t) - logp_T(x_t)`` (SPEC "The method", step 4) is averaged per
+  output-position bin [b*bin, (b+1)*bin).
+* ``logged``: the per-bin KL that ``opd train`` already logged on its own rollouts (``kl_bin_mean`` /
+  ``kl_bin_count`` in metrics.jsonl) at chosen steps: Fig. 2 during full OPD, for free.
+
+Outputs in the run folder: ``kl_by_position.csv`` / ``.json`` (source, step, bin_start, bin_end, mean_kl, tokens)
+and ``summary.json`` (which model each step is, how many rollouts and tokens).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opd_cli.config import check, field
+from opd_cli.errors import OpdError
+
+COLUMNS = ("source", "step", "bin_start", "bin_end", "mean_kl", "tokens")
+
+
+@dataclass
+class KlByPositionConfig:
+    command = "kl-by-position"
+
+    models: list[str] = field([], help="Model folders or hub ids to roll out, one curve each (step = the N of a "
+                                        "step_N folder, else its position 0, 1, ...). Empty = use --run, or the toy student.")
+    run: str | None = field(None, help="A training run folder: its checkpoints (see --checkpoint-steps) and its logged KL (see --steps).")
+    checkpoint_steps: list[int] = field([], help="Checkpoints of --run to roll out, e.g. 0,10,20,30 (0 = the run's initial "
+                                                  "student). Empty with --run and no --steps = every saved checkpoint.")
+    steps: list[int] = field([], help="Steps of --run whose logged per-bin KL (metrics.jsonl) to include. Empty = none.")
+    teacher: str | None = field(None, help="Teacher that scores the rollouts (default: --run's teacher, else the toy teacher).")
+    benchmark: str = field("toy-dev", help="Registered benchmark whose questions are the prompts (toy, toy-dev, aime24, ...).")
+    data: str | None = field(None, help="Local jsonl/parquet/csv file of prompts (instead of --benchmark).")
+    question_column: str | None = field(None, help="Column with the problem text for --data.")
+    limit: int = field(32, help="Prompts to roll out (0 = all).")
+    samples: int = field(1, help="Rollouts per prompt.")
+    max_new_tokens: int = field(16384, help="Rollout length cap in tokens (full length: the KL past a training prefix is measured too).")
+    bin: int = field(256, help="Position-bin width in tokens.")
+    temperature: float = field(1.0, help="Sampling temperature of the rollouts (1.0 = on-policy, as in training).")
+    top_p: float = field(1.0, help="Nucleus sampling (1.0 = off).")
+    batch_size: int = field(8, help="Sequences per generate / scoring call.")
+    chunk: int = field(1024, help="Positions per log-softmax chunk when scoring (bounds memory; 0 = no chunking).")
+    template: str = field("auto", help="Prompt template: auto | chat | plain | teacher.")
+    think: bool = field(True, help="Append <think> to the prompt (as in training).")
+    dtype: str = field("auto", help="auto | float32 | bfloat16 | float16.")
+    device: str = field("auto", help="auto | cpu | cuda.")
+    seed: int = field(0, help="Sampling seed (the same prompts and seed for every checkpoint).")
+    output_dir: str | None = field(None, help="Run folder (default: runs/kl-by-position[-<run name>]).")
+    if_exists: str = field("raise", help="Existing run folder: raise | resume | overwrite.")
+
+    def __post_init__(self) -> None:
+        check(self.bin >= 1, f"--bin must be a positive number of tokens, got {self.bin}")
+        check(self.samples >= 1, f"--samples must be at least 1, got {self.samples}")
+        check(self.limit >= 0, f"--limit must be >= 0 (0 = all), got {self.limit}")
+        check(self.max_new_tokens >= 1, f"--max-new-tokens must be positive, got {self.max_new_tokens}")
+        check(self.batch_size >= 1, f"--batch-size must be positive, got {self.batch_size}")
+        check(self.chunk >= 0, f"--chunk must be >= 0 (0 = no chunking), got {self.chunk}")
+        check(self.temperature > 0, f"--temperature must be > 0, got {self.temperature}")
+        check(0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}")
+        bad = [s for s in [*self.checkpoint_steps, *self.steps] if s < 0]
+        check(not bad, f"steps must be >= 0, got {bad}")
+        check(self.run is not None or not (self.checkpoint_steps or self.steps),
+              "--checkpoint-steps and --steps need --run (a training run folder)")
+        check(not (self.models and self.run and self.checkpoint_steps),
+              "give either --model folders or --run with --checkpoint-steps, not both")
+
+
+# ------------------------------------------------------------------------------------------- pure maths
+def bin_positions(values_BT: Any, mask_BT: Any, bin_size: int) -> tuple[list[float | None], list[int]]:
+    """Mean of ``values_BT`` per output-position bin over the tokens where ``mask_BT`` is true.
+
+    Position t (0 = first response token) falls in bin ``t // bin_size``. Returns ``(means, counts)`` up to the
+    last bin that holds a token; a bin with no tokens has mean None. The sums come from
+    :func:`opd_cli.maths.bin_by_position`, the same binning `opd train` logs with.
+    """
+    import torch
+
+    from opd_cli import maths
+
+    if bin_size < 1:
+        raise ValueError(f"bin_size must be >= 1, got {bin_size}")
+    values_BT, mask_BT = torch.as_tensor(values_BT), torch.as_tensor(mask_BT).bool()
+    if values_BT.shape != mask_BT.shape or values_BT.dim() != 2:
+        raise ValueError(f"values {tuple(values_BT.shape)} and mask {tuple(mask_BT.shape)} must be the same (B, T) shape")
+    sums, counts = maths.bin_by_position(values_BT, mask_BT, bin_size)
+    return means_from_sums(sums, counts), counts
+
+
+def means_from_sums(sums: list[float], counts: list[int]) -> list[float | None]:
+    return [s / c if c else None for s, c in zip(sums, counts, strict=False)]
+
+
+def rows_from_bins(source: str, step: int, bin_size: int, means: list[float | None], counts: list[int]) -> list[dict]:
+    """Tidy rows; bins without tokens are left out (their mean is undefined)."""
+    rows = []
+    for b, (m, c) in enumerate(zip(means, counts, strict=False)):
+        if not c or m is None or (isinstance(m, float) and math.isnan(m)):
+            continue
+        rows.append({"source": source, "step": step, "bin_start": b * bin_size, "bin_end": (b + 1) * bin_size,
+                     "mean_kl": float(m), "tokens": int(c)})
+    return rows
+
+
+def logged_rows(metrics: list[dict], steps: list[int], run: str | Path) -> list[dict]:
+    """Rows from the per-bin KL ``opd train`` logged at ``steps``; a missing step or field is a one-line error."""
+    by_step = {int(r["step"]): r for r in metrics if "step" in r}
+    rows = []
+    for s in steps:
+        rec = by_step.get(s)
+        if rec is None:
+            have = sorted(by_step)
+            raise OpdError(f"{run}/metrics.jsonl has no step {s} (logged steps: "
+                           f"{_span(have) if have else 'none'}): choose --steps among them")
+        if not all(k in rec and rec[k] is not None for k in ("kl_bin_size", "kl_bin_mean", "kl_bin_count")):
+            raise OpdError(f"{run}/metrics.jsonl step {s} has no kl_bin_size/kl_bin_mean/kl_bin_count: "
+                           f"it was not written by `opd train` with --kl-bin")
+        rows += rows_from_bins("logged", s, int(rec["kl_bin_size"]), rec["kl_bin_mean"], rec["kl_bin_count"])
+    return rows
+
+
+def _span(steps: list[int]) -> str:
+    return ", ".join(map(str, steps)) if len(steps) <= 8 else f"{steps[0]}..{steps[-1]} ({len(steps)} steps)"
+
+
+# ------------------------------------------------------------------------------------------- sources
+def resolve_checkpoints(cfg: KlByPositionConfig, run_cfg: dict) -> list[tuple[int, str]]:
+    """(step, model path) for each curve to roll out."""
+    from opd_cli.runs import CKPT_PREFIX, list_checkpoints
+
+    if cfg.models:
+        out = []
+        for i, m in enumerate(cfg.models):
+            name = Path(m).name
+            step = int(name[len(CKPT_PREFIX):]) if name.startswith(CKPT_PREFIX) and name[len(CKPT_PREFIX):].isdigit() else i
+            out.append((step, m))
+        return out
+    if cfg.run is None:
+        return []
+    saved = dict(list_checkpoints(cfg.run))
+    wanted = cfg.checkpoint_steps or ([] if cfg.steps else sorted(saved))
+    if not wanted:
+        raise OpdError(f"no checkpoints found in {cfg.run}/checkpoints: train with checkpoints saved, or pass --steps "
+                       f"to read the logged KL only")
+    out = []
+    for s in wanted:
+        if s == 0:
+            out.append((0, _initial_student(cfg.run, run_cfg)))
+        elif s in saved:
+            out.append((s, str(saved[s])))
+        else:
+            raise OpdError(f"no checkpoint for step {s} in {cfg.run}/checkpoints (saved: "
+                           f"{_span(sorted(saved)) if saved else 'none'}): choose --checkpoint-steps among them")
+    return out
+
+
+def _initial_student(run: str, run_cfg: dict) -> str:
+    student = run_cfg.get("student")
+    if student:
+        return str(student)
+    from opd_cli.analyses import toy_models
+
+    return toy_models()[0]
+
+
+# ------------------------------------------------------------------------------------------- scoring
+def response_logprobs(model: Any, sequences: list[list[int]], starts: list[int], pad_id: int, chunk: int = 1024) -> list[Any]:
+    """Log-probability of each response token under ``model`` (no gradient): one 1-D tensor per sequence.
+
+    ``sequences[i]`` = prompt + response ids, the response starting at ``starts[i]``. Sequences are right-padded
+    to one batch; the LM head runs on the response positions only, ``chunk`` positions at a time, so the
+    (B, T, V) logits of a 16k-token rollout never exist at once.
+    """
+    import torch
+
+    from opd_cli import maths
+
+    device = next(model.parameters()).device
+    T = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(sequences), T), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attn[i, : len(s)] = 1
+    ids, attn = ids.to(device), attn.to(device)
+    first = min(starts)
+    with torch.no_grad():
+        hidden_BTH = model.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state
+        # hidden state at t predicts token t+1: response tokens ids[:, first:] come from hidden[:, first-1:-1]
+        logp_BT = maths.logprobs_from_hidden_BT(hidden_BTH[:, first - 1 : -1], model.get_output_embeddings(),
+                                                ids[:, first:], chunk=chunk or T)
+    return [logp_BT[i, starts[i] - first : len(s) - first].float().cpu() for i, s in enumerate(sequences)]
+
+
+def rollout_kl_bins(student: Any, teacher: Any, tokenizer: Any, prompts: list[str], cfg: KlByPositionConfig,
+                    progress: Any = None) -> tuple[list[float | None], list[int], dict]:
+    """Sample rollouts of ``student`` on ``prompts`` and return per-bin (means, counts) of ``logp_S - logp_T``.
+
+    The student's log-probs are recomputed with one forward pass on the finished rollouts (at temperature 1 they
+    are the sampling log-probs of training's ``logp_old``).
+    """
+    import torch
+
+    from opd_cli import maths
+    from opd_cli.generation import sample
+
+    groups = sample(student, tokenizer, prompts, n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
+                    max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, progress=progress)
+    # token_ids hold the generated tokens only (EOS included when produced): exactly what training scores
+    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    seqs, starts = [], []
+    for pid, group in zip(prompt_ids, groups, strict=False):
+        for smp in group:
+            resp = list(smp.token_ids)
+            if resp:
+                seqs.append(list(pid) + resp)
+                starts.append(len(pid))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    sums: list[float] = []
+    counts: list[int] = []
+    lengths = [len(s) - st for s, st in zip(seqs, starts, strict=False)]
+    for i in range(0, len(seqs), cfg.batch_size):
+        bs, bst = seqs[i : i + cfg.batch_size], starts[i : i + cfg.batch_size]
+        lp_s = response_logprobs(student, bs, bst, pad, cfg.chunk)
+        lp_t = response_logprobs(teacher, bs, bst, pad, cfg.chunk)
+        T = max(len(x) for x in lp_s)
+        k_BT = torch.zeros(len(bs), T, dtype=torch.float64)
+        mask_BT = torch.zeros(len(bs), T, dtype=torch.bool)
+        for j, (a, b) in enumerate(zip(lp_s, lp_t, strict=False)):
+            k_BT[j, : len(a)] = maths.kl_estimate_BT(a, b).double()
+            mask_BT[j, : len(a)] = True
+        maths.add_bins(sums, counts, *maths.bin_by_position(k_BT, mask_BT, cfg.bin))
+    means = means_from_sums(sums, counts)
+    n = sum(len(g) for g in groups)
+    stats = {"rollouts": n, "tokens": int(sum(counts)), "mean_length": (sum(lengths) / len(lengths)) if lengths else 0.0,
+             "truncated_frac": sum(bool(s.truncated) for g in groups for s in g) / max(n, 1),
+             "mean_kl": (sum(sums) / sum(counts)) if sum(counts) else None}
+    return means, counts, stats
+
+
+# ------------------------------------------------------------------------------------------- command
+def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
+    """Roll out each checkpoint, score with the teacher, bin the KL; add the logged bins; write the table."""
+    from rich.console import Console
+
+    from opd_cli.analyses import load_problems, progress_bar, toy_models
+    from opd_cli.runs import open_run, read_config, read_metrics, write_json
+
+    console = Console(stderr=True)
+    run_cfg: dict = {}
+    if cfg.run is not None:
+        if not (Path(cfg.run) / "config.yaml").is_file():
+            raise OpdError(f"--run {cfg.run} is not a run folder (no config.yaml): pass the folder `opd train` wrote")
+        run_cfg = read_config(cfg.run)
+    # Everything the user can get wrong is checked before any model is loaded or sampled.
+    logged = logged_rows(read_metrics(cfg.run), cfg.steps, cfg.run) if cfg.steps else []
+    ckpts = resolve_checkpoints(cfg, run_cfg)
+    if not ckpts and not logged and cfg.run is None:
+        ckpts = [(0, toy_models(console)[0])]
+
+    out_dir = cfg.output_dir or f"runs/kl-by-position{'-' + Path(cfg.run).name if cfg.run else ''}"
+    run = open_run(out_dir, cfg.if_exists, cfg)
+    console.print(f"[bold]opd kl-by-position[/] -> {run.path}")
+
+    rows = list(logged)
+    summary: dict[str, Any] = {"bin": cfg.bin, "run": cfg.run, "logged_steps": cfg.steps, "checkpoints": {}}
+    if ckpts:
+        from opd_cli.models import check_same_vocab, load_model, load_tokenizer
+        from opd_cli.prompts import build_prompt
+
+        teacher_path = cfg.teacher or run_cfg.get("teacher") or toy_models(console)[1]
+        teacher_tok = load_tokenizer(str(teacher_path), "teacher")
+        teacher = load_model(str(teacher_path), cfg.dtype, cfg.device, "teacher")
+        problems = load_problems(cfg.benchmark, cfg.data, cfg.limit, cfg.seed, question_column=cfg.question_column)
+        summary.update(teacher=str(teacher_path), prompts=len(problems), samples=cfg.samples,
+                       max_new_tokens=cfg.max_new_tokens, source_prompts=cfg.data or cfg.benchmark)
+        with progress_bar(console) as progress:
+            for step, path in ckpts:
+                t0 = time.time()
+                tok = load_tokenizer(path, "checkpoint")
+                student = load_model(path, cfg.dtype, cfg.device, "checkpoint")
+                check_same_vocab(tok, teacher_tok, student, teacher)
+                prompts = [build_prompt(tok, p.question, template=cfg.template, think=cfg.think,
+                                        teacher_tokenizer=teacher_tok) for p in problems]
+                task = progress.add_task(f"step {step}: rollouts", total=len(prompts) * cfg.samples)
+                means, counts, stats = rollout_kl_bins(student, teacher, tok, prompts, cfg,
+                                                       lambda k, t=task: progress.advance(t, k))
+                rows += rows_from_bins("checkpoint", step, cfg.bin, means, counts)
+                summary["checkpoints"][str(step)] = {"model": path, **stats, "seconds": round(time.time() - t0, 2)}
+                console.print(f"  step {step}: {stats['rollouts']} rollouts, {stats['tokens']} tokens, "
+                              f"mean KL {stats['mean_kl'] if stats['mean_kl'] is None else round(stats['mean_kl'], 4)}")
+                del student
+
+    write_table(run.path, rows)
+    write_json(run.path / "summary.json", summary)
+    console.print(f"wrote {run.path / 'kl_by_position.csv'} ({len(rows)} rows)")
+    return rows
+
+
+def write_table(out: Path, rows: list[dict]) -> None:
+    from opd_cli.runs import write_json
+
+    with (out / "kl_by_position.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    write_json(out / "kl_by_position.json", rows)

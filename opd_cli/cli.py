@@ -187,6 +187,66 @@ def plot_cmd(
     dispatch("opd_cli.plot", "PlotConfig", "run_plot", recipe, locals())
 
 
+# ------------------------------------------------------------------------------------- sft-baseline
+@app.command("sft-baseline")
+def sft_baseline_cmd(
+    recipe: Optional[Path] = RecipeOpt,
+    name: Optional[str] = typer.Option(None, "--name", help="Run name (default folder runs/sft-baseline-<name>)."),
+    student: Optional[str] = typer.Option(None, "--student", help="Student to fine-tune (default: the toy student)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher for --generate-with-teacher (default: the toy teacher)."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Problems with teacher responses: toy-train | openthoughts3."),
+    data: Optional[str] = typer.Option(None, "--data", help="Local jsonl/parquet/csv file of problems (instead of --prompts)."),
+    question_column: Optional[str] = typer.Option(None, "--question-column", help="Column with the problem text for --data."),
+    response_column: Optional[str] = typer.Option(None, "--response-column", help="Column with the teacher response for --data (default response)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="First N problems only (0 = all)."),
+    generate_with_teacher: Optional[bool] = typer.Option(None, "--generate-with-teacher/--dataset-responses", help="Teacher writes the responses (cached in the run folder)."),
+    teacher_samples: Optional[int] = typer.Option(None, "--teacher-samples", help="Teacher responses per problem (default 1)."),
+    teacher_max_new_tokens: Optional[int] = typer.Option(None, "--teacher-max-new-tokens", help="Teacher response cap in tokens (default 16384)."),
+    correct_only: Optional[bool] = typer.Option(None, "--correct-only/--all-responses", help="Keep only responses graded correct."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Prompt + completion cap in tokens: prefix SFT (paper 2048; 0 = off)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (paper 300 / 1500)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per optimizer step (paper 128)."),
+    micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", help="Sequences per forward/backward (0 = --batch-size)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (paper 1e-4)."),
+    lr_scheduler: Optional[str] = typer.Option(None, "--lr-scheduler", help="constant | linear | cosine | constant_with_warmup."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Warm-up steps (0 = off)."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations to save memory."),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps (0 = last step only)."),
+    template: Optional[str] = typer.Option(None, "--template", help="Prompt template: auto | chat | plain."),
+    think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Append <think> to the prompt."),
+    attn_coef: Optional[int] = typer.Option(None, "--attn-coef", help="FLOPs attention coefficient: 12 (paper) | 6."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed."),
+    output_dir: Optional[str] = OutOpt,
+    if_exists: Optional[str] = IfExistsOpt,
+) -> None:
+    """Off-policy SFT on teacher responses (Tables 1-2 SFT rows, Fig. 6 with --max-length); a valid opd train --student."""
+    dispatch("opd_cli.sft", "SftConfig", "run_sft", recipe, locals())
+
+
+# ---------------------------------------------------------------------------------- window-ablation
+@app.command("window-ablation")
+def window_ablation_cmd(
+    recipe: Optional[Path] = RecipeOpt,
+    train_recipe: Optional[str] = typer.Option(None, "--train-recipe", help="Base opd train recipe (recipes/train-*.yaml)."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a base training field, key=value (repeatable)."),
+    windows: Optional[str] = typer.Option(None, "--windows", help="Loss windows, e.g. 1024:2048,2048:3072,3072:4096,tail:1024."),
+    prefix_ref: Optional[int] = typer.Option(None, "--prefix-ref", help="Prefix-OPD reference length in tokens (0 = none; default 1024)."),
+    full_ref: Optional[bool] = typer.Option(None, "--full-ref/--no-full-ref", help="Include the full-OPD reference."),
+    eval_steps: Optional[str] = typer.Option(None, "--eval-steps", help="Checkpoint steps to evaluate, e.g. 10,20,30."),
+    dev_benchmark: Optional[str] = typer.Option(None, "--dev-benchmark", help="Benchmark of the table (paper aime24; default toy-dev)."),
+    eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="Samples per dev problem (paper 16)."),
+    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="First N dev problems only (0 = all)."),
+    eval_max_new_tokens: Optional[int] = typer.Option(None, "--eval-max-new-tokens", help="Evaluation response cap (0 = eval default)."),
+    skip_eval: Optional[bool] = typer.Option(None, "--skip-eval/--eval", help="Train only; tabulate the evaluations on disk."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="Ablation folder (default runs/window-ablation)."),
+    if_exists: Optional[str] = typer.Option(None, "--if-exists", help="Existing ablation: resume (default; complete runs reused) | overwrite | raise."),
+) -> None:
+    """Loss-window ablation (Table 3): one opd train run per window plus full and prefix references, then the table."""
+    dispatch("opd_cli.ablation", "WindowAblationConfig", "run_window_ablation", recipe, locals())
+
+
 def main() -> None:
     """Console entry point."""
     app()

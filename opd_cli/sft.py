@@ -34,15 +34,17 @@ class SftConfig:
     command = "sft-baseline"
 
     name: str = field("sft", help="Run name (the default output folder is runs/sft-baseline-<name>).")
-    student: str = field("", help="Student to fine-tune: hub id or local folder ('' = the toy world's student).")
-    teacher: str = field(
-        "", help="Teacher for --generate-with-teacher: hub id or folder ('' = the toy world's teacher; unused otherwise)."
+    student: str | None = field(None, help="Student to fine-tune: hub id or local folder (None = the toy world's student).")
+    teacher: str | None = field(
+        None, help="Teacher for --generate-with-teacher: hub id or folder (None = the toy world's teacher; unused otherwise)."
     )
-    data: str = field(
-        "toy-train",
-        help="Training problems: a benchmark with teacher responses (toy-train, openthoughts3) or a local "
-        "jsonl/parquet/csv file (its response column, see --response-column, unless --generate-with-teacher).",
+    prompts: str | None = field(
+        None,
+        help="Registered problem source with teacher responses: toy-train, openthoughts3 "
+        "(None = toy-train on the toy world, openthoughts3 otherwise).",
     )
+    data: str | None = field(None, help="Local jsonl/parquet/csv file of problems instead of --prompts (None = off).")
+    question_column: str | None = field(None, help="Column of --data holding the question (None = guess).")
     response_column: str = field("response", help="Column of --data files holding the teacher response.")
     limit: int = field(0, help="Use the first N problems of --data (0 = all).")
     generate_with_teacher: bool = field(
@@ -74,7 +76,7 @@ class SftConfig:
     dtype: str = field("auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16.")
     device: str = field("auto", help="auto | cpu | cuda.")
     seed: int = field(0, help="Seed of data order, initialisation of the trainer and teacher sampling.")
-    output_dir: str = field("", help="Run folder ('' = runs/sft-baseline-<name>).")
+    output_dir: str | None = field(None, help="Run folder (None = runs/sft-baseline-<name>).")
     if_exists: str = field("raise", help="Existing run folder: raise | resume | overwrite.")
 
     def __post_init__(self) -> None:
@@ -98,7 +100,7 @@ class SftConfig:
         check(0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}")
         check(self.attn_coef in (12, 6), f"--attn-coef must be 12 or 6, got {self.attn_coef}")
         check(self.if_exists in ("raise", "resume", "overwrite"), f"--if-exists must be raise, resume or overwrite, got {self.if_exists!r}")
-        check(self.data.strip() != "", "--data must name a benchmark (toy-train, openthoughts3) or a local file")
+        check(not (self.prompts and self.data), "pass either --prompts (a registered source) or --data (a local file), not both")
 
     @property
     def micro(self) -> int:
@@ -127,9 +129,14 @@ def load_problems(cfg: SftConfig) -> list[Any]:
     from opd_cli import data as data_mod
 
     limit = cfg.limit or None
-    if Path(cfg.data).expanduser().is_file():
-        return list(data_mod.load_file(cfg.data))[:limit]
-    return list(data_mod.load_benchmark(cfg.data, limit=limit, seed=cfg.seed))
+    if cfg.data:
+        return list(data_mod.load_file(cfg.data, question_column=cfg.question_column))[:limit]
+    source = cfg.prompts or ("toy-train" if cfg.student is None else "openthoughts3")
+    return list(data_mod.load_benchmark(source, limit=limit, seed=cfg.seed))
+
+
+def _source(cfg: SftConfig) -> str:
+    return f"--data {cfg.data}" if cfg.data else f"--prompts {cfg.prompts or 'default'}"
 
 
 def dataset_responses(cfg: SftConfig, problems: list[Any]) -> list[tuple[Any, str]]:
@@ -137,7 +144,7 @@ def dataset_responses(cfg: SftConfig, problems: list[Any]) -> list[tuple[Any, st
     pairs = [(p, r) for p in problems if (r := _response_of(p, cfg.response_column)) is not None]
     if not pairs:
         raise OpdError(
-            f"--data {cfg.data} has no teacher responses (no {cfg.response_column!r} field): use a data set that has "
+            f"{_source(cfg)} has no teacher responses (no {cfg.response_column!r} field): use a data set that has "
             "them (toy-train, openthoughts3) or pass --generate-with-teacher"
         )
     return pairs
@@ -271,7 +278,10 @@ def run_sft(cfg: SftConfig) -> Path:
     from opd_cli.models import load_model, load_tokenizer, resolve_device
     from opd_cli.runs import open_run
 
-    if not cfg.student or (cfg.generate_with_teacher and not cfg.teacher):
+    toy = cfg.student is None
+    problems = load_problems(cfg)  # before the toy paths are filled in: the default source depends on them
+    if toy or (cfg.generate_with_teacher and not cfg.teacher):
+        # Resolved paths go into config.yaml so `opd flops` and `opd train --student` can find the models.
         toy_student, toy_teacher = _toy_paths()
         cfg.student = cfg.student or toy_student
         if cfg.generate_with_teacher:
@@ -300,8 +310,7 @@ def run_sft(cfg: SftConfig) -> Path:
     elif run.metrics_file.exists():
         run.metrics_file.unlink()  # a resumed run without a checkpoint starts over
 
-    problems = load_problems(cfg)
-    check(len(problems) > 0, f"--data {cfg.data} gave no problems: check the name, file or --limit")
+    check(len(problems) > 0, f"{_source(cfg)} gave no problems: check the name, file or --limit")
     pairs = teacher_responses(cfg, problems, out, cfg.teacher) if cfg.generate_with_teacher else dataset_responses(cfg, problems)
     if cfg.correct_only:
         n = len(pairs)

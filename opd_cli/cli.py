@@ -55,6 +55,48 @@ def dispatch(module: str, config_cls: str, run_fn: str, recipe: Optional[Path], 
         raise typer.Exit(2) from None
 
 
+# -------------------------------------------------------------------------------------------- train
+@app.command("train")
+def train_cmd(
+    recipe: Optional[Path] = RecipeOpt,
+    name: Optional[str] = typer.Option(None, "--name", help="Run name (default output folder runs/train-<name>)."),
+    student: Optional[str] = typer.Option(None, "--student", help="Student hub id or local folder (default: the toy world's)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher hub id or local folder, same vocabulary (default: toy)."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt source: toy-train, openthoughts3, ... (default by world)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Local jsonl/parquet/csv file of prompts instead of --prompts."),
+    question_column: Optional[str] = typer.Option(None, "--question-column", help="Column with the question for --data."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N prompts (0 = all)."),
+    prefix: Optional[str] = typer.Option(None, "--prefix", help="Prefix length L in tokens, or 'full' (= --max-new-tokens)."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="none | linear (L = start + delta*step, capped)."),
+    prefix_start: Optional[int] = typer.Option(None, "--prefix-start", help="Linear schedule: first L (tokens)."),
+    prefix_delta: Optional[int] = typer.Option(None, "--prefix-delta", help="Linear schedule: L growth per step (tokens)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Response cap in tokens (full OPD length)."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="sampled (default) | full | topk."),
+    topk: Optional[int] = typer.Option(None, "--topk", help="k of --loss topk."),
+    topk_support: Optional[str] = typer.Option(None, "--topk-support", help="student | overlap | nonoverlap."),
+    loss_window: Optional[str] = typer.Option(None, "--loss-window", help="A:B: only positions A <= t < B carry gradient."),
+    loss_tail: Optional[int] = typer.Option(None, "--loss-tail", help="Only the last N tokens of full rollouts carry gradient (0 = off)."),
+    kl_bin: Optional[int] = typer.Option(None, "--kl-bin", help="Position-bin width of the logged KL profile (tokens)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Rollouts per optimizer step (all processes)."),
+    micro_batch_size: Optional[int] = typer.Option(None, "--micro-batch-size", help="Rollouts per forward/backward per process."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
+    warmup: Optional[int] = typer.Option(None, "--warmup", help="Warmup steps (0 = off)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed."),
+    save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps (0 = final only)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="hf (any device) | vllm (GPU + the vllm extra)."),
+    vllm_mode: Optional[str] = typer.Option(None, "--vllm-mode", help="colocate | server."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+    template: Optional[str] = typer.Option(None, "--template", help="Prompt template: auto | chat | plain | teacher."),
+    think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Append <think> to the prompt."),
+    output_dir: Optional[Path] = OutOpt,
+    if_exists: Optional[str] = IfExistsOpt,
+) -> None:
+    """Prefix on-policy distillation: the student samples L tokens, the teacher scores them, reverse KL is minimised."""
+    dispatch("opd_cli.train", "TrainConfig", "run_train", recipe, locals())
+
+
 # --------------------------------------------------------------------------------------------- eval
 @app.command("eval")
 def eval_cmd(

@@ -1,0 +1,237 @@
+"""`opd toy build`: tokenizer, splits, a trained teacher and a plan-weak student, checked and cached with a manifest.
+
+The teacher is trained (SFT) on full solutions (correct plan, then its execution). The student is smaller and is
+trained on solutions whose plan keeps the prompt's order, so it executes a plan well but plans wrongly: its errors
+sit in the first ~25 % of its answer, which is what prefix OPD can fix.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opd_cli.config import check, field
+from opd_cli.errors import OpdError
+
+
+@dataclass
+class ToyBuildConfig:
+    command = "toy build"
+
+    root: str = field("", help="Cache folder of the world ('' = $OPD_TOY_DIR or ~/.cache/opd/toy).")
+    seed: int = field(0, help="Seed of the splits and the models; a failed teacher retries with seed + 1000*attempt.")
+    rebuild: bool = field(False, help="Build even when a valid world from this seed is cached (false = reuse it).")
+    train_size: int = field(20000, help="Training problems (count).")
+    eval_size: int = field(200, help="Problems in each of dev, test and ood (count).")
+    teacher_layers: int = field(3, help="Teacher transformer layers.")
+    teacher_hidden: int = field(192, help="Teacher hidden width.")
+    teacher_heads: int = field(4, help="Teacher attention heads.")
+    teacher_steps: int = field(500, help="Most teacher SFT steps (optimizer steps).")
+    teacher_min_steps: int = field(250, help="Teacher steps before early stopping may end training (steps).")
+    student_layers: int = field(2, help="Student transformer layers.")
+    student_hidden: int = field(128, help="Student hidden width.")
+    student_heads: int = field(4, help="Student attention heads.")
+    student_steps: int = field(250, help="Student SFT steps (optimizer steps).")
+    student_correct_frac: float = field(0.0, help="Fraction of student training solutions with the correct plan (0 = none).")
+    batch_size: int = field(32, help="SFT sequences per step.")
+    lr: float = field(1e-3, help="SFT learning rate, constant after warmup (AdamW).")
+    warmup: int = field(20, help="Linear lr warmup (steps).")
+    check_every: int = field(50, help="Teacher early-stop check interval (steps; 0 = never stop early).")
+    check_size: int = field(64, help="Dev problems sampled at each early-stop check (count).")
+    stop_acc: float = field(0.97, help="Dev accuracy at a check that ends teacher training early (fraction).")
+    max_attempts: int = field(2, help="Teacher (and student) training attempts before failing (count).")
+    min_teacher_acc: float = field(0.9, help="Teacher test accuracy required at temperature 1 (fraction; 0 = off).")
+    min_student_acc: float = field(0.05, help="Lowest student test accuracy accepted (fraction; 0 = off).")
+    max_student_acc: float = field(0.4, help="Highest student test accuracy accepted (fraction; 1 = off).")
+    max_new_tokens: int = field(256, help="Response cap when sampling test answers (tokens).")
+    threads: int = field(0, help="torch CPU threads (0 = torch's default).")
+
+    def __post_init__(self) -> None:
+        for name in ("train_size", "eval_size", "teacher_layers", "teacher_hidden", "teacher_heads", "teacher_steps",
+                     "student_layers", "student_hidden", "student_heads", "student_steps", "batch_size",
+                     "check_size", "max_attempts", "max_new_tokens"):
+            check(getattr(self, name) >= 1, f"toy build: {name} must be >= 1, got {getattr(self, name)}")
+        check(self.teacher_hidden % self.teacher_heads == 0, "toy build: teacher_hidden must be a multiple of teacher_heads")
+        check(self.student_hidden % self.student_heads == 0, "toy build: student_hidden must be a multiple of student_heads")
+        check(self.lr > 0, f"toy build: lr must be > 0, got {self.lr}")
+        for name in ("warmup", "check_every", "teacher_min_steps", "threads"):
+            check(getattr(self, name) >= 0, f"toy build: {name} must be >= 0, got {getattr(self, name)}")
+        for name in ("student_correct_frac", "stop_acc", "min_teacher_acc", "min_student_acc", "max_student_acc"):
+            v = getattr(self, name)
+            check(0.0 <= v <= 1.0, f"toy build: {name} must be a fraction in [0, 1], got {v}")
+        check(self.min_student_acc <= self.max_student_acc, "toy build: min_student_acc must be <= max_student_acc")
+
+    def root_path(self) -> Path:
+        from opd_cli.toy.world import default_root
+
+        return Path(self.root).expanduser() if self.root else default_root()
+
+    @classmethod
+    def miniature(cls, root: Path | str) -> ToyBuildConfig:
+        """Tiny models, a few dozen steps, no acceptance thresholds: a complete world in seconds (tests, smokes)."""
+        return cls(
+            root=str(root), rebuild=True, train_size=256, eval_size=16,
+            teacher_layers=1, teacher_hidden=32, teacher_heads=2, teacher_steps=30, teacher_min_steps=30,
+            student_layers=1, student_hidden=32, student_heads=2, student_steps=20,
+            batch_size=8, warmup=2, check_every=0, max_attempts=1, min_teacher_acc=0.0,
+            min_student_acc=0.0, max_student_acc=1.0, max_new_tokens=200,
+        )
+
+
+def _sizes(cfg: ToyBuildConfig) -> dict[str, int]:
+    return {"train": cfg.train_size, "dev": cfg.eval_size, "test": cfg.eval_size, "ood": cfg.eval_size}
+
+
+def _test_accuracy(model: Any, tok: Any, records: list[dict[str, Any]], cfg: ToyBuildConfig, seed: int) -> float:
+    from opd_cli.prompts import build_prompt
+    from opd_cli.toy.grade import accuracy
+    from opd_cli.toy.models import sample_completions
+
+    prompts = [build_prompt(tok, r["question"]) for r in records]
+    texts = sample_completions(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=1.0, seed=seed)
+    return accuracy(texts, [r["answer"] for r in records])
+
+
+def _train(
+    role: str, cfg: ToyBuildConfig, tok: Any, data: list, seed: int, dev: list[dict[str, Any]], progress: Any
+) -> tuple[Any, dict[str, Any]]:
+    """One SFT run of the teacher or the student; the teacher may stop early once dev accuracy reaches stop_acc."""
+    from opd_cli.toy.models import random_model, sft
+
+    layers, hidden, heads = (getattr(cfg, f"{role}_{k}") for k in ("layers", "hidden", "heads"))
+    steps = getattr(cfg, f"{role}_steps")
+    model = random_model(tok, layers, hidden, heads, seed=seed)
+    task = progress.add_task(f"{role} SFT (seed {seed})", total=steps)
+    info: dict[str, Any] = {"steps": 0, "dev_checks": {}}
+
+    class _Stop(Exception):
+        pass
+
+    def on_step(step: int, loss: float) -> None:
+        info["steps"], info["final_loss"] = step, loss
+        progress.update(task, completed=step, description=f"{role} SFT (seed {seed}) loss {loss:.3f}")
+        early = role == "teacher" and cfg.check_every > 0 and step >= cfg.teacher_min_steps
+        if early and step < steps and step % cfg.check_every == 0:
+            model.eval()
+            acc = _test_accuracy(model, tok, dev[: cfg.check_size], cfg, seed=step)
+            model.train()
+            info["dev_checks"][str(step)] = acc
+            if acc >= cfg.stop_acc:
+                raise _Stop
+
+    try:
+        sft(model, data, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, seed=seed,
+            pad_id=tok.pad_token_id, on_step=on_step)
+    except _Stop:
+        model.eval()
+    progress.update(task, completed=steps)
+    return model, info
+
+
+def run_toy_build(cfg: ToyBuildConfig, console: Any = None) -> Any:
+    """Build (or reuse) the toy world at ``cfg.root``; returns the :class:`~opd_cli.toy.world.ToyWorld`."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from opd_cli.toy.world import invalid_reason, load_world, write_manifest
+
+    console = console or Console()
+    root = cfg.root_path()
+    if not cfg.rebuild:
+        why = invalid_reason(root)
+        if why is None:
+            world = load_world(root)
+            if world.manifest.get("config") == _config_key(cfg):
+                _report(console, world, reused=True)
+                return world
+            why = "it was built with other settings"
+        console.print(f"toy world at {root}: {why}; building it")
+
+    import torch
+
+    from opd_cli.toy.models import encode_pairs, save_model
+    from opd_cli.toy.task import generate_splits, write_jsonl
+    from opd_cli.toy.tokenizer import build_tokenizer
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.time()
+    # Build beside the target and swap in at the end, so a crash never leaves a half-built world at root.
+    work = root.with_name(root.name + ".building")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    tok = build_tokenizer(work / "tokenizer")
+    splits = generate_splits(cfg.seed, _sizes(cfg))
+    (work / "data").mkdir()
+    for name, records in splits.items():
+        write_jsonl(work / "data" / f"{name}.jsonl", records)
+    rng = random.Random(cfg.seed)
+    teacher_data = encode_pairs(tok, [(r["question"], r["solution"]) for r in splits["train"]])
+    student_data = encode_pairs(
+        tok,
+        [(r["question"], r["solution"] if rng.random() < cfg.student_correct_frac else r["student_solution"])
+         for r in splits["train"]],
+    )
+    manifest: dict[str, Any] = {"seed": cfg.seed, "requested_seed": cfg.seed, "sizes": _sizes(cfg), "config": _config_key(cfg)}
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        for role, data, lo, hi in (
+            ("teacher", teacher_data, cfg.min_teacher_acc, 1.0),
+            ("student", student_data, cfg.min_student_acc, cfg.max_student_acc),
+        ):
+            tried = []
+            for attempt in range(cfg.max_attempts):
+                seed = cfg.seed + 1000 * attempt + (1 if role == "student" else 0)
+                t_role = time.time()
+                model, info = _train(role, cfg, tok, data, seed, splits["dev"], progress)
+                ev = progress.add_task(f"{role} test accuracy (temperature 1)", total=None)
+                acc = _test_accuracy(model, tok, splits["test"], cfg, seed=cfg.seed)
+                progress.update(ev, total=1, completed=1, description=f"{role} test accuracy (temperature 1): {acc:.1%}")
+                tried.append(acc)
+                if lo <= acc <= hi:
+                    break
+                progress.console.print(f"[yellow]{role} test accuracy {acc:.1%} is outside [{lo:.0%}, {hi:.0%}]"
+                                       f"{'; retrying with a new seed' if attempt + 1 < cfg.max_attempts else ''}[/yellow]")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+                raise OpdError(
+                    f"toy build: the {role}'s test accuracy {', '.join(f'{a:.1%}' for a in tried)} stayed outside "
+                    f"[{lo:.0%}, {hi:.0%}] after {cfg.max_attempts} attempt(s); try another --seed or more --{role}-steps"
+                )
+            save_model(model, tok, work / role)
+            n_params = sum(p.numel() for p in model.parameters())
+            manifest[role] = {"seed": seed, "attempts": len(tried), "test_acc": acc, "params": n_params,
+                              "seconds": round(time.time() - t_role, 1), **info,
+                              "shape": {k: getattr(cfg, f"{role}_{k}") for k in ("layers", "hidden", "heads")}}
+    manifest["build_seconds"] = round(time.time() - t0, 1)
+    write_manifest(work, manifest)
+    old = root.with_name(root.name + ".old")
+    if root.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        root.rename(old)
+    work.rename(root)
+    shutil.rmtree(old, ignore_errors=True)
+    world = load_world(root)
+    _report(console, world, reused=False)
+    return world
+
+
+def _config_key(cfg: ToyBuildConfig) -> dict[str, Any]:
+    """The fields that determine what gets built (not where, and not whether to rebuild)."""
+    from opd_cli.config import to_dict
+
+    return {k: v for k, v in to_dict(cfg).items() if k not in ("root", "rebuild", "threads")}
+
+
+def _report(console: Any, world: Any, reused: bool) -> None:
+    m = world.manifest
+    how = "reused cached" if reused else f"built in {m.get('build_seconds', '?')} s:"
+    console.print(
+        f"toy world {how} {world.root}\n"
+        f"  teacher test accuracy (temperature 1): {m['teacher']['test_acc']:.1%}   "
+        f"student: {m['student']['test_acc']:.1%}"
+    )

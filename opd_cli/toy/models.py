@@ -1,0 +1,160 @@
+"""Tiny Qwen3 models for the toy world: config, random init, a small SFT loop and sampled accuracy.
+
+The SFT loop is deliberately plain torch (no Trainer): the build must be fast and reproducible on a 2-core CPU.
+Sequences are ``build_prompt(tok, question)`` followed by the completion and eos; the loss covers the completion
+and eos only.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def qwen3_config(tok: Any, layers: int, hidden: int, heads: int, max_positions: int = 512) -> Any:
+    from transformers import Qwen3Config
+
+    head_dim = hidden // heads
+    return Qwen3Config(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        head_dim=head_dim,
+        max_position_embeddings=max_positions,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+    )
+
+
+def random_model(tok: Any, layers: int, hidden: int, heads: int, seed: int = 0) -> Any:
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(qwen3_config(tok, layers, hidden, heads))
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.bos_token_id = None
+    return model
+
+
+def save_model(model: Any, tok: Any, out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir))
+    tok.save_pretrained(str(out_dir))
+    return out_dir
+
+
+def save_random_model(out_dir: Path, tok: Any, layers: int, hidden: int, heads: int, seed: int = 0) -> Path:
+    """A random-weight ``Qwen3ForCausalLM`` saved with ``tok`` (for tests that need any model on the toy vocab)."""
+    return save_model(random_model(tok, layers, hidden, heads, seed), tok, out_dir)
+
+
+def encode_pairs(tok: Any, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], int]]:
+    """[(prompt + completion + eos ids, number of prompt ids)] for (question, completion) pairs."""
+    from opd_cli.prompts import build_prompt
+
+    out = []
+    for question, completion in pairs:
+        p = tok(build_prompt(tok, question), add_special_tokens=False)["input_ids"]
+        c = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        out.append((p + c, len(p)))
+    return out
+
+
+def sft(
+    model: Any,
+    data: list[tuple[list[int], int]],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup: int,
+    seed: int,
+    pad_id: int,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train on completion tokens with AdamW at a constant lr after a linear warmup; returns the loss per step."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
+    model.train()
+    order: list[int] = []
+    losses = []
+    for step in range(1, steps + 1):
+        if len(order) < batch_size:
+            more = list(range(len(data)))
+            rng.shuffle(more)
+            order += more
+        batch = [data[i] for i in order[:batch_size]]
+        del order[:batch_size]
+        width = max(len(ids) for ids, _ in batch)
+        ids_BT = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask_BT = torch.zeros((len(batch), width), dtype=torch.long)
+        labels_BT = torch.full((len(batch), width), -100, dtype=torch.long)
+        for b, (ids, n_prompt) in enumerate(batch):  # right padding: positions start at 0 for every row
+            ids_BT[b, : len(ids)] = torch.tensor(ids)
+            mask_BT[b, : len(ids)] = 1
+            labels_BT[b, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, step / max(1, warmup))
+        logits = model(input_ids=ids_BT, attention_mask=mask_BT).logits
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels_BT[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        value = float(loss.item())
+        losses.append(value if math.isfinite(value) else float("nan"))
+        if on_step is not None:
+            on_step(step, value)
+    model.eval()
+    return losses
+
+
+def sample_completions(
+    model: Any,
+    tok: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 1.0,
+    batch_size: int = 100,
+    seed: int = 0,
+) -> list[str]:
+    """Completions (decoded, special tokens skipped, ``</think>`` kept) of each prompt text; temperature 0 = greedy."""
+    import torch
+
+    torch.manual_seed(seed)
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    out: list[str] = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            enc = tok(list(prompts[i : i + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False)
+            kwargs: dict[str, Any] = {"do_sample": False}
+            if temperature > 0:
+                kwargs = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+            with torch.no_grad():
+                gen = model.generate(
+                    **enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                    **kwargs,
+                )
+            new = gen[:, enc["input_ids"].shape[1] :]
+            out += tok.batch_decode(new, skip_special_tokens=True)
+    finally:
+        tok.padding_side = old_side
+    return out

@@ -1,0 +1,128 @@
+"""The toy task: apply tagged operations to a digit, in tag order, modulo 10 (pure Python, seeded).
+
+A question lists n tagged operations in shuffled order, e.g. ``start 4; apply by tag, mod 10: c*3 a+7 b-2``.
+The teacher's solution first writes a *plan* (the operations sorted by tag), then *executes* it one line per
+operation, copying each operation from the plan and updating the running value, and ends with the answer::
+
+    plan: a+7 b-2 c*3
+    a+7: 4 -> 1
+    b-2: 1 -> 9
+    c*3: 9 -> 7
+    </think>
+    \\boxed{7}
+
+The plan is the first ~25 % of the solution and decides success: executing a plan written in the prompt's order
+(the "student" plan) gives a wrong answer unless the operations happen to commute. Multipliers are 3, 7 and 9
+(units mod 10), so a multiplication almost never commutes with an addition.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+MOD = 10
+TAGS = "abcdefghij"
+MULTIPLIERS = (3, 7, 9)
+SPLITS = ("train", "dev", "test", "ood")
+# split -> (min ops, max ops, probability of a multiplication)
+SPLIT_SHAPE = {"train": (4, 10, 0.5), "dev": (4, 10, 0.5), "test": (4, 10, 0.5), "ood": (9, 10, 0.7)}
+DEFAULT_SIZES = {"train": 20000, "dev": 200, "test": 200, "ood": 200}
+PLAN_HEAD = "plan: "
+
+
+def apply_op(value: int, op: str) -> int:
+    """``op`` is ``+k``, ``-k`` or ``*k`` with one digit k; the result is taken modulo 10."""
+    sign, k = op[0], int(op[1:])
+    if sign == "+":
+        return (value + k) % MOD
+    if sign == "-":
+        return (value - k) % MOD
+    if sign == "*":
+        return (value * k) % MOD
+    raise ValueError(f"unknown operation {op!r}")
+
+
+def question_text(start: int, ops: list[tuple[str, str]]) -> str:
+    return f"start {start}; apply by tag, mod {MOD}: " + " ".join(t + o for t, o in ops)
+
+
+def solution_text(start: int, plan: list[tuple[str, str]]) -> tuple[str, int, int]:
+    """(solution, plan length in characters, final value) for executing ``plan`` from ``start``."""
+    head = PLAN_HEAD + " ".join(t + o for t, o in plan) + "\n"
+    lines, value = [], start
+    for t, o in plan:
+        new = apply_op(value, o)
+        lines.append(f"{t}{o}: {value} -> {new}\n")
+        value = new
+    return head + "".join(lines) + "</think>\n\\boxed{" + str(value) + "}", len(head), value
+
+
+def make_record(rng: random.Random, split: str, index: int) -> dict[str, Any]:
+    lo, hi, p_mul = SPLIT_SHAPE[split]
+    n = rng.randint(lo, hi)
+    ops = []
+    for tag in TAGS[:n]:
+        if rng.random() < p_mul:
+            ops.append((tag, f"*{rng.choice(MULTIPLIERS)}"))
+        else:
+            ops.append((tag, f"{rng.choice('+-')}{rng.randint(1, 9)}"))
+    shuffled = ops[:]
+    rng.shuffle(shuffled)
+    start = rng.randint(0, MOD - 1)
+    solution, plan_chars, answer = solution_text(start, ops)  # ops are already in tag order
+    wrong, wrong_plan_chars, wrong_answer = solution_text(start, shuffled)
+    return {
+        "id": f"toy-{split}-{index:05d}",
+        "question": question_text(start, shuffled),
+        "answer": str(answer),
+        "solution": solution,
+        "plan_chars": plan_chars,
+        "n_ops": n,
+        # the same execution on the prompt-order plan: what the student is trained on
+        "student_solution": wrong,
+        "student_answer": str(wrong_answer),
+    }
+
+
+def generate_splits(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """All splits from one seed; no question appears in two splits (nor twice in one)."""
+    sizes = {**DEFAULT_SIZES, **(sizes or {})}
+    rng = random.Random(f"opd-toy-{seed}")
+    seen: set[str] = set()
+    out: dict[str, list[dict[str, Any]]] = {}
+    # evaluation splits first, so their content does not depend on the train size
+    for split in ("test", "dev", "ood", "train"):
+        records: list[dict[str, Any]] = []
+        tries = 0
+        while len(records) < sizes[split]:
+            rec = make_record(rng, split, len(records))
+            tries += 1
+            if tries > 50 * sizes[split] + 1000:
+                raise RuntimeError(f"cannot draw {sizes[split]} distinct {split} problems")
+            if rec["question"] in seen:
+                continue
+            seen.add(rec["question"])
+            records.append(rec)
+        out[split] = records
+    return {s: out[s] for s in SPLITS}
+
+
+def parse_question(question: str) -> tuple[int, list[tuple[str, str]]]:
+    """(start, [(tag, op), ...] in prompt order) from a question's text."""
+    head, _, ops = question.partition(": ")
+    start = int(head.split(";")[0].split()[1])
+    return start, [(tok[0], tok[1:]) for tok in ops.split()]
+
+
+def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    with Path(path).open("w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

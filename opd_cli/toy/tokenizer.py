@@ -1,0 +1,42 @@
+"""A character-level tokenizer for the toy world, built locally with ``tokenizers`` (no hub access).
+
+One id per printable ASCII character and newline, plus ``<think>`` and ``</think>`` (added tokens that
+``decode(skip_special_tokens=True)`` keeps, as in Qwen3), and special pad / eos / unk tokens. No chat template,
+so :func:`opd_cli.prompts.build_prompt` uses its plain path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+PAD = "<pad>"
+EOS = "<eos>"
+UNK = "<unk>"
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+CHARS = ["\n"] + [chr(c) for c in range(32, 127)]  # newline + printable ASCII
+
+
+def build_tokenizer(out_dir: Path | None = None) -> Any:
+    """A ``PreTrainedTokenizerFast`` with one id per character; saved with ``save_pretrained`` into ``out_dir`` if given."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {PAD: 0, EOS: 1, UNK: 2}
+    for ch in CHARS:
+        vocab[ch] = len(vocab)
+    # BPE with no merges = pure character splitting; Fuse joins the characters back without separators.
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK, fuse_unk=False))
+    core.decoder = decoders.Fuse()
+    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (PAD, EOS, UNK)])
+    core.add_tokens([AddedToken(t, special=False, normalized=False) for t in (THINK_OPEN, THINK_CLOSE)])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK, padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+    tok.model_max_length = 4096
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        tok.save_pretrained(str(out_dir))
+    return tok

@@ -1,0 +1,135 @@
+"""The toy world on disk: a cache folder with the tokenizer, both models, the splits and a manifest.
+
+    <root>/manifest.json        seed, sizes, model shapes, accuracies, sha256 of every file below
+    <root>/tokenizer/           the character-level tokenizer
+    <root>/teacher/ student/    Qwen3ForCausalLM + tokenizer (save_pretrained)
+    <root>/data/{train,dev,test,ood}.jsonl
+
+The manifest is written last, so a folder without one is half-built; any file whose hash differs from the
+manifest makes the world invalid. Invalid worlds are rebuilt by :func:`ensure_world`, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opd_cli.errors import OpdError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+SPLITS = ("train", "dev", "test", "ood")
+
+
+def default_root() -> Path:
+    """``$OPD_TOY_DIR`` if set, else ``~/.cache/opd/toy``."""
+    env = os.environ.get("OPD_TOY_DIR")
+    return Path(env).expanduser() if env else Path("~/.cache/opd/toy").expanduser()
+
+
+@dataclass
+class ToyWorld:
+    root: Path
+    teacher_dir: Path
+    student_dir: Path
+    manifest: dict[str, Any]
+
+    def split_path(self, name: str) -> Path:
+        """The jsonl file of split ``name`` (train, dev, test or ood)."""
+        if name not in SPLITS:
+            raise OpdError(f"unknown toy split {name!r}: use one of {', '.join(SPLITS)}")
+        return self.root / "data" / f"{name}.jsonl"
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_files(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` except the manifest, keyed by relative posix path."""
+    root = Path(root)
+    return {
+        p.relative_to(root).as_posix(): sha256(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+    }
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Hash the folder's files into ``manifest`` and write it atomically (the last step of a build)."""
+    root = Path(root)
+    full = {**manifest, "format_version": FORMAT_VERSION, "files": hash_files(root)}
+    tmp = root / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(full, indent=2) + "\n")
+    os.replace(tmp, root / MANIFEST)
+    return full
+
+
+def invalid_reason(root: Path, check_hashes: bool = True) -> str | None:
+    """Why the world at ``root`` cannot be used, or None when it is complete and intact."""
+    mpath = root / MANIFEST
+    if not root.is_dir():
+        return f"{root} does not exist"
+    if not mpath.is_file():
+        return f"{root} has no {MANIFEST} (never built, or the build stopped half-way)"
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError):
+        return f"{mpath} is not valid JSON"
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        return f"{mpath} has another format version than {FORMAT_VERSION}"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return f"{mpath} lists no files"
+    needed = ["teacher/config.json", "student/config.json", "tokenizer/tokenizer.json"] + [f"data/{s}.jsonl" for s in SPLITS]
+    for rel in needed:
+        if rel not in files:
+            return f"{mpath} does not list {rel}"
+    for rel, digest in files.items():
+        p = root / rel
+        if not p.is_file():
+            return f"{p} is missing"
+        if check_hashes and sha256(p) != digest:
+            return f"{p} does not match its hash in the manifest (modified or corrupt)"
+    return None
+
+
+def load_world(root: Path | str | None = None) -> ToyWorld:
+    """The built world at ``root`` (default :func:`default_root`); OpdError when it is missing, half-built or corrupt."""
+    root = Path(root).expanduser() if root is not None else default_root()
+    why = invalid_reason(root)
+    if why is not None:
+        raise OpdError(f"no valid toy world at {root}: {why}; run `opd toy build --root {root}` to (re)build it")
+    manifest = json.loads((root / MANIFEST).read_text())
+    return ToyWorld(root=root, teacher_dir=root / "teacher", student_dir=root / "student", manifest=manifest)
+
+
+def ensure_world(
+    root: Path | str | None = None, seed: int = 0, console: Any = None, rebuild: bool = False
+) -> ToyWorld:
+    """A valid toy world at ``root``: the cached one when it is valid and was built from ``seed``, else a new build."""
+    root = Path(root).expanduser() if root is not None else default_root()
+    if not rebuild:
+        why = invalid_reason(root)
+        if why is None:
+            world = load_world(root)
+            if world.manifest.get("requested_seed") == seed:
+                return world
+            why = f"it was built from seed {world.manifest.get('requested_seed')}, not {seed}"
+        if console is not None:
+            console.print(f"toy world at {root}: {why}; building it")
+    from opd_cli.toy.build import ToyBuildConfig, run_toy_build
+
+    return run_toy_build(ToyBuildConfig(root=str(root), seed=seed, rebuild=True), console=console)

@@ -1,0 +1,67 @@
+"""Shared fixtures: the toy tokenizer, two tiny random Qwen3 models sharing it, and a miniature toy world.
+
+All are session-scoped and built in a temporary folder in seconds; none needs the network or a GPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The machines that run the suite have few cores, shared: more torch threads than cores only adds contention.
+    try:
+        import os
+
+        import torch
+
+        want = max(1, min(2, os.cpu_count() or 1))
+        if torch.get_num_threads() > want:
+            torch.set_num_threads(want)
+    except ImportError:  # pragma: no cover - torch is a hard dependency, but never fail collection over it
+        pass
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def toy_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from opd_cli.toy.tokenizer import build_tokenizer
+
+    out = tmp_path_factory.mktemp("toy_tokenizer")
+    build_tokenizer(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(student_dir, teacher_dir): random-weight Qwen3 models (1x32 and 2x48) saved with the toy tokenizer."""
+    from opd_cli.toy.models import save_random_model
+    from opd_cli.toy.tokenizer import build_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    tok = build_tokenizer()
+    student = save_random_model(root / "student", tok, layers=1, hidden=32, heads=2, seed=1)
+    teacher = save_random_model(root / "teacher", tok, layers=2, hidden=48, heads=2, seed=2)
+    return student, teacher
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory):
+    """A ToyWorld from a miniature build: tiny models, a few dozen SFT steps, no acceptance thresholds."""
+    from opd_cli.toy.build import ToyBuildConfig, run_toy_build
+
+    root = tmp_path_factory.mktemp("toy_world")
+    cfg = ToyBuildConfig.miniature(root)
+    return run_toy_build(cfg)

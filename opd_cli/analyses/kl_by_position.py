@@ -39,7 +39,8 @@ class KlByPositionConfig:
                                                   "student). Empty with --run and no --steps = every saved checkpoint.")
     steps: list[int] = field([], help="Steps of --run whose logged per-bin KL (metrics.jsonl) to include. Empty = none.")
     teacher: str | None = field(None, help="Teacher that scores the rollouts (default: --run's teacher, else the toy teacher).")
-    benchmark: str = field("toy-dev", help="Registered benchmark whose questions are the prompts (toy, toy-dev, aime24, ...).")
+    benchmark: str | None = field(None, help="Registered benchmark whose questions are the prompts (toy-train, toy-dev, aime24, "
+                                             "...; None = --run's training prompts, else toy-dev).")
     data: str | None = field(None, help="Local jsonl/parquet/csv file of prompts (instead of --benchmark).")
     question_column: str | None = field(None, help="Column with the problem text for --data.")
     limit: int = field(32, help="Prompts to roll out (0 = all).")
@@ -194,7 +195,7 @@ def response_logprobs(model: Any, sequences: list[list[int]], starts: list[int],
     ids, attn = ids.to(device), attn.to(device)
     first = min(starts)
     with torch.no_grad():
-        hidden_BTH = model.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state
+        hidden_BTH = model.base_model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
         # hidden state at t predicts token t+1: response tokens ids[:, first:] come from hidden[:, first-1:-1]
         logp_BT = maths.logprobs_from_hidden_BT(hidden_BTH[:, first - 1 : -1], model.get_output_embeddings(),
                                                 ids[:, first:], chunk=chunk or T)
@@ -253,6 +254,7 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
     from rich.console import Console
 
     from opd_cli.analyses import load_problems, progress_bar, toy_models
+    from opd_cli.config import dump_yaml
     from opd_cli.runs import open_run, read_config, read_metrics, write_json
 
     console = Console(stderr=True)
@@ -269,6 +271,7 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
 
     out_dir = cfg.output_dir or f"runs/kl-by-position{'-' + Path(cfg.run).name if cfg.run else ''}"
     run = open_run(out_dir, cfg.if_exists, cfg)
+    console.print(dump_yaml(cfg), markup=False, highlight=False)
     console.print(f"[bold]opd kl-by-position[/] -> {run.path}")
 
     rows = list(logged)
@@ -280,9 +283,18 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
         teacher_path = cfg.teacher or run_cfg.get("teacher") or toy_models(console)[1]
         teacher_tok = load_tokenizer(str(teacher_path), "teacher")
         teacher = load_model(str(teacher_path), cfg.dtype, cfg.device, "teacher")
-        problems = load_problems(cfg.benchmark, cfg.data, cfg.limit, cfg.seed, question_column=cfg.question_column)
+        # prompts: as asked, else the run's own training prompts (what its logged KL was measured on), else toy-dev
+        if cfg.benchmark or cfg.data:
+            source, data = cfg.benchmark, cfg.data
+        elif run_cfg.get("data"):
+            source, data = None, run_cfg["data"]
+        else:
+            toy_run = run_cfg.get("student") is None
+            source = run_cfg.get("prompts") or ("toy-dev" if not run_cfg else "toy-train" if toy_run else "openthoughts3")
+            data = None
+        problems = load_problems(source, data, cfg.limit, cfg.seed, question_column=cfg.question_column)
         summary.update(teacher=str(teacher_path), prompts=len(problems), samples=cfg.samples,
-                       max_new_tokens=cfg.max_new_tokens, source_prompts=cfg.data or cfg.benchmark)
+                       max_new_tokens=cfg.max_new_tokens, source_prompts=data or source)
         with progress_bar(console) as progress:
             for step, path in ckpts:
                 t0 = time.time()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,18 +83,6 @@ def prefix_length(L: int, L_r: int, margin: int) -> int:
     return max(0, min(L, L_r - margin))
 
 
-def mean_acc(correct: list[list[bool]]) -> tuple[float, float]:
-    """Mean Acc@n and its standard error: accuracy over each problem's n samples, then mean and s.e. over problems."""
-    per = [sum(c) / len(c) for c in correct if c]
-    if not per:
-        return float("nan"), float("nan")
-    m = sum(per) / len(per)
-    if len(per) < 2:
-        return m, 0.0
-    var = sum((x - m) ** 2 for x in per) / (len(per) - 1)
-    return m, math.sqrt(var / len(per))
-
-
 # ------------------------------------------------------------------------------------------- caches
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
@@ -128,6 +115,8 @@ def run_probe(cfg: ProbeConfig) -> list[dict]:
     from rich.console import Console
 
     from opd_cli.analyses import load_problems, progress_bar, toy_models
+    from opd_cli.config import dump_yaml
+    from opd_cli.evaluate import summarize
     from opd_cli.runs import open_run, write_json
 
     console = Console(stderr=True)
@@ -143,6 +132,7 @@ def run_probe(cfg: ProbeConfig) -> list[dict]:
     out_dir = cfg.output_dir or f"runs/probe-teacher-prefix-{cfg.data and Path(cfg.data).stem or cfg.benchmark}"
     # `lengths` may grow on resume: earlier lengths and the teacher's solutions are reused, new ones are sampled.
     run = open_run(out_dir, cfg.if_exists, cfg, compare_ignore=("lengths",))
+    console.print(dump_yaml(cfg), markup=False, highlight=False)
     console.print(f"[bold]opd probe-teacher-prefix[/] -> {run.path}")
     if not run.resumed:  # a stale cache from an overwritten run must not leak in
         for name in (TEACHER_FILE, SAMPLES_FILE):
@@ -152,16 +142,16 @@ def run_probe(cfg: ProbeConfig) -> list[dict]:
         teacher_recs = _teacher_solutions(cfg, run.path, problems, teacher_path, progress, console)
         rows = _student_rows(cfg, run.path, problems, student_path, teacher_path, teacher_recs, progress, console)
 
-    t_acc, t_se = mean_acc([[teacher_recs[(p.id, j)]["correct"] for j in range(cfg.samples)] for p in problems])
-    t_len = sum(r["length"] for r in teacher_recs.values()) / len(teacher_recs)
+    t = summarize([[teacher_recs[(p.id, j)]["correct"] for j in range(cfg.samples)] for p in problems],
+                  [r["length"] for r in teacher_recs.values()], [bool(r["truncated"]) for r in teacher_recs.values()])
+    t_acc, t_len = t["mean_acc"], t["mean_length"]
     with (run.path / "probe.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(rows)
     summary = {"student": student_path, "teacher": teacher_path, "benchmark": cfg.data or cfg.benchmark,
                "num_problems": len(problems), "n": cfg.samples, "margin": cfg.margin, "teacher_acc": t_acc,
-               "teacher_stderr": t_se, "teacher_mean_length": t_len,
-               "teacher_truncated_frac": sum(bool(r["truncated"]) for r in teacher_recs.values()) / len(teacher_recs),
+               "teacher_stderr": t["stderr"], "teacher_mean_length": t_len, "teacher_truncated_frac": t["truncated_frac"],
                "max_new_tokens": cfg.max_new_tokens, "rows": rows}
     write_json(run.path / "summary.json", summary)
     console.print(f"teacher Mean Acc@{cfg.samples} {t_acc:.3f} (mean length {t_len:.0f} tokens)")
@@ -212,6 +202,7 @@ def _teacher_solutions(cfg: ProbeConfig, out: Path, problems: list[Any], teacher
 def _student_rows(cfg: ProbeConfig, out: Path, problems: list[Any], student_path: str, teacher_path: str,
                   teacher_recs: dict[tuple[str, int], dict], progress: Any, console: Any) -> list[dict]:
     """One row per length (0 first): the student continues once from each teacher solution's prefix."""
+    from opd_cli.evaluate import summarize
     from opd_cli.generation import sample
     from opd_cli.grading import grade
     from opd_cli.models import check_same_vocab, load_model, load_tokenizer
@@ -236,9 +227,10 @@ def _student_rows(cfg: ProbeConfig, out: Path, problems: list[Any], student_path
             recs = _continue(cfg, model, tok, teacher_tok, problems, teacher_recs, L, progress, sample, grade)
             _append_jsonl(cache, list(recs.values()))
             console.print(f"  L={L}: sampled in {time.time() - t0:.1f}s")
-        acc, se = mean_acc([[recs[(pid, j)]["correct"] for j in range(cfg.samples)] for pid in ids])
-        pre = [recs[(pid, j)]["prefix_tokens"] for pid in ids for j in range(cfg.samples)]
-        rows.append({"length": L, "mean_acc": acc, "stderr": se, "n": cfg.samples,
+        got = [[recs[(pid, j)] for j in range(cfg.samples)] for pid in ids]
+        acc = summarize([[r["correct"] for r in g] for g in got], [], [])  # Mean Acc@n as `opd eval` computes it
+        pre = [r["prefix_tokens"] for g in got for r in g]
+        rows.append({"length": L, "mean_acc": acc["mean_acc"], "stderr": acc["stderr"], "n": cfg.samples,
                      "mean_prefix_tokens": sum(pre) / len(pre)})
     return rows
 

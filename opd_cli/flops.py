@@ -16,6 +16,7 @@ Everything here is plain Python (no torch); ``transformers`` is imported only to
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ class ModelShape:
     num_kv_heads: int
     head_dim: int
     vocab_size: int
-    name: str = ""
+    name: str = dataclasses.field(default="", compare=False)  # where it came from, for messages
 
     @classmethod
     def from_config(cls, config: dict[str, Any], name: str = "") -> ModelShape:

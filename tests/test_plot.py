@@ -1,0 +1,176 @@
+"""`opd plot`: every kind renders from the small fixture run folders, and what it drew equals the fixture's values."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from opd_cli.cli import app
+from opd_cli.errors import OpdError
+from opd_cli.plot import PlotConfig, evenly_spaced, run_plot
+
+FIX = Path(__file__).parent / "fixtures"
+RUNS = FIX / "plot_runs"
+AN = FIX / "analyses"
+
+
+def plot(tmp_path, kind, runs, **kw):
+    res = run_plot(PlotConfig(kind=kind, runs=[str(r) for r in runs], output_dir=str(tmp_path), **kw))
+    for p in res.paths:
+        assert p.is_file() and p.stat().st_size > 0
+    return res
+
+
+def metric(run, step, key):
+    for line in (RUNS / run / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["step"] == step:
+            return r[key]
+    raise KeyError(step)
+
+
+def test_imports_are_lazy():
+    code = "import sys, opd_cli.plot, opd_cli.flops; bad = {'matplotlib', 'torch', 'pandas'} & set(sys.modules); assert not bad, bad"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_evenly_spaced():
+    assert evenly_spaced([1, 2, 3, 4]) == [1, 3, 4]
+    assert evenly_spaced(list(range(1, 31))) == [1, 15, 30]
+    assert evenly_spaced([5, 10]) == [5, 10]
+
+
+def test_kl_position_from_metrics(tmp_path):
+    res = plot(tmp_path, "kl-position", [RUNS / "opd_full"], steps=[2, 4])
+    assert {p.suffix for p in res.paths} == {".png", ".pdf"}
+    lines = res.data["OPD full"]
+    assert set(lines) == {"step 2", "step 4"}
+    assert lines["step 2"]["x"] == [0, 256, 512]
+    assert lines["step 2"]["y"] == metric("opd_full", 2, "kl_bin_mean")
+    assert lines["step 4"]["y"] == metric("opd_full", 4, "kl_bin_mean")
+
+
+def test_kl_position_default_steps_and_folder_of_runs(tmp_path):
+    res = plot(tmp_path, "kl-position", [RUNS])  # sft/base lack kl_bin_mean: skipped, the two OPD runs drawn
+    assert set(res.data) == {"OPD full", "opd_prefix"}
+    assert set(res.data["OPD full"]) == {"step 1", "step 3", "step 4"}
+
+
+def test_kl_position_from_csv(tmp_path):
+    res = plot(tmp_path, "kl-position", [AN / "klpos"])
+    assert res.data["klpos"]["step 10"] == {"x": [0, 256], "y": [0.8, 0.4]}
+    assert res.data["klpos"]["step 30"]["y"] == [0.3, 0.2]
+
+
+def test_kl_position_missing_step(tmp_path):
+    with pytest.raises(OpdError, match=r"no kl_bin_mean logged at step\(s\) 7"):
+        plot(tmp_path, "kl-position", [RUNS / "opd_full"], steps=[7])
+
+
+def test_teacher_prefix(tmp_path):
+    res = plot(tmp_path, "teacher-prefix", [AN / "probe"])
+    lines = res.data["probe"]
+    assert lines["probe"] == {"x": [2048, 4096], "y": [0.2, 0.35]}
+    assert lines["probe: student alone"]["y"][0] == 0.05
+    assert lines["probe: teacher"]["y"][0] == 0.6
+
+
+def test_compute_vs_acc(tmp_path):
+    res = plot(tmp_path, "compute-vs-acc", [RUNS / "opd_full", RUNS / "opd_prefix", RUNS / "sft"])
+    acc = res.data["acc"]
+    assert acc["OPD full"]["x"] == [metric("opd_full", 2, "flops_total"), metric("opd_full", 4, "flops_total")]
+    assert acc["OPD full"]["y"] == [0.3, 0.45]
+    assert acc["opd_prefix"]["y"] == [0.35, 0.4]
+    assert acc["SFT"] == {"x": [1.0e13, 2.0e13], "y": [0.2, 0.25]}
+
+
+def test_sft_prefix_by_step(tmp_path):
+    res = plot(tmp_path, "sft-prefix", [RUNS / "sft", RUNS / "opd_full"], x_axis="step")
+    acc = res.data["acc"]
+    assert acc["SFT (lr=0.0001)"] == {"x": [0, 1, 2], "y": [0.1, 0.2, 0.25]}
+    assert acc["OPD full (lr=5e-05)"]["y"] == [0.1, 0.3, 0.45]
+
+
+def test_lr_sweep(tmp_path):
+    res = plot(tmp_path, "lr-sweep", [RUNS / "opd_full", RUNS / "opd_prefix"], ood=["toy-ood"])
+    assert res.data["target"] == 0.4  # the highest dev accuracy both runs reach
+    assert res.data["dev"]["OPD full (lr=5e-05)"]["y"] == [0.1, 0.3, 0.45]
+    rows = list(csv.DictReader((tmp_path / "lr-sweep.csv").open()))
+    assert [(r["step"], float(r["dev_acc"]), float(r["toy-ood"])) for r in rows] == [("4", 0.45, 0.3), ("4", 0.4, 0.28)]
+
+
+def test_window_ablation(tmp_path):
+    res = plot(tmp_path, "window-ablation", [AN / "ablation"])
+    md = (tmp_path / "window-ablation.md").read_text()
+    assert "| full | 20.0 | 30.0 |" in md
+    assert "| prefix 1024 [0:1024] | 25.0 | 28.0 |" in md
+    assert res.data["acc"]["window [1024:2048]"] == {"x": [10, 20], "y": [0.1, 0.12]}
+
+
+def test_main_table(tmp_path):
+    res = plot(tmp_path, "main-table", [RUNS])
+    assert res.data["benchmarks"] == ["toy", "toy-ood"]
+    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "main-table.csv").open())}
+    assert set(rows) == {"base", "OPD full", "opd_prefix", "SFT"}
+    assert float(rows["OPD full"]["toy"]) == 0.45 and rows["OPD full"]["best_step"] == "4"
+    assert float(rows["OPD full"]["flops"]) == metric("opd_full", 4, "flops_total")
+    assert float(rows["OPD full"]["hours"]) == 1.0
+    assert rows["base"]["flops"] == ""
+    md = res.data["markdown"]
+    assert "| OPD full | 4 | **45.0** | **30.0** |" in md
+    assert "| opd_prefix | 4 | <u>40.0</u> | <u>28.0</u> |" in md
+    assert "toy-ood (OOD)" in md
+
+
+def test_overlap(tmp_path):
+    res = plot(tmp_path, "overlap", [RUNS / "opd_full", RUNS / "opd_prefix"])
+    ratio = res.data["overlap_ratio"]["OPD full"]
+    assert ratio["x"] == [1, 2, 3, 4]
+    assert ratio["y"] == [metric("opd_full", s, "overlap_ratio") for s in range(1, 5)]
+    assert res.data["overlap_mass"]["opd_prefix (teacher)"]["y"][0] == metric("opd_prefix", 1, "overlap_mass_teacher")
+
+
+def test_missing_metrics_named(tmp_path):
+    with pytest.raises(OpdError, match="sft: metrics.jsonl lacks overlap_ratio"):
+        plot(tmp_path, "overlap", [RUNS / "sft"])
+
+
+def test_missing_eval_named(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text("command: train\n")
+    with pytest.raises(OpdError, match="no dev benchmark"):
+        plot(tmp_path / "out", "compute-vs-acc", [run])
+    with pytest.raises(OpdError, match=r"has no eval/step_\*/toy.json"):
+        plot(tmp_path / "out", "compute-vs-acc", [run], dev_benchmark="toy")
+
+
+def test_empty_and_missing_folders(tmp_path):
+    with pytest.raises(OpdError, match="no run folders"):
+        plot(tmp_path, "overlap", [tmp_path])
+    with pytest.raises(OpdError, match="not found"):
+        plot(tmp_path, "overlap", [tmp_path / "nowhere"])
+
+
+runner = CliRunner()
+
+
+def test_cli(tmp_path):
+    ok = runner.invoke(app, ["plot", "main-table", str(RUNS), "--output-dir", str(tmp_path)])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "main-table.md").is_file()
+    ok = runner.invoke(app, ["plot", "kl-position", str(RUNS / "opd_full"), "--steps", "1,4", "-o", str(tmp_path)])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "kl-position.png").is_file() and (tmp_path / "kl-position.pdf").is_file()
+    bad = runner.invoke(app, ["plot", "histogram", str(RUNS)])
+    assert bad.exit_code == 2 and "unknown plot kind 'histogram'" in bad.output
+    bad = runner.invoke(app, ["plot", "overlap", str(tmp_path / "empty")])
+    assert bad.exit_code == 2 and "not found" in bad.output
+    bad = runner.invoke(app, ["plot", "kl-position"])
+    assert bad.exit_code == 2 and "needs one or more run folders" in bad.output

@@ -300,7 +300,7 @@ def evaluate_all(cfg: WindowAblationConfig, planned: list[tuple[str, Any]]) -> N
         missing = [s for s in cfg.eval_steps if s not in available]
         if missing:
             print(f"[{label}] no checkpoint at step(s) {', '.join(map(str, missing))}: set save_every so they are saved")
-        steps = [s for s in cfg.eval_steps if s in available]
+        steps = [s for s in cfg.eval_steps if s in available and dev_score(run_dir, s, cfg.dev_benchmark) is None]
         if steps:
             evaluate_run(run_dir, steps=steps, benchmarks=[cfg.dev_benchmark], dev_benchmark=cfg.dev_benchmark, cfg=ecfg, if_exists="resume")
 

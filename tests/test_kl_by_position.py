@@ -24,10 +24,12 @@ PROBLEMS = [
 
 
 def _output(result) -> str:
+    """stdout and stderr once each (click >= 8.2 already mixes stderr into ``output``)."""
     try:
-        return result.output + (result.stderr or "")
+        err = result.stderr or ""
     except ValueError:  # older click: stderr not captured separately
-        return result.output
+        err = ""
+    return result.output if err in result.output else result.output + err
 
 
 @pytest.fixture(scope="module")

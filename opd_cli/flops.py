@@ -30,17 +30,32 @@ CONFIG_DIR = Path(__file__).parent / "model_configs"
 ATTN_COEFS = (6, 12)
 REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
-# The paper's FLOPs column for Qwen3-8B-Base (Table 2), to set beside `opd flops --paper`.
-PAPER_TABLE2_FLOPS = {
-    "OPD (full, 10 steps)": 2.7e19,
-    "OPD (prefix 256)": 3.4e18,
-    "OPD (prefix 512)": 5.2e18,
-    "OPD (prefix 1024)": 8.9e18,
-    "OPD (prefix 2048)": 1.7e19,
-    "OPD (full)": 1.8e20,
-    "OPD (prefix scheduling)": 7.5e19,
-    "SFT (300 steps)": 4.4e19,
-    "SFT (1500 steps)": 2.2e20,
+# The paper's FLOPs columns (Tables 1 and 2; teacher Qwen3-8B), to set beside `opd flops --paper`.
+PAPER_FLOPS = {
+    "qwen3-1.7b-base": {
+        "table": "Table 1",
+        "OPD (full, 10 steps)": 8.2e18,
+        "OPD (prefix 256)": 9.4e17,
+        "OPD (prefix 512)": 1.4e18,
+        "OPD (prefix 1024)": 2.5e18,
+        "OPD (prefix 2048)": 4.7e18,
+        "OPD (full)": 5.7e19,
+        "OPD (prefix scheduling)": 2.4e19,
+        "SFT (300 steps)": 1.3e19,
+        "SFT (1500 steps)": 6.6e19,
+    },
+    "qwen3-8b-base": {
+        "table": "Table 2",
+        "OPD (full, 10 steps)": 2.7e19,
+        "OPD (prefix 256)": 3.4e18,
+        "OPD (prefix 512)": 5.2e18,
+        "OPD (prefix 1024)": 8.9e18,
+        "OPD (prefix 2048)": 1.7e19,
+        "OPD (full)": 1.8e20,
+        "OPD (prefix scheduling)": 7.5e19,
+        "SFT (300 steps)": 4.4e19,
+        "SFT (1500 steps)": 2.2e20,
+    },
 }
 
 
@@ -399,11 +414,12 @@ def run_flops(cfg: FlopsConfig) -> list[dict[str, Any]]:
         title = f"training FLOPs recomputed from logged lengths (c={cfg.attn_coef}; ratio to {rows[0]['run']})"
     elif cfg.paper:
         rows = paper_table(cfg)
-        ref = ", ".join(f"{k} {v:.1e}" for k, v in PAPER_TABLE2_FLOPS.items() if k.startswith("OPD (full"))
-        title = (
-            f"OPD FLOPs of {cfg.model or 'qwen3-8b-base'} <- {cfg.teacher or 'qwen3-8b'}, {cfg.steps} steps x "
-            f"{cfg.rollouts} rollouts, c={cfg.attn_coef} (paper Table 2, Qwen3-8B-Base: {ref})"
-        )
+        student = cfg.model or "qwen3-8b-base"
+        title = f"OPD FLOPs of {student} <- {cfg.teacher or 'qwen3-8b'}, {cfg.steps} steps x {cfg.rollouts} rollouts, c={cfg.attn_coef}"
+        ref = PAPER_FLOPS.get(student.rstrip("/").split("/")[-1].lower())
+        if ref:
+            note = ", ".join(f"{k} {v:.1e}" for k, v in ref.items() if k.startswith("OPD"))
+            title += f"\npaper {ref['table']}: {note}"
     else:
         rows = model_table(cfg)
         title = f"FLOPs per sequence of {cfg.model} (forward + backward, c={cfg.attn_coef})"

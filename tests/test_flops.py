@@ -143,3 +143,12 @@ def test_cli_lengths_and_errors():
     assert bad.exit_code == 2 and "--attn-coef" in bad.output
     bad = runner.invoke(app, ["flops", str(FIX / "nowhere")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").glob("flops-*.yaml")), ids=lambda p: p.name)
+def test_flops_recipes_load_and_run(recipe):
+    from opd_cli.config import build_config
+
+    assert recipe.read_text().startswith("# opd flops --recipe")
+    rows = run_flops(build_config(FlopsConfig, recipe))
+    assert len(rows) == 4 and all(r["opd_total"] > 0 for r in rows)

@@ -1,0 +1,148 @@
+"""opd sft-baseline: a 2-step SFT on tiny models (metrics, FLOPs, loadable checkpoints), prefix SFT, resume,
+teacher-generated responses, and one-line errors through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from opd_cli.sft import strip_think
+
+
+def _write_data(path: Path, n: int = 8) -> list[tuple[str, str]]:
+    """n problems whose teacher responses have different lengths (so each sequence length is distinct)."""
+    pairs = [(f"{i}+{i}", "<think>\n" + "step " * (4 + 2 * i) + f"</think>\n\\boxed{{{2 * i}}}") for i in range(n)]
+    path.write_text("".join(json.dumps({"id": str(i), "question": q, "answer": str(2 * i), "response": r}) + "\n" for i, (q, r) in enumerate(pairs)))
+    return pairs
+
+
+def _expected_lengths(tok_dir: Path, pairs: list[tuple[str, str]], max_length: int = 0) -> list[int]:
+    """prompt + completion + eos tokens, computed independently of TRL, cut at max_length."""
+    from transformers import AutoTokenizer
+
+    from opd_cli.prompts import build_prompt
+
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    out = []
+    for q, r in pairs:
+        n = len(tok(build_prompt(tok, q) + strip_think(r), add_special_tokens=False)["input_ids"]) + 1
+        out.append(min(n, max_length) if max_length else n)
+    return out
+
+
+def _cfg(student: Path, data: Path, out: Path, **kw):
+    from opd_cli.config import build_config
+    from opd_cli.sft import SftConfig
+
+    base = dict(student=str(student), data=str(data), steps=2, batch_size=4, micro_batch_size=2, save_every=1, lr=1e-3, output_dir=str(out))
+    return build_config(SftConfig, None, {**base, **kw})
+
+
+def test_strip_think() -> None:
+    assert strip_think("<think>\nplan: a") == "plan: a"
+    assert strip_think("plan: a") == "plan: a"
+
+
+def test_sft_smoke_metrics_flops_checkpoint(tiny_model_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from opd_cli.flops import ModelShape, flops_from_sums
+    from opd_cli.runs import list_checkpoints, read_config, read_metrics
+    from opd_cli.sft import run_sft
+
+    student, _ = tiny_model_dirs
+    pairs = _write_data(tmp_path / "d.jsonl")
+    out = run_sft(_cfg(student, tmp_path / "d.jsonl", tmp_path / "run"))
+
+    assert read_config(out)["command"] == "sft-baseline"
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("loss", "lr", "seq_tokens", "seq_tokens_sq", "flops_step", "flops_total", "wall_time"):
+        assert all(r[key] is not None for r in rows), key
+    # 2 steps x 4 sequences = one pass over the 8 examples: the logged lengths are exactly theirs
+    lens = _expected_lengths(student, pairs)
+    assert sum(r["seq_tokens"] for r in rows) == sum(lens)
+    assert sum(r["seq_tokens_sq"] for r in rows) == sum(n * n for n in lens)
+    shape = ModelShape.from_source(str(student))
+    for r in rows:
+        assert r["flops_step"] == pytest.approx(flops_from_sums(shape, r["seq_tokens"], r["seq_tokens_sq"], 12))
+    assert rows[-1]["flops_total"] == pytest.approx(sum(r["flops_step"] for r in rows))
+
+    ckpts = list_checkpoints(out)
+    assert [s for s, _ in ckpts] == [1, 2]
+    trained = AutoModelForCausalLM.from_pretrained(str(ckpts[-1][1]))
+    initial = AutoModelForCausalLM.from_pretrained(str(student))
+    assert (ckpts[-1][1] / "tokenizer.json").is_file()
+    deltas = [(a - b).abs().max().item() for a, b in zip(trained.parameters(), initial.parameters(), strict=True)]
+    assert max(deltas) > 0  # it trained
+    assert torch.isfinite(torch.tensor([r["loss"] for r in rows])).all()
+    assert not (out / ".trainer").exists()
+
+
+def test_prefix_sft_truncates(tiny_model_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    from opd_cli.runs import read_metrics
+    from opd_cli.sft import run_sft
+
+    student, _ = tiny_model_dirs
+    pairs = _write_data(tmp_path / "d.jsonl")
+    out = run_sft(_cfg(student, tmp_path / "d.jsonl", tmp_path / "run", max_length=24))
+    rows = read_metrics(out)
+    assert max(r["seq_len_max"] for r in rows) <= 24
+    lens = _expected_lengths(student, pairs, max_length=24)
+    assert max(_expected_lengths(student, pairs)) > 24  # the cap bites
+    assert sum(r["seq_tokens"] for r in rows) == sum(lens)
+
+
+def test_sft_resume_extends_run(tiny_model_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    from opd_cli.runs import list_checkpoints, read_metrics
+    from opd_cli.sft import run_sft
+
+    student, _ = tiny_model_dirs
+    _write_data(tmp_path / "d.jsonl")
+    out = run_sft(_cfg(student, tmp_path / "d.jsonl", tmp_path / "run"))
+    first = read_metrics(out)
+    step2 = list_checkpoints(out)[-1][1].stat().st_mtime_ns
+    run_sft(_cfg(student, tmp_path / "d.jsonl", tmp_path / "run", steps=3, if_exists="resume"))
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[:2] == first  # steps 1-2 were not redone
+    assert list_checkpoints(out)[1][1].stat().st_mtime_ns == step2
+    assert rows[-1]["flops_total"] == pytest.approx(sum(r["flops_step"] for r in rows))
+
+
+def test_sft_generate_with_teacher(tiny_model_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    from opd_cli.runs import read_metrics
+    from opd_cli.sft import TEACHER_CACHE, run_sft
+
+    student, teacher = tiny_model_dirs
+    _write_data(tmp_path / "d.jsonl", n=4)
+    cfg = _cfg(student, tmp_path / "d.jsonl", tmp_path / "run", steps=1, batch_size=4, micro_batch_size=0,
+               generate_with_teacher=True, teacher=str(teacher), teacher_samples=2, teacher_max_new_tokens=6)
+    out = run_sft(cfg)
+    cache = [json.loads(line) for line in (out / TEACHER_CACHE).read_text().splitlines()]
+    assert len(cache) == 4 * 2
+    assert all(r["length"] <= 6 for r in cache)
+    assert read_metrics(out)[0]["step"] == 1
+
+
+def test_cli_bad_inputs(tmp_path: Path) -> None:
+    from opd_cli.cli import app
+
+    runner = CliRunner()
+    cases = [
+        (["--max-length", "-1"], "--max-length"),
+        (["--batch-size", "4", "--micro-batch-size", "3"], "multiple of --micro-batch-size"),
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--prompts", "toy-train", "--data", "x.jsonl"], "not both"),
+        (["--lr-scheduler", "wavy"], "--lr-scheduler"),
+    ]
+    for args, message in cases:
+        res = runner.invoke(app, ["sft-baseline", *args, "-o", str(tmp_path / "x")])
+        assert res.exit_code == 2, (args, res.output)
+        assert message in res.output
+    res = runner.invoke(app, ["sft-baseline", "--data", str(tmp_path / "none.jsonl"), "--student", str(tmp_path), "-o", str(tmp_path / "y")])
+    assert res.exit_code == 2 and "does not exist" in res.output

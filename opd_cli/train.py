@@ -487,7 +487,7 @@ def run_train(cfg: TrainConfig) -> Path:
 
     out = cfg.resolved_output_dir()
     if state.is_main_process:
-        run = open_run(out, cfg.if_exists, cfg)
+        run = open_run(out, cfg.if_exists, cfg, compare_ignore=("output_dir",))  # a moved run folder still resumes
     state.wait_for_everyone()
     if not state.is_main_process:
         from opd_cli.runs import RunDir

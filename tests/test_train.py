@@ -1,0 +1,157 @@
+"""`opd train` end to end on tiny random models: metrics contract, prefix stop, determinism, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from opd_cli.cli import app
+from opd_cli.config import build_config
+from opd_cli.runs import list_checkpoints, read_metrics
+
+TIMING = {"time_generate", "time_teacher", "time_update", "time_step", "wall_time"}
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory) -> Path:
+    from opd_cli.toy.task import generate_splits, write_jsonl
+
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    write_jsonl(path, generate_splits(seed=0, sizes={"train": 32, "dev": 2, "test": 2, "ood": 2})["train"])
+    return path
+
+
+def _cfg(tiny_model_dirs, prompts_file, out, **over):
+    from opd_cli.train import TrainConfig
+
+    student, teacher = tiny_model_dirs
+    base = dict(
+        student=str(student), teacher=str(teacher), data=str(prompts_file), steps=3, batch_size=4, micro_batch_size=2,
+        max_new_tokens=16, kl_bin=4, save_every=1, output_dir=str(out), device="cpu", chunk=8,
+    )
+    base.update(over)
+    return build_config(TrainConfig, None, base)
+
+
+def _train(tiny_model_dirs, prompts_file, out, **over):
+    from opd_cli.train import run_train
+
+    run_train(_cfg(tiny_model_dirs, prompts_file, out, **over))
+    return read_metrics(out)
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def base_run(tiny_model_dirs, prompts_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "base"
+    return out, _train(tiny_model_dirs, prompts_file, out)
+
+
+def test_three_step_run_writes_every_metric(base_run):
+    from opd_cli.train import METRIC_KEYS
+
+    out, rows = base_run
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert set(r) == set(METRIC_KEYS)
+        assert all(r[k] is not None for k in METRIC_KEYS), r
+        assert r["tokens_generated"] == r["tokens_scored"] == sum(r["kl_bin_count"]) >= r["tokens_trained"] > 0
+        assert r["rollout_len_max"] <= r["prefix_len"] == 16
+        assert 0 <= r["overlap_ratio"] <= 1 and r["entropy_gap"] >= 0
+        assert r["flops_step"] > 0 and r["seq_tokens_sq"] >= r["seq_tokens"]
+    assert rows[-1]["flops_total"] == pytest.approx(sum(r["flops_step"] for r in rows))
+    assert [s for s, _ in list_checkpoints(out)] == [1, 2, 3]
+    ckpt = out / "checkpoints" / "step_000002"
+    for f in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "opd_state.json", "tokenizer.json", "COMPLETE"):
+        assert (ckpt / f).exists(), f
+    assert json.loads((ckpt / "opd_state.json").read_text())["prefix_len"] == 16
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(str(out / "final"))  # what `opd eval --model <run>/final` loads
+
+
+def test_same_seed_gives_identical_metrics_and_resume_reproduces(base_run, tiny_model_dirs, prompts_file, tmp_path):
+    out, rows = base_run
+    again = _train(tiny_model_dirs, prompts_file, tmp_path / "again")
+    assert _strip(again) == _strip(rows)
+    # a run killed during step 3's checkpoint: step 3 missing, a half-written temp checkpoint, a metrics line cut
+    killed = tmp_path / "killed"
+    shutil.copytree(out, killed)
+    shutil.rmtree(killed / "checkpoints" / "step_000003")
+    shutil.rmtree(killed / "final")
+    (killed / "checkpoints" / ".tmp" / "checkpoint-3").mkdir(parents=True)
+    with (killed / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 4, "lo')
+    resumed = _train(tiny_model_dirs, prompts_file, killed, if_exists="resume")
+    assert _strip(resumed) == _strip(rows)
+    assert [s for s, _ in list_checkpoints(killed)] == [1, 2, 3] and (killed / "final").is_dir()
+
+
+def test_generation_stops_at_prefix_and_schedule(tiny_model_dirs, prompts_file, tmp_path):
+    rows = _train(tiny_model_dirs, prompts_file, tmp_path / "sched", schedule="linear", prefix_start=1, prefix_delta=3, save_every=0)
+    assert [r["prefix_len"] for r in rows] == [1, 4, 7]
+    for r in rows:
+        assert r["rollout_len_max"] <= r["prefix_len"]
+        assert r["tokens_trained"] <= 4 * r["prefix_len"]
+    rows = _train(tiny_model_dirs, prompts_file, tmp_path / "p5", prefix="5", steps=1, save_every=0)
+    assert rows[0]["rollout_len_max"] <= 5 and len(rows[0]["kl_bin_count"]) <= 2
+
+
+@pytest.mark.parametrize("over", [{"loss": "full"}, {"loss": "topk", "topk_support": "overlap"}, {"loss_window": "2:6"}, {"loss_tail": 3}])
+def test_other_losses_and_windows_run(tiny_model_dirs, prompts_file, tmp_path, over):
+    rows = _train(tiny_model_dirs, prompts_file, tmp_path / "r", steps=1, save_every=0, **over)
+    r = rows[0]
+    assert r["loss"] is not None and r["grad_norm"] is not None
+    if "loss_window" in over:
+        assert r["tokens_trained"] <= 4 * 4
+    if "loss_tail" in over:
+        assert r["tokens_trained"] <= 4 * 3
+
+
+BAD = [
+    (["--prefix", "0"], "--prefix"),
+    (["--prefix", "-3"], "--prefix"),
+    (["--loss-window", "6:2"], "--loss-window"),
+    (["--loss-tail", "99"], "--loss-tail"),
+    (["--loss", "forward"], "--loss"),
+    (["--topk", "0"], "--topk"),
+    (["--backend", "vllm"], "vllm"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD)
+def test_bad_input_is_one_line_exit_2(args, needle, tiny_model_dirs, prompts_file, tmp_path):
+    student, teacher = tiny_model_dirs
+    base = ["train", "--student", str(student), "--teacher", str(teacher), "--data", str(prompts_file), "--max-new-tokens", "16",
+            "--device", "cpu", "-o", str(tmp_path / "bad")]
+    res = CliRunner().invoke(app, base + args)
+    assert res.exit_code == 2, res.output
+    err = res.stderr if hasattr(res, "stderr") else res.output
+    assert needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_vocab_mismatch_and_config_change_on_resume(tiny_model_dirs, prompts_file, tmp_path, base_run):
+    from transformers import AutoTokenizer
+
+    student, teacher = tiny_model_dirs
+    other = tmp_path / "other_teacher"
+    shutil.copytree(teacher, other)
+    tok = AutoTokenizer.from_pretrained(str(other))
+    tok.add_tokens(["<extra-token>"])
+    tok.save_pretrained(str(other))
+    res = CliRunner().invoke(app, ["train", "--student", str(student), "--teacher", str(other), "--data", str(prompts_file),
+                                   "--device", "cpu", "-o", str(tmp_path / "v")])
+    assert res.exit_code == 2 and "vocabulary" in res.output
+    out, _ = base_run
+    res = CliRunner().invoke(app, ["train", "--student", str(student), "--teacher", str(teacher), "--data", str(prompts_file),
+                                   "--max-new-tokens", "16", "--kl-bin", "4", "--steps", "3", "--batch-size", "4",
+                                   "--micro-batch-size", "2", "--save-every", "1", "--device", "cpu", "--lr", "1e-3",
+                                   "-o", str(out), "--if-exists", "resume"])
+    assert res.exit_code == 2 and "differs" in res.output and "lr" in res.output

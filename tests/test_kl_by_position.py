@@ -195,3 +195,14 @@ def test_kl_by_position_run_without_checkpoints(tmp_path):
     assert res.exit_code == 2 and "no checkpoints found" in _output(res)
     res = CliRunner().invoke(app, ["kl-by-position", "--steps", "10", "-o", str(tmp_path / "x")])
     assert res.exit_code == 2 and "need --run" in _output(res)
+
+
+# ------------------------------------------------------------------------------------------- recipes
+@pytest.mark.parametrize("recipe", sorted(Path("recipes").glob("kl-by-position-*.yaml")), ids=lambda p: p.name)
+def test_kl_by_position_recipes_load(recipe):
+    from opd_cli.analyses.kl_by_position import KlByPositionConfig
+    from opd_cli.config import build_config
+
+    assert recipe.read_text().startswith(f"# opd kl-by-position --recipe recipes/{recipe.name}")
+    cfg = build_config(KlByPositionConfig, recipe)
+    assert cfg.run and (cfg.steps or cfg.checkpoint_steps)

@@ -151,3 +151,14 @@ def test_probe_bad_input(tmp_path, extra, message):
     assert res.exit_code == 2, _output(res)
     assert message in _output(res) and len(_output(res).strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------------------- recipes
+@pytest.mark.parametrize("recipe", sorted(Path("recipes").glob("probe-*.yaml")), ids=lambda p: p.name)
+def test_probe_recipes_load(recipe):
+    from opd_cli.analyses.probe import ProbeConfig
+    from opd_cli.config import build_config
+
+    assert recipe.read_text().startswith(f"# opd probe-teacher-prefix --recipe recipes/{recipe.name}")
+    cfg = build_config(ProbeConfig, recipe)
+    assert cfg.lengths == sorted(cfg.lengths) and cfg.margin >= 0

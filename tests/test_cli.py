@@ -1,0 +1,136 @@
+"""The CLI frame through Typer's runner: help, --if-exists, ten kinds of bad input (one line, exit 2), lazy imports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from opd_cli.cli import app
+
+runner = CliRunner()
+
+
+def bad(args: list[str], expect: str) -> str:
+    """Run ``opd args``: it must fail with exit code 2 and exactly one error line on stderr mentioning ``expect``."""
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, (r.exit_code, r.output)
+    lines = [x for x in r.stderr.splitlines() if x.strip() and "Loading weights" not in x]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and expect in lines[0], lines[0]
+    assert "Traceback" not in r.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    f = tmp_path_factory.mktemp("cli") / "probs.jsonl"
+    f.write_text("".join(json.dumps({"question": f"q{i}", "answer": str(i)}) + "\n" for i in range(2)))
+    return f
+
+
+def test_help_lists_working_commands() -> None:
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0 and "eval" in r.stdout and "toy" in r.stdout
+    r = runner.invoke(app, ["eval", "--help"])
+    assert r.exit_code == 0
+    for opt in ("--model", "--benchmark", "--data", "--samples", "--recipe", "--if-exists", "--backend", "--run"):
+        assert opt in r.stdout
+
+
+def test_import_does_not_load_torch() -> None:
+    code = "import sys, opd_cli.cli; bad = [m for m in ('torch', 'transformers', 'trl', 'vllm', 'datasets') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_missing_model_path(data_file: Path, tmp_path: Path) -> None:
+    bad(["eval", "--model", str(tmp_path / "no-such-model"), "--data", str(data_file), "-o", str(tmp_path / "o")],
+        "is not a folder")
+    assert not (tmp_path / "o").exists()  # nothing written before the model loaded
+
+
+def test_unknown_benchmark(tiny_model_dirs) -> None:
+    bad(["eval", "--model", str(tiny_model_dirs[0]), "--benchmark", "nope"], "unknown benchmark 'nope'")
+
+
+def test_malformed_data_file(tiny_model_dirs, tmp_path: Path) -> None:
+    f = tmp_path / "broken.jsonl"
+    f.write_text('{"question": "q", "answer": "1"}\n{oops\n')
+    bad(["eval", "--model", str(tiny_model_dirs[0]), "--data", str(f)], "is not valid JSON")
+
+
+def test_missing_column(tiny_model_dirs, data_file: Path) -> None:
+    line = bad(["eval", "--model", str(tiny_model_dirs[0]), "--data", str(data_file), "--question-column", "prob"],
+               "no column 'prob'")
+    assert "question, answer" in line  # names the columns there are
+
+
+def test_vocab_mismatch(tiny_model_dirs, tmp_path: Path) -> None:
+    from opd_cli.errors import OpdError
+    from opd_cli.models import check_same_vocab, load_tokenizer
+
+    student, teacher = tiny_model_dirs
+    other = tmp_path / "other-teacher"
+    shutil.copytree(teacher, other)
+    tok = load_tokenizer(str(teacher))
+    tok.add_tokens(["<extra_a>", "<extra_b>"])  # a different vocabulary
+    tok.save_pretrained(str(other))
+    with pytest.raises(OpdError, match="do not share one vocabulary"):
+        check_same_vocab(load_tokenizer(str(student)), load_tokenizer(str(other)))
+    check_same_vocab(load_tokenizer(str(student)), load_tokenizer(str(teacher)))  # same family passes
+    bad(["train", "--student", str(student), "--teacher", str(other), "-o", str(tmp_path / "run")], "vocabulary")
+
+
+def test_existing_run_folder(tiny_model_dirs, data_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    bad(["eval", "--model", str(tiny_model_dirs[0]), "--data", str(data_file), "-o", str(out)], "already exists")
+    assert (out / "keep.txt").read_text() == "mine" and not (out / "config.yaml").exists()
+
+
+def test_negative_sample_count() -> None:
+    bad(["eval", "--samples", "-1"], "--samples must be at least 1")
+
+
+def test_unknown_backend() -> None:
+    bad(["eval", "--backend", "tpu"], "unknown --backend 'tpu'")
+
+
+def test_vllm_requested_but_absent() -> None:
+    from opd_cli.generation import vllm_available
+
+    if vllm_available():
+        pytest.skip("vllm is installed here")
+    bad(["eval", "--backend", "vllm"], "needs the vllm extra")
+
+
+def test_unreadable_recipe(tmp_path: Path) -> None:
+    bad(["eval", "--recipe", str(tmp_path / "missing.yaml")], "does not exist")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("samples: [4\n")
+    bad(["eval", "--recipe", str(broken)], "is not valid YAML")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("command: eval\nsampels: 4\n")
+    bad(["eval", "--recipe", str(typo)], "unknown field(s) sampels")
+
+
+def test_if_exists_values(tiny_model_dirs, data_file: Path, tmp_path: Path) -> None:
+    bad(["eval", "--if-exists", "sometimes"], "--if-exists must be one of raise, resume, overwrite")
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+    args = ["eval", "--model", str(tiny_model_dirs[0]), "--data", str(data_file), "-n", "1", "--max-new-tokens", "2", "-o", str(out)]
+    assert runner.invoke(app, args + ["--if-exists", "overwrite"]).exit_code == 0
+    assert not (out / "old.txt").exists() and (out / "eval" / "probs.json").is_file()
+
+
+def test_debug_shows_the_traceback() -> None:
+    r = runner.invoke(app, ["--debug", "eval", "--samples", "0"])
+    assert r.exit_code != 0 and r.exception is not None and "at least 1" in str(r.exception)

@@ -198,7 +198,7 @@ def test_kl_by_position_run_without_checkpoints(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- recipes
-@pytest.mark.parametrize("recipe", sorted(Path("recipes").glob("kl-by-position-*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parent.parent / "recipes").glob("kl-by-position-*.yaml")), ids=lambda p: p.name)
 def test_kl_by_position_recipes_load(recipe):
     from opd_cli.analyses.kl_by_position import KlByPositionConfig
     from opd_cli.config import build_config

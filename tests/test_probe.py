@@ -154,7 +154,7 @@ def test_probe_bad_input(tmp_path, extra, message):
 
 
 # ------------------------------------------------------------------------------------------- recipes
-@pytest.mark.parametrize("recipe", sorted(Path("recipes").glob("probe-*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parent.parent / "recipes").glob("probe-*.yaml")), ids=lambda p: p.name)
 def test_probe_recipes_load(recipe):
     from opd_cli.analyses.probe import ProbeConfig
     from opd_cli.config import build_config

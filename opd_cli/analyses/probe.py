@@ -265,6 +265,6 @@ def _continue(cfg: ProbeConfig, model: Any, tok: Any, teacher_tok: Any, problems
     for p, j, lp, pre, s in jobs:
         ok, extracted = grade(p, pre + s.text)  # the completed solution: prefix + continuation
         recs[(p.id, j)] = {"length": L, "problem_id": p.id, "sample": j, "prefix_tokens": lp, "prefix": pre,
-                           "text": s.text, "continuation_tokens": s.length, "truncated": bool(s.truncated),
+                           "prefix_tokens_encoded": s.prefix_length, "text": s.text, "continuation_tokens": s.length, "truncated": bool(s.truncated),
                            "extracted": extracted, "correct": bool(ok)}
     return recs

@@ -232,9 +232,17 @@ def _make_callback(run: Any, model: Any, shape: Any, cfg: SftConfig, start: dict
                 self.lens.extend(int(n) for n in mask.sum(-1).tolist())
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
-            if not logs or "loss" not in logs or not self.lens:
+            if not logs or "loss" not in logs:
                 return
-            s, s2 = sum(self.lens), sum(n * n for n in self.lens)
+            lens = self.lens
+            if args.world_size > 1:  # every process trained its own micro-batches: count them all
+                from accelerate.utils import gather_object
+
+                lens = gather_object(lens)
+            self.lens = []
+            if not state.is_world_process_zero or not lens:
+                return
+            s, s2 = sum(lens), sum(n * n for n in lens)
             flops_step = sample_flops(shape, s, s2, cfg.attn_coef)
             self.flops_total += flops_step
             run.log(
@@ -243,21 +251,20 @@ def _make_callback(run: Any, model: Any, shape: Any, cfg: SftConfig, start: dict
                     "loss": float(logs["loss"]),
                     "lr": float(logs.get("learning_rate", cfg.lr)),
                     "grad_norm": logs.get("grad_norm"),
-                    "sequences": len(self.lens),
+                    "sequences": len(lens),
                     "seq_tokens": s,
                     "seq_tokens_sq": s2,
-                    "seq_len_max": max(self.lens),
+                    "seq_len_max": max(lens),
                     "flops_step": flops_step,
                     "flops_total": self.flops_total,
                     "wall_time": time.time() - self.wall0,
                 }
             )
-            self.lens = []
             print(f"step {state.global_step}/{cfg.steps}  loss {float(logs['loss']):.4f}  tokens {s}  flops {self.flops_total:.3g}")
 
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             src = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if src.is_dir():
+            if state.is_world_process_zero and src.is_dir():
                 run.checkpoints.mkdir(parents=True, exist_ok=True)
                 commit_checkpoint(src, run.checkpoint_dir(state.global_step))
                 print(f"checkpoint step {state.global_step} -> {run.checkpoint_dir(state.global_step)}")
@@ -340,11 +347,17 @@ def _build_trainer(cfg: SftConfig, model: Any, tok: Any, examples: list[dict[str
     import logging
 
     import datasets
+    from accelerate import PartialState
     from datasets import Dataset
     from transformers import PrinterCallback
     from transformers.utils import logging as hf_logging
     from trl import SFTConfig, SFTTrainer
 
+    procs = PartialState().num_processes
+    check(
+        cfg.batch_size % (cfg.micro * procs) == 0,
+        f"--batch-size {cfg.batch_size} must be a multiple of --micro-batch-size {cfg.micro} x {procs} processes",
+    )
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
@@ -353,7 +366,7 @@ def _build_trainer(cfg: SftConfig, model: Any, tok: Any, examples: list[dict[str
         output_dir=str(out / TRAINER_TMP),
         max_steps=cfg.steps,
         per_device_train_batch_size=cfg.micro,
-        gradient_accumulation_steps=cfg.batch_size // cfg.micro,
+        gradient_accumulation_steps=cfg.batch_size // (cfg.micro * procs),
         learning_rate=cfg.lr,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_steps,

@@ -150,3 +150,19 @@ def test_cli_bad_inputs(tmp_path: Path) -> None:
         assert res.exit_code == 2, (args, res.output)
         assert message in res.output
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("recipes/window-ablation-*.yaml")), ids=lambda p: p.name)
+def test_window_ablation_recipes_expand(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from opd_cli.ablation import WindowAblationConfig, plan_runs
+    from opd_cli.config import build_config
+
+    monkeypatch.chdir(path.parents[1])  # recipes name their base train recipe relative to the repository root
+    assert path.read_text().splitlines()[0].startswith("# opd window-ablation --recipe recipes/" + path.name)
+    assert yaml.safe_load(path.read_text())["command"] == "window-ablation"
+    cfg = build_config(WindowAblationConfig, path)
+    planned = plan_runs(cfg, Path("/nonexistent/ablation"))  # every run is a valid TrainConfig
+    assert len(planned) == len(cfg.windows) + 2
+    assert all(t.steps == 30 for _, t in planned)

@@ -146,3 +146,19 @@ def test_cli_bad_inputs(tmp_path: Path) -> None:
         assert message in res.output
     res = runner.invoke(app, ["sft-baseline", "--data", str(tmp_path / "none.jsonl"), "--student", str(tmp_path), "-o", str(tmp_path / "y")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("recipes/sft-*.yaml")), ids=lambda p: p.name)
+def test_sft_recipes_load(path: Path) -> None:
+    import yaml
+
+    from opd_cli.config import build_config
+    from opd_cli.sft import SftConfig
+
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# opd sft-baseline --recipe recipes/" + path.name)
+    assert yaml.safe_load(path.read_text())["command"] == "sft-baseline"
+    cfg = build_config(SftConfig, path)
+    assert cfg.steps >= 1 and cfg.lr > 0
+    if "paper" in path.name:
+        assert (cfg.batch_size, cfg.lr) == (128, 1e-4)  # the paper's SFT settings

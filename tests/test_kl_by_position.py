@@ -169,6 +169,17 @@ def test_kl_by_position_run_checkpoints_and_logged(train_run, data_file, tmp_pat
     b = [float(r["mean_kl"]) for r in rows if r["source"] == "checkpoint" and r["step"] == "2"]
     assert a == pytest.approx(b) and all(math.isfinite(x) for x in a)
 
+    # resume with fewer logged steps: the finished checkpoints are reused, not rolled out again
+    res = CliRunner().invoke(app, ["kl-by-position", "--run", str(train_run), "--checkpoint-steps", "0,2",
+                                   "--steps", "2", "--data", str(data_file), "--limit", "2",
+                                   "--max-new-tokens", "8", "--bin", "4", "-o", str(out), "--if-exists", "resume"])
+    assert res.exit_code == 0, _output(res)
+    assert _output(res).count("reusing") == 2
+    assert json.loads((out / "summary.json").read_text())["checkpoints"] == summary["checkpoints"]  # same timings too
+    again = _read_csv(out / "kl_by_position.csv")
+    assert [r for r in again if r["source"] == "checkpoint"] == [r for r in rows if r["source"] == "checkpoint"]
+    assert {r["step"] for r in again if r["source"] == "logged"} == {"2"}
+
 
 # ------------------------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(

@@ -270,13 +270,24 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
         ckpts = [(0, toy_models(console)[0])]
 
     out_dir = cfg.output_dir or f"runs/kl-by-position{'-' + Path(cfg.run).name if cfg.run else ''}"
-    run = open_run(out_dir, cfg.if_exists, cfg)
+    # resume may add checkpoints or logged steps; finished checkpoints are reused (see _finished)
+    run = open_run(out_dir, cfg.if_exists, cfg, compare_ignore=("models", "checkpoint_steps", "steps"))
     console.print(dump_yaml(cfg), markup=False, highlight=False)
     console.print(f"[bold]opd kl-by-position[/] -> {run.path}")
 
     rows = list(logged)
     summary: dict[str, Any] = {"bin": cfg.bin, "run": cfg.run, "logged_steps": cfg.steps, "checkpoints": {}}
-    if ckpts:
+    # --if-exists resume: checkpoints already rolled out (same step, same model) are kept, not sampled again
+    done = _finished(run.path) if run.resumed else {}
+    todo = []
+    for step, path in ckpts:
+        if step in done and done[step][0].get("model") == path:
+            summary["checkpoints"][str(step)] = done[step][0]
+            rows += done[step][1]
+            console.print(f"  step {step}: reusing the rollouts in {run.path}")
+        else:
+            todo.append((step, path))
+    if todo:
         from opd_cli.models import check_same_vocab, load_model, load_tokenizer
         from opd_cli.prompts import build_prompt
 
@@ -296,7 +307,7 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
         summary.update(teacher=str(teacher_path), prompts=len(problems), samples=cfg.samples,
                        max_new_tokens=cfg.max_new_tokens, source_prompts=data or source)
         with progress_bar(console) as progress:
-            for step, path in ckpts:
+            for step, path in todo:
                 t0 = time.time()
                 tok = load_tokenizer(path, "checkpoint")
                 student = load_model(path, cfg.dtype, cfg.device, "checkpoint")
@@ -311,11 +322,27 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
                 console.print(f"  step {step}: {stats['rollouts']} rollouts, {stats['tokens']} tokens, "
                               f"mean KL {stats['mean_kl'] if stats['mean_kl'] is None else round(stats['mean_kl'], 4)}")
                 del student
+                # written after every checkpoint, so a killed run resumes from the last finished one
+                write_table(run.path, rows)
+                write_json(run.path / "summary.json", summary)
 
     write_table(run.path, rows)
     write_json(run.path / "summary.json", summary)
     console.print(f"wrote {run.path / 'kl_by_position.csv'} ({len(rows)} rows)")
     return rows
+
+
+def _finished(out: Path) -> dict[int, tuple[dict, list[dict]]]:
+    """Checkpoints a previous run of this folder finished: step -> (summary entry, its table rows)."""
+    import json
+
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+        rows = json.loads((out / "kl_by_position.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {int(s): (entry, [r for r in rows if r["source"] == "checkpoint" and int(r["step"]) == int(s)])
+            for s, entry in summary.get("checkpoints", {}).items()}
 
 
 def write_table(out: Path, rows: list[dict]) -> None:

@@ -101,10 +101,10 @@ def train_cmd(
 @app.command("eval")
 def eval_cmd(
     recipe: Optional[Path] = RecipeOpt,
-    model: Optional[str] = typer.Option(None, "--model", help="Hub id or local folder (default: the toy teacher... see --toy-model)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Hub id or local folder (default: the toy world's student, see --toy-model)."),
     toy_model: Optional[str] = typer.Option(None, "--toy-model", help="With no --model: toy world 'teacher' or 'student' (default student)."),
     run: Optional[Path] = typer.Option(None, "--run", help="A training run folder: evaluate its checkpoints (see --steps)."),
-    steps: Optional[str] = typer.Option(None, "--steps", help="Checkpoint steps of --run to evaluate, e.g. 10,20,30 (default: all)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="Checkpoint steps of --run to evaluate, e.g. 0,10,20 (0 = the initial student; default: every checkpoint)."),
     benchmark: Optional[list[str]] = typer.Option(None, "--benchmark", "-b", help="Registered benchmark (repeatable): toy, toy-ood, math500, aime24, ..."),
     data: Optional[Path] = typer.Option(None, "--data", help="Local jsonl/parquet/csv file of problems (instead of --benchmark)."),
     question_column: Optional[str] = typer.Option(None, "--question-column", help="Column with the problem text for --data."),

@@ -261,12 +261,14 @@ def print_summary(summaries: list[dict[str, Any]], console: Any = None, title: s
 
     console = console or Console()
     table = Table(title=title)
-    for col in ("step", "benchmark", "n", "problems", "Mean Acc@n", "pass@k", "mean len", "truncated"):
-        table.add_column(col, justify="left" if col == "benchmark" else "right")
+    # Mean Acc@n ± its standard error over problems; pass@n; mean response tokens; fraction cut by the cap
+    for col in ("step", "benchmark", "n", "problems", "Mean Acc@n", "±se", "pass@n", "tokens", "cut"):
+        table.add_column(col, justify="left" if col == "benchmark" else "right", no_wrap=col != "benchmark")
     for s in summaries:
-        pk = " ".join(f"@{k}={v:.3f}" for k, v in s["pass_at_k"].items())
+        pk = s["pass_at_k"].get(str(s["n"]), float("nan"))
         table.add_row("-" if s.get("step") is None else str(s["step"]), s["benchmark"], str(s["n"]), str(s["num_problems"]),
-                      f"{s['mean_acc']:.3f} ± {s['stderr']:.3f}", pk, f"{s['mean_length']:.1f}", f"{s['truncated_frac']:.2f}")
+                      f"{s['mean_acc']:.3f}", f"{s['stderr']:.3f}", f"{pk:.3f}", f"{s['mean_length']:.1f}",
+                      f"{s['truncated_frac']:.2f}")
     console.print(table)
 
 
@@ -338,10 +340,26 @@ def evaluate_run(
                 continue
             loaded = loaded or load_for_eval(model, cfg)
             summaries.append(evaluate_model(loaded, probs, cfg, out, name, model_name=model, step=s, console=console))
+        if loaded is not None:  # free this checkpoint before the next one loads (a vLLM engine holds the GPU)
+            del loaded
+            _free_memory()
     best = record_best(run_dir, dev, {s["step"]: s["mean_acc"] for s in summaries if s["benchmark"] == dev})
     print_summary(summaries, console, title=f"opd eval --run {run_dir}")
     console.print(f"best step on {dev}: {best['best_step']} (Mean Acc {best['scores'][str(best['best_step'])]:.3f}) -> {eval_root / 'best.json'}")
     return best
+
+
+def _free_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def record_best(run_dir: str | Path, dev_benchmark: str, scores: Mapping[int, float]) -> dict[str, Any]:

@@ -289,6 +289,22 @@ def window_ablation_cmd(
     dispatch("opd_cli.ablation", "WindowAblationConfig", "run_window_ablation", recipe, locals())
 
 
+# --------------------------------------------------------------------------------------------- toy build
+@toy_app.command("build")
+def toy_build_cmd(
+    recipe: Optional[Path] = RecipeOpt,
+    root: Optional[str] = typer.Option(None, "--root", help="Cache folder of the world (default $OPD_TOY_DIR or ~/.cache/opd/toy)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the splits and models (a failed teacher retries with a new one)."),
+    rebuild: Optional[bool] = typer.Option(None, "--rebuild/--reuse", help="Build even when a valid cached world exists."),
+    teacher_steps: Optional[int] = typer.Option(None, "--teacher-steps", help="Most teacher SFT steps."),
+    student_steps: Optional[int] = typer.Option(None, "--student-steps", help="Student SFT steps."),
+    min_teacher_acc: Optional[float] = typer.Option(None, "--min-teacher-acc", help="Teacher test accuracy required (0 = off)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (0 = default)."),
+) -> None:
+    """Build the toy world (tokenizer, splits, teacher, plan-weak student) and report test accuracies."""
+    dispatch("opd_cli.toy.build", "ToyBuildConfig", "run_toy_build", recipe, locals())
+
+
 def main() -> None:
     """Console entry point."""
     app()

@@ -78,7 +78,7 @@ class ToyBuildConfig:
             teacher_layers=1, teacher_hidden=32, teacher_heads=2, teacher_steps=30, teacher_min_steps=30,
             student_layers=1, student_hidden=32, student_heads=2, student_steps=20,
             batch_size=8, warmup=2, check_every=0, max_attempts=1, min_teacher_acc=0.0,
-            min_student_acc=0.0, max_student_acc=1.0, max_new_tokens=200,
+            min_student_acc=0.0, max_student_acc=1.0, max_new_tokens=200, threads=1,
         )
 
 
@@ -135,9 +135,8 @@ def _train(
 def run_toy_build(cfg: ToyBuildConfig, console: Any = None) -> Any:
     """Build (or reuse) the toy world at ``cfg.root``; returns the :class:`~opd_cli.toy.world.ToyWorld`."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from opd_cli.toy.world import invalid_reason, load_world, write_manifest
+    from opd_cli.toy.world import invalid_reason, load_world
 
     console = console or Console()
     root = cfg.root_path()
@@ -153,12 +152,25 @@ def run_toy_build(cfg: ToyBuildConfig, console: Any = None) -> Any:
 
     import torch
 
+    old_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        world = _build(cfg, root, console)
+    finally:
+        torch.set_num_threads(old_threads)
+    _report(console, world, reused=False)
+    return world
+
+
+def _build(cfg: ToyBuildConfig, root: Path, console: Any) -> Any:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     from opd_cli.toy.models import encode_pairs, save_model
     from opd_cli.toy.task import generate_splits, write_jsonl
     from opd_cli.toy.tokenizer import build_tokenizer
+    from opd_cli.toy.world import load_world, write_manifest
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     t0 = time.time()
     # Build beside the target and swap in at the end, so a crash never leaves a half-built world at root.
     work = root.with_name(root.name + ".building")
@@ -215,9 +227,7 @@ def run_toy_build(cfg: ToyBuildConfig, console: Any = None) -> Any:
         root.rename(old)
     work.rename(root)
     shutil.rmtree(old, ignore_errors=True)
-    world = load_world(root)
-    _report(console, world, reused=False)
-    return world
+    return load_world(root)
 
 
 def _config_key(cfg: ToyBuildConfig) -> dict[str, Any]:

@@ -1,0 +1,234 @@
+"""The toy world: generator, tokenizer, world cache (manifest, hashes, rebuild) and the miniature build."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from opd_cli.errors import OpdError
+from opd_cli.prompts import build_prompt
+from opd_cli.toy import task
+
+SIZES = {"train": 400, "dev": 50, "test": 50, "ood": 50}
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return task.generate_splits(seed=3, sizes=SIZES)
+
+
+def _recompute(question: str) -> tuple[int, list[str]]:
+    """Independent re-computation from the question text: sort the tagged ops by tag, apply them mod 10."""
+    m = re.fullmatch(r"start (\d); apply by tag, mod 10: ((?:[a-j][-+*]\d ?)+)", question)
+    assert m, question
+    value = int(m.group(1))
+    ops = sorted(m.group(2).split())
+    for op in ops:
+        k = int(op[2])
+        value = {"+": value + k, "-": value - k, "*": value * k}[op[1]] % 10
+    return value, ops
+
+
+def test_generator_is_deterministic_by_seed():
+    a = task.generate_splits(seed=5, sizes=SIZES)
+    b = task.generate_splits(seed=5, sizes=SIZES)
+    c = task.generate_splits(seed=6, sizes=SIZES)
+    assert a == b
+    assert [r["question"] for r in a["test"]] != [r["question"] for r in c["test"]]
+    # evaluation splits do not depend on how much training data is drawn
+    d = task.generate_splits(seed=5, sizes={**SIZES, "train": 10})
+    assert d["test"] == a["test"] and d["ood"] == a["ood"]
+
+
+def test_answers_match_independent_recomputation(splits):
+    for records in splits.values():
+        for r in records:
+            value, _ = _recompute(r["question"])
+            assert r["answer"] == str(value)
+            assert r["solution"].endswith("</think>\n\\boxed{" + r["answer"] + "}")
+
+
+def test_plan_is_sorted_by_tag_and_execution_follows_it(splits):
+    for r in splits["train"][:200] + splits["ood"]:
+        _, ops = _recompute(r["question"])
+        plan = r["solution"][: r["plan_chars"]]
+        assert plan == "plan: " + " ".join(ops) + "\n"
+        lines = r["solution"][r["plan_chars"] :].split("\n")
+        steps = [ln.split(":")[0] for ln in lines if "->" in ln]
+        assert steps == ops  # one execution line per planned op, in the plan's order
+        # the student's solution executes the prompt's order instead
+        prompt_ops = r["question"].split(": ", 1)[1].split()
+        assert r["student_solution"].startswith("plan: " + " ".join(prompt_ops) + "\n")
+
+
+def test_wrong_plan_usually_gives_a_wrong_answer(splits):
+    wrong = [r["student_answer"] != r["answer"] for r in splits["train"]]
+    assert 0.6 <= sum(wrong) / len(wrong) <= 0.95
+
+
+def test_lengths_and_plan_fraction_in_range(splits):
+    for name, records in splits.items():
+        for r in records:
+            tokens = len(r["solution"]) - len("</think>") + 1  # one token per character, </think> is one
+            assert 60 <= tokens <= 300, (name, tokens)
+            assert 0.2 <= r["plan_chars"] / len(r["solution"]) <= 0.3
+    assert min(r["n_ops"] for r in splits["ood"]) > sum(r["n_ops"] for r in splits["test"]) / len(splits["test"])
+
+
+def test_splits_are_disjoint_and_ids_unique(splits):
+    questions = [r["question"] for records in splits.values() for r in records]
+    ids = [r["id"] for records in splits.values() for r in records]
+    assert len(set(questions)) == len(questions)
+    assert len(set(ids)) == len(ids)
+    assert {k: len(v) for k, v in splits.items()} == SIZES
+
+
+def test_tokenizer_round_trips_every_task_character(toy_tokenizer_dir, splits):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(toy_tokenizer_dir))
+    assert tok.chat_template is None
+    for tkn in ("<think>", "</think>", tok.pad_token, tok.eos_token):
+        ids = tok(tkn, add_special_tokens=False)["input_ids"]
+        assert len(ids) == 1 and ids[0] != tok.unk_token_id, tkn
+    assert tok.pad_token_id != tok.eos_token_id
+    chars = sorted({c for records in splits.values() for r in records for c in r["question"] + r["solution"]})
+    ids = tok("".join(chars), add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(chars) and tok.unk_token_id not in ids
+    for r in splits["test"][:20]:
+        text = build_prompt(tok, r["question"]) + r["solution"]
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == text
+        assert tok.decode(ids + [tok.eos_token_id], skip_special_tokens=True) == text  # </think> survives
+    assert build_prompt(tok, "q") == "q\n<think>\n"
+
+
+def test_tiny_model_dirs_share_the_toy_vocab(tiny_model_dirs):
+    from transformers import AutoConfig, AutoTokenizer
+
+    student, teacher = tiny_model_dirs
+    cs, ct = AutoConfig.from_pretrained(str(student)), AutoConfig.from_pretrained(str(teacher))
+    assert cs.model_type == ct.model_type == "qwen3"
+    assert cs.vocab_size == ct.vocab_size == len(AutoTokenizer.from_pretrained(str(student)))
+    assert (cs.num_hidden_layers, cs.hidden_size) != (ct.num_hidden_layers, ct.hidden_size)
+
+
+def test_mini_build_writes_a_valid_manifest(tiny_world):
+    from opd_cli.toy.world import load_world, sha256
+
+    m = tiny_world.manifest
+    assert m["seed"] == 0 and m["sizes"]["test"] == 16
+    for role in ("teacher", "student"):
+        assert 0.0 <= m[role]["test_acc"] <= 1.0 and m[role]["steps"] > 0
+    for rel, digest in m["files"].items():
+        assert sha256(tiny_world.root / rel) == digest
+    assert len(task.read_jsonl(tiny_world.split_path("test"))) == 16
+    assert (tiny_world.teacher_dir / "config.json").is_file() and (tiny_world.student_dir / "tokenizer.json").is_file()
+    assert load_world(tiny_world.root).manifest == m
+    with pytest.raises(OpdError):
+        tiny_world.split_path("validation")
+
+
+def test_world_models_load_through_opd_models(tiny_world):
+    from opd_cli.models import check_same_vocab, load_model, load_tokenizer
+
+    ts, tt = load_tokenizer(str(tiny_world.student_dir)), load_tokenizer(str(tiny_world.teacher_dir))
+    ms, mt = load_model(str(tiny_world.student_dir), device="cpu"), load_model(str(tiny_world.teacher_dir), device="cpu")
+    check_same_vocab(ts, tt, ms, mt)
+
+
+@pytest.mark.parametrize("damage", ["manifest", "model", "missing", "half"])
+def test_damaged_world_is_detected_and_rebuilt(tiny_world, tmp_path, damage):
+    from opd_cli.toy.build import ToyBuildConfig, run_toy_build
+    from opd_cli.toy.world import MANIFEST, invalid_reason, load_world
+
+    root = tmp_path / "world"
+    shutil.copytree(tiny_world.root, root)
+    if damage == "manifest":
+        (root / MANIFEST).write_text("{not json")
+    elif damage == "model":
+        with (root / "teacher" / "model.safetensors").open("r+b") as f:
+            f.seek(200)
+            f.write(b"\x00\x01\x02\x03")
+    elif damage == "missing":
+        (root / "data" / "test.jsonl").unlink()
+    else:  # a build that stopped before writing its manifest
+        (root / MANIFEST).unlink()
+    assert invalid_reason(root) is not None
+    with pytest.raises(OpdError, match="no valid toy world"):
+        load_world(root)
+    cfg = dataclasses.replace(ToyBuildConfig.miniature(root), rebuild=False, teacher_steps=2, student_steps=2)
+    world = run_toy_build(cfg)
+    assert invalid_reason(root) is None and world.manifest["teacher"]["steps"] == 2
+
+
+def test_valid_world_is_reused_not_rebuilt(tiny_world, tmp_path):
+    from opd_cli.toy.build import ToyBuildConfig, run_toy_build
+    from opd_cli.toy.world import MANIFEST, ensure_world
+
+    root = tmp_path / "world"
+    shutil.copytree(tiny_world.root, root)
+    before = (root / MANIFEST).read_text()
+    cfg = dataclasses.replace(ToyBuildConfig.miniature(root), rebuild=False)
+    assert run_toy_build(cfg).manifest == json.loads(before)
+    assert ensure_world(root, seed=0).manifest == json.loads(before)
+    assert (root / MANIFEST).read_text() == before
+
+
+def test_default_root_follows_env(monkeypatch, tmp_path):
+    from opd_cli.toy.world import default_root
+
+    monkeypatch.setenv("OPD_TOY_DIR", str(tmp_path / "w"))
+    assert default_root() == tmp_path / "w"
+    monkeypatch.delenv("OPD_TOY_DIR")
+    assert default_root() == Path("~/.cache/opd/toy").expanduser()
+
+
+def test_build_config_checks_and_recipe(tmp_path):
+    from opd_cli.config import build_config
+    from opd_cli.toy.build import ToyBuildConfig
+
+    with pytest.raises(OpdError, match="teacher_steps"):
+        ToyBuildConfig(teacher_steps=0)
+    with pytest.raises(OpdError, match="fraction"):
+        ToyBuildConfig(min_teacher_acc=1.5)
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "toy-build.yaml"
+    assert recipe.read_text().startswith("# opd toy build")
+    cfg = build_config(ToyBuildConfig, recipe, {"seed": 4})
+    assert cfg.seed == 4 and cfg.min_teacher_acc == 0.9
+
+
+def test_toy_build_cli_runs_a_recipe(tiny_world, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from opd_cli.cli import app
+    from opd_cli.config import to_dict
+    from opd_cli.toy.build import ToyBuildConfig
+
+    fields = to_dict(dataclasses.replace(ToyBuildConfig.miniature(tmp_path / "w"), teacher_steps=2, student_steps=2))
+    recipe = tmp_path / "mini.yaml"
+    recipe.write_text(yaml.safe_dump({k: v for k, v in fields.items() if k != "command"}))
+    runner = CliRunner()
+    result = runner.invoke(app, ["toy", "build", "--recipe", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert "teacher test accuracy" in result.output and (tmp_path / "w" / "manifest.json").is_file()
+    again = runner.invoke(app, ["toy", "build", "--recipe", str(recipe), "--reuse"])
+    assert again.exit_code == 0 and "reused" in again.output
+    bad = runner.invoke(app, ["toy", "build", "--recipe", str(recipe), "--min-teacher-acc", "2"])
+    assert bad.exit_code == 2 and "fraction" in bad.output
+
+
+@pytest.mark.slow
+def test_full_build_meets_acceptance(tmp_path):
+    from opd_cli.toy.build import ToyBuildConfig, run_toy_build
+
+    world = run_toy_build(ToyBuildConfig(root=str(tmp_path / "toy"), rebuild=True))
+    m = world.manifest
+    assert m["teacher"]["test_acc"] >= 0.9 and 0.05 <= m["student"]["test_acc"] <= 0.4
+    assert m["build_seconds"] <= 6 * 60

@@ -477,9 +477,11 @@ def run_train(cfg: TrainConfig) -> Path:
     # max_new_tokens caps every response; an L beyond the model's context is a user error worth one line
     questions = _questions(cfg, toy)
 
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # cpu=True lets torchrun / `accelerate launch --cpu` start a gloo process group (accelerate's MULTI_CPU)
+    state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
     world_size = state.num_processes
     check(cfg.batch_size % (cfg.micro_batch_size * world_size) == 0,
           f"--batch-size {cfg.batch_size} must be a multiple of --micro-batch-size x processes = {cfg.micro_batch_size * world_size}")

@@ -155,3 +155,32 @@ def test_vocab_mismatch_and_config_change_on_resume(tiny_model_dirs, prompts_fil
                                    "--micro-batch-size", "2", "--save-every", "1", "--device", "cpu", "--lr", "1e-3",
                                    "-o", str(out), "--if-exists", "resume"])
     assert res.exit_code == 2 and "differs" in res.output and "lr" in res.output
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one_process(tiny_model_dirs, prompts_file, tmp_path):
+    """torchrun, 2 gloo processes x micro 4 x accumulation 2 vs 1 process x micro 8 x 2: same global batch of 16.
+
+    Rollouts are seeded per (seed, step, rank), so the two runs sample different tokens: the losses agree
+    statistically (same initial models, same prompts), not bit for bit. Metrics must cover the global batch.
+    """
+    import os
+    import subprocess
+    import sys
+
+    student, teacher = tiny_model_dirs
+    args = ["train", "--student", str(student), "--teacher", str(teacher), "--data", str(prompts_file), "--steps", "2",
+            "--batch-size", "16", "--max-new-tokens", "8", "--kl-bin", "4", "--save-every", "0", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "opd_cli.cli"]
+    subprocess.run(torchrun + args + ["--micro-batch-size", "4", "-o", str(tmp_path / "two")], check=True, env=env, capture_output=True)
+    subprocess.run([sys.executable, "-m", "opd_cli.cli"] + args + ["--micro-batch-size", "8", "-o", str(tmp_path / "one")],
+                   check=True, env=env, capture_output=True)
+    two, one = read_metrics(tmp_path / "two"), read_metrics(tmp_path / "one")
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2]
+    for a, b in zip(two, one, strict=True):
+        assert a["tokens_generated"] == sum(a["kl_bin_count"]) > 8 * 8 // 2  # both ranks' rollouts are counted
+        assert a["seq_tokens"] > 16  # 16 rollouts, each with its prompt
+        assert a["loss"] == pytest.approx(b["loss"], rel=0.6, abs=0.05)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=0.5)
+    assert (tmp_path / "two" / "final" / "model.safetensors").exists()

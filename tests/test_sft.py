@@ -162,3 +162,27 @@ def test_sft_recipes_load(path: Path) -> None:
     assert cfg.steps >= 1 and cfg.lr > 0
     if "paper" in path.name:
         assert (cfg.batch_size, cfg.lr) == (128, 1e-4)  # the paper's SFT settings
+
+
+def test_sft_checkpoint_starts_opd_and_flops_agree(tiny_model_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    """Off-policy cold start (Rethinking OPD §5.1): the SFT checkpoint is a valid `opd train --student`; and
+    `opd flops` recomputes the SFT run's logged total from its metrics."""
+    from opd_cli.config import build_config
+    from opd_cli.flops import run_totals
+    from opd_cli.runs import list_checkpoints, read_metrics
+    from opd_cli.sft import run_sft
+    from opd_cli.train import TrainConfig, run_train
+
+    student, teacher = tiny_model_dirs
+    _write_data(tmp_path / "d.jsonl")
+    sft_run = run_sft(_cfg(student, tmp_path / "d.jsonl", tmp_path / "sft", steps=1, save_every=0))
+    totals = run_totals(sft_run)
+    assert totals.command == "sft-baseline"
+    assert totals.flops == pytest.approx(read_metrics(sft_run)[-1]["flops_total"])
+
+    ckpt = list_checkpoints(sft_run)[-1][1]
+    cfg = build_config(TrainConfig, None, dict(student=str(ckpt), teacher=str(teacher), data=str(tmp_path / "d.jsonl"), steps=1,
+                                                batch_size=2, micro_batch_size=2, max_new_tokens=8, save_every=0, kl_bin=4,
+                                                output_dir=str(tmp_path / "opd")))
+    opd_run = run_train(cfg)
+    assert read_metrics(opd_run)[-1]["step"] == 1

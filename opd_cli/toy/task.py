@@ -11,8 +11,8 @@ operation, copying each operation from the plan and updating the running value, 
     </think>
     \\boxed{7}
 
-The plan is the first ~25 % of the solution and decides success: executing a plan written in the prompt's order
-(the "student" plan) gives a wrong answer unless the operations happen to commute. Multipliers are 3, 7 and 9
+The plan is the first ~25 % of the solution and decides success: executing a plan in another order (the student's
+plans keep the prompt's order or take a random one) gives a wrong answer unless the operations happen to commute. Multipliers are 3, 7 and 9
 (units mod 10), so a multiplication almost never commutes with an addition.
 """
 
@@ -32,6 +32,7 @@ SPLITS = ("train", "dev", "test", "ood")
 SPLIT_SHAPE = {"train": (4, 10, 0.5), "dev": (4, 10, 0.5), "test": (4, 10, 0.5), "ood": (9, 10, 0.7)}
 DEFAULT_SIZES = {"train": 20000, "dev": 200, "test": 200, "ood": 200}
 PLAN_HEAD = "plan: "
+STUDENT_PROMPT_ORDER = 0.5  # fraction of student plans that keep the prompt's order (the rest: random orders)
 
 
 def apply_op(value: int, op: str) -> int:
@@ -74,7 +75,11 @@ def make_record(rng: random.Random, split: str, index: int) -> dict[str, Any]:
     rng.shuffle(shuffled)
     start = rng.randint(0, MOD - 1)
     solution, plan_chars, answer = solution_text(start, ops)  # ops are already in tag order
-    wrong, wrong_plan_chars, wrong_answer = solution_text(start, shuffled)
+    # The student's plan: the prompt's order half of the time, else another random order. The random orders make
+    # "execute the plan as written" the only rule that fits the student's data (not "execute the prompt's order"),
+    # so a student given a correct plan follows it.
+    student_plan = shuffled if rng.random() < STUDENT_PROMPT_ORDER else rng.sample(ops, len(ops))
+    wrong, _, wrong_answer = solution_text(start, student_plan)
     return {
         "id": f"toy-{split}-{index:05d}",
         "question": question_text(start, shuffled),
@@ -82,7 +87,7 @@ def make_record(rng: random.Random, split: str, index: int) -> dict[str, Any]:
         "solution": solution,
         "plan_chars": plan_chars,
         "n_ops": n,
-        # the same execution on the prompt-order plan: what the student is trained on
+        # the same execution of a wrong plan: what the student is trained on
         "student_solution": wrong,
         "student_answer": str(wrong_answer),
     }

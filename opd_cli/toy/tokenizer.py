@@ -40,3 +40,26 @@ def build_tokenizer(out_dir: Path | None = None) -> Any:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         tok.save_pretrained(str(out_dir))
     return tok
+
+
+def encode_fast(tok: Any, texts: list[str]) -> list[list[int]]:
+    """Ids of ``texts`` for the toy tokenizer, without the tokenizers pipeline (one dict lookup per character).
+
+    Equal to ``tok(texts, add_special_tokens=False)["input_ids"]`` for toy text (tests check it), several times
+    faster for the build's 20k training sequences.
+    """
+    import re
+
+    vocab = tok.get_vocab()
+    unk = vocab[UNK]
+    split = re.compile("(" + re.escape(THINK_CLOSE) + "|" + re.escape(THINK_OPEN) + ")")
+    out = []
+    for text in texts:
+        ids: list[int] = []
+        for part in split.split(text):
+            if part in (THINK_OPEN, THINK_CLOSE):
+                ids.append(vocab[part])
+            elif part:
+                ids.extend(vocab.get(ch, unk) for ch in part)
+        out.append(ids)
+    return out

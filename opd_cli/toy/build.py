@@ -30,19 +30,21 @@ class ToyBuildConfig:
     teacher_layers: int = field(3, help="Teacher transformer layers.")
     teacher_hidden: int = field(192, help="Teacher hidden width.")
     teacher_heads: int = field(4, help="Teacher attention heads.")
-    teacher_steps: int = field(500, help="Most teacher SFT steps (optimizer steps).")
-    teacher_min_steps: int = field(250, help="Teacher steps before early stopping may end training (steps).")
-    student_layers: int = field(2, help="Student transformer layers.")
+    teacher_steps: int = field(600, help="Most teacher SFT steps (optimizer steps).")
+    teacher_min_steps: int = field(300, help="Teacher steps before early stopping may end training (steps).")
+    student_layers: int = field(3, help="Student transformer layers.")
     student_hidden: int = field(128, help="Student hidden width.")
     student_heads: int = field(4, help="Student attention heads.")
-    student_steps: int = field(250, help="Student SFT steps (optimizer steps).")
+    student_steps: int = field(400, help="Student SFT steps (optimizer steps).")
     student_correct_frac: float = field(0.0, help="Fraction of student training solutions with the correct plan (0 = none).")
     batch_size: int = field(32, help="SFT sequences per step.")
-    lr: float = field(1e-3, help="SFT learning rate, constant after warmup (AdamW).")
+    teacher_lr: float = field(1e-3, help="Teacher SFT learning rate, constant after warmup (AdamW).")
+    student_lr: float = field(1e-3, help="Student SFT learning rate, constant after warmup (AdamW).")
     warmup: int = field(20, help="Linear lr warmup (steps).")
-    check_every: int = field(50, help="Teacher early-stop check interval (steps; 0 = never stop early).")
+    cooldown: float = field(0.15, help="Final fraction of each SFT run with lr decaying linearly to 0 (0 = constant lr).")
+    check_every: int = field(0, help="Teacher early-stop check interval (steps; 0 = never stop early).")
     check_size: int = field(64, help="Dev problems sampled at each early-stop check (count).")
-    stop_acc: float = field(0.97, help="Dev accuracy at a check that ends teacher training early (fraction).")
+    stop_acc: float = field(0.95, help="Dev accuracy at a check that ends teacher training early (fraction).")
     max_attempts: int = field(2, help="Teacher (and student) training attempts before failing (count).")
     min_teacher_acc: float = field(0.9, help="Teacher test accuracy required at temperature 1 (fraction; 0 = off).")
     min_student_acc: float = field(0.05, help="Lowest student test accuracy accepted (fraction; 0 = off).")
@@ -57,10 +59,10 @@ class ToyBuildConfig:
             check(getattr(self, name) >= 1, f"toy build: {name} must be >= 1, got {getattr(self, name)}")
         check(self.teacher_hidden % self.teacher_heads == 0, "toy build: teacher_hidden must be a multiple of teacher_heads")
         check(self.student_hidden % self.student_heads == 0, "toy build: student_hidden must be a multiple of student_heads")
-        check(self.lr > 0, f"toy build: lr must be > 0, got {self.lr}")
+        check(self.teacher_lr > 0 and self.student_lr > 0, "toy build: teacher_lr and student_lr must be > 0")
         for name in ("warmup", "check_every", "teacher_min_steps", "threads"):
             check(getattr(self, name) >= 0, f"toy build: {name} must be >= 0, got {getattr(self, name)}")
-        for name in ("student_correct_frac", "stop_acc", "min_teacher_acc", "min_student_acc", "max_student_acc"):
+        for name in ("cooldown", "student_correct_frac", "stop_acc", "min_teacher_acc", "min_student_acc", "max_student_acc"):
             v = getattr(self, name)
             check(0.0 <= v <= 1.0, f"toy build: {name} must be a fraction in [0, 1], got {v}")
         check(self.min_student_acc <= self.max_student_acc, "toy build: min_student_acc must be <= max_student_acc")
@@ -124,7 +126,7 @@ def _train(
                 raise _Stop
 
     try:
-        sft(model, data, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, seed=seed,
+        sft(model, data, steps=steps, batch_size=cfg.batch_size, lr=getattr(cfg, f"{role}_lr"), warmup=cfg.warmup, cooldown=cfg.cooldown, seed=seed,
             pad_id=tok.pad_token_id, on_step=on_step)
     except _Stop:
         model.eval()

@@ -83,9 +83,14 @@ def sft(
     warmup: int,
     seed: int,
     pad_id: int,
+    cooldown: float = 0.0,
     on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """Train on completion tokens with AdamW at a constant lr after a linear warmup; returns the loss per step."""
+    """Train on completion tokens with AdamW; returns the loss per step.
+
+    lr: linear warmup, then constant, then a linear decay to 0 over the last ``cooldown`` fraction of the steps
+    (warmup-stable-decay). The cooldown sharpens the answer distribution, which sampling at temperature 1 needs.
+    """
     import torch
     import torch.nn.functional as F
 
@@ -109,7 +114,9 @@ def sft(
             mask_BT[b, : len(ids)] = 1
             labels_BT[b, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, step / max(1, warmup))
+            decay_steps = int(cooldown * steps)
+            decay = min(1.0, (steps - step + 1) / decay_steps) if decay_steps else 1.0
+            group["lr"] = lr * min(1.0, step / max(1, warmup), decay)
         logits = model(input_ids=ids_BT, attention_mask=mask_BT).logits
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels_BT[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -133,8 +140,10 @@ def _length_bucketed_order(data: list[tuple[list[int], int]], batch_size: int, r
     for i in range(0, len(idx), chunk):
         group = sorted(idx[i : i + chunk], key=lambda j: len(data[j][0]))
         batches += [group[k : k + batch_size] for k in range(0, len(group), batch_size)]
-    rng.shuffle(batches)
-    return [j for b in batches for j in b]
+    full = [b for b in batches if len(b) == batch_size]
+    rng.shuffle(full)
+    # a short batch goes last, so the batches cut from the flat order stay aligned with the buckets
+    return [j for b in full + [b for b in batches if len(b) < batch_size] for j in b]
 
 
 def sample_completions(

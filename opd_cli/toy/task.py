@@ -11,8 +11,9 @@ operation, copying each operation from the plan and updating the running value, 
     </think>
     \\boxed{7}
 
-The plan is the first ~25 % of the solution and decides success: executing a plan in another order (the student's
-plans keep the prompt's order or take a random one) gives a wrong answer unless the operations happen to commute. Multipliers are 3, 7 and 9
+The plan is the first ~25 % of the solution and decides success: the student's plans write the tags in order but
+keep the prompt's order of the operations (``plan: a*3 b+7 c-2`` above), which gives a wrong answer unless the
+operations happen to commute. Multipliers are 3, 7 and 9
 (units mod 10), so a multiplication almost never commutes with an addition.
 """
 
@@ -25,18 +26,17 @@ from pathlib import Path
 from typing import Any
 
 MOD = 10
-TAGS = "abcdefghij"
+TAGS = "abcdefgh"
 MULTIPLIERS = (3, 7, 9)
 SPLITS = ("train", "dev", "test", "ood")
 # split -> (min ops, max ops, probability of a multiplication)
-SPLIT_SHAPE = {"train": (4, 10, 0.5), "dev": (4, 10, 0.5), "test": (4, 10, 0.5), "ood": (9, 10, 0.7)}
+SPLIT_SHAPE = {"train": (4, 8, 0.5), "dev": (4, 8, 0.5), "test": (4, 8, 0.5), "ood": (7, 8, 0.6)}
 DEFAULT_SIZES = {"train": 20000, "dev": 200, "test": 200, "ood": 200}
 PLAN_HEAD = "plan: "
-STUDENT_PROMPT_ORDER = 0.5  # fraction of student plans that keep the prompt's order (the rest: random orders)
 
 
 def apply_op(value: int, op: str) -> int:
-    """``op`` is ``+k``, ``-k`` or ``*k`` with one digit k; the result is taken modulo 10."""
+    """``op`` is ``+k``, ``-k`` or ``*k`` with one digit k; the result is taken modulo 10 (the task uses + and *)."""
     sign, k = op[0], int(op[1:])
     if sign == "+":
         return (value + k) % MOD
@@ -70,15 +70,16 @@ def make_record(rng: random.Random, split: str, index: int) -> dict[str, Any]:
         if rng.random() < p_mul:
             ops.append((tag, f"*{rng.choice(MULTIPLIERS)}"))
         else:
-            ops.append((tag, f"{rng.choice('+-')}{rng.randint(1, 9)}"))
+            ops.append((tag, f"+{rng.randint(1, 9)}"))
     shuffled = ops[:]
     rng.shuffle(shuffled)
     start = rng.randint(0, MOD - 1)
     solution, plan_chars, answer = solution_text(start, ops)  # ops are already in tag order
-    # The student's plan: the prompt's order half of the time, else another random order. The random orders make
-    # "execute the plan as written" the only rule that fits the student's data (not "execute the prompt's order"),
-    # so a student given a correct plan follows it.
-    student_plan = shuffled if rng.random() < STUDENT_PROMPT_ORDER else rng.sample(ops, len(ops))
+    # The student's plan writes the tags in order but keeps the prompt's order of the operations, so tag c gets the
+    # third operation of the prompt, not c's own. Its execution is the teacher's (line i does tag i, looking its
+    # operation up in the plan), so the plan is the only thing wrong, and "execute the plan as written" is the only
+    # rule that fits the student's data: given a correct plan, the student follows it.
+    student_plan = [(TAGS[i], op) for i, (_, op) in enumerate(shuffled)]
     wrong, _, wrong_answer = solution_text(start, student_plan)
     return {
         "id": f"toy-{split}-{index:05d}",

@@ -12,8 +12,8 @@ operation, copying each operation from the plan and updating the running value, 
     \\boxed{7}
 
 The plan is the first ~25 % of the solution and decides success: the student's plans write the tags in order but
-keep the prompt's order of the operations (``plan: a*3 b+7 c-2`` above), which gives a wrong answer unless the
-operations happen to commute. Multipliers are 3, 7 and 9
+pair them with the operations in a random order (``plan: a-2 b*3 c+7`` above), which gives a wrong answer unless
+the operations happen to commute. Multipliers are 3, 7 and 9
 (units mod 10), so a multiplication almost never commutes with an addition.
 """
 
@@ -75,11 +75,11 @@ def make_record(rng: random.Random, split: str, index: int) -> dict[str, Any]:
     rng.shuffle(shuffled)
     start = rng.randint(0, MOD - 1)
     solution, plan_chars, answer = solution_text(start, ops)  # ops are already in tag order
-    # The student's plan writes the tags in order but keeps the prompt's order of the operations, so tag c gets the
-    # third operation of the prompt, not c's own. Its execution is the teacher's (line i does tag i, looking its
-    # operation up in the plan), so the plan is the only thing wrong, and "execute the plan as written" is the only
-    # rule that fits the student's data: given a correct plan, the student follows it.
-    student_plan = [(TAGS[i], op) for i, (_, op) in enumerate(shuffled)]
+    # The student's plan writes the tags in order but gives them the operations in a random order, so its answer is
+    # wrong unless the operations happen to commute. Its execution is the teacher's (line i does tag i, copying the
+    # operation the plan gave that tag). The random order ties the operation of a line to the plan alone (not to the
+    # prompt's position i or to the prompt's tag), so a student given a correct plan executes that plan.
+    student_plan = [(TAGS[i], op) for i, op in enumerate(rng.sample([op for _, op in ops], n))]
     wrong, _, wrong_answer = solution_text(start, student_plan)
     return {
         "id": f"toy-{split}-{index:05d}",

@@ -260,3 +260,55 @@ def test_length_bucketed_order_is_a_permutation_with_tight_batches():
     spread = [max(len(data[j][0]) for j in order[i : i + 32]) - min(len(data[j][0]) for j in order[i : i + 32])
               for i in range(0, 992, 32)]
     assert sum(spread) / len(spread) < 60  # random batches of 32 would spread ~190
+
+
+def test_sft_early_cooldown_ends_training_k_steps_later(toy_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from opd_cli.toy.models import encode_pairs, random_model, sft
+
+    tok = AutoTokenizer.from_pretrained(str(toy_tokenizer_dir))
+    recs = task.generate_splits(seed=1, sizes={"train": 16, "dev": 1, "test": 1, "ood": 1})["train"]
+    data = encode_pairs(tok, [(r["question"], r["solution"]) for r in recs])
+    model = random_model(tok, 1, 16, 2)
+    seen = []
+
+    def on_step(step, loss):
+        seen.append(step)
+        return 4 if step == 3 else None
+
+    losses = sft(model, data, steps=50, batch_size=4, lr=1e-3, warmup=1, seed=0, pad_id=tok.pad_token_id, on_step=on_step)
+    assert len(losses) == 7 and seen == list(range(1, 8))
+
+
+def test_teacher_forced_exact_counts_sequences_reproduced_by_greedy():
+    import types
+
+    import torch
+
+    from opd_cli.toy.models import teacher_forced_exact
+
+    class NextTokenOracle(torch.nn.Module):  # predicts the true next token, as in the `truth` sequences below
+        training = False
+
+        def forward(self, input_ids, attention_mask):
+            nxt = torch.roll(input_ids, -1, dims=1) if self.shift else input_ids
+            return types.SimpleNamespace(logits=torch.nn.functional.one_hot(nxt, 10).float())
+
+    oracle = NextTokenOracle()
+    oracle.shift = True
+    data = [([1, 2, 3, 4, 5], 2), ([5, 6, 7], 1)]
+    assert teacher_forced_exact(oracle, data, pad_id=0) == 1.0
+    oracle.shift = False  # predicts the current token: never right
+    assert teacher_forced_exact(oracle, data, pad_id=0) == 0.0
+
+
+def test_cached_world_is_reused_across_teacher_schedule_changes():
+    from opd_cli.toy.build import ToyBuildConfig, _config_key, _same_world
+
+    old = {k: v for k, v in _config_key(ToyBuildConfig()).items() if k != "stop_cooldown"}
+    old.update(teacher_steps=600, teacher_min_steps=300, check_every=0, check_size=64)  # a world built before early stop
+    assert _same_world(old, ToyBuildConfig())
+    assert not _same_world(old, ToyBuildConfig(seed=1))
+    assert not _same_world(old, ToyBuildConfig(student_steps=300))
+    assert not _same_world(None, ToyBuildConfig())

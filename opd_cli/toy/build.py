@@ -30,8 +30,8 @@ class ToyBuildConfig:
     teacher_layers: int = field(3, help="Teacher transformer layers.")
     teacher_hidden: int = field(192, help="Teacher hidden width.")
     teacher_heads: int = field(4, help="Teacher attention heads.")
-    teacher_steps: int = field(600, help="Most teacher SFT steps (optimizer steps).")
-    teacher_min_steps: int = field(300, help="Teacher steps before early stopping may end training (steps).")
+    teacher_steps: int = field(1000, help="Most teacher SFT steps (optimizer steps); early stopping usually ends it sooner.")
+    teacher_min_steps: int = field(200, help="Teacher steps before the first early-stop check (steps).")
     student_layers: int = field(3, help="Student transformer layers.")
     student_hidden: int = field(128, help="Student hidden width.")
     student_heads: int = field(4, help="Student attention heads.")
@@ -42,20 +42,21 @@ class ToyBuildConfig:
     student_lr: float = field(1e-3, help="Student SFT learning rate, constant after warmup (AdamW).")
     warmup: int = field(20, help="Linear lr warmup (steps).")
     cooldown: float = field(0.15, help="Final fraction of each SFT run with lr decaying linearly to 0 (0 = constant lr).")
-    check_every: int = field(0, help="Teacher early-stop check interval (steps; 0 = never stop early).")
-    check_size: int = field(64, help="Dev problems sampled at each early-stop check (count).")
-    stop_acc: float = field(0.95, help="Dev accuracy at a check that ends teacher training early (fraction).")
+    check_every: int = field(25, help="Teacher early-stop check interval (steps; 0 = never stop early).")
+    check_size: int = field(100, help="Dev problems scored at each check (greedy exact match, teacher-forced: one forward pass).")
+    stop_acc: float = field(0.95, help="Dev greedy accuracy at a check that starts the teacher's final cooldown (fraction).")
+    stop_cooldown: int = field(100, help="Teacher steps after a passing check, lr decaying linearly to 0 (steps).")
     max_attempts: int = field(2, help="Teacher (and student) training attempts before failing (count).")
     min_teacher_acc: float = field(0.9, help="Teacher test accuracy required at temperature 1 (fraction; 0 = off).")
     min_student_acc: float = field(0.05, help="Lowest student test accuracy accepted (fraction; 0 = off).")
     max_student_acc: float = field(0.4, help="Highest student test accuracy accepted (fraction; 1 = off).")
     max_new_tokens: int = field(256, help="Response cap when sampling test answers (tokens).")
-    threads: int = field(0, help="torch CPU threads (0 = torch's default).")
+    threads: int = field(0, help="torch CPU threads (0 = auto: the cores the load average leaves free, at least 1).")
 
     def __post_init__(self) -> None:
         for name in ("train_size", "eval_size", "teacher_layers", "teacher_hidden", "teacher_heads", "teacher_steps",
                      "student_layers", "student_hidden", "student_heads", "student_steps", "batch_size",
-                     "check_size", "max_attempts", "max_new_tokens"):
+                     "check_size", "max_attempts", "max_new_tokens", "stop_cooldown"):
             check(getattr(self, name) >= 1, f"toy build: {name} must be >= 1, got {getattr(self, name)}")
         check(self.teacher_hidden % self.teacher_heads == 0, "toy build: teacher_hidden must be a multiple of teacher_heads")
         check(self.student_hidden % self.student_heads == 0, "toy build: student_hidden must be a multiple of student_heads")
@@ -77,7 +78,7 @@ class ToyBuildConfig:
         """Tiny models, a few dozen steps, no acceptance thresholds: a complete world in seconds (tests, smokes)."""
         return cls(
             root=str(root), rebuild=True, train_size=256, eval_size=16,
-            teacher_layers=1, teacher_hidden=32, teacher_heads=2, teacher_steps=30, teacher_min_steps=30,
+            teacher_layers=1, teacher_hidden=32, teacher_heads=2, teacher_steps=30, teacher_min_steps=30, stop_cooldown=5,
             student_layers=1, student_hidden=32, student_heads=2, student_steps=20,
             batch_size=8, warmup=2, check_every=0, max_attempts=1, min_teacher_acc=0.0,
             min_student_acc=0.0, max_student_acc=1.0, max_new_tokens=200, threads=1,
@@ -101,36 +102,46 @@ def _test_accuracy(model: Any, tok: Any, records: list[dict[str, Any]], cfg: Toy
 def _train(
     role: str, cfg: ToyBuildConfig, tok: Any, data: list, seed: int, dev: list[dict[str, Any]], progress: Any
 ) -> tuple[Any, dict[str, Any]]:
-    """One SFT run of the teacher or the student; the teacher may stop early once dev accuracy reaches stop_acc."""
-    from opd_cli.toy.models import random_model, sft
+    """One SFT run of the teacher or the student.
+
+    The teacher is checked every ``check_every`` steps (from ``teacher_min_steps``) on dev by teacher-forced greedy
+    exact match; the first check at ``stop_acc`` or more starts a ``stop_cooldown``-step lr decay, then training
+    ends. Whether (and when) the teacher learns the op lookup is stochastic, so this trains as long as needed, not
+    a fixed budget.
+    """
+    from opd_cli.toy.models import encode_pairs, random_model, sft, teacher_forced_exact
 
     layers, hidden, heads = (getattr(cfg, f"{role}_{k}") for k in ("layers", "hidden", "heads"))
     steps = getattr(cfg, f"{role}_steps")
     model = random_model(tok, layers, hidden, heads, seed=seed)
     task = progress.add_task(f"{role} SFT (seed {seed})", total=steps)
     info: dict[str, Any] = {"steps": 0, "dev_checks": {}}
+    checking = role == "teacher" and cfg.check_every > 0
+    dev_data = encode_pairs(tok, [(r["question"], r["solution"]) for r in dev[: cfg.check_size]]) if checking else []
+    check_seconds = 0.0
 
-    class _Stop(Exception):
-        pass
-
-    def on_step(step: int, loss: float) -> None:
+    def on_step(step: int, loss: float) -> int | None:
+        nonlocal check_seconds
         info["steps"], info["final_loss"] = step, loss
         progress.update(task, completed=step, description=f"{role} SFT (seed {seed}) loss {loss:.3f}")
-        early = role == "teacher" and cfg.check_every > 0 and step >= cfg.teacher_min_steps
-        if early and step < steps and step % cfg.check_every == 0:
-            model.eval()
-            acc = _test_accuracy(model, tok, dev[: cfg.check_size], cfg, seed=step)
-            model.train()
-            info["dev_checks"][str(step)] = acc
-            if acc >= cfg.stop_acc:
-                raise _Stop
+        if not checking or "stopped_at" in info or step < cfg.teacher_min_steps or step % cfg.check_every:
+            return None
+        t = time.time()
+        acc = teacher_forced_exact(model, dev_data, tok.pad_token_id)
+        check_seconds += time.time() - t
+        info["dev_checks"][str(step)] = acc
+        if acc >= cfg.stop_acc and step < steps:
+            info["stopped_at"] = step
+            progress.update(task, total=min(steps, step + cfg.stop_cooldown))
+            return cfg.stop_cooldown
+        return None
 
-    try:
-        sft(model, data, steps=steps, batch_size=cfg.batch_size, lr=getattr(cfg, f"{role}_lr"), warmup=cfg.warmup, cooldown=cfg.cooldown, seed=seed,
-            pad_id=tok.pad_token_id, on_step=on_step)
-    except _Stop:
-        model.eval()
-    progress.update(task, completed=steps)
+    sft(model, data, steps=steps, batch_size=cfg.batch_size, lr=getattr(cfg, f"{role}_lr"), warmup=cfg.warmup,
+        cooldown=cfg.cooldown, seed=seed, pad_id=tok.pad_token_id, on_step=on_step)
+    model.eval()
+    if checking:
+        info["check_seconds"] = round(check_seconds, 1)
+    progress.update(task, total=info["steps"], completed=info["steps"])
     return model, info
 
 
@@ -146,7 +157,7 @@ def run_toy_build(cfg: ToyBuildConfig, console: Any = None) -> Any:
         why = invalid_reason(root)
         if why is None:
             world = load_world(root)
-            if world.manifest.get("config") == _config_key(cfg):
+            if _same_world(world.manifest.get("config"), cfg):
                 _report(console, world, reused=True)
                 return world
             why = "it was built with other settings"
@@ -155,8 +166,7 @@ def run_toy_build(cfg: ToyBuildConfig, console: Any = None) -> Any:
     import torch
 
     old_threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads or _auto_threads(old_threads))
     try:
         world = _build(cfg, root, console)
     finally:
@@ -190,6 +200,7 @@ def _build(cfg: ToyBuildConfig, root: Path, console: Any) -> Any:
         [(r["question"], r["solution"] if rng.random() < cfg.student_correct_frac else r["student_solution"])
          for r in splits["train"]],
     )
+    timings: dict[str, float] = {"data": round(time.time() - t0, 1)}
     manifest: dict[str, Any] = {"seed": cfg.seed, "requested_seed": cfg.seed, "sizes": _sizes(cfg), "config": _config_key(cfg)}
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -202,8 +213,11 @@ def _build(cfg: ToyBuildConfig, root: Path, console: Any) -> Any:
                 seed = cfg.seed + 1000 * attempt + (1 if role == "student" else 0)
                 t_role = time.time()
                 model, info = _train(role, cfg, tok, data, seed, splits["dev"], progress)
+                t_test = time.time()
+                timings[f"{role}_sft_{attempt}"] = round(t_test - t_role, 1)
                 ev = progress.add_task(f"{role} test accuracy (temperature 1)", total=None)
                 acc = _test_accuracy(model, tok, splits["test"], cfg, seed=cfg.seed)
+                timings[f"{role}_test_{attempt}"] = round(time.time() - t_test, 1)
                 progress.update(ev, total=1, completed=1, description=f"{role} test accuracy (temperature 1): {acc:.1%}")
                 tried.append(acc)
                 if lo <= acc <= hi:
@@ -221,6 +235,10 @@ def _build(cfg: ToyBuildConfig, root: Path, console: Any) -> Any:
             manifest[role] = {"seed": seed, "attempts": len(tried), "test_acc": acc, "params": n_params,
                               "seconds": round(time.time() - t_role, 1), **info,
                               "shape": {k: getattr(cfg, f"{role}_{k}") for k in ("layers", "hidden", "heads")}}
+    import torch
+
+    manifest["threads"] = torch.get_num_threads()
+    manifest["timings"] = timings
     manifest["build_seconds"] = round(time.time() - t0, 1)
     write_manifest(work, manifest)
     old = root.with_name(root.name + ".old")
@@ -232,11 +250,42 @@ def _build(cfg: ToyBuildConfig, root: Path, console: Any) -> Any:
     return load_world(root)
 
 
+def _auto_threads(default: int) -> int:
+    """torch threads for the build: the cores the 1-minute load average leaves free (at least 1, at most ``default``).
+
+    The models are tiny: on 2 cores shared with another job, 2 threads oversubscribe and a teacher step took ~4x
+    longer than with 1 thread; on idle cores 2 threads are faster.
+    """
+    import os
+
+    try:
+        free = (os.cpu_count() or 1) - os.getloadavg()[0]
+    except OSError:
+        return default
+    return max(1, min(default, int(free + 0.5)))
+
+
+# How the teacher is trained until it is good, not what the world is: a cached world that differs from the asked
+# config only in these (e.g. built before early stopping existed) is still reused, since it passed the same
+# acceptance thresholds, which stay in the key.
+_SCHEDULE_FIELDS = ("teacher_steps", "teacher_min_steps", "check_every", "check_size", "stop_acc", "stop_cooldown",
+                    "max_attempts", "max_new_tokens")
+
+
 def _config_key(cfg: ToyBuildConfig) -> dict[str, Any]:
     """The fields that determine what gets built (not where, and not whether to rebuild)."""
     from opd_cli.config import to_dict
 
     return {k: v for k, v in to_dict(cfg).items() if k not in ("root", "rebuild", "threads")}
+
+
+def _same_world(built: Any, cfg: ToyBuildConfig) -> bool:
+    """Whether a cached manifest's config matches ``cfg`` on every field except the teacher's schedule."""
+    if not isinstance(built, dict):
+        return False
+    want = _config_key(cfg)
+    keep = [k for k in set(built) | set(want) if k not in _SCHEDULE_FIELDS]
+    return all(built.get(k) == want.get(k) for k in keep)
 
 
 def _report(console: Any, world: Any, reused: bool) -> None:

@@ -84,12 +84,14 @@ def sft(
     seed: int,
     pad_id: int,
     cooldown: float = 0.0,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, float], int | None] | None = None,
 ) -> list[float]:
-    """Train on completion tokens with AdamW; returns the loss per step.
+    """Train on completion tokens with AdamW; returns the loss per step (one per step actually taken).
 
     lr: linear warmup, then constant, then a linear decay to 0 over the last ``cooldown`` fraction of the steps
     (warmup-stable-decay). The cooldown sharpens the answer distribution, which sampling at temperature 1 needs.
+    ``on_step(step, loss)`` may return a number k of steps: training then ends k steps later (never after
+    ``steps``), with the lr decaying linearly from its current value to 0 over those k steps (an early cooldown).
     """
     import torch
     import torch.nn.functional as F
@@ -100,7 +102,11 @@ def sft(
     model.train()
     order: list[int] = []
     losses = []
-    for step in range(1, steps + 1):
+    end, tail = steps, None  # tail = (step, lr factor) where an early cooldown started
+    decay_steps = int(cooldown * steps)
+    step = 0
+    while step < end:
+        step += 1
         if len(order) < batch_size:
             order += _length_bucketed_order(data, batch_size, rng)
         batch = [data[i] for i in order[:batch_size]]
@@ -113,10 +119,13 @@ def sft(
             ids_BT[b, : len(ids)] = torch.tensor(ids)
             mask_BT[b, : len(ids)] = 1
             labels_BT[b, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
-        for group in opt.param_groups:
-            decay_steps = int(cooldown * steps)
+        if tail is not None:
+            factor = tail[1] * (end - step + 1) / (end - tail[0])
+        else:
             decay = min(1.0, (steps - step + 1) / decay_steps) if decay_steps else 1.0
-            group["lr"] = lr * min(1.0, step / max(1, warmup), decay)
+            factor = min(1.0, step / max(1, warmup), decay)
+        for group in opt.param_groups:
+            group["lr"] = lr * factor
         logits = model(input_ids=ids_BT, attention_mask=mask_BT).logits
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels_BT[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -126,9 +135,40 @@ def sft(
         value = float(loss.item())
         losses.append(value if math.isfinite(value) else float("nan"))
         if on_step is not None:
-            on_step(step, value)
+            more = on_step(step, value)
+            if more and tail is None and step + more < end:
+                tail, end = (step, factor), step + int(more)
     model.eval()
     return losses
+
+
+def teacher_forced_exact(model: Any, data: list[tuple[list[int], int]], pad_id: int, batch_size: int = 50) -> float:
+    """Fraction of sequences whose every completion token (and eos) is the argmax given the gold prefix.
+
+    This equals greedy decoding reproducing the reference exactly, at the cost of one forward pass per batch
+    (no generation): a cheap dev check while training.
+    """
+    import torch
+
+    if not data:
+        return 0.0
+    was_training = model.training
+    model.eval()
+    exact = 0
+    with torch.no_grad():
+        for i in range(0, len(data), batch_size):
+            batch = data[i : i + batch_size]
+            width = max(len(ids) for ids, _ in batch)
+            ids_BT = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask_BT = torch.zeros((len(batch), width), dtype=torch.long)
+            for b, (ids, _) in enumerate(batch):
+                ids_BT[b, : len(ids)] = torch.tensor(ids)
+                mask_BT[b, : len(ids)] = 1
+            pred_BT = model(input_ids=ids_BT, attention_mask=mask_BT).logits.argmax(-1)
+            for b, (ids, n_prompt) in enumerate(batch):
+                exact += bool(torch.equal(pred_BT[b, n_prompt - 1 : len(ids) - 1], ids_BT[b, n_prompt : len(ids)]))
+    model.train(was_training)
+    return exact / len(data)
 
 
 def _length_bucketed_order(data: list[tuple[list[int], int]], batch_size: int, rng: random.Random) -> list[int]:

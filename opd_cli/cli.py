@@ -110,6 +110,7 @@ def eval_cmd(
     question_column: Optional[str] = typer.Option(None, "--question-column", help="Column with the problem text for --data."),
     answer_column: Optional[str] = typer.Option(None, "--answer-column", help="Column with the gold answer for --data."),
     dev_benchmark: Optional[str] = typer.Option(None, "--dev-benchmark", help="Benchmark that picks the best checkpoint of --run."),
+    best_benchmark: Optional[list[str]] = typer.Option(None, "--best-benchmark", help="With --run: benchmarks run only at the best dev checkpoint (repeatable)."),
     samples: Optional[int] = typer.Option(None, "--samples", "-n", help="Completions per problem (n of Mean Acc@n)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N problems (0 = all)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature."),

@@ -40,6 +40,7 @@ class EvalConfig:
     question_column: str | None = field(None, help="Question column of --data; None = auto (question/problem/prompt...).")
     answer_column: str | None = field(None, help="Answer column of --data; None = auto (answer/solution...).")
     dev_benchmark: str | None = field(None, help="Benchmark that picks the best checkpoint of --run; None = the first one.")
+    best_benchmark: list[str] = field([], help="With --run: benchmarks evaluated only at the best dev checkpoint, once the dev scores pick it (e.g. toy, toy-ood); empty = off.")
     samples: int = field(4, help="Completions per problem, the n of Mean Acc@n (>= 1).")
     samples_per_benchmark: dict[str, int] = field({}, help="Per-benchmark n overriding `samples`, e.g. {aime24: 16} (recipes only).")
     limit: int = field(0, help="Evaluate only the first N problems of each benchmark; 0 = all.")
@@ -78,6 +79,8 @@ class EvalConfig:
         check(not (self.model and self.run), "pass either --model or --run, not both")
         check(all(s >= 0 for s in self.steps), f"--steps must be >= 0, got {self.steps}")
         check(not self.steps or bool(self.run), "--steps needs --run (a training run folder)")
+        self.best_benchmark = [b.strip() for item in self.best_benchmark for b in str(item).split(",") if b.strip()]
+        check(not self.best_benchmark or bool(self.run), "--best-benchmark needs --run (a training run folder)")
         if self.model is not None and not self.benchmark and self.data is None:
             raise OpdError("--model needs something to evaluate on: pass --benchmark NAME (e.g. math500) or --data FILE")
 
@@ -309,10 +312,7 @@ def evaluate_run(
     targets: list[tuple[int, str]] = []
     for s in wanted:
         if s == 0:
-            student = read_config(run_dir).get("student")
-            if not student:
-                raise OpdError(f"{run_dir}/config.yaml names no `student`, so step 0 cannot be evaluated")
-            targets.append((0, str(student)))
+            targets.append((0, initial_student(run_dir, console)))
         elif s in ckpts:
             targets.append((s, str(ckpts[s])))
         else:
@@ -344,9 +344,46 @@ def evaluate_run(
             del loaded
             _free_memory()
     best = record_best(run_dir, dev, {s["step"]: s["mean_acc"] for s in summaries if s["benchmark"] == dev})
+    if cfg.best_benchmark:
+        extra = {b: load_benchmark(b, limit=cfg.limit or None, seed=cfg.seed) for b in cfg.best_benchmark}
+        summaries += evaluate_best(run_dir, best["best_step"], extra, cfg, "overwrite" if if_exists == "overwrite" else "resume", console)
     print_summary(summaries, console, title=f"opd eval --run {run_dir}")
     console.print(f"best step on {dev}: {best['best_step']} (Mean Acc {best['scores'][str(best['best_step'])]:.3f}) -> {eval_root / 'best.json'}")
     return best
+
+
+def initial_student(run_dir: str | Path, console: Any = None) -> str:
+    """The model a run started from (step 0): its config's ``student``, or the toy world's student when that is
+    empty (``opd train`` / ``opd sft-baseline`` with no model arguments)."""
+    config = read_config(run_dir)
+    if config.get("student"):
+        return str(config["student"])
+    if config.get("command") in ("train", "sft-baseline"):
+        return toy_model_dir("student", console)
+    raise OpdError(f"{run_dir}/config.yaml names no `student`, so step 0 cannot be evaluated")
+
+
+def evaluate_best(
+    run_dir: str | Path,
+    best_step: int,
+    benchmarks: Mapping[str, list[Problem]],
+    cfg: EvalConfig,
+    if_exists: str = "resume",
+    console: Any = None,
+) -> list[dict[str, Any]]:
+    """Evaluate only the best dev checkpoint on further benchmarks (the paper reports each method's test and
+    out-of-domain accuracies at the checkpoint its dev score picks)."""
+    out = Path(run_dir) / "eval" / f"{CKPT_PREFIX}{best_step:06d}"
+    model = initial_student(run_dir, console) if best_step == 0 else str(dict(list_checkpoints(run_dir))[best_step])
+    summaries, loaded = [], None
+    for name, probs in benchmarks.items():
+        prev = _done(out, name) if if_exists == "resume" else None
+        if prev is not None:
+            summaries.append(prev)
+            continue
+        loaded = loaded or load_for_eval(model, cfg)
+        summaries.append(evaluate_model(loaded, probs, cfg, out, name, model_name=model, step=best_step, console=console))
+    return summaries
 
 
 def _free_memory() -> None:

@@ -131,3 +131,32 @@ def test_evaluate_run_writes_best(tiny_model_dirs, tiny_data: Path, tmp_path: Pa
     assert set(best["scores"]) == {"0", "10", "20"}
     with pytest.raises(OpdError, match="no complete checkpoint for step 30"):
         evaluate_run(run, [30], problems, "dev", cfg)
+
+
+def test_best_benchmarks_run_only_at_the_best_checkpoint(tiny_model_dirs, tiny_data: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import opd_cli.toy.world as world
+
+    monkeypatch.setattr("opd_cli.grading.grade", fake_grade)
+    student, teacher = tiny_model_dirs
+    # a toy-world run: its config names no student, so step 0 is the toy world's student
+    monkeypatch.setattr(world, "ensure_world", lambda *a, **k: SimpleNamespace(student_dir=student, teacher_dir=teacher,
+                                                                               split_path=lambda name: tiny_data))
+    run = tmp_path / "run"
+    (run / "config.yaml").parent.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"command": "train", "student": None}))
+    d = run / "checkpoints" / "step_000010"
+    shutil.copytree(teacher, d)
+    (d / "COMPLETE").write_text("")
+    args = ["eval", "--run", str(run), "--steps", "0,10", "--data", str(tiny_data), "--dev-benchmark", "tiny",
+            "--best-benchmark", "toy", "-n", "3", "--max-new-tokens", "8"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    best = json.loads((run / "eval" / "best.json").read_text())
+    assert set(best["scores"]) == {"0", "10"}
+    step0 = json.loads((run / "eval" / "step_000000" / "tiny.json").read_text())
+    assert step0["model"] == str(student)
+    with_best = {p.parent.name for p in (run / "eval").glob("step_*/toy.json")}
+    assert with_best == {f"step_{best['best_step']:06d}"}  # only the best checkpoint has the extra benchmark
+    r = runner.invoke(app, ["eval", "--model", str(student), "--data", str(tiny_data), "--best-benchmark", "toy"])
+    assert r.exit_code == 2 and "--best-benchmark needs --run" in r.output

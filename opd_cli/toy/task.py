@@ -11,10 +11,9 @@ operation, copying each operation from the plan and updating the running value, 
     </think>
     \\boxed{7}
 
-The plan is the first ~25 % of the solution and decides success: the student's plans write the tags in order but
-pair them with the operations in a random order (``plan: a-2 b*3 c+7`` above), which gives a wrong answer unless
-the operations happen to commute. Multipliers are 3, 7 and 9
-(units mod 10), so a multiplication almost never commutes with an addition.
+The plan is the first ~25 % of the solution and decides success: the student's plans swap neighbouring operations
+(``plan: a-2 b+7 c*3`` above), which gives a wrong answer unless the swapped operations happen to commute.
+Multipliers are 3, 7 and 9 (units mod 10), so a multiplication almost never commutes with an addition.
 """
 
 from __future__ import annotations
@@ -33,6 +32,19 @@ SPLITS = ("train", "dev", "test", "ood")
 SPLIT_SHAPE = {"train": (4, 8, 0.5), "dev": (4, 8, 0.5), "test": (4, 8, 0.5), "ood": (7, 8, 0.6)}
 DEFAULT_SIZES = {"train": 20000, "dev": 200, "test": 200, "ood": 200}
 PLAN_HEAD = "plan: "
+STUDENT_SWAP = 0.5  # probability that the student's plan swaps an operation with the next one
+
+
+def swap_neighbours(ops: list[str], rng: random.Random, p: float = STUDENT_SWAP) -> list[str]:
+    """``ops`` with disjoint neighbouring pairs swapped, each with probability ``p`` (left to right)."""
+    out, i = list(ops), 0
+    while i < len(out) - 1:
+        if rng.random() < p:
+            out[i], out[i + 1] = out[i + 1], out[i]
+            i += 2
+        else:
+            i += 1
+    return out
 
 
 def apply_op(value: int, op: str) -> int:
@@ -75,11 +87,11 @@ def make_record(rng: random.Random, split: str, index: int) -> dict[str, Any]:
     rng.shuffle(shuffled)
     start = rng.randint(0, MOD - 1)
     solution, plan_chars, answer = solution_text(start, ops)  # ops are already in tag order
-    # The student's plan writes the tags in order but gives them the operations in a random order, so its answer is
-    # wrong unless the operations happen to commute. Its execution is the teacher's (line i does tag i, copying the
-    # operation the plan gave that tag). The random order ties the operation of a line to the plan alone (not to the
-    # prompt's position i or to the prompt's tag), so a student given a correct plan executes that plan.
-    student_plan = [(TAGS[i], op) for i, op in enumerate(rng.sample([op for _, op in ops], n))]
+    # The student's plan is the teacher's with neighbouring operations swapped (each pair with probability
+    # STUDENT_SWAP): it has learnt to look the operations up by tag but confuses neighbours, so its plans are often
+    # wrong while its execution (line i does tag i, copying the operation the plan gave it) is the teacher's. The
+    # skill is there and the preference is wrong: what on-policy distillation can fix in a few dozen steps.
+    student_plan = [(TAGS[i], op) for i, op in enumerate(swap_neighbours([op for _, op in ops], rng))]
     wrong, _, wrong_answer = solution_text(start, student_plan)
     return {
         "id": f"toy-{split}-{index:05d}",

@@ -30,3 +30,89 @@ test-gpu: $(STAMP)  ## GPU tests (vLLM); skipped without a CUDA GPU
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check opd_cli tests analysis
+
+# ------------------------------------------------------------------------------------------------ toy reproduction
+# Every figure and table of the paper at toy scale, on a 2-core CPU. Each step is skipped when its outputs exist
+# (runs are resumed, not redone), so `make toy-paper` can be interrupted and restarted.
+OPD     := $(BIN)/opd
+TOY_FIG := analysis/toy
+TOY_RUNS := toy-full toy-prefix16 toy-prefix32 toy-prefix toy-schedule
+TOY_EVAL := --benchmark toy-dev --dev-benchmark toy-dev --best-benchmark toy --best-benchmark toy-ood \
+            --limit 100 --samples 4 --max-new-tokens 256 --batch-size 100 --if-exists resume
+SFT_LRS := 1e-3 3e-4 1e-4
+OPD_LRS := 2e-3 1e-3 3e-4 1e-4
+
+.PHONY: toy toy-world toy-base toy-train toy-sft toy-fig2 toy-fig3 toy-fig4 toy-fig5 toy-fig6 toy-fig7 toy-table12 \
+        toy-table3 toy-overlap toy-paper
+
+toy-world: $(STAMP)  ## build (or check) the toy world: tokenizer, data, teacher, plan-weak student
+	$(OPD) toy build
+
+toy: runs/train-toy-prefix/eval/best.json  ## the main job on the toy world: prefix OPD (L = 64), evaluated
+	@cat runs/train-toy-prefix/eval/best.json
+
+runs/eval-toy-%/eval/toy-ood.json: | toy-world
+	$(OPD) eval --toy-model $* --benchmark toy --benchmark toy-ood --samples 4 --max-new-tokens 256 \
+	    --batch-size 100 --output-dir runs/eval-toy-$* --if-exists resume
+
+toy-base: runs/eval-toy-student/eval/toy-ood.json runs/eval-toy-teacher/eval/toy-ood.json  ## base rows: toy student and teacher
+
+runs/train-%/final/config.json: | toy-world
+	$(OPD) train --recipe recipes/train-$*.yaml --if-exists resume
+
+runs/train-%/eval/best.json: runs/train-%/final/config.json
+	$(OPD) eval --run runs/train-$* $(TOY_EVAL)
+
+toy-train: $(foreach r,$(TOY_RUNS),runs/train-$(r)/eval/best.json)  ## OPD runs of Tables 1-2 (full, prefix 32/64/128, schedule), evaluated
+
+runs/sft-baseline-toy/final.done: | toy-world
+	$(OPD) sft-baseline --recipe recipes/sft-toy.yaml --if-exists resume
+	$(OPD) eval --run runs/sft-baseline-toy $(TOY_EVAL)
+	touch $@
+
+runs/sft-toy-prefix-lr%/final.done: | toy-world
+	$(OPD) sft-baseline --recipe recipes/sft-toy-prefix.yaml --lr $* --name toy-prefix-lr$* \
+	    --output-dir runs/sft-toy-prefix-lr$* --if-exists resume
+	$(OPD) eval --run runs/sft-toy-prefix-lr$* $(TOY_EVAL)
+	touch $@
+
+toy-sft: runs/sft-baseline-toy/final.done $(foreach lr,$(SFT_LRS),runs/sft-toy-prefix-lr$(lr)/final.done)  ## SFT rows and prefix SFT (Fig. 6)
+
+toy-table12: toy-base toy-train toy-sft  ## Tables 1-2: accuracies, FLOPs, hours (markdown + CSV)
+	$(OPD) plot main-table runs/eval-toy-student $(foreach r,$(TOY_RUNS),runs/train-$(r)) runs/sft-baseline-toy \
+	    --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)
+
+toy-fig2: runs/train-toy-full/final/config.json  ## Fig. 2: KL per position bin during full OPD
+	$(OPD) kl-by-position --recipe recipes/kl-by-position-toy-full.yaml --if-exists resume
+	$(OPD) plot kl-position runs/kl-by-position-toy-full -o $(TOY_FIG)/fig2
+
+toy-fig5: runs/train-toy-prefix/final/config.json  ## Fig. 5: KL per position bin on full-length rollouts during prefix OPD
+	$(OPD) kl-by-position --recipe recipes/kl-by-position-toy-prefix.yaml --if-exists resume
+	$(OPD) plot kl-position runs/kl-by-position-toy-prefix -o $(TOY_FIG)/fig5
+
+toy-fig3: | toy-world  ## Fig. 3: the untrained student continuing from teacher prefixes
+	$(OPD) probe-teacher-prefix --recipe recipes/probe-toy.yaml --if-exists resume
+	$(OPD) plot teacher-prefix runs/probe-teacher-prefix-toy -o $(TOY_FIG)
+
+toy-fig4: toy-train  ## Fig. 4: training FLOPs vs dev accuracy over checkpoints
+	$(OPD) plot compute-vs-acc $(foreach r,$(TOY_RUNS),runs/train-$(r)) -o $(TOY_FIG)
+
+toy-fig6: toy-sft runs/train-toy-prefix/eval/best.json  ## Fig. 6: prefix SFT at several learning rates vs prefix OPD
+	$(OPD) plot sft-prefix $(foreach lr,$(SFT_LRS),runs/sft-toy-prefix-lr$(lr)) runs/train-toy-prefix -o $(TOY_FIG)
+
+runs/train-toy-prefix-lr%/eval/best.json: | toy-world
+	$(OPD) train --recipe recipes/train-toy-prefix.yaml --lr $* --steps 30 --name toy-prefix-lr$* --if-exists resume
+	$(OPD) eval --run runs/train-toy-prefix-lr$* $(TOY_EVAL)
+
+toy-fig7: $(foreach lr,$(OPD_LRS),runs/train-toy-prefix-lr$(lr)/eval/best.json)  ## Fig. 7 / Table 4: prefix OPD learning-rate sweep
+	$(OPD) plot lr-sweep $(foreach lr,$(OPD_LRS),runs/train-toy-prefix-lr$(lr)) -o $(TOY_FIG)
+
+toy-table3: | toy-world  ## Table 3: loss-window ablation
+	$(OPD) window-ablation --recipe recipes/window-ablation-toy.yaml
+	$(OPD) plot window-ablation runs/window-ablation-toy -o $(TOY_FIG)
+
+toy-overlap: runs/train-toy-full/final/config.json runs/train-toy-prefix/final/config.json  ## Rethinking-OPD overlap dynamics
+	$(OPD) plot overlap runs/train-toy-full runs/train-toy-prefix -o $(TOY_FIG)
+
+toy-paper: toy-table12 toy-fig2 toy-fig3 toy-fig4 toy-fig5 toy-fig6 toy-fig7 toy-table3 toy-overlap  ## every toy figure and table (resumable)
+	@echo "figures and tables in $(TOY_FIG)/"

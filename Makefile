@@ -37,8 +37,10 @@ lint: $(STAMP)  ## ruff
 OPD     := $(BIN)/opd
 TOY_FIG := analysis/toy
 TOY_RUNS := toy-full toy-prefix16 toy-prefix32 toy-prefix toy-schedule
-TOY_EVAL := --benchmark toy-dev --dev-benchmark toy-dev --best-benchmark toy --best-benchmark toy-ood \
-            --limit 100 --samples 4 --max-new-tokens 256 --batch-size 100 --if-exists resume
+TOY_DEV  := --benchmark toy-dev --dev-benchmark toy-dev --limit 100 --samples 4 --max-new-tokens 256 \
+            --batch-size 100 --if-exists resume
+# every checkpoint on the dev split (step 0 = the initial student), then the test and OOD splits at the best one
+TOY_EVAL := $(TOY_DEV) --best-benchmark toy --best-benchmark toy-ood
 SFT_LRS := 1e-3 3e-4 1e-4
 OPD_LRS := 2e-3 1e-3 3e-4 1e-4
 
@@ -61,18 +63,21 @@ runs/train-%/final/config.json: | toy-world
 	$(OPD) train --recipe recipes/train-$*.yaml --if-exists resume
 
 runs/train-%/eval/best.json: runs/train-%/final/config.json
+	$(OPD) eval --run runs/train-$* --steps 0 $(TOY_DEV)
 	$(OPD) eval --run runs/train-$* $(TOY_EVAL)
 
 toy-train: $(foreach r,$(TOY_RUNS),runs/train-$(r)/eval/best.json)  ## OPD runs of Tables 1-2 (full, prefix 32/64/128, schedule), evaluated
 
 runs/sft-baseline-toy/final.done: | toy-world
 	$(OPD) sft-baseline --recipe recipes/sft-toy.yaml --if-exists resume
+	$(OPD) eval --run runs/sft-baseline-toy --steps 0 $(TOY_DEV)
 	$(OPD) eval --run runs/sft-baseline-toy $(TOY_EVAL)
 	touch $@
 
 runs/sft-toy-prefix-lr%/final.done: | toy-world
 	$(OPD) sft-baseline --recipe recipes/sft-toy-prefix.yaml --lr $* --name toy-prefix-lr$* \
 	    --output-dir runs/sft-toy-prefix-lr$* --if-exists resume
+	$(OPD) eval --run runs/sft-toy-prefix-lr$* --steps 0 $(TOY_DEV)
 	$(OPD) eval --run runs/sft-toy-prefix-lr$* $(TOY_EVAL)
 	touch $@
 
@@ -102,6 +107,7 @@ toy-fig6: toy-sft runs/train-toy-prefix/eval/best.json  ## Fig. 6: prefix SFT at
 
 runs/train-toy-prefix-lr%/eval/best.json: | toy-world
 	$(OPD) train --recipe recipes/train-toy-prefix.yaml --lr $* --steps 30 --name toy-prefix-lr$* --if-exists resume
+	$(OPD) eval --run runs/train-toy-prefix-lr$* --steps 0 $(TOY_DEV)
 	$(OPD) eval --run runs/train-toy-prefix-lr$* $(TOY_EVAL)
 
 toy-fig7: $(foreach lr,$(OPD_LRS),runs/train-toy-prefix-lr$(lr)/eval/best.json)  ## Fig. 7 / Table 4: prefix OPD learning-rate sweep

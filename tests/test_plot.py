@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from opd_cli.cli import app
@@ -174,3 +175,19 @@ def test_cli(tmp_path):
     assert bad.exit_code == 2 and "not found" in bad.output
     bad = runner.invoke(app, ["plot", "kl-position"])
     assert bad.exit_code == 2 and "needs one or more run folders" in bad.output
+
+
+def test_method_labels(tmp_path: Path) -> None:
+    from opd_cli.plot import label
+
+    cases = {
+        "a": ({"command": "train", "name": "toy-prefix"}, "toy-prefix"),
+        "b": ({"command": "sft-baseline", "name": "toy"}, "sft toy"),
+        "c": ({"command": "sft-baseline", "name": "SFT 300"}, "SFT 300"),
+        "d": ({"command": "eval", "toy_model": "student", "model": None}, "base: toy student"),
+        "e": ({"command": "eval", "model": "Qwen/Qwen3-8B-Base"}, "base: Qwen3-8B-Base"),
+    }
+    for folder, (config, want) in cases.items():
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.yaml").write_text(yaml.safe_dump(config))
+        assert label(tmp_path / folder) == want

@@ -44,6 +44,9 @@ TOY_EVAL := $(TOY_DEV) --best-benchmark toy --best-benchmark toy-ood
 SFT_LRS := 1e-3 3e-4 1e-4
 OPD_LRS := 2e-3 1e-3 3e-4 1e-4
 
+# run outputs are never intermediate files: make must not delete them after a chained build
+.SECONDARY:
+
 .PHONY: toy toy-world toy-base toy-train toy-sft toy-fig2 toy-fig3 toy-fig4 toy-fig5 toy-fig6 toy-fig7 toy-table12 \
         toy-table3 toy-overlap toy-paper
 
@@ -122,3 +125,26 @@ toy-overlap: runs/train-toy-full/final/config.json runs/train-toy-prefix/final/c
 
 toy-paper: toy-table12 toy-fig2 toy-fig3 toy-fig4 toy-fig5 toy-fig6 toy-fig7 toy-table3 toy-overlap  ## every toy figure and table (resumable)
 	@echo "figures and tables in $(TOY_FIG)/"
+
+# ------------------------------------------------------------------------------------------------ paper scale (GPUs)
+# Tables 1-2 and Fig. 2/4 for one student: the OPD grid, the SFT baseline, the evaluations (checkpoints picked on
+# AIME-24, then MATH-500, AIME-25, GPQA-Diamond and MMLU-Pro at the picked one), the figures. Needs GPUs, the
+# vllm extra and hub access; every step resumes.
+PAPER_RUNS := prefix256 prefix512 prefix1024 prefix2048 schedule full
+PAPER_EVAL := --recipe recipes/eval-paper.yaml --benchmark aime24 --best-benchmark math500,aime25,gpqa,mmlu-pro \
+              --if-exists resume
+
+.PHONY: paper-1.7b paper-8b
+paper-1.7b paper-8b: paper-%: $(STAMP)  ## the paper's Tables 1-2 and Fig. 2/4 for the 1.7B or 8B student (GPUs)
+	for r in $(PAPER_RUNS); do \
+	    $(OPD) train --recipe recipes/train-paper-$*-$$r.yaml --if-exists resume && \
+	    $(OPD) eval --run runs/train-paper-$*-$$r --steps 0 --recipe recipes/eval-paper.yaml --benchmark aime24 --if-exists resume && \
+	    $(OPD) eval --run runs/train-paper-$*-$$r $(PAPER_EVAL) || exit 1; \
+	done
+	$(OPD) sft-baseline --recipe recipes/sft-paper-$*.yaml --if-exists resume
+	$(OPD) eval --run runs/sft-baseline-paper-$* $(PAPER_EVAL)
+	$(OPD) kl-by-position --recipe recipes/kl-by-position-paper-full.yaml --run runs/train-paper-$*-full --if-exists resume
+	$(OPD) plot main-table $(foreach r,$(PAPER_RUNS),runs/train-paper-$*-$(r)) runs/sft-baseline-paper-$* \
+	    --in-domain math500,aime24,aime25 --ood gpqa,mmlu-pro -o analysis/paper-$*
+	$(OPD) plot compute-vs-acc $(foreach r,$(PAPER_RUNS),runs/train-paper-$*-$(r)) runs/sft-baseline-paper-$* -o analysis/paper-$*
+	$(OPD) plot kl-position runs/kl-by-position-paper-full -o analysis/paper-$*

@@ -217,7 +217,20 @@ def _last_per_step(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [by_step[k] for k in sorted(by_step, key=lambda s: (s is None, s if isinstance(s, (int, float)) else 0))]
 
 
+def _toy_model(what: str) -> str | None:
+    """A run trained with no model arguments used the toy world: its cached model folder, if it is built."""
+    from opd_cli.toy.world import default_root
+
+    folder = default_root() / what
+    return str(folder) if (folder / "config.json").is_file() else None
+
+
 def _resolve_model(name: Any, run: Path, what: str) -> ModelShape:
+    if not name:
+        from opd_cli.runs import read_config
+
+        if read_config(run).get("command") in ("train", "sft-baseline"):
+            name = _toy_model(what)
     if not name:
         raise OpdError(f"run {run}: its config.yaml names no {what}: FLOPs need the {what}'s model config")
     name = str(name)
@@ -252,13 +265,13 @@ def run_totals(run: str | Path, attn_coef: float = 12) -> RunTotals:
         teacher_name, total = "", sft_flops(student, sum_s, sum_s2, attn_coef)
     else:
         teacher = _resolve_model(cfg.get("teacher"), run, "teacher")
-        teacher_name, total = str(cfg.get("teacher")), opd_flops(student, teacher, sum_s, sum_s2, attn_coef)
+        teacher_name, total = str(cfg.get("teacher") or "toy teacher"), opd_flops(student, teacher, sum_s, sum_s2, attn_coef)
     logged = rows[-1].get("flops_total")
     walls = [float(r["wall_time"]) for r in rows if r.get("wall_time") is not None]
     return RunTotals(
         run=str(cfg.get("name") or run.name),
         command=command,
-        student=str(cfg.get("student")),
+        student=str(cfg.get("student") or "toy student"),
         teacher=teacher_name,
         steps=max(int(r.get("step") or 0) for r in rows),
         seq_tokens=sum_s,

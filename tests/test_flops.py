@@ -152,3 +152,26 @@ def test_flops_recipes_load_and_run(recipe):
     assert recipe.read_text().startswith("# opd flops --recipe")
     rows = run_flops(build_config(FlopsConfig, recipe))
     assert len(rows) == 4 and all(r["opd_total"] > 0 for r in rows)
+
+
+def test_toy_world_run_uses_the_toy_models(tmp_path, monkeypatch, tiny_model_dirs):
+    """A run trained with no model arguments (student: null) is costed with the toy world's models."""
+    import json
+    import shutil
+
+    import yaml
+
+    student, teacher = tiny_model_dirs
+    root = tmp_path / "toy"
+    shutil.copytree(student, root / "student")
+    shutil.copytree(teacher, root / "teacher")
+    monkeypatch.setenv("OPD_TOY_DIR", str(root))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"command": "train", "student": None, "teacher": None}))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "seq_tokens": 30, "seq_tokens_sq": 500}) + "\n")
+    s, t = ModelShape.from_source(str(student)), ModelShape.from_source(str(teacher))
+    assert run_totals(run).flops == pytest.approx(opd_flops(s, t, 30, 500, 12))
+    monkeypatch.setenv("OPD_TOY_DIR", str(tmp_path / "not-built"))
+    with pytest.raises(OpdError, match="names no student"):
+        run_totals(run)

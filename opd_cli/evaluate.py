@@ -331,18 +331,7 @@ def evaluate_run(
     (eval_root / "eval_config.yaml").write_text(dump_yaml(cfg))
     summaries = []
     for s, model in targets:
-        out = eval_root / f"{CKPT_PREFIX}{s:06d}"
-        loaded = None
-        for name, probs in benchmarks.items():
-            prev = _done(out, name) if if_exists == "resume" else None
-            if prev is not None:
-                summaries.append(prev)
-                continue
-            loaded = loaded or load_for_eval(model, cfg)
-            summaries.append(evaluate_model(loaded, probs, cfg, out, name, model_name=model, step=s, console=console))
-        if loaded is not None:  # free this checkpoint before the next one loads (a vLLM engine holds the GPU)
-            del loaded
-            _free_memory()
+        summaries += _evaluate_step(run_dir, s, model, benchmarks, cfg, if_exists, console)
     best = record_best(run_dir, dev, {s["step"]: s["mean_acc"] for s in summaries if s["benchmark"] == dev})
     if cfg.best_benchmark:
         extra = {b: load_benchmark(b, limit=cfg.limit or None, seed=cfg.seed) for b in cfg.best_benchmark}
@@ -373,8 +362,16 @@ def evaluate_best(
 ) -> list[dict[str, Any]]:
     """Evaluate only the best dev checkpoint on further benchmarks (the paper reports each method's test and
     out-of-domain accuracies at the checkpoint its dev score picks)."""
-    out = Path(run_dir) / "eval" / f"{CKPT_PREFIX}{best_step:06d}"
     model = initial_student(run_dir, console) if best_step == 0 else str(dict(list_checkpoints(run_dir))[best_step])
+    return _evaluate_step(run_dir, best_step, model, benchmarks, cfg, if_exists, console)
+
+
+def _evaluate_step(
+    run_dir: str | Path, step: int, model: str, benchmarks: Mapping[str, list[Problem]], cfg: EvalConfig,
+    if_exists: str, console: Any,
+) -> list[dict[str, Any]]:
+    """One checkpoint on each benchmark into ``run/eval/step_XXXXXX/``; ``resume`` keeps finished benchmarks."""
+    out = Path(run_dir) / "eval" / f"{CKPT_PREFIX}{step:06d}"
     summaries, loaded = [], None
     for name, probs in benchmarks.items():
         prev = _done(out, name) if if_exists == "resume" else None
@@ -382,7 +379,10 @@ def evaluate_best(
             summaries.append(prev)
             continue
         loaded = loaded or load_for_eval(model, cfg)
-        summaries.append(evaluate_model(loaded, probs, cfg, out, name, model_name=model, step=best_step, console=console))
+        summaries.append(evaluate_model(loaded, probs, cfg, out, name, model_name=model, step=step, console=console))
+    if loaded is not None:  # free this checkpoint before the next one loads (a vLLM engine holds the GPU)
+        del loaded
+        _free_memory()
     return summaries
 
 

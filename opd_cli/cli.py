@@ -29,6 +29,9 @@ _STATE = {"debug": False}
 RecipeOpt = typer.Option(None, "--recipe", help="YAML file of config fields (recipes/*.yaml); flags override it.")
 IfExistsOpt = typer.Option(None, "--if-exists", help="Existing run folder: raise (default) | resume | overwrite.")
 OutOpt = typer.Option(None, "--output-dir", "-o", help="Run folder (default: runs/<command>-<name>).")
+DtypeOpt = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16.")
+DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda.")
+ThinkOpt = typer.Option(None, "--think/--no-think", help="Append <think> to the prompt.")
 
 
 @app.callback()
@@ -86,10 +89,10 @@ def train_cmd(
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps (0 = final only)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="hf (any device) | vllm (GPU + the vllm extra)."),
     vllm_mode: Optional[str] = typer.Option(None, "--vllm-mode", help="colocate | server."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+    dtype: Optional[str] = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
     template: Optional[str] = typer.Option(None, "--template", help="Prompt template: auto | chat | plain | teacher."),
-    think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Append <think> to the prompt."),
+    think: Optional[bool] = ThinkOpt,
     output_dir: Optional[Path] = OutOpt,
     if_exists: Optional[str] = IfExistsOpt,
 ) -> None:
@@ -119,9 +122,9 @@ def eval_cmd(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per generate call."),
     backend: Optional[str] = typer.Option(None, "--backend", help="hf (any device) | vllm (GPU + the vllm extra)."),
     template: Optional[str] = typer.Option(None, "--template", help="Prompt template: auto | chat | plain."),
-    think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Append <think> to the prompt."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+    think: Optional[bool] = ThinkOpt,
+    dtype: Optional[str] = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed."),
     output_dir: Optional[Path] = OutOpt,
     if_exists: Optional[str] = IfExistsOpt,
@@ -170,9 +173,9 @@ def kl_by_position_cmd(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per generate / scoring call."),
     chunk: Optional[int] = typer.Option(None, "--chunk", help="Positions per log-softmax chunk (0 = no chunking)."),
     template: Optional[str] = typer.Option(None, "--template", help="Prompt template: auto | chat | plain | teacher."),
-    think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Append <think> to the prompt."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+    think: Optional[bool] = ThinkOpt,
+    dtype: Optional[str] = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed."),
     output_dir: Optional[str] = OutOpt,
     if_exists: Optional[str] = IfExistsOpt,
@@ -201,9 +204,9 @@ def probe_teacher_prefix_cmd(
     top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling (1.0 = off)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per generate call."),
     template: Optional[str] = typer.Option(None, "--template", help="Prompt template: auto | chat | plain | teacher."),
-    think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Append <think> to the prompt."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+    think: Optional[bool] = ThinkOpt,
+    dtype: Optional[str] = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed."),
     output_dir: Optional[str] = OutOpt,
     if_exists: Optional[str] = IfExistsOpt,
@@ -256,10 +259,10 @@ def sft_baseline_cmd(
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations to save memory."),
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps (0 = last step only)."),
     template: Optional[str] = typer.Option(None, "--template", help="Prompt template: auto | chat | plain."),
-    think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Append <think> to the prompt."),
+    think: Optional[bool] = ThinkOpt,
     attn_coef: Optional[int] = typer.Option(None, "--attn-coef", help="FLOPs attention coefficient: 12 (paper) | 6."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda."),
+    dtype: Optional[str] = DtypeOpt,
+    device: Optional[str] = DeviceOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed."),
     output_dir: Optional[str] = OutOpt,
     if_exists: Optional[str] = IfExistsOpt,

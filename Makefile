@@ -116,7 +116,7 @@ runs/train-toy-prefix-lr%/eval/best.json: | toy-world
 toy-fig7: $(foreach lr,$(OPD_LRS),runs/train-toy-prefix-lr$(lr)/eval/best.json)  ## Fig. 7 / Table 4: prefix OPD learning-rate sweep
 	$(OPD) plot lr-sweep $(foreach lr,$(OPD_LRS),runs/train-toy-prefix-lr$(lr)) -o $(TOY_FIG)
 
-toy-table3: | toy-world  ## Table 3: loss-window ablation
+toy-table3: runs/train-toy-full/eval/best.json runs/train-toy-prefix32/eval/best.json  ## Table 3: loss-window ablation (references adopted from the main runs)
 	$(OPD) window-ablation --recipe recipes/window-ablation-toy.yaml
 	$(OPD) plot window-ablation runs/window-ablation-toy -o $(TOY_FIG)
 

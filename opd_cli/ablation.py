@@ -41,6 +41,12 @@ class WindowAblationConfig:
     )
     prefix_ref: int = field(1024, help="Prefix-OPD reference: generation stops after L tokens (0 = no prefix reference).")
     full_ref: bool = field(True, help="Add the full-OPD reference run (all positions trained).")
+    reference_runs: list[str] = field(
+        [],
+        help="Finished `opd train` run folders that stand in for the full/prefix references when trained with the same "
+        "settings (more steps are fine: the lr is constant, so their first steps are the same run); their checkpoints "
+        "are hard-linked, not retrained ([] = train the references here).",
+    )
     eval_steps: list[int] = field([10, 20, 30], help="Checkpoint steps to evaluate on the dev benchmark (paper: 10,20,30).")
     dev_benchmark: str = field("toy-dev", help="Benchmark of the table (paper: aime24).")
     eval_samples: int = field(4, help="Samples per dev problem (n of Mean Acc@n; paper: 16).")
@@ -257,19 +263,105 @@ def _check_reusable(label: str, run_dir: Path, train_cfg: Any) -> None:
         )
 
 
-def train_all(planned: list[tuple[str, Any]]) -> dict[str, str]:
-    """Train (or reuse, or resume) every planned run; returns label -> what happened."""
+# fields a stand-in reference may differ in: where it lives and how long it ran (checkpoints must cover the steps)
+_STAND_IN_FREE = {"name", "output_dir", "if_exists", "steps", "save_every"}
+
+
+def find_stand_in(tcfg: Any, candidates: list[str], eval_steps: list[int]) -> Path | None:
+    """The first candidate run trained like ``tcfg`` for at least its steps, with checkpoints at every needed step."""
+    from opd_cli.config import to_dict
+    from opd_cli.runs import list_checkpoints, read_config
+
+    want = to_dict(tcfg)
+    need = {s for s in eval_steps if 0 < s <= tcfg.steps} | {tcfg.steps}
+    for cand in map(Path, candidates):
+        saved = read_config(cand)
+        if not saved or int(saved.get("steps") or 0) < tcfg.steps:
+            continue
+        if any(saved.get(k) != v for k, v in want.items() if k not in _STAND_IN_FREE):
+            continue
+        if need <= {s for s, _ in list_checkpoints(cand)}:
+            return cand
+    return None
+
+
+def adopt_run(src: Path, tcfg: Any, eval_steps: list[int], ecfg: Any, benchmark: str) -> None:
+    """Make ``tcfg.output_dir`` a copy of ``src``'s first ``tcfg.steps`` steps without retraining.
+
+    Checkpoint files are hard-linked (copied where links are impossible), metrics are cut at ``tcfg.steps``, and
+    dev evaluations at ``eval_steps`` are copied when they were made with the ablation's eval settings (else they
+    are redone here). The ablation's own config.yaml is written, plus ``reference.json`` naming the source.
+    """
+    import json
+    import os
+    import shutil
+
+    from opd_cli.runs import RunDir, list_checkpoints, read_metrics, write_json
+
+    dst = Path(tcfg.output_dir)
+    tmp = dst.with_name(dst.name + ".adopting")
+    shutil.rmtree(tmp, ignore_errors=True)
+    run = RunDir(tmp)
+    tmp.mkdir(parents=True)
+    run.write_config(tcfg)
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    for step, ckpt in list_checkpoints(src):
+        if step <= tcfg.steps:
+            shutil.copytree(ckpt, run.checkpoint_dir(step), copy_function=link)
+    for rec in read_metrics(src):
+        if rec.get("step", 0) <= tcfg.steps:
+            run.log(rec)
+    same = {"n": ecfg.samples, "num_problems": None, "temperature": ecfg.temperature, "top_p": ecfg.top_p,
+            "max_new_tokens": ecfg.max_new_tokens, "backend": ecfg.backend, "seed": ecfg.seed}
+    for step in eval_steps:
+        res = src / "eval" / f"step_{step:06d}" / f"{benchmark}.json"
+        try:
+            summary = json.loads(res.read_text())
+        except (OSError, ValueError):
+            continue
+        if ecfg.limit and summary.get("num_problems") != ecfg.limit:
+            continue
+        if all(summary.get(k) == v for k, v in same.items() if v is not None) and step <= tcfg.steps:
+            out = tmp / "eval" / f"step_{step:06d}"
+            out.mkdir(parents=True, exist_ok=True)
+            for f in res.parent.glob(f"{benchmark}.*"):
+                shutil.copy2(f, out / f.name)
+    write_json(tmp / "reference.json", {"source": str(src), "steps": tcfg.steps})
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+
+
+def train_all(planned: list[tuple[str, Any]], cfg: WindowAblationConfig | None = None) -> dict[str, str]:
+    """Train (or reuse, adopt, or resume) every planned run; returns label -> what happened."""
     from opd_cli.train import run_train
 
     status = {}
     for label, tcfg in planned:
         run_dir = Path(tcfg.output_dir)
+        started = run_dir.is_dir() and any(run_dir.iterdir())
+        is_ref = label == "full" or label.startswith("prefix-")
+        if cfg is not None and cfg.reference_runs and is_ref and not started:
+            src = find_stand_in(tcfg, cfg.reference_runs, cfg.eval_steps)
+            if src is not None:
+                from opd_cli.config import build_config
+                from opd_cli.evaluate import EvalConfig
+
+                adopt_run(src, tcfg, cfg.eval_steps, build_config(EvalConfig, None, _eval_overrides(cfg)), cfg.dev_benchmark)
+                print(f"[{label}] adopted the first {tcfg.steps} steps of {src} (same settings): not retrained")
+                status[label] = "adopted"
+                continue
+            print(f"[{label}] none of --reference-runs was trained with these settings: training it")
         if is_complete(run_dir, tcfg.steps):
             _check_reusable(label, run_dir, tcfg)
             print(f"[{label}] complete ({tcfg.steps} steps): reused")
             status[label] = "reused"
             continue
-        started = run_dir.is_dir() and any(run_dir.iterdir())
         tcfg.if_exists = "resume" if started else "raise"
         print(f"[{label}] {'resuming' if started else 'training'}: {_window_text(tcfg)}")
         run_train(tcfg)
@@ -349,7 +441,7 @@ def run_window_ablation(cfg: WindowAblationConfig) -> Path:
     # Per-run configs guard reuse (see _check_reusable), so the ablation's own settings may change between calls.
     (out / ABLATION_CONFIG).write_text(dump_yaml(cfg))
     print(f"window ablation: {len(planned)} runs in {out / 'runs'}: {', '.join(label for label, _ in planned)}")
-    train_all(planned)
+    train_all(planned, cfg)
     if not cfg.skip_eval:
         evaluate_all(cfg, planned)
     rows = collect_table(out, [label for label, _ in planned], cfg.eval_steps, cfg.dev_benchmark)

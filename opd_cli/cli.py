@@ -280,6 +280,7 @@ def window_ablation_cmd(
     windows: Optional[str] = typer.Option(None, "--windows", help="Loss windows, e.g. 1024:2048,2048:3072,3072:4096,tail:1024."),
     prefix_ref: Optional[int] = typer.Option(None, "--prefix-ref", help="Prefix-OPD reference length in tokens (0 = none; default 1024)."),
     full_ref: Optional[bool] = typer.Option(None, "--full-ref/--no-full-ref", help="Include the full-OPD reference."),
+    reference_runs: Optional[str] = typer.Option(None, "--reference-runs", help="Finished train runs that stand in for the references when trained alike, e.g. runs/train-toy-full,runs/train-toy-prefix32."),
     eval_steps: Optional[str] = typer.Option(None, "--eval-steps", help="Checkpoint steps to evaluate, e.g. 10,20,30."),
     dev_benchmark: Optional[str] = typer.Option(None, "--dev-benchmark", help="Benchmark of the table (paper aime24; default toy-dev)."),
     eval_samples: Optional[int] = typer.Option(None, "--eval-samples", help="Samples per dev problem (paper 16)."),

@@ -166,3 +166,42 @@ def test_window_ablation_recipes_expand(path: Path, monkeypatch: pytest.MonkeyPa
     planned = plan_runs(cfg, Path("/nonexistent/ablation"))  # every run is a valid TrainConfig
     assert len(planned) == len(cfg.windows) + 2
     assert all(t.steps == 30 for _, t in planned)
+
+
+def test_reference_runs_stand_in_for_references(tiny_ablation, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A finished train run with the same settings and more steps is adopted (hard links, cut metrics), not retrained."""
+    import dataclasses
+
+    from opd_cli.ablation import plan_runs, run_window_ablation
+    from opd_cli.evaluate import EvalConfig, evaluate_run
+    from opd_cli.runs import list_checkpoints, read_config, read_metrics
+    from opd_cli.train import run_train
+
+    cfg = tiny_ablation()
+    full_cfg = dict(plan_runs(cfg, tmp_path / "plan"))["full"]
+    longer = dataclasses.replace(full_cfg, steps=3, name="longer", output_dir=str(tmp_path / "train-longer"), if_exists="raise")
+    run_train(longer)
+    src = Path(longer.output_dir)
+    evaluate_run(src, steps=[1], benchmarks=["tiny-ablation-dev"], cfg=EvalConfig(samples=1, max_new_tokens=8))
+    other_lr = dataclasses.replace(longer, lr=longer.lr * 2, output_dir=str(tmp_path / "train-other"))
+    (tmp_path / "train-other").mkdir()
+    (tmp_path / "train-other" / "config.yaml").write_text((src / "config.yaml").read_text().replace(f"lr: {longer.lr}", f"lr: {other_lr.lr}"))
+    capsys.readouterr()
+
+    cfg = dataclasses.replace(cfg, windows=["tail:3"], prefix_ref=0,
+                              reference_runs=[str(tmp_path / "train-other"), str(src)])
+    out = run_window_ablation(cfg)
+    printed = capsys.readouterr().out
+    assert f"[full] adopted the first 2 steps of {src}" in printed
+    full = out / "runs" / "full"
+    assert [s for s, _ in list_checkpoints(full)] == [1, 2]
+    assert [r["step"] for r in read_metrics(full)] == [1, 2]
+    assert read_config(full)["steps"] == 2 and read_config(full)["name"] == "full"
+    a = full / "checkpoints" / "step_000002" / "model.safetensors"
+    assert a.stat().st_ino == (src / "checkpoints" / "step_000002" / "model.safetensors").stat().st_ino
+    copied = json.loads((full / "eval" / "step_000001" / "tiny-ablation-dev.json").read_text())
+    original = json.loads((src / "eval" / "step_000001" / "tiny-ablation-dev.json").read_text())
+    assert copied["mean_acc"] == original["mean_acc"] and copied["model"] == original["model"]
+    assert (full / "eval" / "step_000002" / "tiny-ablation-dev.json").is_file()  # not in the source: evaluated here
+    assert json.loads((full / "reference.json").read_text())["source"] == str(src)
+    assert not (out / "runs" / "tail-3" / "reference.json").exists()

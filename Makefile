@@ -39,7 +39,8 @@ TOY_FIG := analysis/toy
 TOY_RUNS := toy-full toy-prefix16 toy-prefix32 toy-prefix toy-schedule
 TOY_DEV  := --benchmark toy-dev --dev-benchmark toy-dev --limit 100 --samples 4 --max-new-tokens 256 \
             --batch-size 100 --if-exists resume
-# every checkpoint on the dev split (step 0 = the initial student), then the test and OOD splits at the best one
+# step 0 (the initial student, cached across runs) and every checkpoint on the dev split, then the test and OOD
+# splits at the best one
 TOY_EVAL := $(TOY_DEV) --best-benchmark toy --best-benchmark toy-ood
 SFT_LRS := 1e-3 3e-4 1e-4
 OPD_LRS := 2e-3 1e-3 3e-4 1e-4
@@ -66,22 +67,19 @@ runs/train-%/final/config.json: | toy-world
 	$(OPD) train --recipe recipes/train-$*.yaml --if-exists resume
 
 runs/train-%/eval/best.json: runs/train-%/final/config.json
-	$(OPD) eval --run runs/train-$* --steps 0 $(TOY_DEV)
-	$(OPD) eval --run runs/train-$* $(TOY_EVAL)
+	$(OPD) eval --run runs/train-$* --initial $(TOY_EVAL)
 
 toy-train: $(foreach r,$(TOY_RUNS),runs/train-$(r)/eval/best.json)  ## OPD runs of Tables 1-2 (full, prefix 32/64/128, schedule), evaluated
 
 runs/sft-baseline-toy/final.done: | toy-world
 	$(OPD) sft-baseline --recipe recipes/sft-toy.yaml --if-exists resume
-	$(OPD) eval --run runs/sft-baseline-toy --steps 0 $(TOY_DEV)
-	$(OPD) eval --run runs/sft-baseline-toy $(TOY_EVAL)
+	$(OPD) eval --run runs/sft-baseline-toy --initial $(TOY_EVAL)
 	touch $@
 
 runs/sft-toy-prefix-lr%/final.done: | toy-world
 	$(OPD) sft-baseline --recipe recipes/sft-toy-prefix.yaml --lr $* --name toy-prefix-lr$* \
 	    --output-dir runs/sft-toy-prefix-lr$* --if-exists resume
-	$(OPD) eval --run runs/sft-toy-prefix-lr$* --steps 0 $(TOY_DEV)
-	$(OPD) eval --run runs/sft-toy-prefix-lr$* $(TOY_EVAL)
+	$(OPD) eval --run runs/sft-toy-prefix-lr$* --initial $(TOY_EVAL)
 	touch $@
 
 toy-sft: runs/sft-baseline-toy/final.done $(foreach lr,$(SFT_LRS),runs/sft-toy-prefix-lr$(lr)/final.done)  ## SFT rows and prefix SFT (Fig. 6)
@@ -110,8 +108,7 @@ toy-fig6: toy-sft runs/train-toy-prefix/eval/best.json  ## Fig. 6: prefix SFT at
 
 runs/train-toy-prefix-lr%/eval/best.json: | toy-world
 	$(OPD) train --recipe recipes/train-toy-prefix.yaml --lr $* --steps 30 --name toy-prefix-lr$* --if-exists resume
-	$(OPD) eval --run runs/train-toy-prefix-lr$* --steps 0 $(TOY_DEV)
-	$(OPD) eval --run runs/train-toy-prefix-lr$* $(TOY_EVAL)
+	$(OPD) eval --run runs/train-toy-prefix-lr$* --initial $(TOY_EVAL)
 
 toy-fig7: $(foreach lr,$(OPD_LRS),runs/train-toy-prefix-lr$(lr)/eval/best.json)  ## Fig. 7 / Table 4: prefix OPD learning-rate sweep
 	$(OPD) plot lr-sweep $(foreach lr,$(OPD_LRS),runs/train-toy-prefix-lr$(lr)) -o $(TOY_FIG)
@@ -138,11 +135,10 @@ PAPER_EVAL := --recipe recipes/eval-paper.yaml --benchmark aime24 --best-benchma
 paper-1.7b paper-8b: paper-%: $(STAMP)  ## the paper's Tables 1-2 and Fig. 2/4 for the 1.7B or 8B student (GPUs)
 	for r in $(PAPER_RUNS); do \
 	    $(OPD) train --recipe recipes/train-paper-$*-$$r.yaml --if-exists resume && \
-	    $(OPD) eval --run runs/train-paper-$*-$$r --steps 0 --recipe recipes/eval-paper.yaml --benchmark aime24 --if-exists resume && \
-	    $(OPD) eval --run runs/train-paper-$*-$$r $(PAPER_EVAL) || exit 1; \
+	    $(OPD) eval --run runs/train-paper-$*-$$r --initial $(PAPER_EVAL) || exit 1; \
 	done
 	$(OPD) sft-baseline --recipe recipes/sft-paper-$*.yaml --if-exists resume
-	$(OPD) eval --run runs/sft-baseline-paper-$* $(PAPER_EVAL)
+	$(OPD) eval --run runs/sft-baseline-paper-$* --initial $(PAPER_EVAL)
 	$(OPD) kl-by-position --recipe recipes/kl-by-position-paper-full.yaml --run runs/train-paper-$*-full --if-exists resume
 	$(OPD) plot main-table $(foreach r,$(PAPER_RUNS),runs/train-paper-$*-$(r)) runs/sft-baseline-paper-$* \
 	    --in-domain math500,aime24,aime25 --ood gpqa,mmlu-pro -o analysis/paper-$*

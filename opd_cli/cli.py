@@ -108,6 +108,7 @@ def eval_cmd(
     toy_model: Optional[str] = typer.Option(None, "--toy-model", help="With no --model: toy world 'teacher' or 'student' (default student)."),
     run: Optional[Path] = typer.Option(None, "--run", help="A training run folder: evaluate its checkpoints (see --steps)."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Checkpoint steps of --run to evaluate, e.g. 0,10,20 (0 = the initial student; default: every checkpoint)."),
+    initial: Optional[bool] = typer.Option(None, "--initial", help="With --run and no --steps: evaluate step 0 (the initial student) too."),
     benchmark: Optional[list[str]] = typer.Option(None, "--benchmark", "-b", help="Registered benchmark (repeatable): toy, toy-ood, math500, aime24, ..."),
     data: Optional[Path] = typer.Option(None, "--data", help="Local jsonl/parquet/csv file of problems (instead of --benchmark)."),
     question_column: Optional[str] = typer.Option(None, "--question-column", help="Column with the problem text for --data."),

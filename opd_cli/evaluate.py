@@ -35,6 +35,7 @@ class EvalConfig:
     toy_model: str = field("student", help="Without --model/--run: which toy-world model to evaluate, student | teacher.")
     run: str | None = field(None, help="Training run folder whose checkpoints to evaluate; None = off.")
     steps: list[int] = field([], help="Checkpoint steps of --run (0 = the run's initial student); empty = every checkpoint.")
+    initial: bool = field(False, help="With --run and no --steps: evaluate step 0 (the initial student) too, before the checkpoints.")
     benchmark: list[str] = field([], help="Registered benchmarks (toy, toy-ood, math500, aime24, aime25, gpqa, mmlu-pro, ...); empty = toy for toy models.")
     data: str | None = field(None, help="Local .jsonl/.json/.parquet/.csv problem file, named by its stem; None = off.")
     question_column: str | None = field(None, help="Question column of --data; None = auto (question/problem/prompt...).")
@@ -79,6 +80,7 @@ class EvalConfig:
         check(not (self.model and self.run), "pass either --model or --run, not both")
         check(all(s >= 0 for s in self.steps), f"--steps must be >= 0, got {self.steps}")
         check(not self.steps or bool(self.run), "--steps needs --run (a training run folder)")
+        check(not self.initial or bool(self.run), "--initial needs --run (a training run folder)")
         self.best_benchmark = [b.strip() for item in self.best_benchmark for b in str(item).split(",") if b.strip()]
         check(not self.best_benchmark or bool(self.run), "--best-benchmark needs --run (a training run folder)")
         if self.model is not None and not self.benchmark and self.data is None:
@@ -306,7 +308,7 @@ def evaluate_run(
     if dev not in benchmarks:
         raise OpdError(f"--dev-benchmark {dev} is not among the evaluated benchmarks ({', '.join(benchmarks)}): add it with --benchmark")
     ckpts = dict(list_checkpoints(run_dir))
-    wanted = sorted(set(steps)) if steps else sorted(ckpts)
+    wanted = sorted(set(steps)) if steps else ([0] if cfg.initial else []) + sorted(ckpts)
     if not wanted:
         raise OpdError(f"{run_dir} has no complete checkpoints yet: pass --steps 0 to evaluate its initial student")
     targets: list[tuple[int, str]] = []
@@ -378,12 +380,90 @@ def _evaluate_step(
         if prev is not None:
             summaries.append(prev)
             continue
+        # step 0 is the initial student, usually shared by many runs: its evaluation is cached by model and settings
+        key = _cache_key(model, name, probs, cfg) if step == 0 else None
+        if key is not None and (hit := _cache_get(key, out, name)) is not None:
+            (console or _console()).print(f"step 0 on {name}: the cached evaluation of {model} with these settings")
+            summaries.append(hit)
+            continue
         loaded = loaded or load_for_eval(model, cfg)
         summaries.append(evaluate_model(loaded, probs, cfg, out, name, model_name=model, step=step, console=console))
+        if key is not None:
+            _cache_put(key, out, name)
     if loaded is not None:  # free this checkpoint before the next one loads (a vLLM engine holds the GPU)
         del loaded
         _free_memory()
     return summaries
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def eval_cache_dir() -> Path | None:
+    """Where step-0 evaluations are cached: ``$OPD_EVAL_CACHE`` ('' or off = no cache), default ~/.cache/opd/eval."""
+    import os
+
+    value = os.environ.get("OPD_EVAL_CACHE")
+    if value is None:
+        return Path.home() / ".cache" / "opd" / "eval"
+    return None if value.strip().lower() in ("", "off", "0", "none") else Path(value).expanduser()
+
+
+def _cache_key(model: str, benchmark: str, problems: Sequence[Problem], cfg: EvalConfig) -> str | None:
+    """A key naming everything that decides an evaluation's samples: the model folder's files (name, size, mtime),
+    the problems, and the sampling settings. None (no caching) for hub ids and when the cache is off."""
+    import hashlib
+
+    from opd_cli import __version__
+
+    folder = Path(model)
+    if eval_cache_dir() is None or not folder.is_dir():
+        return None
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file())
+    blob = json.dumps({
+        "opd": __version__, "model": str(folder.resolve()), "files": files, "benchmark": benchmark,
+        "problems": hashlib.sha256(json.dumps([(p.id, p.question, p.answer) for p in problems]).encode()).hexdigest(),
+        "settings": [cfg.n_for(benchmark), cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.backend, cfg.template,
+                     cfg.think, cfg.dtype, cfg.device, cfg.seed],
+    })
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _cache_get(key: str, out: Path, benchmark: str) -> dict[str, Any] | None:
+    import shutil
+
+    root = eval_cache_dir()
+    src = root / key if root is not None else None
+    if src is None or _done(src, benchmark) is None:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    for suffix in (".samples.jsonl", ".json"):  # summary last: _done() sees both or neither
+        shutil.copyfile(src / f"{benchmark}{suffix}", out / f"{benchmark}{suffix}")
+    return _done(out, benchmark)
+
+
+def _cache_put(key: str, out: Path, benchmark: str) -> None:
+    import os
+    import shutil
+
+    root = eval_cache_dir()
+    if root is None:
+        return
+    tmp = root / f"{key}.tmp{os.getpid()}"
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        for suffix in (".samples.jsonl", ".json"):
+            shutil.copyfile(out / f"{benchmark}{suffix}", tmp / f"{benchmark}{suffix}")
+        dst = root / key
+        if not dst.exists():
+            os.replace(tmp, dst)
+    except OSError:  # a read-only or full cache only costs the reuse
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _free_memory() -> None:

@@ -35,6 +35,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _eval_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Step-0 evaluations are cached under a temporary folder, never in the user's ~/.cache."""
+    import os
+
+    old = os.environ.get("OPD_EVAL_CACHE")
+    os.environ["OPD_EVAL_CACHE"] = str(tmp_path_factory.mktemp("eval-cache"))
+    yield
+    if old is None:
+        os.environ.pop("OPD_EVAL_CACHE", None)
+    else:
+        os.environ["OPD_EVAL_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def toy_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from opd_cli.toy.tokenizer import build_tokenizer

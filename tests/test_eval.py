@@ -160,3 +160,46 @@ def test_best_benchmarks_run_only_at_the_best_checkpoint(tiny_model_dirs, tiny_d
     assert with_best == {f"step_{best['best_step']:06d}"}  # only the best checkpoint has the extra benchmark
     r = runner.invoke(app, ["eval", "--model", str(student), "--data", str(tiny_data), "--best-benchmark", "toy"])
     assert r.exit_code == 2 and "--best-benchmark needs --run" in r.output
+
+
+def test_initial_and_step0_cache(tiny_model_dirs, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--initial adds step 0; a second run from the same student reuses its cached step-0 evaluation verbatim,
+    while other settings (or a changed model file) evaluate again."""
+    import opd_cli.evaluate as ev
+    from opd_cli.data import load_file
+
+    monkeypatch.setattr("opd_cli.grading.grade", fake_grade)
+    monkeypatch.setenv("OPD_EVAL_CACHE", str(tmp_path / "cache"))
+    student = tmp_path / "student"
+    shutil.copytree(tiny_model_dirs[0], student)
+    runs = []
+    for name in ("a", "b"):
+        run = tmp_path / name
+        d = run / "checkpoints" / "step_000010"
+        shutil.copytree(student, d)
+        (d / "COMPLETE").write_text("")
+        (run / "config.yaml").write_text(yaml.safe_dump({"command": "train", "student": str(student)}))
+        runs.append(run)
+    problems = {"dev": load_file(tiny_data)}
+    calls = []
+    real = ev.evaluate_model
+    monkeypatch.setattr(ev, "evaluate_model", lambda *a, **k: calls.append(k["step"]) or real(*a, **k))
+
+    best = evaluate_run(runs[0], None, problems, "dev", EvalConfig(samples=2, max_new_tokens=8, run=str(runs[0]), initial=True))
+    assert set(best["scores"]) == {"0", "10"} and calls == [0, 10]
+    evaluate_run(runs[1], None, problems, "dev", EvalConfig(samples=2, max_new_tokens=8, run=str(runs[1]), initial=True))
+    assert calls == [0, 10, 10]  # step 0 came from the cache
+    for suffix in (".json", ".samples.jsonl"):
+        a, b = (r / "eval" / "step_000000" / f"dev{suffix}" for r in runs)
+        assert a.read_text() == b.read_text()
+    evaluate_run(runs[1], [0], problems, "dev", EvalConfig(samples=3, max_new_tokens=8), if_exists="overwrite")
+    assert calls[-1] == 0 and len(calls) == 4  # other n: evaluated again
+    (student / "config.json").write_text((student / "config.json").read_text() + " ")
+    evaluate_run(runs[1], [0], problems, "dev", EvalConfig(samples=2, max_new_tokens=8), if_exists="overwrite")
+    assert len(calls) == 5  # the model folder changed: evaluated again
+    monkeypatch.setenv("OPD_EVAL_CACHE", "off")
+    assert ev.eval_cache_dir() is None
+    from opd_cli.errors import OpdError
+
+    with pytest.raises(OpdError, match="--initial needs --run"):
+        EvalConfig(initial=True)

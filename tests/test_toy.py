@@ -325,3 +325,29 @@ def test_cached_world_is_reused_across_teacher_schedule_changes():
     assert not _same_world(old, ToyBuildConfig(seed=1))
     assert not _same_world(old, ToyBuildConfig(student_steps=300))
     assert not _same_world(None, ToyBuildConfig())
+
+
+def test_auto_threads_counts_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Busy cores sampled from /proc/stat leave fewer threads; without /proc/stat the load average decides."""
+    import builtins
+    import io
+    import os
+
+    from opd_cli.toy import build
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    samples = iter(["cpu 100 0 100 800 0 0 0\n", "cpu 200 0 200 1000 0 0 0\n"])  # 200 busy + 200 idle ticks
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: io.StringIO(next(samples)) if f == "/proc/stat" else real_open(f, *a, **k))
+    assert build._auto_threads(4, window=0) == 2  # half of 4 cores idle
+
+    def no_proc(f, *a, **k):
+        if f == "/proc/stat":
+            raise OSError("no procfs")
+        return real_open(f, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 3.0, 3.0))
+    assert build._auto_threads(4, window=0) == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert build._auto_threads(2, window=0) == 2  # never more than asked

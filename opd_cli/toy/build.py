@@ -51,7 +51,7 @@ class ToyBuildConfig:
     min_student_acc: float = field(0.05, help="Lowest student test accuracy accepted (fraction; 0 = off).")
     max_student_acc: float = field(0.4, help="Highest student test accuracy accepted (fraction; 1 = off).")
     max_new_tokens: int = field(256, help="Response cap when sampling test answers (tokens).")
-    threads: int = field(0, help="torch CPU threads (0 = auto: the cores the load average leaves free, at least 1).")
+    threads: int = field(0, help="torch CPU threads (0 = auto: the cores idle when the build starts, at least 1).")
 
     def __post_init__(self) -> None:
         for name in ("train_size", "eval_size", "teacher_layers", "teacher_hidden", "teacher_heads", "teacher_steps",
@@ -250,18 +250,33 @@ def _build(cfg: ToyBuildConfig, root: Path, console: Any) -> Any:
     return load_world(root)
 
 
-def _auto_threads(default: int) -> int:
-    """torch threads for the build: the cores the 1-minute load average leaves free (at least 1, at most ``default``).
+def _auto_threads(default: int, window: float = 0.5) -> int:
+    """torch threads for the build: the cores left idle right now (at least 1, at most ``default``).
 
     The models are tiny: on 2 cores shared with another job, 2 threads oversubscribe and a teacher step took ~4x
-    longer than with 1 thread; on idle cores 2 threads are faster.
+    longer than with 1 thread; on idle cores 2 threads are ~2x faster. Idle time is sampled from /proc/stat over
+    ``window`` seconds (the 1-minute load average lags: right after other work it still reports busy cores, which
+    cost a build started then half its speed); elsewhere the load average is the fallback.
     """
     import os
 
+    def busy_idle() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:]]
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+        return sum(vals) - idle, idle
+
+    cores = os.cpu_count() or 1
     try:
-        free = (os.cpu_count() or 1) - os.getloadavg()[0]
-    except OSError:
-        return default
+        b0, i0 = busy_idle()
+        time.sleep(window)
+        b1, i1 = busy_idle()
+        free = cores * (i1 - i0) / max(1, (b1 - b0) + (i1 - i0))
+    except (OSError, ValueError, IndexError):
+        try:
+            free = cores - os.getloadavg()[0]
+        except OSError:
+            return default
     return max(1, min(default, int(free + 0.5)))
 
 

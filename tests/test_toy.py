@@ -292,6 +292,32 @@ def test_sft_early_cooldown_ends_training_k_steps_later(toy_tokenizer_dir):
 
     losses = sft(model, data, steps=50, batch_size=4, lr=1e-3, warmup=1, seed=0, pad_id=tok.pad_token_id, on_step=on_step)
     assert len(losses) == 7 and seen == list(range(1, 8))
+    seen.clear()
+    losses = sft(model, data, steps=50, batch_size=4, lr=1e-3, warmup=1, seed=0, pad_id=tok.pad_token_id,
+                 on_step=lambda step, loss: seen.append(step) or (0 if step == 5 else None))
+    assert len(losses) == 5 and seen == [1, 2, 3, 4, 5]  # 0 = end now
+
+
+def test_teacher_stop_policy(toy_tokenizer_dir, monkeypatch: pytest.MonkeyPatch):
+    """A check at stop_acc starts the cooldown; a check done_after steps later at done_acc ends it early."""
+    from rich.progress import Progress
+    from transformers import AutoTokenizer
+
+    from opd_cli.toy import build, models
+    from opd_cli.toy.models import encode_pairs
+
+    tok = AutoTokenizer.from_pretrained(str(toy_tokenizer_dir))
+    splits = task.generate_splits(seed=1, sizes={"train": 16, "dev": 4, "test": 1, "ood": 1})
+    data = encode_pairs(tok, [(r["question"], r["solution"]) for r in splits["train"]])
+    accs = iter([0.1, 0.6, 0.9, 0.995, 1.0, 1.0])
+    monkeypatch.setattr(models, "teacher_forced_exact", lambda *a, **k: next(accs))
+    cfg = build.ToyBuildConfig.miniature(root="/nonexistent")
+    cfg = dataclasses.replace(cfg, teacher_steps=60, teacher_min_steps=5, check_every=5, stop_acc=0.5, stop_cooldown=30,
+                              done_after=10, done_acc=0.99)
+    with Progress(disable=True) as progress:
+        _, info = build._train("teacher", cfg, tok, data, 0, splits["dev"], progress)
+    assert info["stopped_at"] == 10 and info["done_at"] == 20 and info["steps"] == 20
+    assert info["dev_checks"] == {"5": 0.1, "10": 0.6, "15": 0.9, "20": 0.995}
 
 
 def test_teacher_forced_exact_counts_sequences_reproduced_by_greedy():

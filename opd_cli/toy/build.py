@@ -44,8 +44,11 @@ class ToyBuildConfig:
     cooldown: float = field(0.15, help="Final fraction of each SFT run with lr decaying linearly to 0 (0 = constant lr).")
     check_every: int = field(25, help="Teacher early-stop check interval (steps; 0 = never stop early).")
     check_size: int = field(100, help="Dev problems scored at each check (greedy exact match, teacher-forced: one forward pass).")
-    stop_acc: float = field(0.95, help="Dev greedy accuracy at a check that starts the teacher's final cooldown (fraction).")
-    stop_cooldown: int = field(100, help="Teacher steps after a passing check, lr decaying linearly to 0 (steps).")
+    stop_acc: float = field(0.5, help="Dev greedy accuracy at a check that starts the teacher's final cooldown (fraction): "
+                            "the op lookup, once it appears, is learnt within ~50 steps, and a decaying lr settles it.")
+    stop_cooldown: int = field(150, help="Most teacher steps after the passing check, lr decaying linearly to 0 (steps).")
+    done_acc: float = field(0.99, help="A check at least `done_after` steps into the cooldown with this dev accuracy ends it early (fraction; 1 = off).")
+    done_after: int = field(50, help="Cooldown steps before `done_acc` may end the teacher's training (steps).")
     max_attempts: int = field(2, help="Teacher (and student) training attempts before failing (count).")
     min_teacher_acc: float = field(0.9, help="Teacher test accuracy required at temperature 1 (fraction; 0 = off).")
     min_student_acc: float = field(0.05, help="Lowest student test accuracy accepted (fraction; 0 = off).")
@@ -61,9 +64,9 @@ class ToyBuildConfig:
         check(self.teacher_hidden % self.teacher_heads == 0, "toy build: teacher_hidden must be a multiple of teacher_heads")
         check(self.student_hidden % self.student_heads == 0, "toy build: student_hidden must be a multiple of student_heads")
         check(self.teacher_lr > 0 and self.student_lr > 0, "toy build: teacher_lr and student_lr must be > 0")
-        for name in ("warmup", "check_every", "teacher_min_steps", "threads"):
+        for name in ("warmup", "check_every", "teacher_min_steps", "threads", "done_after"):
             check(getattr(self, name) >= 0, f"toy build: {name} must be >= 0, got {getattr(self, name)}")
-        for name in ("cooldown", "student_correct_frac", "stop_acc", "min_teacher_acc", "min_student_acc", "max_student_acc"):
+        for name in ("cooldown", "student_correct_frac", "stop_acc", "done_acc", "min_teacher_acc", "min_student_acc", "max_student_acc"):
             v = getattr(self, name)
             check(0.0 <= v <= 1.0, f"toy build: {name} must be a fraction in [0, 1], got {v}")
         check(self.min_student_acc <= self.max_student_acc, "toy build: min_student_acc must be <= max_student_acc")
@@ -106,7 +109,7 @@ def _train(
 
     The teacher is checked every ``check_every`` steps (from ``teacher_min_steps``) on dev by teacher-forced greedy
     exact match; the first check at ``stop_acc`` or more starts a ``stop_cooldown``-step lr decay, then training
-    ends. Whether (and when) the teacher learns the op lookup is stochastic, so this trains as long as needed, not
+    ends, or earlier at a check ``done_after`` or more steps into the decay that reaches ``done_acc``. Whether (and when) the teacher learns the op lookup is stochastic, so this trains as long as needed, not
     a fixed budget.
     """
     from opd_cli.toy.models import encode_pairs, random_model, sft, teacher_forced_exact
@@ -124,12 +127,17 @@ def _train(
         nonlocal check_seconds
         info["steps"], info["final_loss"] = step, loss
         progress.update(task, completed=step, description=f"{role} SFT (seed {seed}) loss {loss:.3f}")
-        if not checking or "stopped_at" in info or step < cfg.teacher_min_steps or step % cfg.check_every:
+        if not checking or step < cfg.teacher_min_steps or step % cfg.check_every:
             return None
         t = time.time()
         acc = teacher_forced_exact(model, dev_data, tok.pad_token_id)
         check_seconds += time.time() - t
         info["dev_checks"][str(step)] = acc
+        if "stopped_at" in info:
+            if step - info["stopped_at"] >= cfg.done_after and acc >= cfg.done_acc:
+                info["done_at"] = step
+                return 0  # settled: end now
+            return None
         if acc >= cfg.stop_acc and step < steps:
             info["stopped_at"] = step
             progress.update(task, total=min(steps, step + cfg.stop_cooldown))
@@ -283,7 +291,7 @@ def _auto_threads(default: int, window: float = 0.5) -> int:
 # How the teacher is trained until it is good, not what the world is: a cached world that differs from the asked
 # config only in these (e.g. built before early stopping existed) is still reused, since it passed the same
 # acceptance thresholds, which stay in the key.
-_SCHEDULE_FIELDS = ("teacher_steps", "teacher_min_steps", "check_every", "check_size", "stop_acc", "stop_cooldown",
+_SCHEDULE_FIELDS = ("teacher_steps", "teacher_min_steps", "check_every", "check_size", "stop_acc", "stop_cooldown", "done_acc", "done_after",
                     "max_attempts", "max_new_tokens")
 
 

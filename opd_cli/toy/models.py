@@ -91,7 +91,8 @@ def sft(
     lr: linear warmup, then constant, then a linear decay to 0 over the last ``cooldown`` fraction of the steps
     (warmup-stable-decay). The cooldown sharpens the answer distribution, which sampling at temperature 1 needs.
     ``on_step(step, loss)`` may return a number k of steps: training then ends k steps later (never after
-    ``steps``), with the lr decaying linearly from its current value to 0 over those k steps (an early cooldown).
+    ``steps``), with the lr decaying linearly from its current value to 0 over those k steps (an early cooldown);
+    0 ends training at once.
     """
     import torch
     import torch.nn.functional as F
@@ -136,6 +137,8 @@ def sft(
         losses.append(value if math.isfinite(value) else float("nan"))
         if on_step is not None:
             more = on_step(step, value)
+            if more == 0 and more is not None:
+                break
             if more and tail is None and step + more < end:
                 tail, end = (step, factor), step + int(more)
     model.eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 import re
 import shutil
@@ -299,7 +300,7 @@ def test_sft_early_cooldown_ends_training_k_steps_later(toy_tokenizer_dir):
 
 
 def test_teacher_stop_policy(toy_tokenizer_dir, monkeypatch: pytest.MonkeyPatch):
-    """A check at stop_acc starts the cooldown; a check done_after steps later at done_acc ends it early."""
+    """A greedy check at stop_acc starts the cooldown; a check done_after steps later at done_sampled ends it."""
     from rich.progress import Progress
     from transformers import AutoTokenizer
 
@@ -309,15 +310,17 @@ def test_teacher_stop_policy(toy_tokenizer_dir, monkeypatch: pytest.MonkeyPatch)
     tok = AutoTokenizer.from_pretrained(str(toy_tokenizer_dir))
     splits = task.generate_splits(seed=1, sizes={"train": 16, "dev": 4, "test": 1, "ood": 1})
     data = encode_pairs(tok, [(r["question"], r["solution"]) for r in splits["train"]])
-    accs = iter([0.1, 0.6, 0.9, 0.995, 1.0, 1.0])
-    monkeypatch.setattr(models, "teacher_forced_exact", lambda *a, **k: next(accs))
+    accs = iter([(0.1, 0.0), (0.6, 0.2), (0.9, 0.97), (1.0, 0.9), (1.0, 0.96), (1.0, 1.0)])
+    monkeypatch.setattr(models, "teacher_forced_scores", lambda *a, **k: next(accs))
     cfg = build.ToyBuildConfig.miniature(root="/nonexistent")
     cfg = dataclasses.replace(cfg, teacher_steps=60, teacher_min_steps=5, check_every=5, stop_acc=0.5, stop_cooldown=30,
-                              done_after=10, done_acc=0.99)
+                              done_after=10, done_sampled=0.95)
     with Progress(disable=True) as progress:
         _, info = build._train("teacher", cfg, tok, data, 0, splits["dev"], progress)
-    assert info["stopped_at"] == 10 and info["done_at"] == 20 and info["steps"] == 20
-    assert info["dev_checks"] == {"5": 0.1, "10": 0.6, "15": 0.9, "20": 0.995}
+    # 15: sampled 0.97 but only 5 steps into the cooldown; 20: greedy 1.0 but sampled 0.9; 25: done
+    assert info["stopped_at"] == 10 and info["done_at"] == 25 and info["steps"] == 25
+    assert info["dev_checks"] == {"5": 0.1, "10": 0.6, "15": 0.9, "20": 1.0, "25": 1.0}
+    assert info["dev_sampled"]["25"] == 0.96
 
 
 def test_teacher_forced_exact_counts_sequences_reproduced_by_greedy():
@@ -340,6 +343,12 @@ def test_teacher_forced_exact_counts_sequences_reproduced_by_greedy():
     assert teacher_forced_exact(oracle, data, pad_id=0) == 1.0
     oracle.shift = False  # predicts the current token: never right
     assert teacher_forced_exact(oracle, data, pad_id=0) == 0.0
+    from opd_cli.toy.models import teacher_forced_scores
+
+    oracle.shift = True
+    greedy, sampled = teacher_forced_scores(oracle, data, pad_id=0)
+    p = math.e / (math.e + 9)  # softmax of a one-hot logit row over 10 tokens
+    assert greedy == 1.0 and sampled == pytest.approx((p**3 + p**2) / 2)  # 3 and 2 completion tokens
 
 
 def test_cached_world_is_reused_across_teacher_schedule_changes():

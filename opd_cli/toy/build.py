@@ -47,7 +47,8 @@ class ToyBuildConfig:
     stop_acc: float = field(0.5, help="Dev greedy accuracy at a check that starts the teacher's final cooldown (fraction): "
                             "the op lookup, once it appears, is learnt within ~50 steps, and a decaying lr settles it.")
     stop_cooldown: int = field(150, help="Most teacher steps after the passing check, lr decaying linearly to 0 (steps).")
-    done_acc: float = field(0.99, help="A check at least `done_after` steps into the cooldown with this dev accuracy ends it early (fraction; 1 = off).")
+    done_sampled: float = field(0.95, help="A check at least `done_after` steps into the cooldown at which sampling at temperature 1 "
+                                "reproduces the dev references with this mean probability ends it early (fraction; 1 = off).")
     done_after: int = field(50, help="Cooldown steps before `done_acc` may end the teacher's training (steps).")
     max_attempts: int = field(2, help="Teacher (and student) training attempts before failing (count).")
     min_teacher_acc: float = field(0.9, help="Teacher test accuracy required at temperature 1 (fraction; 0 = off).")
@@ -66,7 +67,7 @@ class ToyBuildConfig:
         check(self.teacher_lr > 0 and self.student_lr > 0, "toy build: teacher_lr and student_lr must be > 0")
         for name in ("warmup", "check_every", "teacher_min_steps", "threads", "done_after"):
             check(getattr(self, name) >= 0, f"toy build: {name} must be >= 0, got {getattr(self, name)}")
-        for name in ("cooldown", "student_correct_frac", "stop_acc", "done_acc", "min_teacher_acc", "min_student_acc", "max_student_acc"):
+        for name in ("cooldown", "student_correct_frac", "stop_acc", "done_sampled", "min_teacher_acc", "min_student_acc", "max_student_acc"):
             v = getattr(self, name)
             check(0.0 <= v <= 1.0, f"toy build: {name} must be a fraction in [0, 1], got {v}")
         check(self.min_student_acc <= self.max_student_acc, "toy build: min_student_acc must be <= max_student_acc")
@@ -109,16 +110,17 @@ def _train(
 
     The teacher is checked every ``check_every`` steps (from ``teacher_min_steps``) on dev by teacher-forced greedy
     exact match; the first check at ``stop_acc`` or more starts a ``stop_cooldown``-step lr decay, then training
-    ends, or earlier at a check ``done_after`` or more steps into the decay that reaches ``done_acc``. Whether (and when) the teacher learns the op lookup is stochastic, so this trains as long as needed, not
+    ends, or earlier at a check ``done_after`` or more steps into the decay where the dev references' mean probability
+    under sampling at temperature 1 reaches ``done_sampled`` (the build accepts the teacher by sampled accuracy). Whether (and when) the teacher learns the op lookup is stochastic, so this trains as long as needed, not
     a fixed budget.
     """
-    from opd_cli.toy.models import encode_pairs, random_model, sft, teacher_forced_exact
+    from opd_cli.toy.models import encode_pairs, random_model, sft, teacher_forced_scores
 
     layers, hidden, heads = (getattr(cfg, f"{role}_{k}") for k in ("layers", "hidden", "heads"))
     steps = getattr(cfg, f"{role}_steps")
     model = random_model(tok, layers, hidden, heads, seed=seed)
     task = progress.add_task(f"{role} SFT (seed {seed})", total=steps)
-    info: dict[str, Any] = {"steps": 0, "dev_checks": {}}
+    info: dict[str, Any] = {"steps": 0, "dev_checks": {}, "dev_sampled": {}}
     checking = role == "teacher" and cfg.check_every > 0
     dev_data = encode_pairs(tok, [(r["question"], r["solution"]) for r in dev[: cfg.check_size]]) if checking else []
     check_seconds = 0.0
@@ -130,11 +132,12 @@ def _train(
         if not checking or step < cfg.teacher_min_steps or step % cfg.check_every:
             return None
         t = time.time()
-        acc = teacher_forced_exact(model, dev_data, tok.pad_token_id)
+        acc, sampled = teacher_forced_scores(model, dev_data, tok.pad_token_id)
         check_seconds += time.time() - t
         info["dev_checks"][str(step)] = acc
+        info["dev_sampled"][str(step)] = round(sampled, 4)
         if "stopped_at" in info:
-            if step - info["stopped_at"] >= cfg.done_after and acc >= cfg.done_acc:
+            if step - info["stopped_at"] >= cfg.done_after and sampled >= cfg.done_sampled:
                 info["done_at"] = step
                 return 0  # settled: end now
             return None
@@ -291,7 +294,7 @@ def _auto_threads(default: int, window: float = 0.5) -> int:
 # How the teacher is trained until it is good, not what the world is: a cached world that differs from the asked
 # config only in these (e.g. built before early stopping existed) is still reused, since it passed the same
 # acceptance thresholds, which stay in the key.
-_SCHEDULE_FIELDS = ("teacher_steps", "teacher_min_steps", "check_every", "check_size", "stop_acc", "stop_cooldown", "done_acc", "done_after",
+_SCHEDULE_FIELDS = ("teacher_steps", "teacher_min_steps", "check_every", "check_size", "stop_acc", "stop_cooldown", "done_sampled", "done_after",
                     "max_attempts", "max_new_tokens")
 
 

@@ -146,18 +146,27 @@ def sft(
 
 
 def teacher_forced_exact(model: Any, data: list[tuple[list[int], int]], pad_id: int, batch_size: int = 50) -> float:
-    """Fraction of sequences whose every completion token (and eos) is the argmax given the gold prefix.
+    """Fraction of sequences whose every completion token (and eos) is the argmax given the gold prefix."""
+    return teacher_forced_scores(model, data, pad_id, batch_size)[0]
 
-    This equals greedy decoding reproducing the reference exactly, at the cost of one forward pass per batch
-    (no generation): a cheap dev check while training.
+
+def teacher_forced_scores(
+    model: Any, data: list[tuple[list[int], int]], pad_id: int, batch_size: int = 50
+) -> tuple[float, float]:
+    """(greedy exact, sampled exact) on reference sequences, from one forward pass per batch (no generation).
+
+    greedy exact: fraction of sequences whose every completion token (and eos) is the argmax given the gold
+    prefix, i.e. greedy decoding reproduces the reference. sampled exact: the mean probability that sampling at
+    temperature 1 reproduces the reference, prod_t p(y_t | y_<t): a lower bound on sampled accuracy that, unlike
+    greedy exact, also sees how sharp the model is.
     """
     import torch
 
     if not data:
-        return 0.0
+        return 0.0, 0.0
     was_training = model.training
     model.eval()
-    exact = 0
+    exact, sampled = 0, 0.0
     with torch.no_grad():
         for i in range(0, len(data), batch_size):
             batch = data[i : i + batch_size]
@@ -167,11 +176,14 @@ def teacher_forced_exact(model: Any, data: list[tuple[list[int], int]], pad_id: 
             for b, (ids, _) in enumerate(batch):
                 ids_BT[b, : len(ids)] = torch.tensor(ids)
                 mask_BT[b, : len(ids)] = 1
-            pred_BT = model(input_ids=ids_BT, attention_mask=mask_BT).logits.argmax(-1)
+            logits_BTV = model(input_ids=ids_BT, attention_mask=mask_BT).logits.float()
+            pred_BT = logits_BTV.argmax(-1)
+            logp_BT = torch.log_softmax(logits_BTV[:, :-1], -1).gather(-1, ids_BT[:, 1:, None])[..., 0]
             for b, (ids, n_prompt) in enumerate(batch):
                 exact += bool(torch.equal(pred_BT[b, n_prompt - 1 : len(ids) - 1], ids_BT[b, n_prompt : len(ids)]))
+                sampled += float(logp_BT[b, n_prompt - 1 : len(ids) - 1].sum().exp())
     model.train(was_training)
-    return exact / len(data)
+    return exact / len(data), sampled / len(data)
 
 
 def _length_bucketed_order(data: list[tuple[list[int], int]], batch_size: int, rng: random.Random) -> list[int]:

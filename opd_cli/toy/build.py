@@ -27,8 +27,8 @@ class ToyBuildConfig:
     rebuild: bool = field(False, help="Build even when a valid world from this seed is cached (false = reuse it).")
     train_size: int = field(20000, help="Training problems (count).")
     eval_size: int = field(200, help="Problems in each of dev, test and ood (count).")
-    teacher_layers: int = field(3, help="Teacher transformer layers.")
-    teacher_hidden: int = field(192, help="Teacher hidden width.")
+    teacher_layers: int = field(4, help="Teacher transformer layers.")
+    teacher_hidden: int = field(128, help="Teacher hidden width.")
     teacher_heads: int = field(4, help="Teacher attention heads.")
     teacher_steps: int = field(1000, help="Most teacher SFT steps (optimizer steps); early stopping usually ends it sooner.")
     teacher_min_steps: int = field(200, help="Teacher steps before the first early-stop check (steps).")
@@ -46,7 +46,7 @@ class ToyBuildConfig:
     check_size: int = field(100, help="Dev problems scored at each check (greedy exact match, teacher-forced: one forward pass).")
     stop_acc: float = field(0.5, help="Dev greedy accuracy at a check that starts the teacher's final cooldown (fraction): "
                             "the op lookup, once it appears, is learnt within ~50 steps, and a decaying lr settles it.")
-    stop_cooldown: int = field(150, help="Most teacher steps after the passing check, lr decaying linearly to 0 (steps).")
+    stop_cooldown: int = field(250, help="Most teacher steps after the passing check, lr decaying linearly to 0 (steps).")
     done_sampled: float = field(0.95, help="A check at least `done_after` steps into the cooldown at which sampling at temperature 1 "
                                 "reproduces the dev references with this mean probability ends it early (fraction; 1 = off).")
     done_after: int = field(50, help="Cooldown steps before `done_acc` may end the teacher's training (steps).")

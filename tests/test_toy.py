@@ -230,6 +230,7 @@ def test_build_config_checks_and_recipe(tmp_path):
     assert recipe.read_text().startswith("# opd toy build")
     cfg = build_config(ToyBuildConfig, recipe, {"seed": 4})
     assert cfg.seed == 4 and cfg.min_teacher_acc == 0.9
+    assert dataclasses.replace(build_config(ToyBuildConfig, recipe), root="") == ToyBuildConfig(root="")  # = the defaults
 
 
 def test_toy_build_cli_runs_a_recipe(tiny_world, tmp_path):
@@ -362,27 +363,30 @@ def test_cached_world_is_reused_across_teacher_schedule_changes():
     assert not _same_world(None, ToyBuildConfig())
 
 
-def test_auto_threads_counts_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Busy cores sampled from /proc/stat leave fewer threads; without /proc/stat the load average decides."""
-    import builtins
-    import io
+def test_thread_governor_leaves_other_processes_their_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads = cores minus what other processes used since the last update (our own CPU time excluded)."""
     import os
+
+    import torch
 
     from opd_cli.toy import build
 
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    samples = iter(["cpu 100 0 100 800 0 0 0\n", "cpu 200 0 200 1000 0 0 0\n"])  # 200 busy + 200 idle ticks
-    real_open = builtins.open
-    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: io.StringIO(next(samples)) if f == "/proc/stat" else real_open(f, *a, **k))
-    assert build._auto_threads(4, window=0) == 2  # half of 4 cores idle
-
-    def no_proc(f, *a, **k):
-        if f == "/proc/stat":
-            raise OSError("no procfs")
-        return real_open(f, *a, **k)
-
-    monkeypatch.setattr(builtins, "open", no_proc)
-    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 3.0, 3.0))
-    assert build._auto_threads(4, window=0) == 1
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert build._auto_threads(2, window=0) == 2  # never more than asked
+    old = torch.get_num_threads()
+    # (busy, total, own) CPU seconds: 4 cores x 10 s elapsed per interval
+    samples = iter([(0.0, 0.0, 0.0), (20.0, 40.0, 10.0), (40.0, 80.0, 20.0), (80.0, 120.0, 20.0), (100.0, 160.0, 40.0)])
+    monkeypatch.setattr(build.ThreadGovernor, "_sample", staticmethod(lambda: next(samples)))
+    try:
+        gov = build.ThreadGovernor(4)
+        assert gov.update() == 3  # others used 10 of 40 core-seconds: 1 core busy
+        assert torch.get_num_threads() == 3
+        assert gov.update() == 3
+        assert gov.update() == 1  # others used all 40: at least one thread
+        assert gov.update() == 4  # only our own work: every core
+        assert gov.history == [3, 1, 4]
+        monkeypatch.setattr(build.ThreadGovernor, "_sample", staticmethod(lambda: None))
+        monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+        gov = build.ThreadGovernor(2)
+        assert gov.update() == 2  # no /proc/stat: the load average (1 of 4 cores busy), capped at most = 2
+    finally:
+        torch.set_num_threads(old)

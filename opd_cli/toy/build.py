@@ -55,7 +55,7 @@ class ToyBuildConfig:
     min_student_acc: float = field(0.05, help="Lowest student test accuracy accepted (fraction; 0 = off).")
     max_student_acc: float = field(0.4, help="Highest student test accuracy accepted (fraction; 1 = off).")
     max_new_tokens: int = field(256, help="Response cap when sampling test answers (tokens).")
-    threads: int = field(0, help="torch CPU threads (0 = auto: the cores idle when the build starts, at least 1).")
+    threads: int = field(0, help="torch CPU threads (0 = auto: the cores other processes leave idle, re-measured every 25 steps).")
 
     def __post_init__(self) -> None:
         for name in ("train_size", "eval_size", "teacher_layers", "teacher_hidden", "teacher_heads", "teacher_steps",
@@ -104,15 +104,17 @@ def _test_accuracy(model: Any, tok: Any, records: list[dict[str, Any]], cfg: Toy
 
 
 def _train(
-    role: str, cfg: ToyBuildConfig, tok: Any, data: list, seed: int, dev: list[dict[str, Any]], progress: Any
+    role: str, cfg: ToyBuildConfig, tok: Any, data: list, seed: int, dev: list[dict[str, Any]], progress: Any,
+    governor: ThreadGovernor | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """One SFT run of the teacher or the student.
 
     The teacher is checked every ``check_every`` steps (from ``teacher_min_steps``) on dev by teacher-forced greedy
     exact match; the first check at ``stop_acc`` or more starts a ``stop_cooldown``-step lr decay, then training
     ends, or earlier at a check ``done_after`` or more steps into the decay where the dev references' mean probability
-    under sampling at temperature 1 reaches ``done_sampled`` (the build accepts the teacher by sampled accuracy). Whether (and when) the teacher learns the op lookup is stochastic, so this trains as long as needed, not
-    a fixed budget.
+    under sampling at temperature 1 reaches ``done_sampled`` (the build accepts the teacher by sampled accuracy).
+    Whether (and when) the teacher learns the op lookup is stochastic, so this trains as long as needed, not a fixed
+    budget. ``governor`` re-fits the torch threads to the idle cores every 25 steps.
     """
     from opd_cli.toy.models import encode_pairs, random_model, sft, teacher_forced_scores
 
@@ -129,6 +131,8 @@ def _train(
         nonlocal check_seconds
         info["steps"], info["final_loss"] = step, loss
         progress.update(task, completed=step, description=f"{role} SFT (seed {seed}) loss {loss:.3f}")
+        if governor is not None and step % 25 == 0:
+            governor.update()
         if not checking or step < cfg.teacher_min_steps or step % cfg.check_every:
             return None
         t = time.time()
@@ -177,16 +181,22 @@ def run_toy_build(cfg: ToyBuildConfig, console: Any = None) -> Any:
     import torch
 
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads or _auto_threads(old_threads))
+    governor = None
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    else:
+        governor = ThreadGovernor(old_threads)
+        time.sleep(0.5)
+        governor.update()
     try:
-        world = _build(cfg, root, console)
+        world = _build(cfg, root, console, governor)
     finally:
         torch.set_num_threads(old_threads)
     _report(console, world, reused=False)
     return world
 
 
-def _build(cfg: ToyBuildConfig, root: Path, console: Any) -> Any:
+def _build(cfg: ToyBuildConfig, root: Path, console: Any, governor: ThreadGovernor | None = None) -> Any:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from opd_cli.toy.models import encode_pairs, save_model
@@ -223,7 +233,7 @@ def _build(cfg: ToyBuildConfig, root: Path, console: Any) -> Any:
             for attempt in range(cfg.max_attempts):
                 seed = cfg.seed + 1000 * attempt + (1 if role == "student" else 0)
                 t_role = time.time()
-                model, info = _train(role, cfg, tok, data, seed, splits["dev"], progress)
+                model, info = _train(role, cfg, tok, data, seed, splits["dev"], progress, governor)
                 t_test = time.time()
                 timings[f"{role}_sft_{attempt}"] = round(t_test - t_role, 1)
                 ev = progress.add_task(f"{role} test accuracy (temperature 1)", total=None)
@@ -249,6 +259,8 @@ def _build(cfg: ToyBuildConfig, root: Path, console: Any) -> Any:
     import torch
 
     manifest["threads"] = torch.get_num_threads()
+    if governor is not None:
+        manifest["thread_changes"] = governor.history
     manifest["timings"] = timings
     manifest["build_seconds"] = round(time.time() - t0, 1)
     write_manifest(work, manifest)
@@ -261,34 +273,58 @@ def _build(cfg: ToyBuildConfig, root: Path, console: Any) -> Any:
     return load_world(root)
 
 
-def _auto_threads(default: int, window: float = 0.5) -> int:
-    """torch threads for the build: the cores left idle right now (at least 1, at most ``default``).
+class ThreadGovernor:
+    """torch threads that follow the cores other processes leave idle (at least 1, at most ``most``).
 
     The models are tiny: on 2 cores shared with another job, 2 threads oversubscribe and a teacher step took ~4x
-    longer than with 1 thread; on idle cores 2 threads are ~2x faster. Idle time is sampled from /proc/stat over
-    ``window`` seconds (the 1-minute load average lags: right after other work it still reports busy cores, which
-    cost a build started then half its speed); elsewhere the load average is the fallback.
+    longer than with 1 thread; on idle cores 2 threads are ~2x faster. :meth:`update` measures, since the last
+    call, the CPU time of everything but this process (from /proc/stat, minus our own CPU time) and sets the
+    threads to the cores left over, so a short blip at the start (or a job that ends mid-build) costs at most one
+    interval. Without /proc/stat (not Linux) the 1-minute load average decides once.
     """
-    import os
 
-    def busy_idle() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            vals = [int(v) for v in f.readline().split()[1:]]
-        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-        return sum(vals) - idle, idle
+    def __init__(self, most: int) -> None:
+        import os
 
-    cores = os.cpu_count() or 1
-    try:
-        b0, i0 = busy_idle()
-        time.sleep(window)
-        b1, i1 = busy_idle()
-        free = cores * (i1 - i0) / max(1, (b1 - b0) + (i1 - i0))
-    except (OSError, ValueError, IndexError):
+        self.most = max(1, most)
+        self.cores = os.cpu_count() or 1
+        self.history: list[int] = []
+        self._last = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        """(busy, total) CPU seconds of the whole machine and this process's own CPU seconds, or None."""
+        import os
+
         try:
-            free = cores - os.getloadavg()[0]
-        except OSError:
-            return default
-    return max(1, min(default, int(free + 0.5)))
+            with open("/proc/stat") as f:
+                ticks = [int(v) for v in f.readline().split()[1:]]
+            hz = os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+        return (sum(ticks) - idle) / hz, sum(ticks) / hz, time.process_time()
+
+    def update(self) -> int:
+        import os
+
+        import torch
+
+        now = self._sample()
+        if now is None or self._last is None:
+            try:
+                others = os.getloadavg()[0] - (torch.get_num_threads() if self.history else 0)
+            except OSError:
+                others = 0.0
+        else:
+            busy, total, own = (a - b for a, b in zip(now, self._last, strict=True))
+            others = self.cores * max(0.0, busy - own) / total if total > 0 else 0.0
+        self._last = now
+        n = max(1, min(self.most, int(self.cores - others + 0.5)))
+        if not self.history or n != self.history[-1]:
+            torch.set_num_threads(n)
+            self.history.append(n)
+        return n
 
 
 # How the teacher is trained until it is good, not what the world is: a cached world that differs from the asked

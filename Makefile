@@ -124,11 +124,13 @@ toy-overlap: runs/train-toy-full/final/config.json runs/train-toy-prefix/final/c
 # leave a second thread mostly idle: two 1-thread runs finish ~1.4x sooner than one after the other with 2
 # threads). --output-sync prints each step's output in one piece when it ends.
 TOY_JOBS ?= 2
+TOY_MAKE = $(if $(filter 1,$(TOY_JOBS)),,OMP_NUM_THREADS=1) $(MAKE) --no-print-directory -j$(TOY_JOBS) --output-sync=target
 toy-paper: toy-world  ## every toy figure and table (resumable; TOY_JOBS=2 steps at a time)
-	$(if $(filter 1,$(TOY_JOBS)),,OMP_NUM_THREADS=1) $(MAKE) --no-print-directory -j$(TOY_JOBS) --output-sync=target toy-paper-all
+	# the longest chain first: the window ablation's references (full OPD, prefix 32), then the ablation beside the rest
+	$(TOY_MAKE) runs/train-toy-full/eval/best.json runs/train-toy-prefix32/eval/best.json
+	$(TOY_MAKE) toy-paper-all
 	@echo "figures and tables in $(TOY_FIG)/"
 
-# the longest chain (full OPD, then the window ablation) first
 toy-paper-all: toy-table3 toy-table12 toy-fig2 toy-fig3 toy-fig4 toy-fig5 toy-fig6 toy-fig7 toy-overlap
 
 # ------------------------------------------------------------------------------------------------ paper scale (GPUs)

@@ -213,8 +213,8 @@ def save(fig: Any, out_dir: Path, stem: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
     fig.tight_layout()
-    for p in paths:
-        fig.savefig(p, dpi=150)
+    for p in paths:  # no creation date in the PDF: the same runs give the same bytes (clean diffs of analysis/)
+        fig.savefig(p, dpi=150, metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
     _plt().close(fig)
     return paths
 

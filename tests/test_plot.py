@@ -191,3 +191,16 @@ def test_method_labels(tmp_path: Path) -> None:
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "config.yaml").write_text(yaml.safe_dump(config))
         assert label(tmp_path / folder) == want
+
+
+def test_pdf_bytes_do_not_depend_on_the_time(tmp_path: Path) -> None:
+    """Replotting the same data gives the same PDF (no creation date), so analysis/ diffs show real changes only."""
+    from opd_cli.plot import _plt, save
+
+    blobs = []
+    for sub in ("a", "b"):
+        fig, ax = _plt().subplots()
+        ax.plot([0, 1], [0.2, 0.5])
+        save(fig, tmp_path / sub, "x")
+        blobs.append((tmp_path / sub / "x.pdf").read_bytes())
+    assert blobs[0] == blobs[1] and b"CreationDate" not in blobs[0]

@@ -317,17 +317,18 @@ def adopt_run(src: Path, tcfg: Any, eval_steps: list[int], ecfg: Any, benchmark:
     for rec in read_metrics(src):
         if rec.get("step", 0) <= tcfg.steps:
             run.log(rec)
-    same = {"n": ecfg.samples, "num_problems": None, "temperature": ecfg.temperature, "top_p": ecfg.top_p,
+    # the settings a summary records (docs/run-format.md); with no --eval-limit the problem count is not checked
+    same = {"n": ecfg.samples, "temperature": ecfg.temperature, "top_p": ecfg.top_p,
             "max_new_tokens": ecfg.max_new_tokens, "backend": ecfg.backend, "seed": ecfg.seed}
-    for step in eval_steps:
+    if ecfg.limit:
+        same["num_problems"] = ecfg.limit
+    for step in (s for s in eval_steps if s <= tcfg.steps):
         res = src / "eval" / f"step_{step:06d}" / f"{benchmark}.json"
         try:
             summary = json.loads(res.read_text())
         except (OSError, ValueError):
             continue
-        if ecfg.limit and summary.get("num_problems") != ecfg.limit:
-            continue
-        if all(summary.get(k) == v for k, v in same.items() if v is not None) and step <= tcfg.steps:
+        if all(summary.get(k) == v for k, v in same.items()):
             out = tmp / "eval" / f"step_{step:06d}"
             out.mkdir(parents=True, exist_ok=True)
             for f in res.parent.glob(f"{benchmark}.*"):

@@ -49,7 +49,7 @@ class ToyBuildConfig:
     stop_cooldown: int = field(250, help="Most teacher steps after the passing check, lr decaying linearly to 0 (steps).")
     done_sampled: float = field(0.95, help="A check at least `done_after` steps into the cooldown at which sampling at temperature 1 "
                                 "reproduces the dev references with this mean probability ends it early (fraction; 1 = off).")
-    done_after: int = field(50, help="Cooldown steps before `done_acc` may end the teacher's training (steps).")
+    done_after: int = field(50, help="Cooldown steps before `done_sampled` may end the teacher's training (steps).")
     max_attempts: int = field(2, help="Teacher (and student) training attempts before failing (count).")
     min_teacher_acc: float = field(0.9, help="Teacher test accuracy required at temperature 1 (fraction; 0 = off).")
     min_student_acc: float = field(0.05, help="Lowest student test accuracy accepted (fraction; 0 = off).")
@@ -280,7 +280,7 @@ class ThreadGovernor:
     longer than with 1 thread; on idle cores 2 threads are ~2x faster. :meth:`update` measures, since the last
     call, the CPU time of everything but this process (from /proc/stat, minus our own CPU time) and sets the
     threads to the cores left over, so a short blip at the start (or a job that ends mid-build) costs at most one
-    interval. Without /proc/stat (not Linux) the 1-minute load average decides once.
+    interval. Without /proc/stat (not Linux) the 1-minute load average, less our own threads, stands in.
     """
 
     def __init__(self, most: int) -> None:

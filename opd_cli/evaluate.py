@@ -383,7 +383,9 @@ def _evaluate_step(
         # step 0 is the initial student, usually shared by many runs: its evaluation is cached by model and settings
         key = _cache_key(model, name, probs, cfg) if step == 0 else None
         if key is not None and (hit := _cache_get(key, out, name)) is not None:
-            (console or _console()).print(f"step 0 on {name}: the cached evaluation of {model} with these settings")
+            from rich.console import Console
+
+            (console or Console()).print(f"step 0 on {name}: the cached evaluation of {model} with these settings")
             summaries.append(hit)
             continue
         loaded = loaded or load_for_eval(model, cfg)
@@ -394,12 +396,6 @@ def _evaluate_step(
         del loaded
         _free_memory()
     return summaries
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console()
 
 
 def eval_cache_dir() -> Path | None:

@@ -324,12 +324,12 @@ def test_teacher_stop_policy(toy_tokenizer_dir, monkeypatch: pytest.MonkeyPatch)
     assert info["dev_sampled"]["25"] == 0.96
 
 
-def test_teacher_forced_exact_counts_sequences_reproduced_by_greedy():
+def test_teacher_forced_scores_count_sequences_reproduced_by_greedy():
     import types
 
     import torch
 
-    from opd_cli.toy.models import teacher_forced_exact
+    from opd_cli.toy.models import teacher_forced_scores
 
     class NextTokenOracle(torch.nn.Module):  # predicts the true next token, as in the `truth` sequences below
         training = False
@@ -341,11 +341,9 @@ def test_teacher_forced_exact_counts_sequences_reproduced_by_greedy():
     oracle = NextTokenOracle()
     oracle.shift = True
     data = [([1, 2, 3, 4, 5], 2), ([5, 6, 7], 1)]
-    assert teacher_forced_exact(oracle, data, pad_id=0) == 1.0
+    assert teacher_forced_scores(oracle, data, pad_id=0)[0] == 1.0
     oracle.shift = False  # predicts the current token: never right
-    assert teacher_forced_exact(oracle, data, pad_id=0) == 0.0
-    from opd_cli.toy.models import teacher_forced_scores
-
+    assert teacher_forced_scores(oracle, data, pad_id=0)[0] == 0.0
     oracle.shift = True
     greedy, sampled = teacher_forced_scores(oracle, data, pad_id=0)
     p = math.e / (math.e + 9)  # softmax of a one-hot logit row over 10 tokens

@@ -145,11 +145,6 @@ def sft(
     return losses
 
 
-def teacher_forced_exact(model: Any, data: list[tuple[list[int], int]], pad_id: int, batch_size: int = 50) -> float:
-    """Fraction of sequences whose every completion token (and eos) is the argmax given the gold prefix."""
-    return teacher_forced_scores(model, data, pad_id, batch_size)[0]
-
-
 def teacher_forced_scores(
     model: Any, data: list[tuple[list[int], int]], pad_id: int, batch_size: int = 50
 ) -> tuple[float, float]:

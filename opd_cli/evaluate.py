@@ -2,7 +2,8 @@
 
 Three entry points share one path: :func:`run_eval` (the command), :func:`evaluate_model` (one model on one
 benchmark, reused by other commands) and :func:`evaluate_run` (the checkpoints of a training run, with the best
-one on a dev benchmark recorded in ``run/eval/best.json``; docs/run-format.md).
+one on a dev benchmark recorded in ``run/eval/best.json``; docs/run-format.md). With ``--backend vllm`` one
+engine serves every checkpoint of a call, each checkpoint's weights loaded into it in turn (:func:`checkpoint_loader`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,34 @@ def load_for_eval(model: str, cfg: EvalConfig) -> tuple[Any, Any]:
     return load_model(model, dtype=cfg.dtype, device=cfg.device, what="model"), tok
 
 
+def checkpoint_loader(cfg: EvalConfig) -> Callable[[str], tuple[Any, Any]]:
+    """``load(model) -> (model, tokenizer)`` for the checkpoints of one run, evaluated in turn.
+
+    hf: each checkpoint is loaded afresh (the caller drops it before the next). vllm: one engine serves them all,
+    created from the first checkpoint; each later one's weights are loaded into it (:func:`load_vllm_weights`).
+    The checkpoints of a run share architecture and tokenizer, and a second ``vllm.LLM`` in one process may not
+    get back the GPU memory the first one held.
+    """
+    if cfg.backend != "vllm":
+        return lambda model: load_for_eval(model, cfg)
+    engine: dict[str, Any] = {}  # "llm", and "model": the checkpoint whose weights it holds
+
+    def load(model: str) -> tuple[Any, Any]:
+        from opd_cli.generation import load_vllm_weights
+        from opd_cli.models import load_tokenizer
+
+        if not engine:
+            engine["llm"], tok = load_for_eval(model, cfg)
+        else:
+            tok = load_tokenizer(model, what="model")
+            if engine["model"] != model:
+                load_vllm_weights(engine["llm"], model)
+        engine["model"] = model
+        return engine["llm"], tok
+
+    return load
+
+
 # ------------------------------------------------------------------------------------------ evaluation
 def _progress(console: Any) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -331,13 +360,15 @@ def evaluate_run(
                 )
     eval_root.mkdir(parents=True, exist_ok=True)
     (eval_root / "eval_config.yaml").write_text(dump_yaml(cfg))
+    load = checkpoint_loader(cfg)  # with vLLM, one engine for every checkpoint below
     summaries = []
     for s, model in targets:
-        summaries += _evaluate_step(run_dir, s, model, benchmarks, cfg, if_exists, console)
+        summaries += _evaluate_step(run_dir, s, model, benchmarks, cfg, if_exists, console, load)
     best = record_best(run_dir, dev, {s["step"]: s["mean_acc"] for s in summaries if s["benchmark"] == dev})
     if cfg.best_benchmark:
         extra = {b: load_benchmark(b, limit=cfg.limit or None, seed=cfg.seed) for b in cfg.best_benchmark}
-        summaries += evaluate_best(run_dir, best["best_step"], extra, cfg, "overwrite" if if_exists == "overwrite" else "resume", console)
+        summaries += evaluate_best(run_dir, best["best_step"], extra, cfg, "overwrite" if if_exists == "overwrite" else "resume",
+                                   console, load)
     print_summary(summaries, console, title=f"opd eval --run {run_dir}")
     console.print(f"best step on {dev}: {best['best_step']} (Mean Acc {best['scores'][str(best['best_step'])]:.3f}) -> {eval_root / 'best.json'}")
     return best
@@ -361,18 +392,21 @@ def evaluate_best(
     cfg: EvalConfig,
     if_exists: str = "resume",
     console: Any = None,
+    load: Callable[[str], tuple[Any, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Evaluate only the best dev checkpoint on further benchmarks (the paper reports each method's test and
-    out-of-domain accuracies at the checkpoint its dev score picks)."""
+    out-of-domain accuracies at the checkpoint its dev score picks). ``load``: a :func:`checkpoint_loader` to
+    reuse (its vLLM engine); None = a new one."""
     model = initial_student(run_dir, console) if best_step == 0 else str(dict(list_checkpoints(run_dir))[best_step])
-    return _evaluate_step(run_dir, best_step, model, benchmarks, cfg, if_exists, console)
+    return _evaluate_step(run_dir, best_step, model, benchmarks, cfg, if_exists, console, load or checkpoint_loader(cfg))
 
 
 def _evaluate_step(
     run_dir: str | Path, step: int, model: str, benchmarks: Mapping[str, list[Problem]], cfg: EvalConfig,
-    if_exists: str, console: Any,
+    if_exists: str, console: Any, load: Callable[[str], tuple[Any, Any]],
 ) -> list[dict[str, Any]]:
-    """One checkpoint on each benchmark into ``run/eval/step_XXXXXX/``; ``resume`` keeps finished benchmarks."""
+    """One checkpoint on each benchmark into ``run/eval/step_XXXXXX/``; ``resume`` keeps finished benchmarks.
+    ``load`` (a :func:`checkpoint_loader`) gives the model, loaded only when some benchmark is evaluated."""
     out = Path(run_dir) / "eval" / f"{CKPT_PREFIX}{step:06d}"
     summaries, loaded = [], None
     for name, probs in benchmarks.items():
@@ -388,11 +422,11 @@ def _evaluate_step(
             (console or Console()).print(f"step 0 on {name}: the cached evaluation of {model} with these settings")
             summaries.append(hit)
             continue
-        loaded = loaded or load_for_eval(model, cfg)
+        loaded = loaded or load(model)
         summaries.append(evaluate_model(loaded, probs, cfg, out, name, model_name=model, step=step, console=console))
         if key is not None:
             _cache_put(key, out, name)
-    if loaded is not None:  # free this checkpoint before the next one loads (a vLLM engine holds the GPU)
+    if loaded is not None:  # hf: free this checkpoint before the next one loads (a vLLM engine stays, held by `load`)
         del loaded
         _free_memory()
     return summaries
@@ -500,6 +534,8 @@ def run_eval(cfg: EvalConfig) -> list[dict[str, Any]] | dict[str, Any]:
 
     console = Console()
     console.print(dump_yaml(cfg), markup=False, highlight=False)
+    if cfg.backend == "vllm":
+        check_backend("vllm")  # GPU present too, before anything is written
     if cfg.run is not None:
         benchmarks = resolve_benchmarks(cfg, default=[cfg.dev_benchmark] if cfg.dev_benchmark else ["toy"])
         return evaluate_run(cfg.run, cfg.steps, benchmarks, cfg.dev_benchmark, cfg, console=console)
@@ -508,8 +544,6 @@ def run_eval(cfg: EvalConfig) -> list[dict[str, Any]] | dict[str, Any]:
         model, label = cfg.model, model_label(cfg.model)
     else:
         model, label = toy_model_dir(cfg.toy_model, console), f"toy-{cfg.toy_model}"
-    if cfg.backend == "vllm":
-        check_backend("vllm")  # GPU present too, before anything is written
     loaded = load_for_eval(model, cfg)  # a bad path fails here, before the output folder is created
     run = open_run(cfg.output_dir or f"runs/eval-{label}", cfg.if_exists, cfg)
     summaries = []

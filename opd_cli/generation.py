@@ -142,12 +142,74 @@ def load_vllm(model: str, dtype: str = "auto", seed: int = 0, max_model_len: int
               gpu_memory_utilization: float = 0.9) -> Any:
     """A ``vllm.LLM`` for ``model`` (hub id or folder); clear error without the extra or a GPU."""
     check_backend("vllm")
+    import os
+
+    # load_vllm_weights sends a function of ours to the engine's worker processes, which vLLM pickles only when
+    # this is set; they are this process's own children
+    os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
     import vllm
 
     kwargs: dict[str, Any] = {"model": model, "dtype": dtype, "seed": seed, "gpu_memory_utilization": gpu_memory_utilization}
     if max_model_len:
         kwargs["max_model_len"] = max_model_len
     return vllm.LLM(**kwargs)
+
+
+def weight_files(model: str) -> list[str]:
+    """The ``.safetensors`` files of a model folder, or of a hub id (fetched into the local hub cache)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(model, allow_patterns=["*.safetensors", "*.safetensors.index.json"]))
+        except Exception as err:  # the hub client raises many types (offline, gated, not found)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise OpdError(f"cannot fetch the weights of {model} ({first}): check the id or pass a local folder") from None
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():  # sharded: the shards the index names, not any other .safetensors beside them
+        files = [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    else:
+        files = sorted(folder.glob("model*.safetensors"))
+    if not files:
+        raise OpdError(f"{folder} has no model*.safetensors weights: save the model with safetensors (the default)")
+    return [str(f) for f in files]
+
+
+def load_vllm_weights(llm: Any, model: str) -> None:
+    """Load ``model``'s weights (a folder or hub id of the engine's architecture) into a running ``vllm.LLM``.
+
+    The call TRL's colocated weight sync makes (``model_runner.model.load_weights``), run in each vLLM worker
+    through ``collective_rpc`` so that it works whether the engine runs in this process or in its own; each
+    worker reads the files itself, so no tensor crosses processes. The prefix cache is reset afterwards: its KV
+    blocks were computed with the old weights.
+    """
+    files = weight_files(model)
+    counts = llm.collective_rpc(_load_weights_in_worker, args=(files,))
+    if not counts or not all(counts):
+        raise OpdError(f"no weights of {model} reached the vLLM engine (read {counts} tensors from {', '.join(files)})")
+    llm.reset_prefix_cache()
+
+
+def _load_weights_in_worker(worker: Any, files: list[str]) -> int:
+    """Runs inside a vLLM worker: streams the tensors of ``files`` into its model; returns how many it read."""
+    from safetensors import safe_open
+
+    count = 0
+
+    def tensors() -> Any:
+        nonlocal count
+        for f in files:
+            with safe_open(f, framework="pt", device="cpu") as st:
+                for name in st.keys():
+                    count += 1
+                    yield name, st.get_tensor(name)
+
+    worker.model_runner.model.load_weights(weights=tensors())
+    return count
 
 
 def _sample_vllm(llm: Any, tokenizer: Any, prompts: list[str], n: int, temperature: float, top_p: float,

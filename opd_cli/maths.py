@@ -218,6 +218,61 @@ def _renormalise_k(logp_BTK: torch.Tensor, keep_BTK: torch.Tensor) -> torch.Tens
     return masked - torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
 
 
+@torch.no_grad()
+def overlap_metrics_from_hidden_N(
+    hs_NH: torch.Tensor, s_head: torch.nn.Module, ht_NH: torch.Tensor, t_head: torch.nn.Module, k: int = 16,
+    vocab_chunk: int = 8192,
+) -> dict[str, torch.Tensor]:
+    """:func:`overlap_metrics_BT`'s overlap keys per row from hidden states and LM heads, one vocabulary tile at a time.
+
+    Running log-sum-exps and running top-k sets (the student's, with the teacher's logits at those tokens, and the
+    teacher's) are merged tile by tile, so no (N, V) tensor exists: memory is a few (N, vocab_chunk) tiles.
+    """
+    N, V = hs_NH.shape[0], s_head.weight.shape[0]
+    dev = hs_NH.device
+    lse_s = torch.full((N,), float("-inf"), device=dev)
+    lse_t = torch.full((N,), float("-inf"), device=dev)
+    top_s = torch.full((N, 0), float("-inf"), device=dev)  # student's running top-k logits
+    top_s_t = torch.zeros((N, 0), device=dev)  # the teacher's logits at those tokens
+    idx_s = torch.zeros((N, 0), dtype=torch.long, device=dev)
+    top_t = torch.full((N, 0), float("-inf"), device=dev)
+    idx_t = torch.zeros((N, 0), dtype=torch.long, device=dev)
+    for start in range(0, V, vocab_chunk):
+        end = min(start + vocab_chunk, V)
+        zs = _project(hs_NH, s_head, start, end)
+        zt = _project(ht_NH, t_head, start, end)
+        lse_s = torch.logaddexp(lse_s, torch.logsumexp(zs, -1))
+        lse_t = torch.logaddexp(lse_t, torch.logsumexp(zt, -1))
+        kk = min(k, end - start)
+        vs, js = zs.topk(kk, dim=-1)
+        vt, jt = zt.topk(kk, dim=-1)
+        top_s, pick = torch.cat([top_s, vs], 1).topk(min(k, top_s.shape[1] + kk), dim=-1)
+        top_s_t = torch.cat([top_s_t, zt.gather(1, js)], 1).gather(1, pick)
+        idx_s = torch.cat([idx_s, js + start], 1).gather(1, pick)
+        top_t, pick = torch.cat([top_t, vt], 1).topk(min(k, top_t.shape[1] + kk), dim=-1)
+        idx_t = torch.cat([idx_t, jt + start], 1).gather(1, pick)
+    ov_NK = (idx_s[:, :, None] == idx_t[:, None, :]).any(-1)
+    n_N = ov_NK.sum(-1)
+    logp_NK, logq_NK = top_s - lse_s[:, None], top_s_t - lse_t[:, None]
+    lp_NK, lq_NK = _renormalise_k(logp_NK, ov_NK), _renormalise_k(logq_NK, ov_NK)
+    a_NK = torch.where(ov_NK, lp_NK.exp() * (lq_NK - lp_NK), torch.zeros_like(lp_NK))
+    return {
+        "overlap_ratio": n_N.float() / k,
+        "overlap_adv": a_NK.sum(-1) / n_N.clamp(min=1),
+        "overlap_mass_student": (logp_NK.exp() * ov_NK).sum(-1),
+        "overlap_mass_teacher": (logq_NK.exp() * ov_NK).sum(-1),
+    }
+
+
+def _project(h_NH: torch.Tensor, head: torch.nn.Module, start: int, end: int) -> torch.Tensor:
+    """Logits of vocabulary rows [start, end) in float32."""
+    w = head.weight[start:end]
+    z = h_NH.to(w.dtype) @ w.t()
+    if getattr(head, "bias", None) is not None:
+        z = z + head.bias[start:end]
+    return z.float()
+
+
 # ----------------------------------------------------------------------------------------------- fused LM head
 def head_logprobs_N(
     hidden_NH: torch.Tensor, head: torch.nn.Module, ids_N: torch.Tensor, entropy: bool = False, vocab_chunk: int = 32768

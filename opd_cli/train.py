@@ -1,23 +1,24 @@
 """`opd train`: prefix on-policy distillation (SPEC.md "The method") on top of TRL's DistillationTrainer.
 
-The trainer overrides four hooks of ``trl.DistillationTrainer`` (TRL 1.16) and nothing else:
+The trainer overrides these hooks of ``trl.DistillationTrainer`` (TRL 1.16) and nothing else:
 
-- ``_generate_single_turn``: sets this step's generation length (L, or the loss window's end) so generation *stops*
-  there, reseeds sampling per (seed, step, rank) so a resumed run draws the same rollouts, and on the vLLM path keeps
-  vLLM's sampled-token log-probs instead of discarding them;
-- ``_generate_and_score_completions``: after TRL's rollout/padding code, one no-grad pass of both models over the
-  rollouts, chunked along the sequence: rollout log-probs ``logp_old``, teacher log-probs ``logp_T``, the Rethinking-OPD
-  metrics, the trained-token mask, and ``num_items_in_batch`` = number of sequences (the paper sums over tokens);
-- ``compute_loss``: the ``sampled`` / ``full`` / ``topk`` loss from :mod:`opd_cli.maths`;
+- ``_generate_single_turn``: generation *stops* at this step's length (L, or the loss window's end). On the HF path
+  every rollout is sampled with its own seed, a function of (seed, step, index in the global batch) only
+  (:func:`rollout_seed`), so one process and N processes, or a resumed run, draw the same tokens; on the vLLM path
+  vLLM's sampled-token log-probs are kept instead of discarded;
+- ``_generate_and_score_completions``: after TRL's rollout/padding code, only the trained-token mask, vLLM's
+  log-probs and ``num_items_in_batch`` = number of sequences (the paper sums over tokens). No model runs here;
+- ``compute_loss``: per micro-batch, like TRL's own loss: the student forward (with gradient), the teacher forward
+  (through the forward redirection, so FSDP/ZeRO-3 gather their shards), per-token log-probs from TRL's chunked
+  log-prob kernel (no (micro-batch, T, V) logits), the ``sampled`` / ``full`` / ``topk`` loss from :mod:`opd_cli.maths`,
+  and the step's metrics. Memory is bounded by the micro-batch, not by the rollouts per step;
 - ``log`` and ``_save_checkpoint``: one metrics.jsonl line per optimizer step from our own accumulators, and
-  checkpoints committed atomically into ``checkpoints/step_XXXXXX`` (TRL/transformers write model, tokenizer,
-  optimizer, scheduler and RNG states; we add ``opd_state.json``).
+  checkpoints committed into ``checkpoints/step_XXXXXX`` once every rank has written its files.
 
-Rollout log-probs on the HF path are *recomputed* with the same no-grad model right after generation rather than
-taken from ``generate(output_logits=True)``: the recompute is the x/3 "student log-probs" term of the paper's FLOPs
-count, it runs the exact forward the update runs (so the importance ratio is exactly 1 on every micro-step: weights
-only change at the optimizer step), and it avoids holding (B, L, V) float32 logits from generation. Sampling itself
-uses temperature 1, top-p 1, top-k off, so the sampling distribution is the model's distribution.
+On the HF path the rollout log-probs ``logp_old`` are the update's own log-probs, detached: weights only change at
+the optimizer step, so the importance ratio is exactly 1 and a second no-grad student pass would compute the same
+numbers again (the paper's FLOPs count still charges that pass, x/3, as verl runs it). Sampling uses temperature 1,
+top-p 1, top-k off: the sampling distribution is the model's distribution.
 """
 
 from __future__ import annotations
@@ -404,11 +405,11 @@ def _make_trainer_class():
                 return
             k = min(METRIC_K, s_head.weight.shape[0])
             hs_M, ht_M = hs_N[tr_N], ht_N[tr_N]
-            for i in range(0, hs_M.shape[0], self.opd.chunk * valid_BT.shape[0]):
-                j = i + self.opd.chunk * valid_BT.shape[0]
-                m = maths.overlap_metrics_BT(s_head(hs_M[i:j]), t_head(ht_M[i:j]), k)
-                for key in ("overlap_ratio", "overlap_adv", "overlap_mass_student", "overlap_mass_teacher"):
-                    acc["metrics"][keys.index(key)] += m[key].double().sum()
+            rows = self.opd.chunk * valid_BT.shape[0]
+            for i in range(0, hs_M.shape[0], rows):
+                m = maths.overlap_metrics_from_hidden_N(hs_M[i : i + rows], s_head, ht_M[i : i + rows], t_head, k)
+                for key, v in m.items():
+                    acc["metrics"][keys.index(key)] += v.double().sum()
             acc["sums"][3] += hs_M.shape[0]
 
         # ------------------------------------------------------------------ hook 4: metrics + checkpoints
@@ -534,7 +535,9 @@ def _questions(cfg: TrainConfig, toy: bool) -> list[str]:
         problems = data.load_file(cfg.data, question_column=cfg.question_column)
         problems = problems[: cfg.limit] if cfg.limit else problems
     else:
-        problems = data.load_benchmark(cfg.prompts or ("toy-train" if toy else "openthoughts3"), limit=cfg.limit or None, seed=cfg.seed)
+        # a 1.2 M-row source is sampled down to the prompts the run can use, never rendered whole
+        problems = data.load_training_questions(cfg.prompts or ("toy-train" if toy else "openthoughts3"),
+                                                needed=cfg.steps * cfg.batch_size, limit=cfg.limit or None, seed=cfg.seed)
     if not problems:
         raise OpdError("no training prompts: check --prompts / --data")
     return [p.question for p in problems]

@@ -135,3 +135,72 @@ def test_toy_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(world, "ensure_world", lambda *a, **k: fake)
     p = load_benchmark("toy-ood")[0]
     assert (p.id, p.answer, p.meta["response"]) == ("t0", "5", "plan: a+1\n...")
+
+
+@pytest.fixture
+def openthoughts_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A 10,000-row OpenThoughts-like parquet served by ``datasets.load_dataset`` as the hub would: memory-mapped
+    Arrow when not streaming. Returns (set_rows, converted) where ``converted`` lists each row index turned into a
+    Problem."""
+    import datasets
+    import pandas as pd
+
+    real_load = datasets.load_dataset
+    state: dict = {}
+
+    def set_rows(n: int) -> None:
+        rows = [{"conversations": [{"from": "human", "value": f"Q{i}"}, {"from": "gpt", "value": rf"\boxed{{{i}}}"}]}
+                for i in range(n)]
+        state["file"] = tmp_path / f"ot{n}.parquet"
+        pd.DataFrame(rows).to_parquet(state["file"])
+
+    def load_dataset(dataset_id, config=None, split=None, streaming=False):
+        assert dataset_id == "open-thoughts/OpenThoughts3-1.2M"
+        return real_load("parquet", data_files=str(state["file"]), split="train", streaming=streaming,
+                         cache_dir=str(tmp_path / "cache"))
+
+    converted: list[int] = []
+    real_convert = data.openthoughts_problem
+    monkeypatch.setattr(data, "openthoughts_problem", lambda row, i: converted.append(i) or real_convert(row, i))
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    set_rows(10_000)
+    return set_rows, converted
+
+
+def test_training_questions_sample_only_what_a_run_uses(openthoughts_hub) -> None:
+    from opd_cli.data import load_training_questions
+
+    set_rows, converted = openthoughts_hub
+    a = load_training_questions("openthoughts3", needed=64, limit=None, seed=0)
+    assert len(a) == 64 and len(converted) == 64  # only the sampled rows became Problems
+    idx = [int(p.id) for p in a]
+    assert all(p.question == f"Q{p.id}" and p.answer == p.id for p in a)  # each problem is its own row
+    assert len(set(idx)) == 64 and min(idx) < 1_000 and max(idx) > 9_000  # drawn from across the set
+    assert [p.id for p in load_training_questions("openthoughts3", needed=64, seed=0)] == [p.id for p in a]
+    assert load_training_questions("openthoughts3", needed=16, seed=0) == a[:16]  # a shorter run: a's first prompts
+    assert {p.id for p in load_training_questions("openthoughts3", needed=64, seed=1)} != set(p.id for p in a)
+
+    # --limit keeps its meaning, "only the first N prompts": a sample from within them, or all of them in order
+    converted.clear()
+    within = load_training_questions("openthoughts3", needed=64, limit=300, seed=0)
+    assert len(within) == 64 and max(int(p.id) for p in within) < 300 and len(converted) == 64
+    first = load_training_questions("openthoughts3", needed=64, limit=40, seed=0)
+    assert [p.id for p in first] == [str(i) for i in range(40)]
+    assert first == load_benchmark("openthoughts3", limit=40)
+
+    # a source with no more rows than the run needs: exactly what load_benchmark gives, in its order
+    set_rows(50)
+    assert load_training_questions("openthoughts3", needed=64, seed=3) == load_benchmark("openthoughts3")
+    assert load_training_questions("openthoughts3", needed=64, limit=1_000, seed=3) == load_benchmark("openthoughts3")
+
+
+def test_training_questions_of_small_sources_are_unchanged() -> None:
+    from opd_cli.data import load_training_questions
+
+    register_source("unit-test-train", lambda limit=None, seed=0: [Problem(str(i), f"q{i}", str(i)) for i in range(500)])
+    assert load_training_questions("unit-test-train", needed=8, limit=None, seed=5) == load_benchmark("unit-test-train")
+    assert load_training_questions("unit-test-train", needed=8, limit=20, seed=5) == load_benchmark("unit-test-train", limit=20)
+    with pytest.raises(OpdError, match="unknown benchmark 'nope'"):
+        load_training_questions("nope", needed=8)
+    with pytest.raises(OpdError, match="at least one prompt"):
+        load_training_questions("unit-test-train", needed=0)

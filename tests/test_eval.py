@@ -203,3 +203,110 @@ def test_initial_and_step0_cache(tiny_model_dirs, tiny_data: Path, tmp_path: Pat
 
     with pytest.raises(OpdError, match="--initial needs --run"):
         EvalConfig(initial=True)
+
+
+def _weights_digest(tensors) -> str:
+    """One fingerprint of (name, tensor) pairs, whatever their order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(tensors, key=lambda kv: kv[0]):
+        h.update(name.encode() + t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_vllm_run_eval_reuses_one_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`opd eval --run --backend vllm`: one engine for the initial student and three checkpoints, each checkpoint's
+    weights loaded into it (through the worker call vLLM runs) before its samples are drawn, and the best one's
+    loaded again for --best-benchmark."""
+    from safetensors.torch import load_file
+
+    import opd_cli.generation as gen
+    from opd_cli.data import Problem, register_source
+    from opd_cli.generation import Sample
+    from opd_cli.toy.models import save_random_model
+    from opd_cli.toy.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    run = tmp_path / "run"
+    student = save_random_model(tmp_path / "student", tok, layers=1, hidden=32, heads=2, seed=0)
+    ckpts = {0: student}
+    for step in (10, 20, 30):
+        ckpts[step] = save_random_model(run / "checkpoints" / f"step_{step:06d}", tok, layers=1, hidden=32, heads=2, seed=step)
+        (ckpts[step] / "COMPLETE").write_text("")
+    (run / "config.yaml").write_text(yaml.safe_dump({"command": "train", "student": str(student)}))
+    digest = {step: _weights_digest(load_file(str(d / "model.safetensors")).items()) for step, d in ckpts.items()}
+    assert len(set(digest.values())) == 4  # four different sets of weights
+    step_of = {v: k for k, v in digest.items()}
+    events: list[tuple] = []
+
+    class FakeLLM:  # a vLLM engine with one worker, which holds whatever weights were loaded last
+        def __init__(self, model: str) -> None:
+            self.weights = _weights_digest(load_file(str(Path(model) / "model.safetensors")).items())
+            events.append(("create", step_of[self.weights]))
+            self.worker = SimpleNamespace(model_runner=SimpleNamespace(model=SimpleNamespace(load_weights=self._load)))
+
+        def _load(self, weights) -> None:
+            self.weights = _weights_digest(list(weights))
+            events.append(("load", step_of[self.weights]))
+
+        def collective_rpc(self, method, args=()):
+            return [method(self.worker, *args)]
+
+        def reset_prefix_cache(self) -> None:
+            events.append(("reset",))
+
+    def fake_sample_vllm(llm, tokenizer, prompts, n, *rest):
+        events.append(("sample", step_of[llm.weights]))
+        text = "right" if step_of[llm.weights] == 20 else "wrong"  # step 20 is the best checkpoint
+        return [[Sample(text, [1], 1, False) for _ in range(n)] for _ in prompts]
+
+    monkeypatch.setattr(gen, "vllm_available", lambda: True)
+    monkeypatch.setattr(gen, "load_vllm", lambda model, **kw: FakeLLM(model))
+    monkeypatch.setattr(gen, "_sample_vllm", fake_sample_vllm)
+    monkeypatch.setattr("opd_cli.grading.grade", lambda problem, text: (text == "right", None))
+    monkeypatch.setenv("OPD_EVAL_CACHE", "off")
+    register_source("unit-eval-extra", lambda limit=None, seed=0: [Problem("e0", "start 1; apply by tag, mod 10: a+1", "2")])
+    problems = {"dev": [Problem("p0", "start 3; apply by tag, mod 10: a+1", "4")]}
+    cfg = EvalConfig(backend="vllm", samples=2, run=str(run), initial=True, best_benchmark=["unit-eval-extra"])
+
+    best = evaluate_run(run, None, problems, "dev", cfg)
+    assert best["best_step"] == 20
+    assert events == [("create", 0), ("sample", 0),
+                      ("load", 10), ("reset",), ("sample", 10),
+                      ("load", 20), ("reset",), ("sample", 20),
+                      ("load", 30), ("reset",), ("sample", 30),
+                      ("load", 20), ("reset",), ("sample", 20)]  # the best checkpoint again, for unit-eval-extra
+    extra = json.loads((run / "eval" / "step_000020" / "unit-eval-extra.json").read_text())
+    assert extra["mean_acc"] == 1.0 and extra["backend"] == "vllm"
+
+
+def test_weight_files_and_their_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    from opd_cli.errors import OpdError
+    from opd_cli.generation import load_vllm_weights, weight_files
+
+    single, sharded, empty = (tmp_path / n for n in ("single", "sharded", "empty"))
+    for d in (single, sharded, empty):
+        d.mkdir()
+    for f in ("model.safetensors", "training_state.safetensors"):
+        (single / f).write_bytes(b"")
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    for f in [*shards, "model-old.safetensors"]:
+        (sharded / f).write_bytes(b"")
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": shards[1], "b": shards[0], "c": shards[1]}}))
+    assert weight_files(str(single)) == [str(single / "model.safetensors")]
+    assert weight_files(str(sharded)) == [str(sharded / f) for f in shards]  # what the index names, nothing else
+    with pytest.raises(OpdError, match="has no model\\*.safetensors weights"):
+        weight_files(str(empty))
+
+    def offline(*a, **k):
+        raise OSError("We couldn't connect to the hub\nmore")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(OpdError, match="cannot fetch the weights of org/none \\(We couldn't connect to the hub\\)"):
+        weight_files("org/none")
+    engine = SimpleNamespace(collective_rpc=lambda fn, args=(): [0], reset_prefix_cache=lambda: None)
+    with pytest.raises(OpdError, match="no weights of .* reached the vLLM engine"):
+        load_vllm_weights(engine, str(single))

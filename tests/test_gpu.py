@@ -1,5 +1,6 @@
-"""GPU tests (`make test-gpu`): the vLLM rollout path of `opd train` and `opd eval`. Skipped without a CUDA GPU
-(tests/conftest.py) and without the vllm extra (importorskip)."""
+"""GPU tests (`make test-gpu`): the vLLM rollout path of `opd train`, and `opd eval` of a model and of a run's
+checkpoints (one engine, each checkpoint's weights loaded into it). Skipped without a CUDA GPU (tests/conftest.py)
+and without the vllm extra (importorskip)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,41 @@ def test_vllm_eval_matches_its_sample_file(tiny_model_dirs, prompts_file, tmp_pa
     samples = [json.loads(x) for x in (out / "eval" / "prompts.samples.jsonl").read_text().splitlines() if x]
     assert len(samples) == 16 * 2
     assert summary["mean_acc"] == pytest.approx(sum(s["correct"] for s in samples) / len(samples))
+
+
+def test_vllm_run_eval_loads_each_checkpoint_into_one_engine(tiny_model_dirs, prompts_file, tmp_path, monkeypatch):
+    """`opd eval --run --backend vllm` creates one engine and loads each checkpoint's weights into it: greedy
+    samples change with other weights and come back with the initial student's own (step 20 is a copy of it)."""
+    vllm = pytest.importorskip("vllm")
+    import shutil
+
+    import yaml
+
+    from opd_cli.data import load_file
+    from opd_cli.evaluate import EvalConfig, evaluate_run
+    from opd_cli.toy.models import save_random_model
+    from opd_cli.toy.tokenizer import build_tokenizer
+
+    student = tiny_model_dirs[0]
+    run = tmp_path / "run"
+    save_random_model(run / "checkpoints" / "step_000010", build_tokenizer(), layers=1, hidden=32, heads=2, seed=7)
+    shutil.copytree(student, run / "checkpoints" / "step_000020")
+    for step in (10, 20):
+        (run / "checkpoints" / f"step_{step:06d}" / "COMPLETE").write_text("")
+    (run / "config.yaml").write_text(yaml.safe_dump({"command": "train", "student": str(student)}))
+    created = []
+
+    class CountingLLM(vllm.LLM):
+        def __init__(self, *args, **kwargs):
+            created.append(kwargs.get("model"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(vllm, "LLM", CountingLLM)
+    monkeypatch.setenv("OPD_EVAL_CACHE", "off")
+    cfg = EvalConfig(backend="vllm", run=str(run), initial=True, samples=1, temperature=0.0, max_new_tokens=16, dtype="float32")
+    evaluate_run(run, None, {"prompts": load_file(prompts_file)}, "prompts", cfg)
+    texts = {step: [json.loads(x)["text"] for x in (run / "eval" / f"step_{step:06d}" / "prompts.samples.jsonl").read_text().splitlines() if x]
+             for step in (0, 10, 20)}
+    assert created == [str(student)]  # one engine for the three evaluations
+    assert texts[10] != texts[0]  # step 10's weights were loaded
+    assert texts[20] == texts[0]  # and the student's came back with step 20

@@ -24,7 +24,7 @@ from opd_cli.config import build_config
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.y*ml"))
 # recipe file name -> flags it is always run with (what the command line would add)
-EXTRA: dict[str, dict] = {"eval-paper.yaml": {"model": "Qwen/Qwen3-1.7B-Base"}}
+EXTRA: dict[str, dict] = {"eval-paper.yaml": {"run": "runs/train-paper-8b-prefix512"}}
 
 
 def config_classes() -> dict[str, type]:
@@ -47,8 +47,15 @@ def test_recipes_exist() -> None:
     assert {"eval-paper.yaml", "eval-toy.yaml"} <= names
 
 
+@pytest.fixture
+def vllm_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recipes that name `backend: vllm` validate whether or not this machine has the vllm extra: the extra is
+    checked when a command runs (tests/test_cli.py checks that message), the recipe's fields here."""
+    monkeypatch.setattr("opd_cli.generation.vllm_available", lambda: True)
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
-def test_recipe_validates(path: Path) -> None:
+def test_recipe_validates(path: Path, vllm_extra: None) -> None:
     first = path.read_text().splitlines()[0]
     assert first.startswith("# opd ") and "--recipe" in first and path.name in first, f"{path.name}: first line must show its command"
     data = yaml.safe_load(path.read_text())
@@ -60,10 +67,10 @@ def test_recipe_validates(path: Path) -> None:
     assert cfg is not None
 
 
-def test_paper_eval_settings() -> None:
+def test_paper_eval_settings(vllm_extra: None) -> None:
     from opd_cli.evaluate import EvalConfig
 
     cfg = build_config(EvalConfig, Path(__file__).resolve().parents[1] / "recipes" / "eval-paper.yaml", {"model": "m"})
-    assert (cfg.temperature, cfg.top_p, cfg.max_new_tokens) == (1.0, 1.0, 16384)
+    assert (cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.backend) == (1.0, 1.0, 16384, "vllm")
     assert {b: cfg.n_for(b) for b in cfg.benchmark} == {"aime24": 16, "aime25": 16, "math500": 4, "gpqa": 4, "mmlu-pro": 4}
     assert cfg.dev_benchmark == "aime24"

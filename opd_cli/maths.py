@@ -275,14 +275,19 @@ def _project(h_NH: torch.Tensor, head: torch.nn.Module, start: int, end: int) ->
 
 # ----------------------------------------------------------------------------------------------- fused LM head
 def head_logprobs_N(
-    hidden_NH: torch.Tensor, head: torch.nn.Module, ids_N: torch.Tensor, entropy: bool = False, vocab_chunk: int = 32768
+    hidden_NH: torch.Tensor, head: torch.nn.Module, ids_N: torch.Tensor, entropy: bool = False, vocab_chunk: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(ids) (and optionally the entropy) of ``head(hidden)`` per row, never holding (N, V) logits.
 
     TRL's ``ChunkedLogProbFunction`` projects vocabulary tiles and folds them into online log-sum-exp statistics;
-    its backward recomputes each tile. Gradients flow to ``hidden`` and the head's weight and bias.
+    its backward recomputes each tile. Gradients flow to ``hidden`` and the head's weight and bias. ``vocab_chunk``
+    (None = TRL's 32768 where its Triton kernels fold a tile in place, 8192 where the torch fallback allocates several
+    temporaries per tile) is the tile width.
     """
     from trl.kernels import ChunkedLogProbFunction
+
+    if vocab_chunk is None:
+        vocab_chunk = 32768 if hidden_NH.device.type in ("cuda", "xpu") else 8192
 
     weight, bias = head.weight, getattr(head, "bias", None)
     if isinstance(weight, torch.distributed.tensor.DTensor):  # FSDP2: gather the head once, not per tile

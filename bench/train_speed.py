@@ -35,11 +35,12 @@ def shape(text: str) -> tuple[int, int, int]:
     return layers, hidden, heads
 
 
-def make_world(root: Path, student: str, teacher: str, n_prompts: int = 512) -> tuple[str, str, str]:
-    """Random Qwen3 models on the real tokenizer, and toy-task prompts rendered by Qwen3's chat template."""
+def make_world(work: Path, student: str, teacher: str, n_prompts: int = 512) -> tuple[str, str, str]:
+    """Random Qwen3 models on the real tokenizer (built once per pair of shapes), and toy-task prompts."""
     from opd_cli.toy.models import build_qwen_pair
     from opd_cli.toy.task import generate_splits, write_jsonl
 
+    root = work / f"models-{student.replace(',', 'x')}-{teacher.replace(',', 'x')}"
     if not (root / "prompts.jsonl").exists():
         build_qwen_pair(root, student=shape(student), teacher=shape(teacher), seed=0)
         write_jsonl(root / "prompts.jsonl", generate_splits(seed=0, sizes={"train": n_prompts, "dev": 1, "test": 1, "ood": 1})["train"])
@@ -129,7 +130,7 @@ def sub(a: argparse.Namespace, which: str, **over) -> dict:
 
 # ----------------------------------------------------------------------------------------------- the parts
 def part_trl(a: argparse.Namespace) -> None:
-    a.student, a.teacher, a.data = make_world(Path(a.work) / "issue-models", a.student_shape, a.teacher_shape)
+    a.student, a.teacher, a.data = make_world(Path(a.work), a.student_shape, a.teacher_shape)
     print(f"\n## opd vs stock TRL: student {a.student_shape}, teacher {a.teacher_shape} (layers,hidden,heads), "
           f"V = 151936, {a.full} tokens, micro-batch {a.micro}, {a.steps} step(s), {a.device}")
     print("| batch | opd step s | TRL step s | opd / TRL time | opd peak MiB | TRL peak MiB | opd / TRL memory | opd generate / teacher / update s |")
@@ -142,7 +143,7 @@ def part_trl(a: argparse.Namespace) -> None:
 
 
 def part_length(a: argparse.Namespace) -> None:
-    a.student, a.teacher, a.data = make_world(Path(a.work) / "issue-models", a.student_shape, a.teacher_shape)
+    a.student, a.teacher, a.data = make_world(Path(a.work), a.student_shape, a.teacher_shape)
     print(f"\n## opd peak memory against response length: batch {2 * a.micro} (micro-batch {a.micro} x 2), {a.device}")
     print("| response tokens | peak MiB | MiB per extra token |")
     print("|---:|---:|---:|")
@@ -155,7 +156,7 @@ def part_length(a: argparse.Namespace) -> None:
 
 
 def part_prefix(a: argparse.Namespace) -> None:
-    a.student, a.teacher, a.data = make_world(Path(a.work) / "body-models", a.body_shape, a.body_teacher_shape)
+    a.student, a.teacher, a.data = make_world(Path(a.work), a.body_shape, a.body_teacher_shape)
     short_L = max(a.prefix_full // 8, 1)
     steps = 1 + a.timed
     full = sub(a, "opd", batch=a.prefix_batch, full=a.prefix_full, L=a.prefix_full, steps=steps)

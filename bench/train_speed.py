@@ -56,6 +56,23 @@ def peak_mib(device: str) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- one measurement
+def step_timer(device: str, times: list[float]):
+    """The same clock for both trainers: from on_step_begin to on_step_end (rollouts, scoring, update, optimizer)."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - self.t)
+
+    return Timer()
+
+
 def one_opd(a: argparse.Namespace) -> dict:
     from opd_cli.config import build_config
     from opd_cli.runs import read_metrics
@@ -66,20 +83,19 @@ def one_opd(a: argparse.Namespace) -> dict:
         student=a.student, teacher=a.teacher, data=a.data, prefix=str(a.L), max_new_tokens=a.full, steps=a.steps,
         batch_size=a.batch, micro_batch_size=a.micro, save_every=0, device=a.device, dtype=a.dtype, output_dir=str(out),
         if_exists="overwrite", kl_bin=max(a.full // 8, 1), ignore_eos=True, lr=1e-5))
-    run_train(cfg)
+    times: list[float] = []
+    run_train(cfg, callbacks=[step_timer(a.device, times)])
     rows = read_metrics(out)
-    timed = rows[1:] or rows  # drop the warm-up step when there is one
+    timed, times = (rows[1:], times[1:]) if len(rows) > 1 else (rows, times)  # drop the warm-up step when there is one
     mean = lambda k: sum(r[k] for r in timed) / len(timed)  # noqa: E731
-    return {"time_step": mean("time_step"), "time_generate": mean("time_generate"), "time_teacher": mean("time_teacher"),
+    return {"time_step": sum(times) / len(times), "time_generate": mean("time_generate"), "time_teacher": mean("time_teacher"),
             "time_update": mean("time_update"), "flops_step": mean("flops_step"), "rollout_len": mean("rollout_len_mean"),
             "peak_mib": peak_mib(a.device)}
 
 
 def one_trl(a: argparse.Namespace) -> dict:
     """Stock TRL as its docs configure it: on-policy, beta = 1, the same models, batch, micro-batch and lengths."""
-    import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import DistillationConfig, DistillationTrainer
 
     from opd_cli import data
@@ -90,16 +106,6 @@ def one_trl(a: argparse.Namespace) -> dict:
     tok.padding_side = "left"
     prompts = [build_prompt(tok, p.question) for p in data.load_file(a.data)]
     times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            if a.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - self.t)
-
     gpu = a.device.startswith("cuda")
     args = DistillationConfig(
         output_dir=str(Path(a.work) / "trl"), per_device_train_batch_size=a.micro, gradient_accumulation_steps=a.batch // a.micro,
@@ -110,7 +116,7 @@ def one_trl(a: argparse.Namespace) -> dict:
     )
     trainer = DistillationTrainer(
         model=load_model(a.student, "float32", a.device), teacher_model=load_model(a.teacher, "bfloat16" if gpu else "float32", a.device),
-        args=args, train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tok, callbacks=[Timer()],
+        args=args, train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tok, callbacks=[step_timer(a.device, times)],
     )
     trainer.train()
     timed = times[1:] or times

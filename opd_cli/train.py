@@ -3,7 +3,7 @@
 The trainer overrides these hooks of ``trl.DistillationTrainer`` (TRL 1.16) and nothing else:
 
 - ``_generate_single_turn``: generation *stops* at this step's length (L, or the loss window's end). On the HF path
-  every rollout is sampled with its own seed, a function of (seed, step, index in the global batch) only
+  each rollout's sampling noise is a function of (seed, step, its index in the global batch) only
   (:func:`rollout_seed`), so one process and N processes, or a resumed run, draw the same tokens; on the vLLM path
   vLLM's sampled-token log-probs are kept instead of discarded;
 - ``_generate_and_score_completions``: after TRL's rollout/padding code, only the trained-token mask, vLLM's
@@ -158,14 +158,14 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------------------------- the trainer
-def rollout_seed(seed: int, step: int, index: int) -> int:
-    """Sampling seed of one rollout: a function of (run seed, optimizer step, the rollout's index in the global batch).
+def rollout_seed(seed: int, step: int) -> int:
+    """Seed of step ``step``'s sampling noise, a function of the run seed and the optimizer step only.
 
-    Rollouts therefore never depend on the process that draws them, on the batch they share, or on RNG consumed
-    elsewhere: one process and N processes sample the same tokens, and a resumed run samples what the
-    uninterrupted run sampled.
+    At every decode step the generator draws the noise of the whole *global* batch and each process keeps its own
+    rows, so rollout i of a step gets the same noise whatever process draws it and whatever else is in its batch: one
+    process and N processes sample the same tokens, and a resumed run samples what the uninterrupted run sampled.
     """
-    return ((seed * 1_000_003 + step) * 1_000_033 + index) % (2**63 - 1)
+    return (seed * 1_000_003 + step * 7919 + 1) % (2**63 - 1)
 
 
 def _make_trainer_class():
@@ -178,17 +178,17 @@ def _make_trainer_class():
 
     from opd_cli import maths
 
-    class RowSeededSampling(LogitsProcessor):
-        """Gumbel-max sampling with one generator per rollout: argmax(logits + Gumbel noise) is an exact sample of
-        softmax(logits) (temperature 1, no top-p/top-k), and each row's noise comes from its own seed only."""
+    class GlobalBatchSampling(LogitsProcessor):
+        """Exact sampling from softmax(logits) (temperature 1, no top-p/top-k) by the Gumbel-max trick,
+        argmax(logits - log E) with E ~ Exp(1), where E is this process's rows of one draw for the global batch."""
 
-        def __init__(self, seeds: list[int], device: torch.device):
-            self.gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        def __init__(self, seed: int, rows: slice, global_rows: int, device: torch.device):
+            self.gen = torch.Generator(device=device).manual_seed(seed)
+            self.rows, self.global_rows = rows, global_rows
 
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            V = scores.shape[-1]
-            u = torch.stack([torch.rand(V, generator=g, device=scores.device) for g in self.gens])
-            return scores.float() - torch.log(-torch.log(u))
+            e = torch.empty(self.global_rows, scores.shape[-1], device=scores.device).exponential_(generator=self.gen)
+            return scores.float() - torch.log(e[self.rows].clamp_min(torch.finfo(e.dtype).tiny))
 
     class OpdTrainer(DistillationTrainer):
         def __init__(self, *args: Any, opd: TrainConfig, run: Any, flops_fn: Any, offsets: dict[str, float], **kwargs: Any):
@@ -269,7 +269,8 @@ def _make_trainer_class():
             ids = pad(rows, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
             attn = pad([torch.ones_like(r) for r in rows], padding_value=0, padding_side="left").to(device)
             first = self.accelerator.process_index * len(rows)  # each process holds one contiguous slice of the batch
-            seeds = [rollout_seed(self.opd.seed, step, first + i) for i in range(len(rows))]
+            sampling = GlobalBatchSampling(rollout_seed(self.opd.seed, step), slice(first, first + len(rows)),
+                                           len(rows) * self.accelerator.num_processes, device)
             config = GenerationConfig(
                 max_new_tokens=gen_len, min_new_tokens=gen_len if self.opd.ignore_eos else None, do_sample=False,
                 eos_token_id=self.eos_token_ids, pad_token_id=self._tokenizer.pad_token_id, disable_compile=True,
@@ -281,7 +282,7 @@ def _make_trainer_class():
                 self.accelerator.autocast(),
             ):
                 out = model.generate(input_ids=ids, attention_mask=attn, generation_config=config,
-                                     logits_processor=LogitsProcessorList([RowSeededSampling(seeds, device)]))
+                                     logits_processor=LogitsProcessorList([sampling]))
             completions = out[:, ids.shape[1] :].cpu()
             is_eos = torch.isin(completions, torch.tensor(self.eos_token_ids))
             ends = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, completions.shape[1])
@@ -558,8 +559,11 @@ def _progress(total: int, start: int):
     return update, prog.stop
 
 
-def run_train(cfg: TrainConfig) -> Path:
-    """Train, writing runs/<name>/{config.yaml, metrics.jsonl, checkpoints/, final/}; returns the run folder."""
+def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
+    """Train, writing runs/<name>/{config.yaml, metrics.jsonl, checkpoints/, final/}; returns the run folder.
+
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects (loggers, profilers, benchmarks' timers).
+    """
     from opd_cli.models import check_same_vocab, load_tokenizer
     from opd_cli.runs import open_run
 
@@ -691,7 +695,7 @@ def run_train(cfg: TrainConfig) -> Path:
     Trainer = _make_trainer_class()
     trainer = Trainer(
         model=student, teacher_model=teacher, args=args, train_dataset=dataset, processing_class=s_tok,
-        opd=cfg, run=run, flops_fn=flops_fn, offsets=offsets,
+        opd=cfg, run=run, flops_fn=flops_fn, offsets=offsets, callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)
     stop = None

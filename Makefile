@@ -22,7 +22,7 @@ install: $(STAMP)  ## make .venv: torch 2.13.0 (CPU), then opd with [dev]
 test: $(STAMP)  ## the default suite (CPU, no network, < 10 min)
 	$(BIN)/pytest -q
 
-test-slow: $(STAMP)  ## slow tests: the full toy build and long smokes
+test-slow: $(STAMP)  ## slow tests: the full toy build
 	$(BIN)/pytest -q -m slow
 
 test-gpu: $(STAMP)  ## GPU tests (vLLM); skipped without a CUDA GPU

@@ -180,15 +180,15 @@ def _make_trainer_class():
 
     class GlobalBatchSampling(LogitsProcessor):
         """Exact sampling from softmax(logits) (temperature 1, no top-p/top-k) by the Gumbel-max trick,
-        argmax(logits - log E) with E ~ Exp(1), where E is this process's rows of one draw for the global batch."""
+        argmax(logits - log(-log U)) with U ~ Uniform[0, 1): this process's rows of one draw for the global batch."""
 
         def __init__(self, seed: int, rows: slice, global_rows: int, device: torch.device):
             self.gen = torch.Generator(device=device).manual_seed(seed)
             self.rows, self.global_rows = rows, global_rows
 
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            e = torch.empty(self.global_rows, scores.shape[-1], device=scores.device).exponential_(generator=self.gen)
-            return scores.float() - torch.log(e[self.rows].clamp_min(torch.finfo(e.dtype).tiny))
+            u = torch.rand(self.global_rows, scores.shape[-1], device=scores.device, generator=self.gen)[self.rows]
+            return scores.float() - torch.log(-torch.log(u))  # u = 0 gives -inf: never sampled, as it should
 
     class OpdTrainer(DistillationTrainer):
         def __init__(self, *args: Any, opd: TrainConfig, run: Any, flops_fn: Any, offsets: dict[str, float], **kwargs: Any):

@@ -8,7 +8,7 @@
 Parts (each measurement runs in its own subprocess, so its peak memory is its own):
   trl     opd vs stock TRL (beta = 1, the reverse KL), one step of `--batches` rollouts at `--micro` per forward,
           `--full` tokens each; the issue's models: student 2 x 64, teacher 2 x 96 (19.5 M / 29.3 M parameters).
-  length  opd's peak memory at response lengths `--lengths` (batch `--micro` x 2 accumulation steps).
+  length  opd's and TRL's peak memory at response lengths `--lengths` (batch `--micro` x 2 accumulation steps).
   prefix  one warm-up + `--timed` steps of opd at L = full and L = full/8 on a larger body (`--body-shape`), next to the
           ratio of the two steps' FLOPs (the paper's accounting).
 Rollouts are fixed-length everywhere (EOS suppressed: opd --ignore-eos, TRL min_new_tokens), so both sides do the
@@ -150,15 +150,16 @@ def part_trl(a: argparse.Namespace) -> None:
 
 def part_length(a: argparse.Namespace) -> None:
     a.student, a.teacher, a.data = make_world(Path(a.work), a.student_shape, a.teacher_shape)
-    print(f"\n## opd peak memory against response length: batch {2 * a.micro} (micro-batch {a.micro} x 2), {a.device}")
-    print("| response tokens | peak MiB | MiB per extra token |")
-    print("|---:|---:|---:|")
+    print(f"\n## peak memory against response length: batch {2 * a.micro} (micro-batch {a.micro} x 2), {a.device}")
+    print("| response tokens | opd peak MiB | opd MiB per extra token | TRL peak MiB | TRL MiB per extra token |")
+    print("|---:|---:|---:|---:|---:|")
     prev = None
     for T in a.lengths:
         o = sub(a, "opd", batch=2 * a.micro, full=T, L=T, steps=1)
-        step = "" if prev is None else f"{(o['peak_mib'] - prev[1]) / (T - prev[0]):.2f}"
-        print(f"| {T} | {o['peak_mib']:.0f} | {step} |", flush=True)
-        prev = (T, o["peak_mib"])
+        t = sub(a, "trl", batch=2 * a.micro, full=T, steps=1)
+        slope = ("", "") if prev is None else tuple(f"{(x - p) / (T - prev[0]):.2f}" for x, p in zip((o["peak_mib"], t["peak_mib"]), prev[1:], strict=True))
+        print(f"| {T} | {o['peak_mib']:.0f} | {slope[0]} | {t['peak_mib']:.0f} | {slope[1]} |", flush=True)
+        prev = (T, o["peak_mib"], t["peak_mib"])
 
 
 def part_prefix(a: argparse.Namespace) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from opd_cli.config import check, field
 from opd_cli.errors import OpdError
+from opd_cli.toy.world import check_toy_student
 
 ABLATION_CONFIG = "ablation.yaml"
 TABLE_COLUMNS = ("method", "window", "step", "dev_acc")
@@ -35,6 +36,8 @@ class WindowAblationConfig:
 
     train_recipe: str = field("", help="Base `opd train` recipe (recipes/train-*.yaml; '' = opd train's defaults).")
     overrides: list[str] = field([], help="Overrides of the base config, key=value (repeatable), e.g. steps=30.")
+    toy_student: str | None = field(None, help="The toy world's student every run distils into: large | small "
+                                    "(None = the base config's, large unless it sets toy_student).")
     windows: list[str] = field(
         ["1024:2048", "2048:3072", "3072:4096", "tail:1024"],
         help="Loss windows: A:B = response positions [A, B) in tokens, tail:N = the last N tokens of each rollout.",
@@ -71,6 +74,8 @@ class WindowAblationConfig:
         for w in self.windows:
             parse_window(w)  # one-line error on a malformed window before anything runs
         parse_overrides(self.overrides)
+        if self.toy_student is not None:
+            check_toy_student(self.toy_student)
 
 
 # ------------------------------------------------------------------------------------ pure functions
@@ -217,7 +222,7 @@ def write_table(out: Path, rows: list[dict[str, Any]], benchmark: str) -> tuple[
 
 # ------------------------------------------------------------------------------------------------ run
 def base_config(cfg: WindowAblationConfig) -> dict[str, Any]:
-    """The base training config as a mapping: the train recipe's fields, then --set overrides."""
+    """The base training config as a mapping: the train recipe's fields, then --set overrides, then --toy-student."""
     from opd_cli.config import read_recipe
 
     base: dict[str, Any] = {}
@@ -226,6 +231,8 @@ def base_config(cfg: WindowAblationConfig) -> dict[str, Any]:
         named = base.pop("command", "train")
         check(named == "train", f"--train-recipe {cfg.train_recipe} is for `opd {named}`: window-ablation needs an `opd train` recipe")
     base.update(parse_overrides(cfg.overrides))
+    if cfg.toy_student is not None:
+        base["toy_student"] = cfg.toy_student
     return base
 
 
@@ -250,10 +257,10 @@ def plan_runs(cfg: WindowAblationConfig, out: Path) -> list[tuple[str, Any]]:
 
 def _check_reusable(label: str, run_dir: Path, train_cfg: Any) -> None:
     """A complete run is reused only if it was trained with the same config (else results would be stale)."""
-    from opd_cli.config import to_dict
+    from opd_cli.config import to_dict, with_defaults
     from opd_cli.runs import read_config
 
-    saved, now = read_config(run_dir), to_dict(train_cfg)
+    saved, now = with_defaults(read_config(run_dir), train_cfg), to_dict(train_cfg)
     ignore = {"if_exists", "output_dir"}
     diff = sorted(k for k in set(saved) | set(now) if k not in ignore and k in now and saved.get(k) != now.get(k))
     if saved and diff:
@@ -269,13 +276,13 @@ _STAND_IN_FREE = {"name", "output_dir", "if_exists", "steps", "save_every"}
 
 def find_stand_in(tcfg: Any, candidates: list[str], eval_steps: list[int]) -> Path | None:
     """The first candidate run trained like ``tcfg`` for at least its steps, with checkpoints at every needed step."""
-    from opd_cli.config import to_dict
+    from opd_cli.config import to_dict, with_defaults
     from opd_cli.runs import list_checkpoints, read_config
 
     want = to_dict(tcfg)
     need = {s for s in eval_steps if 0 < s <= tcfg.steps} | {tcfg.steps}
     for cand in map(Path, candidates):
-        saved = read_config(cand)
+        saved = with_defaults(read_config(cand), tcfg)
         if not saved or int(saved.get("steps") or 0) < tcfg.steps:
             continue
         if any(saved.get(k) != v for k, v in want.items() if k not in _STAND_IN_FREE):

@@ -32,6 +32,7 @@ OutOpt = typer.Option(None, "--output-dir", "-o", help="Run folder (default: run
 DtypeOpt = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16.")
 DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda.")
 ThinkOpt = typer.Option(None, "--think/--no-think", help="Append <think> to the prompt.")
+ToyStudentOpt = typer.Option(None, "--toy-student", help="The toy world's student when no --student is given: large (default) | small.")
 
 
 @app.callback()
@@ -65,6 +66,7 @@ def train_cmd(
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default output folder runs/train-<name>)."),
     student: Optional[str] = typer.Option(None, "--student", help="Student hub id or local folder (default: the toy world's)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher hub id or local folder, same vocabulary (default: toy)."),
+    toy_student: Optional[str] = ToyStudentOpt,
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt source: toy-train, openthoughts3, ... (default by world)."),
     data: Optional[str] = typer.Option(None, "--data", help="Local jsonl/parquet/csv file of prompts instead of --prompts."),
     question_column: Optional[str] = typer.Option(None, "--question-column", help="Column with the question for --data."),
@@ -110,6 +112,7 @@ def eval_cmd(
     recipe: Optional[Path] = RecipeOpt,
     model: Optional[str] = typer.Option(None, "--model", help="Hub id or local folder (default: the toy world's student, see --toy-model)."),
     toy_model: Optional[str] = typer.Option(None, "--toy-model", help="With no --model: toy world 'teacher' or 'student' (default student)."),
+    toy_student: Optional[str] = typer.Option(None, "--toy-student", help="With --toy-model student: large (default) | small (--run: its config says)."),
     run: Optional[Path] = typer.Option(None, "--run", help="A training run folder: evaluate its checkpoints (see --steps)."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Checkpoint steps of --run to evaluate, e.g. 0,10,20 (0 = the initial student; default: every checkpoint)."),
     initial: Optional[bool] = typer.Option(None, "--initial", help="With --run and no --steps: evaluate step 0 (the initial student) too."),
@@ -162,6 +165,7 @@ def flops_cmd(
 def kl_by_position_cmd(
     recipe: Optional[Path] = RecipeOpt,
     models: Optional[list[str]] = typer.Option(None, "--model", help="Model folder or hub id to roll out (repeatable; default: --run, else the toy student)."),
+    toy_student: Optional[str] = typer.Option(None, "--toy-student", help="With no --model/--run: the toy world's large (default) | small student."),
     run: Optional[str] = typer.Option(None, "--run", help="Training run folder: its checkpoints and its logged per-bin KL."),
     checkpoint_steps: Optional[str] = typer.Option(None, "--checkpoint-steps", help="Checkpoints of --run to roll out, e.g. 0,10,20,30 (0 = initial student)."),
     steps: Optional[str] = typer.Option(None, "--steps", help="Steps of --run whose logged per-bin KL to include, e.g. 10,20,30."),
@@ -196,6 +200,7 @@ def probe_teacher_prefix_cmd(
     lengths: Optional[str] = typer.Option(None, "--lengths", help="Prefix lengths in tokens, e.g. 2048,4096 (L=0, the student alone, is added)."),
     margin: Optional[int] = typer.Option(None, "--margin", help="Prefix = min(L, L_r - margin) tokens of the teacher's response (default 512; 0 = no guard)."),
     student: Optional[str] = typer.Option(None, "--student", help="Untrained student (default: the toy student)."),
+    toy_student: Optional[str] = ToyStudentOpt,
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher that writes the solutions (default: the toy teacher)."),
     benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Benchmark (default aime24)."),
     data: Optional[str] = typer.Option(None, "--data", help="Local jsonl/parquet/csv file of problems (instead of --benchmark)."),
@@ -244,6 +249,7 @@ def sft_baseline_cmd(
     recipe: Optional[Path] = RecipeOpt,
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default folder runs/sft-baseline-<name>)."),
     student: Optional[str] = typer.Option(None, "--student", help="Student to fine-tune (default: the toy student)."),
+    toy_student: Optional[str] = ToyStudentOpt,
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher for --generate-with-teacher (default: the toy teacher)."),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Problems with teacher responses: toy-train | openthoughts3."),
     data: Optional[str] = typer.Option(None, "--data", help="Local jsonl/parquet/csv file of problems (instead of --prompts)."),
@@ -282,6 +288,7 @@ def window_ablation_cmd(
     recipe: Optional[Path] = RecipeOpt,
     train_recipe: Optional[str] = typer.Option(None, "--train-recipe", help="Base opd train recipe (recipes/train-*.yaml)."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a base training field, key=value (repeatable)."),
+    toy_student: Optional[str] = typer.Option(None, "--toy-student", help="The toy world's student of every run: large | small (default: the base config's)."),
     windows: Optional[str] = typer.Option(None, "--windows", help="Loss windows, e.g. 1024:2048,2048:3072,3072:4096,tail:1024."),
     prefix_ref: Optional[int] = typer.Option(None, "--prefix-ref", help="Prefix-OPD reference length in tokens (0 = none; default 1024)."),
     full_ref: Optional[bool] = typer.Option(None, "--full-ref/--no-full-ref", help="Include the full-OPD reference."),

@@ -126,18 +126,39 @@ def build_config(cls: type[C], recipe: str | Path | None = None, overrides: dict
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, YAML-safe mapping of a config (paths as strings)."""
 
-    def plain(v: Any) -> Any:
-        if isinstance(v, Path):
-            return str(v)
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
     out = {"command": cfg.command} if isinstance(getattr(cfg, "command", None), str) else {}
-    out.update({f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)})
+    out.update({f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)})
     return out
+
+
+def with_defaults(saved: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """A saved config mapping with every field of ``cfg``'s class that it lacks set to that field's default.
+
+    A field added after a run was saved (e.g. ``toy_student``) then compares equal when it is at its default,
+    so older runs stay resumable and reusable; an empty mapping (no config.yaml) stays empty.
+    """
+    if not saved:
+        return {}
+    missing = {}
+    for f in dataclasses.fields(cfg):
+        if f.name in saved:
+            continue
+        if f.default is not dataclasses.MISSING:
+            missing[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            missing[f.name] = f.default_factory()
+    return {**{k: _plain(v) for k, v in missing.items()}, **saved}
+
+
+def _plain(v: Any) -> Any:
+    """A YAML-safe value (paths as strings)."""
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
 
 
 def dump_yaml(cfg: Any) -> str:

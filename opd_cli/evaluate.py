@@ -23,6 +23,7 @@ from opd_cli.errors import OpdError
 from opd_cli.generation import BACKENDS, check_backend
 from opd_cli.models import DEVICES, DTYPES
 from opd_cli.runs import CKPT_PREFIX, IF_EXISTS, list_checkpoints, open_run, read_config, write_json
+from opd_cli.toy.world import check_toy_student, run_toy_student
 
 TOY_MODELS = ("student", "teacher")
 EVAL_TEMPLATES = ("auto", "chat", "plain")
@@ -34,6 +35,7 @@ class EvalConfig:
 
     model: str | None = field(None, help="Hub id or local model folder; off (None) = a toy-world model (--toy-model) or --run.")
     toy_model: str = field("student", help="Without --model/--run: which toy-world model to evaluate, student | teacher.")
+    toy_student: str = field("large", help="With --toy-model student: the toy world's large (student/) or small (student-small/) student.")
     run: str | None = field(None, help="Training run folder whose checkpoints to evaluate; None = off.")
     steps: list[int] = field([], help="Checkpoint steps of --run (0 = the run's initial student); empty = every checkpoint.")
     initial: bool = field(False, help="With --run and no --steps: evaluate step 0 (the initial student) too, before the checkpoints.")
@@ -75,6 +77,10 @@ class EvalConfig:
         check_backend(self.backend, need_gpu=False)  # the extra must be installed; the GPU is checked at load time
         check(self.template in EVAL_TEMPLATES, f"unknown --template {self.template!r}: use one of {', '.join(EVAL_TEMPLATES)}")
         check(self.toy_model in TOY_MODELS, f"--toy-model must be student or teacher, got {self.toy_model!r}")
+        check_toy_student(self.toy_student)
+        check(self.toy_student == "large" or (self.model is None and self.run is None and self.toy_model == "student"),
+              "--toy-student small picks the toy student to evaluate: drop it with --model, --run (its config names "
+              "its student) or --toy-model teacher")
         check(self.dtype in DTYPES, f"unknown --dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
         check(self.device in DEVICES or self.device.startswith("cuda:"), f"unknown --device {self.device!r}: use one of {', '.join(DEVICES)}")
         check(self.if_exists in IF_EXISTS, f"--if-exists must be one of {', '.join(IF_EXISTS)}, got {self.if_exists!r}")
@@ -149,18 +155,17 @@ def resolve_benchmarks(cfg: EvalConfig, default: Sequence[str] = ()) -> dict[str
     return out
 
 
-def toy_model_dir(which: str, console: Any = None) -> str:
-    """The folder of the toy world's student or teacher, building the world on first use."""
+def toy_model_dir(which: str, console: Any = None, student: str = "large") -> str:
+    """The folder of the toy world's teacher or ``student`` (large | small) student, building the world on first use."""
     from opd_cli.toy.world import ensure_world
 
     world = ensure_world(console=console)
-    for attr in (f"{which}_dir", f"{which}_path", which):
-        val = getattr(world, attr, None)
-        if isinstance(val, (str, Path)):
-            return str(val)
-    if hasattr(world, "model_dir"):
-        return str(world.model_dir(which))
-    raise OpdError(f"the toy world has no {which} model folder")
+    return str(world.teacher_dir if which == "teacher" else world.student_path(student))
+
+
+def toy_label(which: str, student: str = "large") -> str:
+    """Name of a toy-world model in run folders: toy-teacher, toy-student (the large one), toy-student-small."""
+    return f"toy-{which}" if which == "teacher" or student == "large" else f"toy-{which}-{student}"
 
 
 def model_label(model: str) -> str:
@@ -375,13 +380,14 @@ def evaluate_run(
 
 
 def initial_student(run_dir: str | Path, console: Any = None) -> str:
-    """The model a run started from (step 0): its config's ``student``, or the toy world's student when that is
-    empty (``opd train`` / ``opd sft-baseline`` with no model arguments)."""
+    """The model a run started from (step 0): its config's ``student``, or the toy world's student that its
+    ``toy_student`` names (large when absent) when that is empty (``opd train`` / ``opd sft-baseline`` with no
+    model arguments)."""
     config = read_config(run_dir)
     if config.get("student"):
         return str(config["student"])
     if config.get("command") in ("train", "sft-baseline"):
-        return toy_model_dir("student", console)
+        return toy_model_dir("student", console, run_toy_student(config, run_dir))
     raise OpdError(f"{run_dir}/config.yaml names no `student`, so step 0 cannot be evaluated")
 
 
@@ -543,7 +549,7 @@ def run_eval(cfg: EvalConfig) -> list[dict[str, Any]] | dict[str, Any]:
     if cfg.model is not None:
         model, label = cfg.model, model_label(cfg.model)
     else:
-        model, label = toy_model_dir(cfg.toy_model, console), f"toy-{cfg.toy_model}"
+        model, label = toy_model_dir(cfg.toy_model, console, cfg.toy_student), toy_label(cfg.toy_model, cfg.toy_student)
     loaded = load_for_eval(model, cfg)  # a bad path fails here, before the output folder is created
     run = open_run(cfg.output_dir or f"runs/eval-{label}", cfg.if_exists, cfg)
     summaries = []

@@ -217,22 +217,31 @@ def _last_per_step(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [by_step[k] for k in sorted(by_step, key=lambda s: (s is None, s if isinstance(s, (int, float)) else 0))]
 
 
-def _toy_model(what: str) -> str | None:
-    """A run trained with no model arguments used the toy world: its cached model folder, if it is built."""
-    from opd_cli.toy.world import default_root
+def _toy_model(what: str, config: dict[str, Any], run: Path) -> Path:
+    """A run trained with no model arguments used the toy world: the cached folder of its model (the student is
+    the one the run's ``toy_student`` names: student/ or student-small/)."""
+    from opd_cli.toy.world import STUDENT_FOLDERS, default_root, run_toy_student
 
-    folder = default_root() / what
-    return str(folder) if (folder / "config.json").is_file() else None
+    return default_root() / (STUDENT_FOLDERS[run_toy_student(config, run)] if what == "student" else what)
+
+
+def _toy_student_name(config: dict[str, Any]) -> str:
+    """The table's name of a toy-world run's student: toy student (the large one), or toy student (small)."""
+    return "toy student (small)" if config.get("toy_student") == "small" else "toy student"
 
 
 def _resolve_model(name: Any, run: Path, what: str) -> ModelShape:
+    why = ""
     if not name:
         from opd_cli.runs import read_config
 
-        if read_config(run).get("command") in ("train", "sft-baseline"):
-            name = _toy_model(what)
+        config = read_config(run)
+        if config.get("command") in ("train", "sft-baseline"):
+            folder = _toy_model(what, config, run)
+            name = str(folder) if (folder / "config.json").is_file() else None
+            why = f" and the toy world's {what} ({folder}) is not built"
     if not name:
-        raise OpdError(f"run {run}: its config.yaml names no {what}: FLOPs need the {what}'s model config")
+        raise OpdError(f"run {run}: its config.yaml names no {what}{why}: FLOPs need the {what}'s model config")
     name = str(name)
     local = Path(name).expanduser()
     if not local.exists() and not local.is_absolute() and (run / name).exists():
@@ -271,7 +280,7 @@ def run_totals(run: str | Path, attn_coef: float = 12) -> RunTotals:
     return RunTotals(
         run=str(cfg.get("name") or run.name),
         command=command,
-        student=str(cfg.get("student") or "toy student"),
+        student=str(cfg.get("student") or _toy_student_name(cfg)),
         teacher=teacher_name,
         steps=max(int(r.get("step") or 0) for r in rows),
         seq_tokens=sum_s,

@@ -105,17 +105,18 @@ def collect(cfg: PlotConfig, load: Callable[[Path], Any], needs: str = "") -> li
 
 def label(run: Path) -> str:
     """Method label: the config's ``name`` (an SFT run's prefixed with "sft"), a model evaluated without training
-    as "base <model>", else the folder name."""
+    as "base <model>", else the folder name; runs of the toy world's small student end in " (small)"."""
     from opd_cli.runs import read_config
 
     config = read_config(run)
+    small = " (small)" if config.get("toy_student") == "small" else ""
     if config.get("command") == "eval" and not config.get("name"):
-        model = config.get("model") or f"toy {config.get('toy_model', 'student')}"
+        model = config.get("model") or f"toy {config.get('toy_model', 'student')}{small}"
         return f"base: {Path(str(model)).name if config.get('model') else model}"
     name = str(config.get("name") or run.name)
     if config.get("command") == "sft-baseline" and not name.lower().startswith("sft"):
-        return f"sft {name}"
-    return name
+        return f"sft {name}{small}"
+    return f"{name}{small}"
 
 
 def metrics_by_step(run: Path) -> dict[int, dict[str, Any]]:

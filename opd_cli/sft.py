@@ -21,6 +21,7 @@ from typing import Any
 
 from opd_cli.config import check, field
 from opd_cli.errors import OpdError
+from opd_cli.toy.world import check_toy_student
 
 TEACHER_CACHE = "teacher_responses.jsonl"
 TRAINER_TMP = ".trainer"  # TRL writes checkpoint-N here; each is then committed as checkpoints/step_N
@@ -35,6 +36,7 @@ class SftConfig:
 
     name: str = field("sft", help="Run name (the default output folder is runs/sft-baseline-<name>).")
     student: str | None = field(None, help="Student to fine-tune: hub id or local folder (None = the toy world's student).")
+    toy_student: str = field("large", help="Without --student: the toy world's large (student/) or small (student-small/) student.")
     teacher: str | None = field(
         None, help="Teacher for --generate-with-teacher: hub id or folder (None = the toy world's teacher; unused otherwise)."
     )
@@ -101,6 +103,8 @@ class SftConfig:
         check(self.attn_coef in (12, 6), f"--attn-coef must be 12 or 6, got {self.attn_coef}")
         check(self.if_exists in ("raise", "resume", "overwrite"), f"--if-exists must be raise, resume or overwrite, got {self.if_exists!r}")
         check(not (self.prompts and self.data), "pass either --prompts (a registered source) or --data (a local file), not both")
+        check_toy_student(self.toy_student)
+        check(self.student is None or self.toy_student == "large", "--toy-student small picks a toy-world student: it cannot be combined with --student")
 
     @property
     def micro(self) -> int:
@@ -273,11 +277,12 @@ def _make_callback(run: Any, model: Any, shape: Any, cfg: SftConfig, start: dict
 
 
 # -------------------------------------------------------------------------------------------- run
-def _toy_paths() -> tuple[str, str]:
+def _toy_paths(student: str = "large") -> tuple[str, str]:
+    """(student, teacher) folders of the toy world; ``student`` = large | small."""
     from opd_cli.toy.world import ensure_world
 
     world = ensure_world()
-    return str(world.student_dir), str(world.teacher_dir)
+    return str(world.student_path(student)), str(world.teacher_dir)
 
 
 def run_sft(cfg: SftConfig) -> Path:
@@ -289,7 +294,7 @@ def run_sft(cfg: SftConfig) -> Path:
     problems = load_problems(cfg)  # before the toy paths are filled in: the default source depends on them
     if toy or (cfg.generate_with_teacher and not cfg.teacher):
         # Resolved paths go into config.yaml so `opd flops` and `opd train --student` can find the models.
-        toy_student, toy_teacher = _toy_paths()
+        toy_student, toy_teacher = _toy_paths(cfg.toy_student)  # large when --student is given: only the teacher is used
         cfg.student = cfg.student or toy_student
         if cfg.generate_with_teacher:
             cfg.teacher = cfg.teacher or toy_teacher

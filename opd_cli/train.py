@@ -58,6 +58,7 @@ class TrainConfig:
     name: str = field("opd", help="Run name; the default output folder is runs/train-<name>.")
     student: str | None = field(None, help="Student: hub id or local folder (None = the toy world's student).")
     teacher: str | None = field(None, help="Teacher: hub id or local folder sharing the student's vocabulary (None = toy teacher).")
+    toy_student: str = field("large", help="Without --student/--teacher: the toy world's large (student/) or small (student-small/) student.")
     prompts: str | None = field(None, help="Registered prompt source, e.g. toy-train, openthoughts3 (None = toy-train on the toy world, openthoughts3 otherwise).")
     data: str | None = field(None, help="Local jsonl/parquet/csv file of prompts instead of --prompts (None = off).")
     question_column: str | None = field(None, help="Column of --data holding the question (None = guess).")
@@ -98,6 +99,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         from opd_cli.maths import LOSSES, SCHEDULES, TOPK_SUPPORTS
+        from opd_cli.toy.world import check_toy_student
 
         self.prefix = str(self.prefix).strip().lower()
         check(self.prefix == "full" or self.prefix.lstrip("-").isdigit(), f"--prefix must be a token count or 'full', got {self.prefix!r}")
@@ -128,6 +130,8 @@ class TrainConfig:
         check(self.backend in BACKENDS, f"unknown --backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
         check(self.vllm_mode in VLLM_MODES, f"unknown --vllm-mode {self.vllm_mode!r}: use one of {', '.join(VLLM_MODES)}")
         check((self.student is None) == (self.teacher is None), "pass both --student and --teacher, or neither (the toy world)")
+        check_toy_student(self.toy_student)
+        check(self.student is None or self.toy_student == "large", "--toy-student small picks a toy-world student: it cannot be combined with --student")
         check(not (self.prompts and self.data), "pass either --prompts or --data, not both")
 
     @property
@@ -571,8 +575,8 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     if toy:
         from opd_cli.toy.world import ensure_world
 
-        world = ensure_world(seed=0)
-        student_src, teacher_src = str(world.student_dir), str(world.teacher_dir)
+        world = ensure_world()
+        student_src, teacher_src = str(world.student_path(cfg.toy_student)), str(world.teacher_dir)
     else:
         student_src, teacher_src = str(cfg.student), str(cfg.teacher)
 

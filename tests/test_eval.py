@@ -141,6 +141,7 @@ def test_best_benchmarks_run_only_at_the_best_checkpoint(tiny_model_dirs, tiny_d
     student, teacher = tiny_model_dirs
     # a toy-world run: its config names no student, so step 0 is the toy world's student
     monkeypatch.setattr(world, "ensure_world", lambda *a, **k: SimpleNamespace(student_dir=student, teacher_dir=teacher,
+                                                                               student_path=lambda which="large": student,
                                                                                split_path=lambda name: tiny_data))
     run = tmp_path / "run"
     (run / "config.yaml").parent.mkdir(parents=True)

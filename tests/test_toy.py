@@ -23,16 +23,19 @@ def splits():
     return task.generate_splits(seed=3, sizes=SIZES)
 
 
-def _recompute(question: str) -> tuple[int, list[str]]:
-    """Independent re-computation from the question text: sort the tagged ops by tag, apply them mod 10."""
-    m = re.fullmatch(r"start (\d); apply by tag, mod 10: ((?:[a-j][-+*]\d ?)+)", question)
+def _recompute(question: str) -> tuple[int, list[str], int]:
+    """Independent re-computation from the question text: sort the tagged ops by tag, apply them mod 10, k rounds."""
+    m = re.fullmatch(r"(\d) x(\d+): ((?:[a-h][+*]\d ?)+)", question)
     assert m, question
-    value = int(m.group(1))
-    ops = sorted(m.group(2).split())
-    for op in ops:
-        k = int(op[2])
-        value = {"+": value + k, "-": value - k, "*": value * k}[op[1]] % 10
-    return value, ops
+    value, rounds = int(m.group(1)), int(m.group(2))
+    ops = sorted(m.group(3).split())
+    ends = ""
+    for _ in range(rounds):
+        for op in ops:
+            k = int(op[2])
+            value = {"+": value + k, "*": value * k}[op[1]] % 10
+        ends += str(value)
+    return ends, ops, rounds
 
 
 def test_generator_is_deterministic_by_seed():
@@ -49,31 +52,34 @@ def test_generator_is_deterministic_by_seed():
 def test_answers_match_independent_recomputation(splits):
     for records in splits.values():
         for r in records:
-            value, _ = _recompute(r["question"])
-            assert r["answer"] == str(value)
+            value, _, rounds = _recompute(r["question"])
+            assert r["answer"] == str(value) and r["rounds"] == rounds
             assert r["solution"].endswith("</think>\n\\boxed{" + r["answer"] + "}")
 
 
-def test_plan_is_sorted_by_tag_and_execution_follows_it(splits):
+def test_plan_is_sorted_by_tag_and_execution_repeats_it(splits):
     same_as_prompt = []
     for r in splits["train"][:200] + splits["ood"]:
-        _, ops = _recompute(r["question"])
+        _, ops, rounds = _recompute(r["question"])
         prompt_ops = r["question"].split(": ", 1)[1].split()
         plan = r["solution"][: r["plan_chars"]]
-        assert plan == "plan: " + " ".join(ops) + "\n"
+        assert plan == "plan:" + "".join(ops) + "\n"
         lines = r["solution"][r["plan_chars"] :].split("\n")
-        steps = [ln.split(":")[0] for ln in lines if "->" in ln]
-        assert steps == ops  # one execution line per planned op, in the plan's order
+        steps = [ln.split("=")[0] for ln in lines if "=" in ln]
+        assert steps == ops * rounds  # one execution line per planned op, in the plan's order, every round
         # the student's plan: tags in order, the teacher's operations with neighbours swapped; execution follows it
-        student_plan = r["student_solution"].split("\n")[0].split()[1:]
+        head = r["student_solution"].split("\n")[0][len("plan:") :]
+        student_plan = [head[i : i + 3] for i in range(0, len(head), 3)]
         assert [op[0] for op in student_plan] == list(task.TAGS[: len(ops)])
         assert sorted(op[1:] for op in student_plan) == sorted(op[1:] for op in ops)
-        student_steps = [ln.split(":")[0] for ln in r["student_solution"].split("\n")[1:] if "->" in ln]
-        assert student_steps == student_plan
-        value = int(r["question"].split()[1].rstrip(";"))
-        for op in student_plan:
-            value = task.apply_op(value, op[1:])
-        assert r["student_answer"] == str(value)
+        student_steps = [ln.split("=")[0] for ln in r["student_solution"].split("\n")[1:] if "=" in ln]
+        assert student_steps == student_plan * rounds
+        value, ends = int(r["question"].split()[0]), ""
+        for _ in range(rounds):
+            for op in student_plan:
+                value = task.apply_op(value, op[1:])
+            ends += str(value)
+        assert r["student_answer"] == ends
         same_as_prompt.append([op[1:] for op in student_plan] == [op[1:] for op in prompt_ops])
         # every operation stays within one place of its correct slot
         for i, op in enumerate(student_plan):
@@ -96,13 +102,21 @@ def test_wrong_plan_usually_gives_a_wrong_answer(splits):
     assert 0.5 <= sum(wrong) / len(wrong) <= 0.95
 
 
-def test_lengths_and_plan_fraction_in_range(splits):
+def test_lengths_plan_fraction_and_prompt_share(splits):
+    """The paper's premise in miniature: a short decisive plan, then a long easy execution; short prompts."""
+    from opd_cli.toy.tokenizer import build_tokenizer, encode_fast
+
+    tok = build_tokenizer()
     for name, records in splits.items():
-        for r in records:
-            tokens = len(r["solution"]) - len("</think>") + 1  # one token per character, </think> is one
-            assert 60 <= tokens <= 300, (name, tokens)
-            assert 0.2 <= r["plan_chars"] / len(r["solution"]) <= 0.3
+        answers = encode_fast(tok, [r["solution"] for r in records])
+        plans = encode_fast(tok, [r["solution"][: r["plan_chars"]] for r in records])
+        prompts = encode_fast(tok, [build_prompt(tok, r["question"]) for r in records])
+        for r, a, pl, p in zip(records, answers, plans, prompts, strict=True):
+            assert 80 <= len(a) <= 300, (name, len(a))
+            assert len(pl) == r["n_ops"] + 2 and len(pl) <= 0.1 * len(a)  # plan: n op tokens + "plan:" + newline
+            assert len(p) <= 0.25 * (len(p) + len(a))
     assert min(r["n_ops"] for r in splits["ood"]) > sum(r["n_ops"] for r in splits["test"]) / len(splits["test"])
+    assert min(r["rounds"] for r in splits["ood"]) > max(r["rounds"] for r in splits["test"])
 
 
 def test_splits_are_disjoint_and_ids_unique(splits):
@@ -152,8 +166,9 @@ def test_mini_build_writes_a_valid_manifest(tiny_world):
 
     m = tiny_world.manifest
     assert m["seed"] == 0 and m["sizes"]["test"] == 16
-    for role in ("teacher", "student"):
+    for role in ("teacher", "student", "student_small"):
         assert 0.0 <= m[role]["test_acc"] <= 1.0 and m[role]["steps"] > 0
+    assert m["student_small"]["params"] < m["student"]["params"] and (tiny_world.root / "student-small" / "config.json").is_file()
     for rel, digest in m["files"].items():
         assert sha256(tiny_world.root / rel) == digest
     assert len(task.read_jsonl(tiny_world.split_path("test"))) == 16
@@ -247,7 +262,7 @@ def test_toy_build_cli_runs_a_recipe(tiny_world, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["toy", "build", "--recipe", str(recipe)])
     assert result.exit_code == 0, result.output
-    assert "teacher test accuracy" in result.output and (tmp_path / "w" / "manifest.json").is_file()
+    assert "test accuracy at temperature 1: teacher" in result.output and (tmp_path / "w" / "manifest.json").is_file()
     again = runner.invoke(app, ["toy", "build", "--recipe", str(recipe), "--reuse"])
     assert again.exit_code == 0 and "reused" in again.output
     bad = runner.invoke(app, ["toy", "build", "--recipe", str(recipe), "--min-teacher-acc", "2"])
@@ -361,30 +376,10 @@ def test_cached_world_is_reused_across_teacher_schedule_changes():
     assert not _same_world(None, ToyBuildConfig())
 
 
-def test_thread_governor_leaves_other_processes_their_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Threads = cores minus what other processes used since the last update (our own CPU time excluded)."""
-    import os
+def test_same_seed_builds_identical_files(tiny_world, tmp_path):
+    """A fixed thread count: a seed gives one world, file for file (models included)."""
+    from opd_cli.toy.build import ToyBuildConfig, run_toy_build
 
-    import torch
-
-    from opd_cli.toy import build
-
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
-    old = torch.get_num_threads()
-    # (busy, total, own) CPU seconds: 4 cores x 10 s elapsed per interval
-    samples = iter([(0.0, 0.0, 0.0), (20.0, 40.0, 10.0), (40.0, 80.0, 20.0), (80.0, 120.0, 20.0), (100.0, 160.0, 40.0)])
-    monkeypatch.setattr(build.ThreadGovernor, "_sample", staticmethod(lambda: next(samples)))
-    try:
-        gov = build.ThreadGovernor(4)
-        assert gov.update() == 3  # others used 10 of 40 core-seconds: 1 core busy
-        assert torch.get_num_threads() == 3
-        assert gov.update() == 3
-        assert gov.update() == 1  # others used all 40: at least one thread
-        assert gov.update() == 4  # only our own work: every core
-        assert gov.history == [3, 1, 4]
-        monkeypatch.setattr(build.ThreadGovernor, "_sample", staticmethod(lambda: None))
-        monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))
-        gov = build.ThreadGovernor(2)
-        assert gov.update() == 2  # no /proc/stat: the load average (1 of 4 cores busy), capped at most = 2
-    finally:
-        torch.set_num_threads(old)
+    again = run_toy_build(ToyBuildConfig.miniature(tmp_path / "again"))
+    assert again.manifest["files"] == tiny_world.manifest["files"]
+    assert again.manifest["threads"] == tiny_world.manifest["threads"] == 1

@@ -15,12 +15,12 @@ from typing import Any
 from opd_cli.errors import OpdError
 
 
-def toy_models(console: Any = None) -> tuple[str, str]:
-    """(student_dir, teacher_dir) of the built-in toy world, building it on first use."""
+def toy_models(console: Any = None, student: str = "large") -> tuple[str, str]:
+    """(student_dir, teacher_dir) of the built-in toy world, building it on first use; ``student`` = large | small."""
     from opd_cli.toy.world import ensure_world
 
     world = ensure_world(console=console)
-    return str(world.student_dir), str(world.teacher_dir)
+    return str(world.student_path(student)), str(world.teacher_dir)
 
 
 def load_problems(benchmark: str | None, data: str | None, limit: int, seed: int, **columns: Any) -> list[Any]:

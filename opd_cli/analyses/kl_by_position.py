@@ -24,6 +24,7 @@ from typing import Any
 
 from opd_cli.config import check, field
 from opd_cli.errors import OpdError
+from opd_cli.toy.world import check_toy_student
 
 COLUMNS = ("source", "step", "bin_start", "bin_end", "mean_kl", "tokens")
 
@@ -38,6 +39,8 @@ class KlByPositionConfig:
     checkpoint_steps: list[int] = field([], help="Checkpoints of --run to roll out, e.g. 0,10,20,30 (0 = the run's initial "
                                                   "student). Empty with --run and no --steps = every saved checkpoint.")
     steps: list[int] = field([], help="Steps of --run whose logged per-bin KL (metrics.jsonl) to include. Empty = none.")
+    toy_student: str = field("large", help="Without --model/--run: the toy world's large (student/) or small (student-small/) student "
+                                           "(a --run's step 0 is the student its config names).")
     teacher: str | None = field(None, help="Teacher that scores the rollouts (default: --run's teacher, else the toy teacher).")
     benchmark: str | None = field(None, help="Registered benchmark whose questions are the prompts (toy-train, toy-dev, aime24, "
                                              "...; None = --run's training prompts, else toy-dev).")
@@ -74,6 +77,9 @@ class KlByPositionConfig:
               "--checkpoint-steps and --steps need --run (a training run folder)")
         check(not (self.models and self.run and self.checkpoint_steps),
               "give either --model folders or --run with --checkpoint-steps, not both")
+        check_toy_student(self.toy_student)
+        check(self.toy_student == "large" or not (self.models or self.run),
+              "--toy-student small picks the toy student to roll out: drop it with --model or --run (its config names its student)")
 
 
 # ------------------------------------------------------------------------------------------- pure maths
@@ -169,8 +175,9 @@ def _initial_student(run: str, run_cfg: dict) -> str:
     if student:
         return str(student)
     from opd_cli.analyses import toy_models
+    from opd_cli.toy.world import run_toy_student
 
-    return toy_models()[0]
+    return toy_models(student=run_toy_student(run_cfg, run))[0]
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -267,7 +274,7 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
     logged = logged_rows(read_metrics(cfg.run), cfg.steps, cfg.run) if cfg.steps else []
     ckpts = resolve_checkpoints(cfg, run_cfg)
     if not ckpts and not logged and cfg.run is None:
-        ckpts = [(0, toy_models(console)[0])]
+        ckpts = [(0, toy_models(console, cfg.toy_student)[0])]
 
     out_dir = cfg.output_dir or f"runs/kl-by-position{'-' + Path(cfg.run).name if cfg.run else ''}"
     # resume may add checkpoints or logged steps; finished checkpoints are reused (see _finished)

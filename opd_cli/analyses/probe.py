@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from opd_cli.config import check, field
+from opd_cli.toy.world import check_toy_student
 
 COLUMNS = ("length", "mean_acc", "stderr", "n", "mean_prefix_tokens")
 TEACHER_FILE = "teacher_samples.jsonl"
@@ -38,6 +39,7 @@ class ProbeConfig:
     margin: int = field(512, help="Prefix = min(L, L_r - margin) teacher tokens, L_r = the teacher response's length "
                                   "(0 = no guard).")
     student: str | None = field(None, help="Untrained student: hub id or folder (default: the toy student).")
+    toy_student: str = field("large", help="Without --student: the toy world's large (student/) or small (student-small/) student.")
     teacher: str | None = field(None, help="Teacher that writes the solutions (default: the toy teacher).")
     benchmark: str = field("aime24", help="Registered benchmark: aime24, math500, toy-dev, ...")
     data: str | None = field(None, help="Local jsonl/parquet/csv file of problems (instead of --benchmark).")
@@ -72,6 +74,8 @@ class ProbeConfig:
         check(self.temperature >= 0, f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
         check(0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}")
         self.lengths = sorted(set(self.lengths))
+        check_toy_student(self.toy_student)
+        check(self.student is None or self.toy_student == "large", "--toy-student small picks a toy-world student: it cannot be combined with --student")
 
 
 # ------------------------------------------------------------------------------------------- pure maths
@@ -121,7 +125,7 @@ def run_probe(cfg: ProbeConfig) -> list[dict]:
 
     console = Console(stderr=True)
     if cfg.student is None or cfg.teacher is None:
-        toy_student, toy_teacher = toy_models(console)
+        toy_student, toy_teacher = toy_models(console, cfg.toy_student)
     student_path = str(cfg.student or toy_student)
     teacher_path = str(cfg.teacher or toy_teacher)
     problems = load_problems(cfg.benchmark, cfg.data, cfg.limit, cfg.seed,

@@ -1,8 +1,9 @@
-"""`opd toy build`: tokenizer, splits, a trained teacher and a plan-weak student, checked and cached with a manifest.
+"""`opd toy build`: tokenizer, splits, a trained teacher and two plan-weak students, checked and cached with a manifest.
 
-The teacher is trained (SFT) on full solutions (correct plan, then its execution). The student is smaller and is
-trained on solutions whose plan keeps the prompt's order, so it executes a plan well but plans wrongly: its errors
-sit in the first ~25 % of its answer, which is what prefix OPD can fix.
+The teacher is trained (SFT) on full solutions (correct plan, then its execution). Both students, a larger one
+(``student/``) and a compact one (``student-small/``), are trained on solutions whose plans swap neighbouring
+operations, so they execute a plan well but plan wrongly: their errors sit in the first ~10 % of the answer, which
+is what prefix OPD can fix. Everything runs on a fixed number of torch threads, so one seed gives one world.
 """
 
 from __future__ import annotations
@@ -32,10 +33,14 @@ class ToyBuildConfig:
     teacher_heads: int = field(4, help="Teacher attention heads.")
     teacher_steps: int = field(1000, help="Most teacher SFT steps (optimizer steps); early stopping usually ends it sooner.")
     teacher_min_steps: int = field(200, help="Teacher steps before the first early-stop check (steps).")
-    student_layers: int = field(3, help="Student transformer layers.")
-    student_hidden: int = field(128, help="Student hidden width.")
-    student_heads: int = field(4, help="Student attention heads.")
-    student_steps: int = field(400, help="Student SFT steps (optimizer steps).")
+    student_layers: int = field(3, help="Larger student (--toy-student large): transformer layers.")
+    student_hidden: int = field(128, help="Larger student: hidden width.")
+    student_heads: int = field(4, help="Larger student: attention heads.")
+    student_steps: int = field(400, help="Larger student: SFT steps (optimizer steps).")
+    small_layers: int = field(2, help="Compact student (--toy-student small): transformer layers.")
+    small_hidden: int = field(64, help="Compact student: hidden width.")
+    small_heads: int = field(4, help="Compact student: attention heads.")
+    small_steps: int = field(400, help="Compact student: SFT steps (optimizer steps).")
     student_correct_frac: float = field(0.0, help="Fraction of student training solutions with the correct plan (0 = none).")
     batch_size: int = field(32, help="SFT sequences per step.")
     teacher_lr: float = field(1e-3, help="Teacher SFT learning rate, constant after warmup (AdamW).")
@@ -54,16 +59,18 @@ class ToyBuildConfig:
     min_teacher_acc: float = field(0.9, help="Teacher test accuracy required at temperature 1 (fraction; 0 = off).")
     min_student_acc: float = field(0.05, help="Lowest student test accuracy accepted (fraction; 0 = off).")
     max_student_acc: float = field(0.4, help="Highest student test accuracy accepted (fraction; 1 = off).")
-    max_new_tokens: int = field(256, help="Response cap when sampling test answers (tokens).")
-    threads: int = field(0, help="torch CPU threads (0 = auto: the cores other processes leave idle, re-measured every 25 steps).")
+    max_new_tokens: int = field(320, help="Response cap when sampling test answers (tokens).")
+    threads: int = field(2, help="torch CPU threads, fixed: the thread count changes the numerics, so one seed gives one world (identical files) only at one count (0 = every core).")
 
     def __post_init__(self) -> None:
         for name in ("train_size", "eval_size", "teacher_layers", "teacher_hidden", "teacher_heads", "teacher_steps",
                      "student_layers", "student_hidden", "student_heads", "student_steps", "batch_size",
+                     "small_layers", "small_hidden", "small_heads", "small_steps",
                      "check_size", "max_attempts", "max_new_tokens", "stop_cooldown"):
             check(getattr(self, name) >= 1, f"toy build: {name} must be >= 1, got {getattr(self, name)}")
         check(self.teacher_hidden % self.teacher_heads == 0, "toy build: teacher_hidden must be a multiple of teacher_heads")
         check(self.student_hidden % self.student_heads == 0, "toy build: student_hidden must be a multiple of student_heads")
+        check(self.small_hidden % self.small_heads == 0, "toy build: small_hidden must be a multiple of small_heads")
         check(self.teacher_lr > 0 and self.student_lr > 0, "toy build: teacher_lr and student_lr must be > 0")
         for name in ("warmup", "check_every", "teacher_min_steps", "threads", "done_after"):
             check(getattr(self, name) >= 0, f"toy build: {name} must be >= 0, got {getattr(self, name)}")
@@ -84,6 +91,7 @@ class ToyBuildConfig:
             root=str(root), rebuild=True, train_size=256, eval_size=16,
             teacher_layers=1, teacher_hidden=32, teacher_heads=2, teacher_steps=30, teacher_min_steps=30, stop_cooldown=5,
             student_layers=1, student_hidden=32, student_heads=2, student_steps=20,
+            small_layers=1, small_hidden=16, small_heads=2, small_steps=10,
             batch_size=8, warmup=2, check_every=0, max_attempts=1, min_teacher_acc=0.0,
             min_student_acc=0.0, max_student_acc=1.0, max_new_tokens=200, threads=1,
         )
@@ -103,9 +111,13 @@ def _test_accuracy(model: Any, tok: Any, records: list[dict[str, Any]], cfg: Toy
     return accuracy(texts, [r["answer"] for r in records])
 
 
+# role -> (config field prefix, folder): the larger student keeps the folder every command has always read
+FIELDS = {"teacher": "teacher", "student": "student", "student_small": "small"}
+FOLDERS = {"teacher": "teacher", "student": "student", "student_small": "student-small"}
+
+
 def _train(
     role: str, cfg: ToyBuildConfig, tok: Any, data: list, seed: int, dev: list[dict[str, Any]], progress: Any,
-    governor: ThreadGovernor | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """One SFT run of the teacher or the student.
 
@@ -114,12 +126,11 @@ def _train(
     ends, or earlier at a check ``done_after`` or more steps into the decay where the dev references' mean probability
     under sampling at temperature 1 reaches ``done_sampled`` (the build accepts the teacher by sampled accuracy).
     Whether (and when) the teacher learns the op lookup is stochastic, so this trains as long as needed, not a fixed
-    budget. ``governor`` re-fits the torch threads to the idle cores every 25 steps.
+    budget.
     """
     from opd_cli.toy.models import encode_pairs, random_model, sft, teacher_forced_scores
 
-    layers, hidden, heads = (getattr(cfg, f"{role}_{k}") for k in ("layers", "hidden", "heads"))
-    steps = getattr(cfg, f"{role}_steps")
+    layers, hidden, heads, steps = (getattr(cfg, f"{FIELDS[role]}_{k}") for k in ("layers", "hidden", "heads", "steps"))
     model = random_model(tok, layers, hidden, heads, seed=seed)
     task = progress.add_task(f"{role} SFT (seed {seed})", total=steps)
     info: dict[str, Any] = {"steps": 0, "dev_checks": {}, "dev_sampled": {}}
@@ -131,8 +142,6 @@ def _train(
         nonlocal check_seconds
         info["steps"], info["final_loss"] = step, loss
         progress.update(task, completed=step, description=f"{role} SFT (seed {seed}) loss {loss:.3f}")
-        if governor is not None and step % 25 == 0:
-            governor.update()
         if not checking or step < cfg.teacher_min_steps or step % cfg.check_every:
             return None
         t = time.time()
@@ -151,7 +160,7 @@ def _train(
             return cfg.stop_cooldown
         return None
 
-    sft(model, data, steps=steps, batch_size=cfg.batch_size, lr=getattr(cfg, f"{role}_lr"), warmup=cfg.warmup,
+    sft(model, data, steps=steps, batch_size=cfg.batch_size, lr=cfg.teacher_lr if role == "teacher" else cfg.student_lr, warmup=cfg.warmup,
         cooldown=cfg.cooldown, seed=seed, pad_id=tok.pad_token_id, on_step=on_step)
     model.eval()
     if checking:
@@ -178,25 +187,21 @@ def run_toy_build(cfg: ToyBuildConfig, console: Any = None) -> Any:
             why = "it was built with other settings"
         console.print(f"toy world at {root}: {why}; building it")
 
+    import os
+
     import torch
 
     old_threads = torch.get_num_threads()
-    governor = None
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    else:
-        governor = ThreadGovernor(old_threads)
-        time.sleep(0.5)
-        governor.update()
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     try:
-        world = _build(cfg, root, console, governor)
+        world = _build(cfg, root, console)
     finally:
         torch.set_num_threads(old_threads)
     _report(console, world, reused=False)
     return world
 
 
-def _build(cfg: ToyBuildConfig, root: Path, console: Any, governor: ThreadGovernor | None = None) -> Any:
+def _build(cfg: ToyBuildConfig, root: Path, console: Any) -> Any:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from opd_cli.toy.models import encode_pairs, save_model
@@ -228,12 +233,13 @@ def _build(cfg: ToyBuildConfig, root: Path, console: Any, governor: ThreadGovern
         for role, data, lo, hi in (
             ("teacher", teacher_data, cfg.min_teacher_acc, 1.0),
             ("student", student_data, cfg.min_student_acc, cfg.max_student_acc),
+            ("student_small", student_data, cfg.min_student_acc, cfg.max_student_acc),
         ):
             tried = []
             for attempt in range(cfg.max_attempts):
-                seed = cfg.seed + 1000 * attempt + (1 if role == "student" else 0)
+                seed = cfg.seed + 1000 * attempt + {"teacher": 0, "student": 1, "student_small": 2}[role]
                 t_role = time.time()
-                model, info = _train(role, cfg, tok, data, seed, splits["dev"], progress, governor)
+                model, info = _train(role, cfg, tok, data, seed, splits["dev"], progress)
                 t_test = time.time()
                 timings[f"{role}_sft_{attempt}"] = round(t_test - t_role, 1)
                 ev = progress.add_task(f"{role} test accuracy (temperature 1)", total=None)
@@ -251,16 +257,14 @@ def _build(cfg: ToyBuildConfig, root: Path, console: Any, governor: ThreadGovern
                     f"toy build: the {role}'s test accuracy {', '.join(f'{a:.1%}' for a in tried)} stayed outside "
                     f"[{lo:.0%}, {hi:.0%}] after {cfg.max_attempts} attempt(s); try another --seed or more --{role}-steps"
                 )
-            save_model(model, tok, work / role)
+            save_model(model, tok, work / FOLDERS[role])
             n_params = sum(p.numel() for p in model.parameters())
             manifest[role] = {"seed": seed, "attempts": len(tried), "test_acc": acc, "params": n_params,
                               "seconds": round(time.time() - t_role, 1), **info,
-                              "shape": {k: getattr(cfg, f"{role}_{k}") for k in ("layers", "hidden", "heads")}}
+                              "shape": {k: getattr(cfg, f"{FIELDS[role]}_{k}") for k in ("layers", "hidden", "heads")}}
     import torch
 
     manifest["threads"] = torch.get_num_threads()
-    if governor is not None:
-        manifest["thread_changes"] = governor.history
     manifest["timings"] = timings
     manifest["build_seconds"] = round(time.time() - t0, 1)
     write_manifest(work, manifest)
@@ -271,60 +275,6 @@ def _build(cfg: ToyBuildConfig, root: Path, console: Any, governor: ThreadGovern
     work.rename(root)
     shutil.rmtree(old, ignore_errors=True)
     return load_world(root)
-
-
-class ThreadGovernor:
-    """torch threads that follow the cores other processes leave idle (at least 1, at most ``most``).
-
-    The models are tiny: on 2 cores shared with another job, 2 threads oversubscribe and a teacher step took ~4x
-    longer than with 1 thread; on idle cores 2 threads are ~2x faster. :meth:`update` measures, since the last
-    call, the CPU time of everything but this process (from /proc/stat, minus our own CPU time) and sets the
-    threads to the cores left over, so a short blip at the start (or a job that ends mid-build) costs at most one
-    interval. Without /proc/stat (not Linux) the 1-minute load average, less our own threads, stands in.
-    """
-
-    def __init__(self, most: int) -> None:
-        import os
-
-        self.most = max(1, most)
-        self.cores = os.cpu_count() or 1
-        self.history: list[int] = []
-        self._last = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float] | None:
-        """(busy, total) CPU seconds of the whole machine and this process's own CPU seconds, or None."""
-        import os
-
-        try:
-            with open("/proc/stat") as f:
-                ticks = [int(v) for v in f.readline().split()[1:]]
-            hz = os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            return None
-        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
-        return (sum(ticks) - idle) / hz, sum(ticks) / hz, time.process_time()
-
-    def update(self) -> int:
-        import os
-
-        import torch
-
-        now = self._sample()
-        if now is None or self._last is None:
-            try:
-                others = os.getloadavg()[0] - (torch.get_num_threads() if self.history else 0)
-            except OSError:
-                others = 0.0
-        else:
-            busy, total, own = (a - b for a, b in zip(now, self._last, strict=True))
-            others = self.cores * max(0.0, busy - own) / total if total > 0 else 0.0
-        self._last = now
-        n = max(1, min(self.most, int(self.cores - others + 0.5)))
-        if not self.history or n != self.history[-1]:
-            torch.set_num_threads(n)
-            self.history.append(n)
-        return n
 
 
 # How the teacher is trained until it is good, not what the world is: a cached world that differs from the asked
@@ -338,7 +288,7 @@ def _config_key(cfg: ToyBuildConfig) -> dict[str, Any]:
     """The fields that determine what gets built (not where, and not whether to rebuild)."""
     from opd_cli.config import to_dict
 
-    return {k: v for k, v in to_dict(cfg).items() if k not in ("root", "rebuild", "threads")}
+    return {k: v for k, v in to_dict(cfg).items() if k not in ("root", "rebuild")}
 
 
 def _same_world(built: Any, cfg: ToyBuildConfig) -> bool:
@@ -355,6 +305,6 @@ def _report(console: Any, world: Any, reused: bool) -> None:
     how = "reused cached" if reused else f"built in {m.get('build_seconds', '?')} s:"
     console.print(
         f"toy world {how} {world.root}\n"
-        f"  teacher test accuracy (temperature 1): {m['teacher']['test_acc']:.1%}   "
-        f"student: {m['student']['test_acc']:.1%}"
+        f"  test accuracy at temperature 1: teacher {m['teacher']['test_acc']:.1%}   "
+        f"student (large) {m['student']['test_acc']:.1%}   student (small) {m.get('student_small', {}).get('test_acc', float('nan')):.1%}"
     )

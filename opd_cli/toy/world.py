@@ -1,8 +1,9 @@
-"""The toy world on disk: a cache folder with the tokenizer, both models, the splits and a manifest.
+"""The toy world on disk: a cache folder with the tokenizer, the models, the splits and a manifest.
 
     <root>/manifest.json        seed, sizes, model shapes, accuracies, sha256 of every file below
     <root>/tokenizer/           the character-level tokenizer
-    <root>/teacher/ student/    Qwen3ForCausalLM + tokenizer (save_pretrained)
+    <root>/teacher/ student/    Qwen3ForCausalLM + tokenizer (save_pretrained); student/ is the larger student
+    <root>/student-small/       the compact student (worlds built before it existed lack it)
     <root>/data/{train,dev,test,ood}.jsonl
 
 The manifest is written last, so a folder without one is half-built; any file whose hash differs from the
@@ -21,8 +22,24 @@ from typing import Any
 from opd_cli.errors import OpdError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the multi-round task with one token per operation, and two students
 SPLITS = ("train", "dev", "test", "ood")
+TOY_STUDENTS = ("large", "small")  # --toy-student values; large is the default everywhere
+STUDENT_FOLDERS = {"large": "student", "small": "student-small"}
+
+
+def check_toy_student(value: str) -> None:
+    """One-line OpdError unless ``value`` names a toy student (for configs' ``__post_init__``)."""
+    if value not in TOY_STUDENTS:
+        raise OpdError(f"--toy-student must be {' or '.join(TOY_STUDENTS)}, got {value!r}")
+
+
+def run_toy_student(config: dict[str, Any], run: Path | str) -> str:
+    """The toy student a run's config.yaml names in ``toy_student`` (runs saved before the field existed: large)."""
+    which = str(config.get("toy_student") or "large")
+    if which not in TOY_STUDENTS:
+        raise OpdError(f"{run}/config.yaml has toy_student {which!r}: it must be {' or '.join(TOY_STUDENTS)}")
+    return which
 
 
 def default_root() -> Path:
@@ -47,6 +64,20 @@ class ToyWorld:
     @property
     def tokenizer_dir(self) -> Path:
         return self.root / "tokenizer"
+
+    def student_path(self, which: str = "large") -> Path:
+        """The folder of the ``large`` (``student/``, = :attr:`student_dir`) or ``small`` (``student-small/``) student.
+
+        A world built before there were two students has no small one: asking for it is an OpdError (the manifest
+        must list it, so its files are hash-checked like the rest of the world).
+        """
+        check_toy_student(which)
+        folder = STUDENT_FOLDERS[which]
+        if f"{folder}/config.json" not in self.manifest.get("files", {}):
+            where = "" if self.root == default_root() else f" --root {self.root}"
+            raise OpdError(f"the toy world at {self.root} has no {which} student ({folder}/): it was built before "
+                           f"there were two; rebuild it with `opd toy build --rebuild{where}`")
+        return self.root / folder
 
 
 def sha256(path: Path) -> str:
@@ -117,19 +148,24 @@ def load_world(root: Path | str | None = None) -> ToyWorld:
 
 
 def ensure_world(
-    root: Path | str | None = None, seed: int = 0, console: Any = None, rebuild: bool = False
+    root: Path | str | None = None, seed: int | None = None, console: Any = None, rebuild: bool = False
 ) -> ToyWorld:
-    """A valid toy world at ``root``: the cached one when it is valid and was built from ``seed``, else a new build."""
+    """A valid toy world at ``root``: the cached one when it is valid (and, if ``seed`` is given, was built from
+    ``seed``), else a new build from ``seed`` (None: 0).
+
+    Commands pass no seed: "the toy world" is whichever one `opd toy build --seed N` left in the cache, and a
+    world built from another seed must not be silently replaced by the next train/eval call.
+    """
     root = Path(root).expanduser() if root is not None else default_root()
     if not rebuild:
         why = invalid_reason(root)
         if why is None:
             world = load_world(root)
-            if world.manifest.get("requested_seed") == seed:
+            if seed is None or world.manifest.get("requested_seed") == seed:
                 return world
             why = f"it was built from seed {world.manifest.get('requested_seed')}, not {seed}"
         if console is not None:
             console.print(f"toy world at {root}: {why}; building it")
     from opd_cli.toy.build import ToyBuildConfig, run_toy_build
 
-    return run_toy_build(ToyBuildConfig(root=str(root), seed=seed, rebuild=True), console=console)
+    return run_toy_build(ToyBuildConfig(root=str(root), seed=0 if seed is None else seed, rebuild=True), console=console)

@@ -1,25 +1,19 @@
-"""The toy task: apply tagged operations to a digit in tag order, for several rounds, modulo 10 (pure Python, seeded).
+"""The toy task: apply tagged operations to a digit, in tag order, modulo 10 (pure Python, seeded).
 
-A question gives a start digit, a number of rounds and n tagged operations in shuffled order, e.g. ``4 x2: c*3 a+7
-b+2``. The teacher's solution first writes a *plan* (the operations sorted by tag), then *executes* it: every round
-applies the plan's operations in order, one line each (the operation, ``=``, the running value), and the answer,
-the value at the end of each round, ends the solution::
+A question lists n tagged operations in shuffled order, e.g. ``start 4; apply by tag, mod 10: c*3 a+7 b-2``.
+The teacher's solution first writes a *plan* (the operations sorted by tag), then *executes* it one line per
+operation, copying each operation from the plan and updating the running value, and ends with the answer::
 
-    plan:a+7b+2c*3
-    a+7=1
-    b+2=3
-    c*3=9
-    a+7=6
-    b+2=8
-    c*3=4
+    plan: a+7 b-2 c*3
+    a+7: 4 -> 1
+    b-2: 1 -> 9
+    c*3: 9 -> 7
     </think>
-    \\boxed{94}
+    \\boxed{7}
 
-Each operation (``a+7``) is one token of the toy tokenizer, so the plan is n + 2 tokens and each execution line 4:
-the plan is under ~10 % of the answer and decides it, while the long execution after it is easy (copy the next
-planned operation, one digit of arithmetic). The student's plans swap neighbouring operations (``plan:b+2a+7c*3``),
-which gives a wrong answer unless the swapped operations happen to commute; its execution of a plan is the
-teacher's. Multipliers are 3, 7 and 9 (units mod 10), so a multiplication almost never commutes with an addition.
+The plan is the first ~25 % of the solution and decides success: the student's plans swap neighbouring operations
+(``plan: a-2 b+7 c*3`` above), which gives a wrong answer unless the swapped operations happen to commute.
+Multipliers are 3, 7 and 9 (units mod 10), so a multiplication almost never commutes with an addition.
 """
 
 from __future__ import annotations
@@ -34,13 +28,11 @@ MOD = 10
 TAGS = "abcdefgh"
 MULTIPLIERS = (3, 7, 9)
 SPLITS = ("train", "dev", "test", "ood")
-# split -> (min ops, max ops, min rounds, max rounds, probability of a multiplication)
-SPLIT_SHAPE = {"train": (4, 8, 4, 6, 0.5), "dev": (4, 8, 4, 6, 0.5), "test": (4, 8, 4, 6, 0.5), "ood": (7, 8, 7, 8, 0.6)}
+# split -> (min ops, max ops, probability of a multiplication)
+SPLIT_SHAPE = {"train": (4, 8, 0.5), "dev": (4, 8, 0.5), "test": (4, 8, 0.5), "ood": (7, 8, 0.6)}
 DEFAULT_SIZES = {"train": 20000, "dev": 200, "test": 200, "ood": 200}
-PLAN_HEAD = "plan:"
+PLAN_HEAD = "plan: "
 STUDENT_SWAP = 0.5  # probability that the student's plan swaps an operation with the next one
-# every tagged operation the task can write: one token each in the toy tokenizer
-OPERATIONS = tuple(f"{t}+{k}" for t in TAGS for k in range(1, 10)) + tuple(f"{t}*{m}" for t in TAGS for m in MULTIPLIERS)
 
 
 def swap_neighbours(ops: list[str], rng: random.Random, p: float = STUDENT_SWAP) -> list[str]:
@@ -67,31 +59,24 @@ def apply_op(value: int, op: str) -> int:
     raise ValueError(f"unknown operation {op!r}")
 
 
-def question_text(start: int, rounds: int, ops: list[tuple[str, str]]) -> str:
-    return f"{start} x{rounds}: " + " ".join(t + o for t, o in ops)
+def question_text(start: int, ops: list[tuple[str, str]]) -> str:
+    return f"start {start}; apply by tag, mod {MOD}: " + " ".join(t + o for t, o in ops)
 
 
-def solution_text(start: int, rounds: int, plan: list[tuple[str, str]]) -> tuple[str, int, str]:
-    """(solution, plan length in characters, answer) for executing ``plan`` ``rounds`` times from ``start``.
-
-    The answer is the value at the end of every round, one digit each (``4``, ``0``, ``7`` -> ``407``): one round is
-    an affine map mod 10, and repeating a wrong one often lands on the right final digit by chance, never on every
-    round's."""
-    head = PLAN_HEAD + "".join(t + o for t, o in plan) + "\n"
-    lines, value, ends = [], start, []
-    for _ in range(rounds):
-        for t, o in plan:
-            value = apply_op(value, o)
-            lines.append(f"{t}{o}={value}\n")
-        ends.append(str(value))
-    answer = "".join(ends)
-    return head + "".join(lines) + "</think>\n\\boxed{" + answer + "}", len(head), answer
+def solution_text(start: int, plan: list[tuple[str, str]]) -> tuple[str, int, int]:
+    """(solution, plan length in characters, final value) for executing ``plan`` from ``start``."""
+    head = PLAN_HEAD + " ".join(t + o for t, o in plan) + "\n"
+    lines, value = [], start
+    for t, o in plan:
+        new = apply_op(value, o)
+        lines.append(f"{t}{o}: {value} -> {new}\n")
+        value = new
+    return head + "".join(lines) + "</think>\n\\boxed{" + str(value) + "}", len(head), value
 
 
 def make_record(rng: random.Random, split: str, index: int) -> dict[str, Any]:
-    lo, hi, r_lo, r_hi, p_mul = SPLIT_SHAPE[split]
+    lo, hi, p_mul = SPLIT_SHAPE[split]
     n = rng.randint(lo, hi)
-    rounds = rng.randint(r_lo, r_hi)
     ops = []
     for tag in TAGS[:n]:
         if rng.random() < p_mul:
@@ -101,24 +86,23 @@ def make_record(rng: random.Random, split: str, index: int) -> dict[str, Any]:
     shuffled = ops[:]
     rng.shuffle(shuffled)
     start = rng.randint(0, MOD - 1)
-    solution, plan_chars, answer = solution_text(start, rounds, ops)  # ops are already in tag order
+    solution, plan_chars, answer = solution_text(start, ops)  # ops are already in tag order
     # The student's plan is the teacher's with neighbouring operations swapped (each pair with probability
     # STUDENT_SWAP): it has learnt to look the operations up by tag but confuses neighbours, so its plans are often
-    # wrong while its execution (the plan's operations in order, every round) is the teacher's. The skill is there
-    # and the preference is wrong: what on-policy distillation can fix in a few dozen steps.
+    # wrong while its execution (line i does tag i, copying the operation the plan gave it) is the teacher's. The
+    # skill is there and the preference is wrong: what on-policy distillation can fix in a few dozen steps.
     student_plan = [(TAGS[i], op) for i, op in enumerate(swap_neighbours([op for _, op in ops], rng))]
-    wrong, _, wrong_answer = solution_text(start, rounds, student_plan)
+    wrong, _, wrong_answer = solution_text(start, student_plan)
     return {
         "id": f"toy-{split}-{index:05d}",
-        "question": question_text(start, rounds, shuffled),
-        "answer": answer,
+        "question": question_text(start, shuffled),
+        "answer": str(answer),
         "solution": solution,
         "plan_chars": plan_chars,
         "n_ops": n,
-        "rounds": rounds,
         # the same execution of a wrong plan: what the student is trained on
         "student_solution": wrong,
-        "student_answer": wrong_answer,
+        "student_answer": str(wrong_answer),
     }
 
 
@@ -145,11 +129,11 @@ def generate_splits(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[
     return {s: out[s] for s in SPLITS}
 
 
-def parse_question(question: str) -> tuple[int, int, list[tuple[str, str]]]:
-    """(start, rounds, [(tag, op), ...] in prompt order) from a question's text."""
+def parse_question(question: str) -> tuple[int, list[tuple[str, str]]]:
+    """(start, [(tag, op), ...] in prompt order) from a question's text."""
     head, _, ops = question.partition(": ")
-    start, rounds = head.split()
-    return int(start), int(rounds.lstrip("x")), [(tok[0], tok[1:]) for tok in ops.split()]
+    start = int(head.split(";")[0].split()[1])
+    return start, [(tok[0], tok[1:]) for tok in ops.split()]
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:

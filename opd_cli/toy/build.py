@@ -2,7 +2,7 @@
 
 The teacher is trained (SFT) on full solutions (correct plan, then its execution). Both students, a larger one
 (``student/``) and a compact one (``student-small/``), are trained on solutions whose plans swap neighbouring
-operations, so they execute a plan well but plan wrongly: their errors sit in the first ~10 % of the answer, which
+operations, so they execute a plan well but plan wrongly: their errors sit in the first ~25 % of the answer, which
 is what prefix OPD can fix. Everything runs on a fixed number of torch threads, so one seed gives one world.
 """
 
@@ -38,7 +38,7 @@ class ToyBuildConfig:
     student_heads: int = field(4, help="Larger student: attention heads.")
     student_steps: int = field(400, help="Larger student: SFT steps (optimizer steps).")
     small_layers: int = field(2, help="Compact student (--toy-student small): transformer layers.")
-    small_hidden: int = field(64, help="Compact student: hidden width.")
+    small_hidden: int = field(96, help="Compact student: hidden width.")
     small_heads: int = field(4, help="Compact student: attention heads.")
     small_steps: int = field(400, help="Compact student: SFT steps (optimizer steps).")
     student_correct_frac: float = field(0.0, help="Fraction of student training solutions with the correct plan (0 = none).")
@@ -59,7 +59,7 @@ class ToyBuildConfig:
     min_teacher_acc: float = field(0.9, help="Teacher test accuracy required at temperature 1 (fraction; 0 = off).")
     min_student_acc: float = field(0.05, help="Lowest student test accuracy accepted (fraction; 0 = off).")
     max_student_acc: float = field(0.4, help="Highest student test accuracy accepted (fraction; 1 = off).")
-    max_new_tokens: int = field(320, help="Response cap when sampling test answers (tokens).")
+    max_new_tokens: int = field(256, help="Response cap when sampling test answers (tokens).")
     threads: int = field(2, help="torch CPU threads, fixed: the thread count changes the numerics, so one seed gives one world (identical files) only at one count (0 = every core).")
 
     def __post_init__(self) -> None:

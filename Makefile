@@ -61,7 +61,12 @@ runs/eval-toy-%/eval/toy-ood.json: | toy-world
 	$(OPD) eval --toy-model $* --benchmark toy --benchmark toy-ood --samples 4 --max-new-tokens 256 \
 	    --batch-size 100 --output-dir runs/eval-toy-$* --if-exists resume
 
-toy-base: runs/eval-toy-student/eval/toy-ood.json runs/eval-toy-teacher/eval/toy-ood.json  ## base rows: toy student and teacher
+runs/eval-toy-student-small/eval/toy-ood.json: | toy-world
+	$(OPD) eval --toy-model student --toy-student small --benchmark toy --benchmark toy-ood --samples 4 \
+	    --max-new-tokens 256 --batch-size 100 --output-dir runs/eval-toy-student-small --if-exists resume
+
+toy-base: runs/eval-toy-student/eval/toy-ood.json runs/eval-toy-student-small/eval/toy-ood.json \
+          runs/eval-toy-teacher/eval/toy-ood.json  ## base rows: the toy students and teacher
 
 runs/train-%/final/config.json: | toy-world
 	$(OPD) train --recipe recipes/train-$*.yaml --if-exists resume

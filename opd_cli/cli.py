@@ -314,11 +314,12 @@ def toy_build_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the splits and models (a failed teacher retries with a new one)."),
     rebuild: Optional[bool] = typer.Option(None, "--rebuild/--reuse", help="Build even when a valid cached world exists."),
     teacher_steps: Optional[int] = typer.Option(None, "--teacher-steps", help="Most teacher SFT steps."),
-    student_steps: Optional[int] = typer.Option(None, "--student-steps", help="Student SFT steps."),
+    student_steps: Optional[int] = typer.Option(None, "--student-steps", help="Larger student's SFT steps."),
+    small_steps: Optional[int] = typer.Option(None, "--small-steps", help="Compact student's SFT steps."),
     min_teacher_acc: Optional[float] = typer.Option(None, "--min-teacher-acc", help="Teacher test accuracy required (0 = off)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (0 = default)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads, fixed so a seed gives one world (default 2; 0 = every core)."),
 ) -> None:
-    """Build the toy world (tokenizer, splits, teacher, plan-weak student) and report test accuracies."""
+    """Build the toy world (tokenizer, splits, teacher, two plan-weak students) and report test accuracies."""
     dispatch("opd_cli.toy.build", "ToyBuildConfig", "run_toy_build", recipe, locals())
 
 

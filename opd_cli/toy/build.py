@@ -25,7 +25,7 @@ class ToyBuildConfig:
 
     root: str = field("", help="Cache folder of the world ('' = $OPD_TOY_DIR or ~/.cache/opd/toy).")
     seed: int = field(0, help="Seed of the splits and the models; a failed teacher retries with seed + 1000*attempt.")
-    rebuild: bool = field(False, help="Build even when a valid world from this seed is cached (false = reuse it).")
+    rebuild: bool = field(False, help="Build even when a valid world with these settings is cached (false = reuse it).")
     train_size: int = field(20000, help="Training problems (count).")
     eval_size: int = field(200, help="Problems in each of dev, test and ood (count).")
     teacher_layers: int = field(4, help="Teacher transformer layers.")

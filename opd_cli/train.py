@@ -192,7 +192,8 @@ def _make_trainer_class():
 
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
             u = torch.rand(self.global_rows, scores.shape[-1], device=scores.device, generator=self.gen)[self.rows]
-            return scores.float() - torch.log(-torch.log(u))  # u = 0 gives -inf: never sampled, as it should
+            gumbel_neg = u.log_().neg_().log_()  # in place: one (rows, V) buffer; u = 0 gives +inf, never sampled
+            return scores.float() - gumbel_neg
 
     class OpdTrainer(DistillationTrainer):
         def __init__(self, *args: Any, opd: TrainConfig, run: Any, flops_fn: Any, offsets: dict[str, float], **kwargs: Any):

@@ -264,10 +264,11 @@ def _peak_rss_mib(tiny_dirs, prompts_file, out, **over) -> float:
 
 
 def test_peak_memory_does_not_grow_with_the_batch(qwen_model_dirs, prompts_file, tmp_path):
-    """At a fixed micro-batch, 4x the rollouts per step costs no memory: scoring runs one micro-batch at a time.
-
-    Holding the step's logits would add 32 rollouts x 16 tokens x 151,936 x 4 bytes = 311 MiB per tensor.
+    """At a fixed micro-batch, 4x the rollouts per step adds no scoring memory: both models run one micro-batch at a
+    time, and no (rollouts, tokens, V) tensor exists. Holding the step's logits would add 32 rollouts x 16 tokens x
+    151,936 x 4 bytes = 311 MiB per tensor. What may grow is generation's per-token (rollouts, V) logits, as in
+    TRL's generate: 24 more rollouts x 151,936 x 4 bytes = 14 MiB per copy (a few copies live at once).
     """
     small = _peak_rss_mib(qwen_model_dirs, prompts_file, tmp_path / "b8", batch_size=8, micro_batch_size=2)
     large = _peak_rss_mib(qwen_model_dirs, prompts_file, tmp_path / "b32", batch_size=32, micro_batch_size=2)
-    assert large - small < 40, (small, large)
+    assert large - small < 100, (small, large)

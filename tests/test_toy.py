@@ -262,6 +262,7 @@ def test_full_build_meets_acceptance(tmp_path):
     world = run_toy_build(ToyBuildConfig(root=str(tmp_path / "toy"), rebuild=True))
     m = world.manifest
     assert m["teacher"]["test_acc"] >= 0.9 and 0.05 <= m["student"]["test_acc"] <= 0.4
+    assert 0.05 <= m["student_small"]["test_acc"] <= m["student"]["test_acc"]  # the compact student is the weaker one
     assert m["build_seconds"] <= 6 * 60
 
 

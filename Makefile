@@ -36,14 +36,16 @@ lint: $(STAMP)  ## ruff
 # (runs are resumed, not redone), so `make toy-paper` can be interrupted and restarted.
 OPD     := $(BIN)/opd
 TOY_FIG := analysis/toy
-TOY_RUNS := toy-full toy-prefix16 toy-prefix32 toy-prefix toy-schedule
-TOY_DEV  := --benchmark toy-dev --dev-benchmark toy-dev --limit 100 --samples 4 --max-new-tokens 256 \
+# Table 2 (larger student) and Table 1 (compact student, the same recipes with --toy-student small)
+TOY_RUNS := toy-full toy-prefix5 toy-prefix toy-prefix20 toy-schedule
+TOY_SMALL_RUNS := $(patsubst toy-%,toy-small-%,$(TOY_RUNS))
+TOY_DEV  := --benchmark toy-dev --dev-benchmark toy-dev --limit 100 --samples 4 --max-new-tokens 192 \
             --batch-size 100 --if-exists resume
 # step 0 (the initial student, cached across runs) and every checkpoint on the dev split, then the test and OOD
 # splits at the best one
 TOY_EVAL := $(TOY_DEV) --best-benchmark toy --best-benchmark toy-ood
 SFT_LRS := 1e-3 3e-4 1e-4
-OPD_LRS := 2e-3 1e-3 3e-4 1e-4
+OPD_LRS := 1e-3 3e-4 1e-4 3e-5
 
 # run outputs are never intermediate files: make must not delete them after a chained build
 .SECONDARY:
@@ -58,18 +60,21 @@ toy: runs/train-toy-prefix/eval/best.json  ## the main job on the toy world: pre
 	@cat runs/train-toy-prefix/eval/best.json
 
 runs/eval-toy-%/eval/toy-ood.json: | toy-world
-	$(OPD) eval --toy-model $* --benchmark toy --benchmark toy-ood --samples 4 --max-new-tokens 256 \
+	$(OPD) eval --toy-model $* --benchmark toy --benchmark toy-ood --samples 4 --max-new-tokens 192 \
 	    --batch-size 100 --output-dir runs/eval-toy-$* --if-exists resume
 
 runs/eval-toy-student-small/eval/toy-ood.json: | toy-world
 	$(OPD) eval --toy-model student --toy-student small --benchmark toy --benchmark toy-ood --samples 4 \
-	    --max-new-tokens 256 --batch-size 100 --output-dir runs/eval-toy-student-small --if-exists resume
+	    --max-new-tokens 192 --batch-size 100 --output-dir runs/eval-toy-student-small --if-exists resume
 
 toy-base: runs/eval-toy-student/eval/toy-ood.json runs/eval-toy-student-small/eval/toy-ood.json \
           runs/eval-toy-teacher/eval/toy-ood.json  ## base rows: the toy students and teacher
 
 runs/train-%/final/config.json: | toy-world
 	$(OPD) train --recipe recipes/train-$*.yaml --if-exists resume
+
+runs/train-toy-small-%/final/config.json: | toy-world
+	$(OPD) train --recipe recipes/train-toy-$*.yaml --toy-student small --name toy-small-$* --if-exists resume
 
 runs/train-%/eval/best.json: runs/train-%/final/config.json
 	$(OPD) eval --run runs/train-$* --initial $(TOY_EVAL)

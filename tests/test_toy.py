@@ -16,6 +16,7 @@ from opd_cli.prompts import build_prompt
 from opd_cli.toy import task
 
 SIZES = {"train": 400, "dev": 50, "test": 50, "ood": 50}
+OP = r"[a-h][+*]\d"
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +26,21 @@ def splits():
 
 def _recompute(question: str) -> tuple[int, list[str]]:
     """Independent re-computation from the question text: sort the tagged ops by tag, apply them mod 10."""
-    m = re.fullmatch(r"start (\d); apply by tag, mod 10: ((?:[a-j][-+*]\d ?)+)", question)
+    m = re.fullmatch(rf"(\d): ((?:{OP} ?)+)", question)
     assert m, question
     value = int(m.group(1))
     ops = sorted(m.group(2).split())
     for op in ops:
         k = int(op[2])
-        value = {"+": value + k, "-": value - k, "*": value * k}[op[1]] % 10
+        value = {"+": value + k, "*": value * k}[op[1]] % 10
     return value, ops
+
+
+def _plan(solution: str) -> list[str]:
+    head = solution.split("\n")[0]
+    assert head.startswith("plan:"), head
+    assert re.fullmatch(rf"(?:{OP})+", head[5:]), head
+    return re.findall(OP, head)
 
 
 def test_generator_is_deterministic_by_seed():
@@ -54,30 +62,39 @@ def test_answers_match_independent_recomputation(splits):
             assert r["solution"].endswith("</think>\n\\boxed{" + r["answer"] + "}")
 
 
+def test_operations_alternate_multiply_and_add_along_the_tags(splits):
+    for r in splits["train"][:200]:
+        _, ops = _recompute(r["question"])
+        kinds = [op[1] for op in ops]
+        assert all(a != b for a, b in zip(kinds, kinds[1:])), ops
+
+
 def test_plan_is_sorted_by_tag_and_execution_follows_it(splits):
     same_as_prompt = []
     for r in splits["train"][:200] + splits["ood"]:
-        _, ops = _recompute(r["question"])
+        start, ops = _recompute(r["question"])
         prompt_ops = r["question"].split(": ", 1)[1].split()
-        plan = r["solution"][: r["plan_chars"]]
-        assert plan == "plan: " + " ".join(ops) + "\n"
-        lines = r["solution"][r["plan_chars"] :].split("\n")
-        steps = [ln.split(":")[0] for ln in lines if "->" in ln]
-        assert steps == ops  # one execution line per planned op, in the plan's order
-        # the student's plan: tags in order, the teacher's operations with neighbours swapped; execution follows it
-        student_plan = r["student_solution"].split("\n")[0].split()[1:]
-        assert [op[0] for op in student_plan] == list(task.TAGS[: len(ops)])
-        assert sorted(op[1:] for op in student_plan) == sorted(op[1:] for op in ops)
+        assert _plan(r["solution"]) == ops
+        assert r["solution"][: r["plan_chars"]] == "plan:" + "".join(ops) + "\n"
+        lines = [ln for ln in r["solution"].split("\n")[1:] if "->" in ln]
+        assert [ln.split(":")[0] for ln in lines] == ops  # one execution line per planned op, in the plan's order
+        value = int(r["question"].split(":")[0])
+        for ln, op in zip(lines, ops, strict=True):  # each line writes the arithmetic out, then keeps the last digit
+            full = value + int(op[2]) if op[1] == "+" else value * int(op[2])
+            assert ln == f"{op}: {value}{op[1:]}={full} -> {full % 10}"
+            value = full % 10
+        # the student's plan: the teacher's operations with neighbours swapped; its execution follows it
+        student_plan = _plan(r["student_solution"])
+        assert sorted(student_plan) == ops
         student_steps = [ln.split(":")[0] for ln in r["student_solution"].split("\n")[1:] if "->" in ln]
         assert student_steps == student_plan
-        value = int(r["question"].split()[1].rstrip(";"))
+        value = int(r["question"].split(":")[0])
         for op in student_plan:
             value = task.apply_op(value, op[1:])
         assert r["student_answer"] == str(value)
-        same_as_prompt.append([op[1:] for op in student_plan] == [op[1:] for op in prompt_ops])
-        # every operation stays within one place of its correct slot
-        for i, op in enumerate(student_plan):
-            assert op[1:] in [o[1:] for o in ops[max(0, i - 1) : i + 2]]
+        same_as_prompt.append(student_plan == prompt_ops)
+        for i, op in enumerate(student_plan):  # every operation stays within one place of its correct slot
+            assert op in ops[max(0, i - 1) : i + 2]
     assert sum(same_as_prompt) / len(same_as_prompt) < 0.2  # not tied to the prompt's order
 
 
@@ -91,17 +108,32 @@ def test_swap_neighbours_swaps_disjoint_pairs():
     assert sum(rates) / 200 > 0.9  # eight operations: almost always at least one swap
 
 
-def test_wrong_plan_usually_gives_a_wrong_answer(splits):
-    wrong = [r["student_answer"] != r["answer"] for r in splits["train"]]
-    assert 0.5 <= sum(wrong) / len(wrong) <= 0.95
+def test_wrong_plan_almost_always_gives_a_wrong_answer(splits):
+    """Neighbours never commute (but for +5), so a swapped plan is right only when its final digit is by chance."""
+    swapped = [r for r in splits["train"] if _plan(r["student_solution"]) != _plan(r["solution"])]
+    assert len(swapped) / len(splits["train"]) > 0.75
+    lucky = sum(r["student_answer"] == r["answer"] for r in swapped) / len(swapped)
+    assert lucky < 0.15
 
 
-def test_lengths_and_plan_fraction_in_range(splits):
+def test_plan_is_a_tenth_of_the_answer_and_the_prompt_a_fifth_of_the_sequence(toy_tokenizer_dir, splits):
+    """In tokens: the plan at most ~10 % of the answer, the prompt at most 1/4 of prompt + answer, so prefix OPD
+    over the plan costs a small fraction of full OPD."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(toy_tokenizer_dir))
+    plan_fracs, prompt_fracs = [], []
     for name, records in splits.items():
         for r in records:
-            tokens = len(r["solution"]) - len("</think>") + 1  # one token per character, </think> is one
-            assert 60 <= tokens <= 300, (name, tokens)
-            assert 0.2 <= r["plan_chars"] / len(r["solution"]) <= 0.3
+            prompt = len(tok(build_prompt(tok, r["question"]), add_special_tokens=False)["input_ids"])
+            answer = len(tok(r["solution"], add_special_tokens=False)["input_ids"]) + 1  # + eos
+            plan = len(tok(r["solution"][: r["plan_chars"]], add_special_tokens=False)["input_ids"])
+            assert plan == r["plan_tokens"] == r["n_ops"] + 2
+            assert 60 <= answer <= 160, (name, answer)
+            plan_fracs.append(plan / answer)
+            prompt_fracs.append(prompt / (prompt + answer))
+    assert max(plan_fracs) <= 0.12 and sum(plan_fracs) / len(plan_fracs) <= 0.1
+    assert max(prompt_fracs) <= 0.25
     assert min(r["n_ops"] for r in splits["ood"]) > sum(r["n_ops"] for r in splits["test"]) / len(splits["test"])
 
 

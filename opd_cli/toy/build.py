@@ -2,8 +2,8 @@
 
 The teacher is trained (SFT) on full solutions (correct plan, then its execution). Both students, a larger one
 (``student/``) and a compact one (``student-small/``), are trained on solutions whose plans swap neighbouring
-operations, so they execute a plan well but plan wrongly: their errors sit in the first ~25 % of the answer, which
-is what prefix OPD can fix. Everything runs on a fixed number of torch threads, so one seed gives one world.
+operations, so they execute a plan well but plan wrongly: their errors sit in the plan, the first ~10 % of the
+answer's tokens, which is what prefix OPD can fix. Everything runs on a fixed number of torch threads, so one seed gives one world.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ class ToyBuildConfig:
     student_layers: int = field(3, help="Larger student (--toy-student large): transformer layers.")
     student_hidden: int = field(128, help="Larger student: hidden width.")
     student_heads: int = field(4, help="Larger student: attention heads.")
-    student_steps: int = field(400, help="Larger student: SFT steps (optimizer steps).")
+    student_steps: int = field(700, help="Larger student: SFT steps (optimizer steps).")
     small_layers: int = field(2, help="Compact student (--toy-student small): transformer layers.")
     small_hidden: int = field(96, help="Compact student: hidden width.")
     small_heads: int = field(4, help="Compact student: attention heads.")
-    small_steps: int = field(400, help="Compact student: SFT steps (optimizer steps).")
+    small_steps: int = field(700, help="Compact student: SFT steps (optimizer steps).")
     student_correct_frac: float = field(0.0, help="Fraction of student training solutions with the correct plan (0 = none).")
     batch_size: int = field(32, help="SFT sequences per step.")
     teacher_lr: float = field(1e-3, help="Teacher SFT learning rate, constant after warmup (AdamW).")
@@ -51,10 +51,10 @@ class ToyBuildConfig:
     check_size: int = field(100, help="Dev problems scored at each check (greedy exact match, teacher-forced: one forward pass).")
     stop_acc: float = field(0.5, help="Dev greedy accuracy at a check that starts the teacher's final cooldown (fraction): "
                             "the op lookup, once it appears, is learnt within ~50 steps, and a decaying lr settles it.")
-    stop_cooldown: int = field(250, help="Most teacher steps after the passing check, lr decaying linearly to 0 (steps).")
-    done_sampled: float = field(0.95, help="A check at least `done_after` steps into the cooldown at which sampling at temperature 1 "
+    stop_cooldown: int = field(500, help="Most teacher steps after the passing check, lr decaying linearly to 0 (steps).")
+    done_sampled: float = field(0.9, help="A check at least `done_after` steps into the cooldown at which sampling at temperature 1 "
                                 "reproduces the dev references with this mean probability ends it early (fraction; 1 = off).")
-    done_after: int = field(50, help="Cooldown steps before `done_sampled` may end the teacher's training (steps).")
+    done_after: int = field(100, help="Cooldown steps before `done_sampled` may end the teacher's training (steps).")
     max_attempts: int = field(2, help="Teacher (and student) training attempts before failing (count).")
     min_teacher_acc: float = field(0.9, help="Teacher test accuracy required at temperature 1 (fraction; 0 = off).")
     min_student_acc: float = field(0.05, help="Lowest student test accuracy accepted (fraction; 0 = off).")

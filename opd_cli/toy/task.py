@@ -1,19 +1,22 @@
-"""The toy task: apply tagged operations to a digit, in tag order, modulo 10 (pure Python, seeded).
+"""The toy task: apply tagged operations to a digit in tag order, modulo 10 (pure Python, seeded).
 
-A question lists n tagged operations in shuffled order, e.g. ``start 4; apply by tag, mod 10: c*3 a+7 b-2``.
-The teacher's solution first writes a *plan* (the operations sorted by tag), then *executes* it one line per
-operation, copying each operation from the plan and updating the running value, and ends with the answer::
+A question gives a start digit and n tagged operations in shuffled order, e.g. ``4: c+2 a*7 b+5``. The teacher's
+solution first writes a short *plan* (the operations sorted by tag), then a long *execution*: one line per planned
+operation with the arithmetic written out, and the answer::
 
-    plan: a+7 b-2 c*3
-    a+7: 4 -> 1
-    b-2: 1 -> 9
-    c*3: 9 -> 7
+    plan:a*7b+5c+2
+    a*7: 4*7=28 -> 8
+    b+5: 8+5=13 -> 3
+    c+2: 3+2=5 -> 5
     </think>
-    \\boxed{7}
+    \\boxed{5}
 
-The plan is the first ~25 % of the solution and decides success: the student's plans swap neighbouring operations
-(``plan: a-2 b+7 c*3`` above), which gives a wrong answer unless the swapped operations happen to commute.
-Multipliers are 3, 7 and 9 (units mod 10), so a multiplication almost never commutes with an addition.
+Each tagged operation (``a*7``) and ``plan:`` are one token of the toy tokenizer, the rest one token per character,
+so the plan is n + 2 tokens and each execution line 12-15: the plan is ~10 % of the answer's tokens and decides it,
+while the execution after it is long and locally easy (copy the next planned operation, one digit of arithmetic,
+keep the last digit). Along the tag order the operations alternate between multiplying (by 3, 7 or 9, units mod 10)
+and adding (1-9), so two neighbours almost never commute (only ``+5`` does): the student's plans swap neighbouring
+operations (``plan:b+5a*7c+2``), which gives a wrong answer, while its execution of a plan is the teacher's.
 """
 
 from __future__ import annotations
@@ -28,14 +31,16 @@ MOD = 10
 TAGS = "abcdefgh"
 MULTIPLIERS = (3, 7, 9)
 SPLITS = ("train", "dev", "test", "ood")
-# split -> (min ops, max ops, probability of a multiplication)
-SPLIT_SHAPE = {"train": (4, 8, 0.5), "dev": (4, 8, 0.5), "test": (4, 8, 0.5), "ood": (7, 8, 0.6)}
+# split -> (min ops, max ops): out-of-domain problems have longer plans
+SPLIT_SHAPE = {"train": (4, 8), "dev": (4, 8), "test": (4, 8), "ood": (7, 8)}
 DEFAULT_SIZES = {"train": 20000, "dev": 200, "test": 200, "ood": 200}
-PLAN_HEAD = "plan: "
+PLAN_HEAD = "plan:"
 STUDENT_SWAP = 0.5  # probability that the student's plan swaps an operation with the next one
+# every tagged operation the task can write: one token each in the toy tokenizer
+OPERATIONS = tuple(f"{t}+{k}" for t in TAGS for k in range(1, 10)) + tuple(f"{t}*{m}" for t in TAGS for m in MULTIPLIERS)
 
 
-def swap_neighbours(ops: list[str], rng: random.Random, p: float = STUDENT_SWAP) -> list[str]:
+def swap_neighbours(ops: list[Any], rng: random.Random, p: float = STUDENT_SWAP) -> list[Any]:
     """``ops`` with disjoint neighbouring pairs swapped, each with probability ``p`` (left to right)."""
     out, i = list(ops), 0
     while i < len(out) - 1:
@@ -49,49 +54,60 @@ def swap_neighbours(ops: list[str], rng: random.Random, p: float = STUDENT_SWAP)
 
 def apply_op(value: int, op: str) -> int:
     """``op`` is ``+k``, ``-k`` or ``*k`` with one digit k; the result is taken modulo 10 (the task uses + and *)."""
+    return _full(value, op) % MOD
+
+
+def _full(value: int, op: str) -> int:
     sign, k = op[0], int(op[1:])
     if sign == "+":
-        return (value + k) % MOD
+        return value + k
     if sign == "-":
-        return (value - k) % MOD
+        return value - k
     if sign == "*":
-        return (value * k) % MOD
+        return value * k
     raise ValueError(f"unknown operation {op!r}")
 
 
 def question_text(start: int, ops: list[tuple[str, str]]) -> str:
-    return f"start {start}; apply by tag, mod {MOD}: " + " ".join(t + o for t, o in ops)
+    return f"{start}: " + " ".join(t + o for t, o in ops)
 
 
 def solution_text(start: int, plan: list[tuple[str, str]]) -> tuple[str, int, int]:
     """(solution, plan length in characters, final value) for executing ``plan`` from ``start``."""
-    head = PLAN_HEAD + " ".join(t + o for t, o in plan) + "\n"
+    head = PLAN_HEAD + "".join(t + o for t, o in plan) + "\n"
     lines, value = [], start
     for t, o in plan:
-        new = apply_op(value, o)
-        lines.append(f"{t}{o}: {value} -> {new}\n")
-        value = new
+        full = _full(value, o)
+        lines.append(f"{t}{o}: {value}{o}={full} -> {full % MOD}\n")
+        value = full % MOD
     return head + "".join(lines) + "</think>\n\\boxed{" + str(value) + "}", len(head), value
 
 
-def make_record(rng: random.Random, split: str, index: int) -> dict[str, Any]:
-    lo, hi, p_mul = SPLIT_SHAPE[split]
-    n = rng.randint(lo, hi)
+def draw_operations(rng: random.Random, n: int) -> list[tuple[str, str]]:
+    """n operations tagged a, b, ... that alternate between a multiplication and an addition (either first)."""
+    multiply_first = rng.random() < 0.5
     ops = []
-    for tag in TAGS[:n]:
-        if rng.random() < p_mul:
+    for i, tag in enumerate(TAGS[:n]):
+        if (i % 2 == 0) == multiply_first:
             ops.append((tag, f"*{rng.choice(MULTIPLIERS)}"))
         else:
             ops.append((tag, f"+{rng.randint(1, 9)}"))
+    return ops
+
+
+def make_record(rng: random.Random, split: str, index: int) -> dict[str, Any]:
+    lo, hi = SPLIT_SHAPE[split]
+    n = rng.randint(lo, hi)
+    ops = draw_operations(rng, n)
     shuffled = ops[:]
     rng.shuffle(shuffled)
     start = rng.randint(0, MOD - 1)
     solution, plan_chars, answer = solution_text(start, ops)  # ops are already in tag order
     # The student's plan is the teacher's with neighbouring operations swapped (each pair with probability
-    # STUDENT_SWAP): it has learnt to look the operations up by tag but confuses neighbours, so its plans are often
-    # wrong while its execution (line i does tag i, copying the operation the plan gave it) is the teacher's. The
-    # skill is there and the preference is wrong: what on-policy distillation can fix in a few dozen steps.
-    student_plan = [(TAGS[i], op) for i, op in enumerate(swap_neighbours([op for _, op in ops], rng))]
+    # STUDENT_SWAP): it has learnt to look the operations up but confuses the order of neighbours, so its plans are
+    # often wrong while its execution (line i does the plan's i-th operation) is the teacher's. The skill is there
+    # and the preference is wrong: what on-policy distillation can fix in a few dozen steps.
+    student_plan = swap_neighbours(ops, rng)
     wrong, _, wrong_answer = solution_text(start, student_plan)
     return {
         "id": f"toy-{split}-{index:05d}",
@@ -99,6 +115,7 @@ def make_record(rng: random.Random, split: str, index: int) -> dict[str, Any]:
         "answer": str(answer),
         "solution": solution,
         "plan_chars": plan_chars,
+        "plan_tokens": n + 2,  # plan: + one token per operation + newline
         "n_ops": n,
         # the same execution of a wrong plan: what the student is trained on
         "student_solution": wrong,
@@ -132,7 +149,7 @@ def generate_splits(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[
 def parse_question(question: str) -> tuple[int, list[tuple[str, str]]]:
     """(start, [(tag, op), ...] in prompt order) from a question's text."""
     head, _, ops = question.partition(": ")
-    start = int(head.split(";")[0].split()[1])
+    start = int(head)
     return start, [(tok[0], tok[1:]) for tok in ops.split()]
 
 

@@ -1,8 +1,9 @@
-"""A character-level tokenizer for the toy world, built locally with ``tokenizers`` (no hub access).
+"""The toy world's tokenizer, built locally with ``tokenizers`` (no hub access).
 
-One id per printable ASCII character and newline, plus ``<think>`` and ``</think>`` (added tokens that
-``decode(skip_special_tokens=True)`` keeps, as in Qwen3), and special pad / eos / unk tokens. No chat template,
-so :func:`opd_cli.prompts.build_prompt` uses its plain path.
+One id per printable ASCII character and newline, plus added tokens that ``decode(skip_special_tokens=True)``
+keeps: ``<think>`` and ``</think>`` (as in Qwen3), ``plan:`` and every tagged operation of the task (``a+7``,
+``c*3``: one token each, as a real tokenizer's merges make frequent strings one token); and special pad / eos /
+unk tokens. No chat template, so :func:`opd_cli.prompts.build_prompt` uses its plain path.
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ THINK_CLOSE = "</think>"
 CHARS = ["\n"] + [chr(c) for c in range(32, 127)]  # newline + printable ASCII
 
 
+def _words() -> tuple[str, ...]:
+    from opd_cli.toy.task import OPERATIONS, PLAN_HEAD
+
+    return (THINK_OPEN, THINK_CLOSE, PLAN_HEAD, *OPERATIONS)
+
+
+WORDS = _words()  # added tokens, matched before the characters
+
+
 def build_tokenizer(out_dir: Path | None = None) -> Any:
     """A ``PreTrainedTokenizerFast`` with one id per character; saved with ``save_pretrained`` into ``out_dir`` if given."""
     from tokenizers import AddedToken, Tokenizer, decoders, models
@@ -30,7 +40,7 @@ def build_tokenizer(out_dir: Path | None = None) -> Any:
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK, fuse_unk=False))
     core.decoder = decoders.Fuse()
     core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (PAD, EOS, UNK)])
-    core.add_tokens([AddedToken(t, special=False, normalized=False) for t in (THINK_OPEN, THINK_CLOSE)])
+    core.add_tokens([AddedToken(t, special=False, normalized=False) for t in WORDS])
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token=PAD, eos_token=EOS, unk_token=UNK, padding_side="left",
         clean_up_tokenization_spaces=False,
@@ -52,12 +62,13 @@ def encode_fast(tok: Any, texts: list[str]) -> list[list[int]]:
 
     vocab = tok.get_vocab()
     unk = vocab[UNK]
-    split = re.compile("(" + re.escape(THINK_CLOSE) + "|" + re.escape(THINK_OPEN) + ")")
+    words = set(WORDS)
+    split = re.compile("(" + "|".join(re.escape(w) for w in sorted(WORDS, key=len, reverse=True)) + ")")
     out = []
     for text in texts:
         ids: list[int] = []
         for part in split.split(text):
-            if part in (THINK_OPEN, THINK_CLOSE):
+            if part in words:
                 ids.append(vocab[part])
             elif part:
                 ids.extend(vocab.get(ch, unk) for ch in part)

@@ -22,7 +22,7 @@ from typing import Any
 from opd_cli.errors import OpdError
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2  # 2: two students (student-small/ beside student/)
+FORMAT_VERSION = 3  # 2: two students (student-small/ beside student/); 3: single-token operations, arithmetic written out
 SPLITS = ("train", "dev", "test", "ood")
 TOY_STUDENTS = ("large", "small")  # --toy-student values; large is the default everywhere
 STUDENT_FOLDERS = {"large": "student", "small": "student-small"}

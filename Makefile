@@ -53,11 +53,27 @@ OPD_LRS := 1e-3 3e-4 1e-4 3e-5
 .PHONY: toy toy-world toy-base toy-train toy-sft toy-fig2 toy-fig3 toy-fig4 toy-fig5 toy-fig6 toy-fig7 toy-table12 \
         toy-table3 toy-overlap toy-paper toy-paper-all
 
-toy-world: $(STAMP)  ## build (or check) the toy world: tokenizer, data, teacher, plan-weak student
+toy-world: $(STAMP)  ## build (or check) the toy world: tokenizer, data, teacher, two plan-weak students
 	$(OPD) toy build
 
-toy: runs/train-toy-prefix/eval/best.json  ## the main job on the toy world: prefix OPD (L = 64), evaluated
-	@cat runs/train-toy-prefix/eval/best.json
+# `make toy`: the method in ~10 minutes on a fresh 2-core machine, install and world build included: the larger
+# student before, after 30 steps of prefix OPD over the plan (L = 10) and after 30 steps of full OPD, each on the
+# test split with its training FLOPs (both runs at once, one thread each).
+TOY_QUICK_RUNS := runs/eval-toy-quick-student/eval/toy.json runs/train-toy-quick-prefix/eval/best.json \
+                  runs/train-toy-quick-full/eval/best.json
+TOY_TEST := --benchmark toy --dev-benchmark toy --samples 2 --max-new-tokens 192 --batch-size 100 --if-exists resume
+
+toy: toy-world  ## the main job on the toy world: the student before, after prefix OPD and after full OPD
+	$(TOY_MAKE) $(TOY_QUICK_RUNS)
+	$(OPD) plot main-table runs/eval-toy-quick-student runs/train-toy-quick-prefix runs/train-toy-quick-full \
+	    --in-domain toy -o runs/toy-quick
+
+runs/train-toy-quick-%/eval/best.json: | toy-world
+	$(OPD) train --recipe recipes/train-toy-$*.yaml --name toy-quick-$* --steps 30 --save-every 30 --if-exists resume
+	$(OPD) eval --run runs/train-toy-quick-$* $(TOY_TEST)
+
+runs/eval-toy-quick-student/eval/toy.json: | toy-world
+	$(OPD) eval --toy-model student --output-dir runs/eval-toy-quick-student $(TOY_TEST)
 
 runs/eval-toy-%/eval/toy-ood.json: | toy-world
 	$(OPD) eval --toy-model $* --benchmark toy --benchmark toy-ood --samples 4 --max-new-tokens 192 \
@@ -79,11 +95,17 @@ runs/train-toy-small-%/final/config.json: | toy-world
 runs/train-%/eval/best.json: runs/train-%/final/config.json
 	$(OPD) eval --run runs/train-$* --initial $(TOY_EVAL)
 
-toy-train: $(foreach r,$(TOY_RUNS),runs/train-$(r)/eval/best.json)  ## OPD runs of Tables 1-2 (full, prefix 32/64/128, schedule), evaluated
+toy-train: $(foreach r,$(TOY_RUNS) $(TOY_SMALL_RUNS),runs/train-$(r)/eval/best.json)  ## OPD runs of Tables 1-2 (full, prefix 5/10/20, schedule; both students), evaluated
 
 runs/sft-baseline-toy/final.done: | toy-world
 	$(OPD) sft-baseline --recipe recipes/sft-toy.yaml --if-exists resume
 	$(OPD) eval --run runs/sft-baseline-toy --initial $(TOY_EVAL)
+	touch $@
+
+runs/sft-baseline-toy-small/final.done: | toy-world
+	$(OPD) sft-baseline --recipe recipes/sft-toy.yaml --toy-student small --name toy-small \
+	    --output-dir runs/sft-baseline-toy-small --if-exists resume
+	$(OPD) eval --run runs/sft-baseline-toy-small --initial $(TOY_EVAL)
 	touch $@
 
 runs/sft-toy-prefix-lr%/final.done: | toy-world
@@ -92,9 +114,11 @@ runs/sft-toy-prefix-lr%/final.done: | toy-world
 	$(OPD) eval --run runs/sft-toy-prefix-lr$* --initial $(TOY_EVAL)
 	touch $@
 
-toy-sft: runs/sft-baseline-toy/final.done $(foreach lr,$(SFT_LRS),runs/sft-toy-prefix-lr$(lr)/final.done)  ## SFT rows and prefix SFT (Fig. 6)
+toy-sft: runs/sft-baseline-toy/final.done runs/sft-baseline-toy-small/final.done $(foreach lr,$(SFT_LRS),runs/sft-toy-prefix-lr$(lr)/final.done)  ## SFT rows and prefix SFT (Fig. 6)
 
-toy-table12: toy-base toy-train toy-sft  ## Tables 1-2: accuracies, FLOPs, hours (markdown + CSV)
+toy-table12: toy-base toy-train toy-sft  ## Tables 1-2: accuracies, FLOPs, hours (markdown + CSV), compact and larger student
+	$(OPD) plot main-table runs/eval-toy-student-small $(foreach r,$(TOY_SMALL_RUNS),runs/train-$(r)) \
+	    runs/sft-baseline-toy-small --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)/small
 	$(OPD) plot main-table runs/eval-toy-student $(foreach r,$(TOY_RUNS),runs/train-$(r)) runs/sft-baseline-toy \
 	    --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)
 
@@ -102,16 +126,20 @@ toy-fig2: runs/train-toy-full/final/config.json  ## Fig. 2: KL per position bin 
 	$(OPD) kl-by-position --recipe recipes/kl-by-position-toy-full.yaml --if-exists resume
 	$(OPD) plot kl-position runs/kl-by-position-toy-full -o $(TOY_FIG)/fig2
 
-toy-fig5: runs/train-toy-prefix/final/config.json  ## Fig. 5: KL per position bin on full-length rollouts during prefix OPD
+toy-fig5: runs/train-toy-prefix/final/config.json runs/train-toy-small-prefix/final/config.json  ## Fig. 5: KL per position bin on full-length rollouts during prefix OPD (both students)
 	$(OPD) kl-by-position --recipe recipes/kl-by-position-toy-prefix.yaml --if-exists resume
 	$(OPD) plot kl-position runs/kl-by-position-toy-prefix -o $(TOY_FIG)/fig5
+	$(OPD) kl-by-position --recipe recipes/kl-by-position-toy-prefix.yaml --run runs/train-toy-small-prefix \
+	    --output-dir runs/kl-by-position-toy-small-prefix --if-exists resume
+	$(OPD) plot kl-position runs/kl-by-position-toy-small-prefix -o $(TOY_FIG)/small/fig5
 
 toy-fig3: | toy-world  ## Fig. 3: the untrained student continuing from teacher prefixes
 	$(OPD) probe-teacher-prefix --recipe recipes/probe-toy.yaml --if-exists resume
 	$(OPD) plot teacher-prefix runs/probe-teacher-prefix-toy -o $(TOY_FIG)
 
-toy-fig4: toy-train  ## Fig. 4: training FLOPs vs dev accuracy over checkpoints
+toy-fig4: toy-train  ## Fig. 4: training FLOPs vs dev accuracy over checkpoints (both students)
 	$(OPD) plot compute-vs-acc $(foreach r,$(TOY_RUNS),runs/train-$(r)) -o $(TOY_FIG)
+	$(OPD) plot compute-vs-acc $(foreach r,$(TOY_SMALL_RUNS),runs/train-$(r)) -o $(TOY_FIG)/small
 
 toy-fig6: toy-sft runs/train-toy-prefix/eval/best.json  ## Fig. 6: prefix SFT at several learning rates vs prefix OPD
 	$(OPD) plot sft-prefix $(foreach lr,$(SFT_LRS),runs/sft-toy-prefix-lr$(lr)) runs/train-toy-prefix -o $(TOY_FIG)
@@ -123,7 +151,7 @@ runs/train-toy-prefix-lr%/eval/best.json: | toy-world
 toy-fig7: $(foreach lr,$(OPD_LRS),runs/train-toy-prefix-lr$(lr)/eval/best.json)  ## Fig. 7 / Table 4: prefix OPD learning-rate sweep
 	$(OPD) plot lr-sweep $(foreach lr,$(OPD_LRS),runs/train-toy-prefix-lr$(lr)) -o $(TOY_FIG)
 
-toy-table3: runs/train-toy-full/eval/best.json runs/train-toy-prefix32/eval/best.json  ## Table 3: loss-window ablation (references adopted from the main runs)
+toy-table3: runs/train-toy-full/eval/best.json runs/train-toy-prefix/eval/best.json  ## Table 3: loss-window ablation (references adopted from the main runs)
 	$(OPD) window-ablation --recipe recipes/window-ablation-toy.yaml
 	$(OPD) plot window-ablation runs/window-ablation-toy -o $(TOY_FIG)
 
@@ -136,8 +164,8 @@ toy-overlap: runs/train-toy-full/final/config.json runs/train-toy-prefix/final/c
 TOY_JOBS ?= 2
 TOY_MAKE = $(if $(filter 1,$(TOY_JOBS)),,OMP_NUM_THREADS=1) $(MAKE) --no-print-directory -j$(TOY_JOBS) --output-sync=target
 toy-paper: toy-world  ## every toy figure and table (resumable; TOY_JOBS=2 steps at a time)
-	# the longest chain first: the window ablation's references (full OPD, prefix 32), then the ablation beside the rest
-	$(TOY_MAKE) runs/train-toy-full/eval/best.json runs/train-toy-prefix32/eval/best.json
+	# the longest chain first: the window ablation's references (full OPD, prefix 10), then the ablation beside the rest
+	$(TOY_MAKE) runs/train-toy-full/eval/best.json runs/train-toy-prefix/eval/best.json
 	$(TOY_MAKE) toy-paper-all
 	@echo "figures and tables in $(TOY_FIG)/"
 

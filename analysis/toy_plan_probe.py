@@ -1,8 +1,8 @@
 """Does the toy student fail in its plan? Student test accuracy alone vs. continuing from the teacher's plan.
 
 The teacher writes a solution for each test problem (temperature 1); the student then continues from the prompt
-plus the first ``--frac`` of that solution (default: the plan, ~25 % of it). A large gain means the student's errors
-sit in the first quarter of its answer, the property prefix OPD relies on.
+plus the first ``--frac`` of that solution (default: the plan, ~10 % of its tokens). A large gain means the student's errors
+sit in the plan at the start of its answer, the property prefix OPD relies on.
 
     .venv/bin/python analysis/toy_plan_probe.py [--root ~/.cache/opd/toy] [--samples 2]
 """

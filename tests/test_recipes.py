@@ -74,3 +74,19 @@ def test_paper_eval_settings(vllm_extra: None) -> None:
     assert (cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.backend) == (1.0, 1.0, 16384, "vllm")
     assert {b: cfg.n_for(b) for b in cfg.benchmark} == {"aime24": 16, "aime25": 16, "math500": 4, "gpqa": 4, "mmlu-pro": 4}
     assert cfg.dev_benchmark == "aime24"
+
+
+def test_toy_opd_recipes_share_lr_steps_and_batch() -> None:
+    """The toy OPD recipes differ only in their prefix: one lr (picked by the Fig. 7 sweep), one step count."""
+    toy = [p for p in RECIPES if p.name.startswith("train-toy-")]
+    assert {p.name for p in toy} >= {"train-toy-full.yaml", "train-toy-prefix.yaml", "train-toy-schedule.yaml"}
+    shared = {(d["lr"], d["steps"], d["batch_size"], d["max_new_tokens"]) for d in (yaml.safe_load(p.read_text()) for p in toy)}
+    assert len(shared) == 1, shared
+
+
+def test_toy_prefix_recipe_covers_every_plan() -> None:
+    """recipes/train-toy-prefix.yaml is the plan-covering L: the longest toy plan is 8 operations + plan: + newline."""
+    from opd_cli.toy.task import SPLIT_SHAPE
+
+    longest_plan = max(hi for _, hi in SPLIT_SHAPE.values()) + 2
+    assert yaml.safe_load((RECIPES[0].parent / "train-toy-prefix.yaml").read_text())["prefix"] == longest_plan

@@ -32,6 +32,9 @@ OutOpt = typer.Option(None, "--output-dir", "-o", help="Run folder (default: run
 DtypeOpt = typer.Option(None, "--dtype", help="auto | float32 | bfloat16 | float16.")
 DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda.")
 ThinkOpt = typer.Option(None, "--think/--no-think", help="Append <think> to the prompt.")
+ReportToOpt = typer.Option(None, "--report-to", help="Trackers besides metrics.jsonl: none | tensorboard | wandb | trackio (repeatable or comma-separated).")
+PushToHubOpt = typer.Option(None, "--push-to-hub", help="Upload the final model to the Hub at the end (needs --hub-model-id).")
+HubModelIdOpt = typer.Option(None, "--hub-model-id", help="Hub repository owner/name for --push-to-hub.")
 ToyStudentOpt = typer.Option(None, "--toy-student", help="The toy world's student when no --student is given: large (default) | small.")
 
 
@@ -99,6 +102,9 @@ def train_cmd(
     chunk: Optional[int] = typer.Option(None, "--chunk", help="Response positions per logits chunk (bounds micro-batch x chunk x V memory)."),
     metrics_every: Optional[int] = typer.Option(None, "--metrics-every", help="Overlap metrics on the first, every N-th and last step (0 = never)."),
     ignore_eos: Optional[bool] = typer.Option(None, "--ignore-eos", help="Fixed-length rollouts: never stop at EOS (benchmarks)."),
+    report_to: Optional[list[str]] = ReportToOpt,
+    push_to_hub: Optional[bool] = PushToHubOpt,
+    hub_model_id: Optional[str] = HubModelIdOpt,
     output_dir: Optional[Path] = OutOpt,
     if_exists: Optional[str] = IfExistsOpt,
 ) -> None:
@@ -276,6 +282,9 @@ def sft_baseline_cmd(
     device: Optional[str] = DeviceOpt,
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed."),
     output_dir: Optional[str] = OutOpt,
+    report_to: Optional[list[str]] = ReportToOpt,
+    push_to_hub: Optional[bool] = PushToHubOpt,
+    hub_model_id: Optional[str] = HubModelIdOpt,
     if_exists: Optional[str] = IfExistsOpt,
 ) -> None:
     """Off-policy SFT on teacher responses (Tables 1-2 SFT rows, Fig. 6 with --max-length); a valid opd train --student."""

@@ -22,6 +22,7 @@ from typing import Any
 from opd_cli.config import check, field
 from opd_cli.errors import OpdError
 from opd_cli.toy.world import check_toy_student
+from opd_cli.tracking import TRACKING_FIELDS, point_tensorboard, push_folder, tracker_scalars
 
 TEACHER_CACHE = "teacher_responses.jsonl"
 TRAINER_TMP = ".trainer"  # TRL writes checkpoint-N here; each is then committed as checkpoints/step_N
@@ -78,11 +79,18 @@ class SftConfig:
     dtype: str = field("auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16.")
     device: str = field("auto", help="auto | cpu | cuda.")
     seed: int = field(0, help="Seed of data order, initialisation of the trainer and teacher sampling.")
+    report_to: list[str] = field([], help="Experiment trackers besides metrics.jsonl: tensorboard, wandb, trackio (repeat or comma-separate; none = off). TensorBoard writes into the run folder's tensorboard/.")
+    push_to_hub: bool = field(False, help="Upload the last checkpoint's model to the Hub at the end (needs --hub-model-id).")
+    hub_model_id: str | None = field(None, help="Hub repository for --push-to-hub, owner/name.")
     output_dir: str | None = field(None, help="Run folder (None = runs/sft-baseline-<name>).")
     if_exists: str = field("raise", help="Existing run folder: raise | resume | overwrite.")
 
     def __post_init__(self) -> None:
         check(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
+        from opd_cli.tracking import check_hub, parse_report_to
+
+        self.report_to = parse_report_to(self.report_to)
+        check_hub(self.push_to_hub, self.hub_model_id)
         check(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
         check(self.micro_batch_size >= 0, f"--micro-batch-size must be 0 (off) or positive, got {self.micro_batch_size}")
         check(
@@ -249,21 +257,21 @@ def _make_callback(run: Any, model: Any, shape: Any, cfg: SftConfig, start: dict
             s, s2 = sum(lens), sum(n * n for n in lens)
             flops_step = sample_flops(shape, s, s2, cfg.attn_coef)
             self.flops_total += flops_step
-            run.log(
-                {
-                    "step": state.global_step,
-                    "loss": float(logs["loss"]),
-                    "lr": float(logs.get("learning_rate", cfg.lr)),
-                    "grad_norm": logs.get("grad_norm"),
-                    "sequences": len(lens),
-                    "seq_tokens": s,
-                    "seq_tokens_sq": s2,
-                    "seq_len_max": max(lens),
-                    "flops_step": flops_step,
-                    "flops_total": self.flops_total,
-                    "wall_time": time.time() - self.wall0,
-                }
-            )
+            rec = {
+                "step": state.global_step,
+                "loss": float(logs["loss"]),
+                "lr": float(logs.get("learning_rate", cfg.lr)),
+                "grad_norm": logs.get("grad_norm"),
+                "sequences": len(lens),
+                "seq_tokens": s,
+                "seq_tokens_sq": s2,
+                "seq_len_max": max(lens),
+                "flops_step": flops_step,
+                "flops_total": self.flops_total,
+                "wall_time": time.time() - self.wall0,
+            }
+            run.log(rec)
+            logs.update(tracker_scalars(rec))  # the trackers' callbacks run after this one
             print(f"step {state.global_step}/{cfg.steps}  loss {float(logs['loss']):.4f}  tokens {s}  flops {self.flops_total:.3g}")
 
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
@@ -305,7 +313,7 @@ def run_sft(cfg: SftConfig) -> Path:
 
     shape = ModelShape.from_source(cfg.student)  # fails early on a model the FLOPs formula cannot read
     # A finished run may be extended (--steps 1500 over 300) or saved more often; anything else must match.
-    run = open_run(out, cfg.if_exists, cfg, compare_ignore=("steps", "save_every"))
+    run = open_run(out, cfg.if_exists, cfg, compare_ignore=("steps", "save_every", *TRACKING_FIELDS))
     start: dict[str, float] = {}
     resume_from = None
     last = run.last_checkpoint() if run.resumed else None
@@ -338,13 +346,18 @@ def run_sft(cfg: SftConfig) -> Path:
     trainer = _build_trainer(cfg, model, tok, examples, out, device)
     if len(trainer.train_dataset) == 0:
         raise OpdError(f"no training example is left after --max-length {cfg.max_length}: every prompt fills it; raise --max-length")
-    trainer.add_callback(_make_callback(run, model, shape, cfg, start))
+    # first, so the trackers' callbacks after it see the metrics.jsonl names it adds to each log
+    trainer.callback_handler.callbacks.insert(0, _make_callback(run, model, shape, cfg, start))
+    point_tensorboard(trainer, out)
     print(
         f"SFT {cfg.student} on {len(trainer.train_dataset)} teacher responses: {cfg.steps} steps x {cfg.batch_size} "
         f"sequences, lr {cfg.lr}, max length {cfg.max_length or 'off'}"
     )
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     shutil.rmtree(out / TRAINER_TMP, ignore_errors=True)  # only TRL's model card is left there
+    if cfg.push_to_hub:
+        step, folder = run.last_checkpoint()
+        print(f"pushed {folder} to {push_folder(folder, cfg.hub_model_id, f'opd sft-baseline {cfg.name}: step {step}')}")
     return out
 
 
@@ -357,6 +370,8 @@ def _build_trainer(cfg: SftConfig, model: Any, tok: Any, examples: list[dict[str
     from transformers import PrinterCallback
     from transformers.utils import logging as hf_logging
     from trl import SFTConfig, SFTTrainer
+
+    from opd_cli.tracking import training_args
 
     procs = PartialState().num_processes
     check(
@@ -387,7 +402,7 @@ def _build_trainer(cfg: SftConfig, model: Any, tok: Any, examples: list[dict[str
         save_only_model=cfg.save_only_model,
         logging_steps=1,
         logging_strategy="steps",
-        report_to="none",
+        **training_args(cfg.report_to, cfg.name),
         disable_tqdm=True,
         seed=cfg.seed,
         data_seed=cfg.seed,

@@ -94,6 +94,9 @@ class TrainConfig:
     metrics_every: int = field(5, help="Overlap metrics (full-vocabulary top-k) on the first, every N-th and the last step (0 = never; entropies and KL every step).")
     ignore_eos: bool = field(False, help="Never stop a rollout at EOS: fixed-length rollouts, for benchmarks (off = stop at EOS).")
     attn_coef: float = field(12.0, help="Attention coefficient c of the FLOPs formula (12 = verl <= 0.7, 6 after).")
+    report_to: list[str] = field([], help="Experiment trackers besides metrics.jsonl: tensorboard, wandb, trackio (repeat or comma-separate; none = off). TensorBoard writes into the run folder's tensorboard/.")
+    push_to_hub: bool = field(False, help="Upload final/ to the Hub at the end (needs --hub-model-id).")
+    hub_model_id: str | None = field(None, help="Hub repository for --push-to-hub, owner/name.")
     output_dir: str | None = field(None, help="Run folder (None = runs/train-<name>).")
     if_exists: str = field("raise", help="Existing run folder: raise | resume | overwrite.")
 
@@ -122,6 +125,10 @@ class TrainConfig:
         check(self.batch_size > 0 and self.micro_batch_size > 0, "--batch-size and --micro-batch-size must be > 0")
         check(self.batch_size % self.micro_batch_size == 0, f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size {self.micro_batch_size}")
         check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        from opd_cli.tracking import check_hub, parse_report_to
+
+        self.report_to = parse_report_to(self.report_to)
+        check_hub(self.push_to_hub, self.hub_model_id)
         check(self.steps > 0, f"--steps must be > 0, got {self.steps}")
         check(self.warmup >= 0 and self.save_every >= 0 and self.limit >= 0, "--warmup, --save-every and --limit must be >= 0")
         check(self.chunk > 0, f"--chunk must be > 0, got {self.chunk}")
@@ -421,10 +428,12 @@ def _make_trainer_class():
         # ------------------------------------------------------------------ hook 4: metrics + checkpoints
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             if "grad_norm" in logs and "train_runtime" not in logs:  # the once-per-optimizer-step log
-                self._write_metrics(logs)
+                from opd_cli.tracking import tracker_scalars
+
+                logs = {**logs, **tracker_scalars(self._write_metrics(logs))}  # trackers see metrics.jsonl's names
             super().log(logs, start_time)
 
-        def _write_metrics(self, logs: dict[str, float]) -> None:
+        def _write_metrics(self, logs: dict[str, float]) -> dict[str, Any]:
             acc, g = self._acc, self.accelerator
             now = time.perf_counter()
             time_step = now - (self._t_start or now)
@@ -479,6 +488,7 @@ def _make_trainer_class():
                 if self.progress is not None:
                     self.progress(rec)
             self._reset_acc()
+            return rec
 
         def train(self, *args, **kwargs):
             self._t0 = self._t_start = time.perf_counter()
@@ -571,6 +581,7 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     """
     from opd_cli.models import check_same_vocab, load_tokenizer
     from opd_cli.runs import open_run
+    from opd_cli.tracking import TRACKING_FIELDS
 
     toy = cfg.student is None
     if toy:
@@ -607,7 +618,7 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
 
     out = cfg.resolved_output_dir()
     if state.is_main_process:
-        run = open_run(out, cfg.if_exists, cfg, compare_ignore=("output_dir",))  # a moved run folder still resumes
+        run = open_run(out, cfg.if_exists, cfg, compare_ignore=("output_dir", *TRACKING_FIELDS))  # a moved run folder still resumes
     state.wait_for_everyone()
     if not state.is_main_process:
         from opd_cli.runs import RunDir
@@ -645,6 +656,7 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
 
     from opd_cli.models import load_model, resolve_device, resolve_dtype
     from opd_cli.prompts import build_prompt
+    from opd_cli.tracking import training_args
 
     prompts = [build_prompt(s_tok, q, template=cfg.template, think=cfg.think, teacher_tokenizer=t_tok) for q in questions]
     dataset = Dataset.from_dict({"prompt": prompts})
@@ -677,7 +689,7 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
         logging_steps=1,
         save_strategy="steps" if cfg.save_every else "no",
         save_steps=cfg.save_every or 1,
-        report_to="none",
+        **training_args(cfg.report_to, cfg.name),
         disable_tqdm=True,
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -697,12 +709,15 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
         remove_unused_columns=False,
         save_only_model=False,
     )
+    from opd_cli.tracking import point_tensorboard, push_folder
+
     Trainer = _make_trainer_class()
     trainer = Trainer(
         model=student, teacher_model=teacher, args=args, train_dataset=dataset, processing_class=s_tok,
         opd=cfg, run=run, flops_fn=flops_fn, offsets=offsets, callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)
+    point_tensorboard(trainer, run.path)
     stop = None
     if state.is_main_process:
         trainer.progress, stop = _progress(cfg.steps, last[0] if last else 0)
@@ -719,6 +734,8 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp_final, final)
+        if cfg.push_to_hub:
+            print(f"pushed {final} to {push_folder(final, cfg.hub_model_id, f'opd train {cfg.name}: {cfg.steps} steps')}")
     state.wait_for_everyone()
     return run.path
 

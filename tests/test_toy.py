@@ -66,7 +66,7 @@ def test_operations_alternate_multiply_and_add_along_the_tags(splits):
     for r in splits["train"][:200]:
         _, ops = _recompute(r["question"])
         kinds = [op[1] for op in ops]
-        assert all(a != b for a, b in zip(kinds, kinds[1:])), ops
+        assert all(a != b for a, b in zip(kinds, kinds[1:], strict=False)), ops
 
 
 def test_plan_is_sorted_by_tag_and_execution_follows_it(splits):

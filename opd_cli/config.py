@@ -166,6 +166,29 @@ def dump_yaml(cfg: Any) -> str:
     return header + yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def changed_fields(cfg: Any) -> dict[str, Any]:
+    """The fields of ``cfg`` that differ from their class defaults (YAML-safe values)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        value = getattr(cfg, f.name)
+        if value != default:
+            out[f.name] = _plain(value)
+    return out
+
+
+def summary_line(cfg: Any, saved: str | Path | None = None) -> str:
+    """One line: the command and what differs from its defaults, then where the whole resolved config was saved."""
+    changed = " ".join(f"{k}={v}" for k, v in changed_fields(cfg).items()) or "defaults"
+    where = f"  (full config: {saved})" if saved else ""
+    return f"opd {getattr(cfg, 'command', '')}: {changed}{where}"
+
+
 def check(cond: bool, message: str) -> None:
     """Raise a one-line :class:`OpdError` when ``cond`` is false (for ``__post_init__`` checks)."""
     if not cond:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opd_cli.config import check, dump_yaml, field
+from opd_cli.config import check, dump_yaml, field, summary_line
 from opd_cli.data import Problem, load_benchmark, load_file
 from opd_cli.errors import OpdError
 from opd_cli.generation import BACKENDS, check_backend
@@ -89,6 +89,11 @@ class EvalConfig:
         check(not self.steps or bool(self.run), "--steps needs --run (a training run folder)")
         check(not self.initial or bool(self.run), "--initial needs --run (a training run folder)")
         self.best_benchmark = [b.strip() for item in self.best_benchmark for b in str(item).split(",") if b.strip()]
+        from opd_cli.data import benchmark_names
+
+        known = benchmark_names() + ([Path(self.data).name.split(".")[0]] if self.data else [])  # --data's name
+        for name in [*self.benchmark, *self.best_benchmark, *([self.dev_benchmark] if self.dev_benchmark else [])]:
+            check(name in known, f"unknown benchmark {name!r}: use one of {', '.join(known)}, or --data FILE for a local file")
         check(not self.best_benchmark or bool(self.run), "--best-benchmark needs --run (a training run folder)")
         if self.model is not None and not self.benchmark and self.data is None:
             raise OpdError("--model needs something to evaluate on: pass --benchmark NAME (e.g. math500) or --data FILE")
@@ -539,11 +544,11 @@ def run_eval(cfg: EvalConfig) -> list[dict[str, Any]] | dict[str, Any]:
     from rich.console import Console
 
     console = Console()
-    console.print(dump_yaml(cfg), markup=False, highlight=False)
     if cfg.backend == "vllm":
         check_backend("vllm")  # GPU present too, before anything is written
     if cfg.run is not None:
         benchmarks = resolve_benchmarks(cfg, default=[cfg.dev_benchmark] if cfg.dev_benchmark else ["toy"])
+        console.print(summary_line(cfg, Path(cfg.run) / "eval" / "eval_config.yaml"), markup=False, highlight=False)
         return evaluate_run(cfg.run, cfg.steps, benchmarks, cfg.dev_benchmark, cfg, console=console)
     benchmarks = resolve_benchmarks(cfg, default=["toy"])
     if cfg.model is not None:
@@ -552,6 +557,7 @@ def run_eval(cfg: EvalConfig) -> list[dict[str, Any]] | dict[str, Any]:
         model, label = toy_model_dir(cfg.toy_model, console, cfg.toy_student), toy_label(cfg.toy_model, cfg.toy_student)
     loaded = load_for_eval(model, cfg)  # a bad path fails here, before the output folder is created
     run = open_run(cfg.output_dir or f"runs/eval-{label}", cfg.if_exists, cfg)
+    console.print(summary_line(cfg, run.config_file), markup=False, highlight=False)
     summaries = []
     for name, probs in benchmarks.items():
         prev = _done(run.path / "eval", name) if run.resumed else None

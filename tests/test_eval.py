@@ -311,3 +311,21 @@ def test_weight_files_and_their_errors(tmp_path: Path, monkeypatch: pytest.Monke
     engine = SimpleNamespace(collective_rpc=lambda fn, args=(): [0], reset_prefix_cache=lambda: None)
     with pytest.raises(OpdError, match="no weights of .* reached the vLLM engine"):
         load_vllm_weights(engine, str(single))
+
+
+@pytest.mark.parametrize("flag", ["--benchmark", "--dev-benchmark"])
+def test_unknown_benchmark_is_one_line_before_the_config(flag, tmp_path: Path) -> None:
+    r = runner.invoke(app, ["eval", flag, "nosuch-bench", "-o", str(tmp_path / "out")])
+    assert r.exit_code == 2
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown benchmark 'nosuch-bench': use one of"), r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_summary_line_names_only_what_differs_from_the_defaults(tmp_path: Path) -> None:
+    from opd_cli.config import build_config, summary_line
+    from opd_cli.evaluate import EvalConfig
+
+    cfg = build_config(EvalConfig, None, {"benchmark": ["toy"], "samples": 2, "temperature": 1.0})
+    assert summary_line(cfg, tmp_path / "config.yaml") == f"opd eval: benchmark=['toy'] samples=2  (full config: {tmp_path / 'config.yaml'})"
+    assert summary_line(build_config(EvalConfig, None, {})) == "opd eval: defaults"

@@ -261,7 +261,7 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
     from rich.console import Console
 
     from opd_cli.analyses import load_problems, progress_bar, toy_models
-    from opd_cli.config import dump_yaml
+    from opd_cli.config import summary_line
     from opd_cli.runs import open_run, read_config, read_metrics, write_json
 
     console = Console(stderr=True)
@@ -279,8 +279,7 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
     out_dir = cfg.output_dir or f"runs/kl-by-position{'-' + Path(cfg.run).name if cfg.run else ''}"
     # resume may add checkpoints or logged steps; finished checkpoints are reused (see _finished)
     run = open_run(out_dir, cfg.if_exists, cfg, compare_ignore=("models", "checkpoint_steps", "steps"))
-    console.print(dump_yaml(cfg), markup=False, highlight=False)
-    console.print(f"[bold]opd kl-by-position[/] -> {run.path}")
+    console.print(summary_line(cfg, run.config_file), markup=False, highlight=False)
 
     rows = list(logged)
     summary: dict[str, Any] = {"bin": cfg.bin, "run": cfg.run, "logged_steps": cfg.steps, "checkpoints": {}}

@@ -119,7 +119,7 @@ def run_probe(cfg: ProbeConfig) -> list[dict]:
     from rich.console import Console
 
     from opd_cli.analyses import load_problems, progress_bar, toy_models
-    from opd_cli.config import dump_yaml
+    from opd_cli.config import summary_line
     from opd_cli.evaluate import summarize
     from opd_cli.runs import open_run, write_json
 
@@ -136,8 +136,7 @@ def run_probe(cfg: ProbeConfig) -> list[dict]:
     out_dir = cfg.output_dir or f"runs/probe-teacher-prefix-{cfg.data and Path(cfg.data).stem or cfg.benchmark}"
     # `lengths` may grow on resume: earlier lengths and the teacher's solutions are reused, new ones are sampled.
     run = open_run(out_dir, cfg.if_exists, cfg, compare_ignore=("lengths",))
-    console.print(dump_yaml(cfg), markup=False, highlight=False)
-    console.print(f"[bold]opd probe-teacher-prefix[/] -> {run.path}")
+    console.print(summary_line(cfg, run.config_file), markup=False, highlight=False)
     if not run.resumed:  # a stale cache from an overwritten run must not leak in
         for name in (TEACHER_FILE, SAMPLES_FILE):
             (run.path / name).unlink(missing_ok=True)

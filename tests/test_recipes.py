@@ -64,7 +64,11 @@ def test_recipe_validates(path: Path, vllm_extra: None) -> None:
     assert data["command"] in classes, f"{path.name}: no config dataclass with command = {data['command']!r} in opd_cli"
     assert f"opd {data['command']} " in first + " ", f"{path.name}: the first line runs another command than `command:`"
     cfg = build_config(classes[data["command"]], path, EXTRA.get(path.name, {}))
-    assert cfg is not None
+    from opd_cli.config import to_dict
+
+    resolved = to_dict(cfg)
+    differs = {k: (v, resolved.get(k)) for k, v in data.items() if resolved.get(k) != v and str(resolved.get(k)) != str(v)}
+    assert not differs, f"{path.name}: fields read differently from the file: {differs}"
 
 
 def test_paper_eval_settings(vllm_extra: None) -> None:

@@ -65,11 +65,18 @@ def _coerce(cls_name: str, name: str, tp: Any, value: Any) -> Any:
     if origin is list or tp is list:
         item = args[0] if args else Any
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip() != ""]
+            value = [value]
         if not isinstance(value, (list, tuple)):
             value = [value]
+        # a flag given as `--x a,b` or repeated (`--x a --x b`) or both
+        value = [v for item in value for v in (item.split(",") if isinstance(item, str) else [item]) if v != ""]
         return [_coerce(cls_name, name, item, v) for v in value]
     if origin is dict or tp is dict:
+        if isinstance(value, str):  # from the command line: a YAML mapping, '{aime24: 16, math500: 4}'
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
         if not isinstance(value, dict):
             raise OpdError(f"{name}: expected a mapping, got {value!r}")
         return dict(value)

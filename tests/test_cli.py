@@ -134,3 +134,42 @@ def test_if_exists_values(tiny_model_dirs, data_file: Path, tmp_path: Path) -> N
 def test_debug_shows_the_traceback() -> None:
     r = runner.invoke(app, ["--debug", "eval", "--samples", "0"])
     assert r.exit_code != 0 and r.exception is not None and "at least 1" in str(r.exception)
+
+
+def test_every_config_field_has_its_flag_with_the_fields_help() -> None:
+    """Options are generated from the config dataclasses: every field is reachable from the command line, under
+    its own name (or the few historical flags), with the field's help text and a matching type."""
+    import dataclasses
+    import importlib
+
+    import typer.main
+
+    from opd_cli import cli
+
+    group = typer.main.get_command(cli.app)
+    commands = {name: group.commands[name] for name in group.commands if name != "toy"}
+    commands["build"] = group.commands["toy"].commands["build"]
+    checked = 0
+    for (command, module, cls_name) in [
+        ("train", "opd_cli.train", "TrainConfig"), ("eval", "opd_cli.evaluate", "EvalConfig"), ("flops", "opd_cli.flops", "FlopsConfig"),
+        ("kl-by-position", "opd_cli.analyses.kl_by_position", "KlByPositionConfig"), ("probe-teacher-prefix", "opd_cli.analyses.probe", "ProbeConfig"),
+        ("plot", "opd_cli.plot", "PlotConfig"), ("sft-baseline", "opd_cli.sft", "SftConfig"),
+        ("window-ablation", "opd_cli.ablation", "WindowAblationConfig"), ("build", "opd_cli.toy.build", "ToyBuildConfig"),
+    ]:
+        cls = getattr(importlib.import_module(module), cls_name)
+        params = {p.name: p for p in commands[command].params}
+        for f in dataclasses.fields(cls):
+            assert f.name in params, f"opd {command}: no flag for {cls_name}.{f.name}"
+            p = params[f.name]
+            if p.param_type_name == "option":
+                flag = cli.FLAGS.get((command, f.name), "--" + f.name.replace("_", "-")).split("/")[0]
+                assert flag in p.opts, (command, f.name, p.opts)
+                assert f.metadata["help"] in p.help, (command, f.name)
+            checked += 1
+        assert set(params) - {"recipe"} == {f.name for f in dataclasses.fields(cls)}, command
+    assert checked > 150
+    # the type follows the field: attn_coef is a number everywhere, not an int on one command
+    from typer.testing import CliRunner
+
+    res = CliRunner().invoke(cli.app, ["flops", "--model", "qwen3-8b", "--lengths", "1024", "--attn-coef", "6.0"])
+    assert res.exit_code == 0 and "Invalid value" not in res.output, res.output

@@ -18,6 +18,7 @@ from typing import Any
 
 from opd_cli.config import check, field
 from opd_cli.errors import OpdError
+from opd_cli.runs import IF_EXISTS
 from opd_cli.toy.world import check_toy_student
 
 ABLATION_CONFIG = "ablation.yaml"
@@ -69,7 +70,7 @@ class WindowAblationConfig:
         check(all(s >= 0 for s in self.eval_steps), f"--eval-steps must be non-negative steps, got {self.eval_steps}")
         check(self.eval_samples >= 1, f"--eval-samples must be at least 1, got {self.eval_samples}")
         check(self.eval_limit >= 0, f"--eval-limit must be 0 (all) or positive, got {self.eval_limit}")
-        check(self.if_exists in ("raise", "resume", "overwrite"), f"--if-exists must be raise, resume or overwrite, got {self.if_exists!r}")
+        check(self.if_exists in IF_EXISTS, f"--if-exists must be one of {', '.join(IF_EXISTS)}, got {self.if_exists!r}")
         check(bool(self.windows) or self.full_ref or self.prefix_ref > 0, "nothing to run: give --windows or keep a reference run")
         for w in self.windows:
             parse_window(w)  # one-line error on a malformed window before anything runs

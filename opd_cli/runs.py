@@ -195,6 +195,3 @@ def write_json(path: Path, data: Any) -> None:
     tmp.write_text(json.dumps(_finite(data), indent=2, default=_json_default) + "\n")
     os.replace(tmp, path)
 
-
-def config_dict(cfg: Any) -> dict[str, Any]:
-    return to_dict(cfg)

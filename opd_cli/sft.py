@@ -21,6 +21,7 @@ from typing import Any
 
 from opd_cli.config import check, field
 from opd_cli.errors import OpdError
+from opd_cli.runs import IF_EXISTS
 from opd_cli.toy.world import check_toy_student
 from opd_cli.tracking import TRACKING_FIELDS, point_tensorboard, push_folder, tracker_scalars
 
@@ -109,7 +110,7 @@ class SftConfig:
         check(self.temperature > 0, f"--temperature must be positive, got {self.temperature}")
         check(0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}")
         check(self.attn_coef in (12, 6), f"--attn-coef must be 12 or 6, got {self.attn_coef}")
-        check(self.if_exists in ("raise", "resume", "overwrite"), f"--if-exists must be raise, resume or overwrite, got {self.if_exists!r}")
+        check(self.if_exists in IF_EXISTS, f"--if-exists must be one of {', '.join(IF_EXISTS)}, got {self.if_exists!r}")
         check(not (self.prompts and self.data), "pass either --prompts (a registered source) or --data (a local file), not both")
         check_toy_student(self.toy_student)
         check(self.student is None or self.toy_student == "large", "--toy-student small picks a toy-world student: it cannot be combined with --student")

@@ -1,6 +1,6 @@
 """`opd train`: prefix on-policy distillation (SPEC.md "The method") on top of TRL's DistillationTrainer.
 
-The trainer overrides these hooks of ``trl.DistillationTrainer`` (TRL 1.16) and nothing else:
+The trainer overrides these methods of ``trl.DistillationTrainer`` (TRL 1.16) and nothing else:
 
 - ``_generate_single_turn``: generation *stops* at this step's length (L, or the loss window's end). On the HF path
   each rollout's sampling noise is a function of (seed, step, its index in the global batch) only
@@ -12,8 +12,10 @@ The trainer overrides these hooks of ``trl.DistillationTrainer`` (TRL 1.16) and 
   (through the forward redirection, so FSDP/ZeRO-3 gather their shards), per-token log-probs from TRL's chunked
   log-prob kernel (no (micro-batch, T, V) logits), the ``sampled`` / ``full`` / ``topk`` loss from :mod:`opd_cli.maths`,
   and the step's metrics. Memory is bounded by the micro-batch, not by the rollouts per step;
-- ``log`` and ``_save_checkpoint``: one metrics.jsonl line per optimizer step from our own accumulators, and
-  checkpoints committed into ``checkpoints/step_XXXXXX`` once every rank has written its files.
+- ``log`` and ``_save_checkpoint``: one metrics.jsonl line per optimizer step from our own accumulators (the
+  trackers of ``--report-to`` get the same numbers), and checkpoints committed into ``checkpoints/step_XXXXXX`` once
+  every rank has written its files;
+- ``train``: starts the step clock.
 
 On the HF path the rollout log-probs ``logp_old`` are the update's own log-probs, detached: weights only change at
 the optimizer step, so the importance ratio is exactly 1 and a second no-grad student pass would compute the same
@@ -34,8 +36,8 @@ from typing import Any
 
 from opd_cli.config import check, field
 from opd_cli.errors import OpdError
+from opd_cli.generation import BACKENDS
 
-BACKENDS = ("hf", "vllm")
 VLLM_MODES = ("colocate", "server")
 METRIC_K = 16  # Rethinking-OPD metrics use k = 16
 TIMING_KEYS = ("time_generate", "time_teacher", "time_update", "time_step", "wall_time")

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
+from opd_cli.grading import grade_math
+
 
 def grade(text: str, gold: str) -> bool:
-    """True when the final boxed answer of ``text`` equals ``gold`` (opd_cli.grading when present, else math-verify)."""
-    try:
-        from opd_cli.grading import grade_math
-    except ImportError:
-        grade_math = None
-    if grade_math is not None:
-        return bool(grade_math(text, gold)[0])
-    from math_verify import parse, verify
-
-    pred = parse(text)
-    return bool(pred) and bool(verify(parse("\\boxed{" + gold + "}"), pred))
+    """True when the final boxed answer of ``text`` equals ``gold`` (:func:`opd_cli.grading.grade_math`)."""
+    return bool(grade_math(text, gold)[0])
 
 
 def accuracy(texts: list[str], golds: list[str]) -> float:

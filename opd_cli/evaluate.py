@@ -162,10 +162,10 @@ def resolve_benchmarks(cfg: EvalConfig, default: Sequence[str] = ()) -> dict[str
 
 def toy_model_dir(which: str, console: Any = None, student: str = "large") -> str:
     """The folder of the toy world's teacher or ``student`` (large | small) student, building the world on first use."""
-    from opd_cli.toy.world import ensure_world
+    from opd_cli.toy.world import toy_model_paths
 
-    world = ensure_world(console=console)
-    return str(world.teacher_dir if which == "teacher" else world.student_path(student))
+    student_dir, teacher_dir = toy_model_paths(student, console)
+    return teacher_dir if which == "teacher" else student_dir
 
 
 def toy_label(which: str, student: str = "large") -> str:

@@ -22,7 +22,7 @@ from typing import Any
 from opd_cli.config import check, field
 from opd_cli.errors import OpdError
 from opd_cli.runs import IF_EXISTS
-from opd_cli.toy.world import check_toy_student
+from opd_cli.toy.world import check_toy_student, toy_model_paths
 from opd_cli.tracking import TRACKING_FIELDS, point_tensorboard, push_folder, tracker_scalars
 
 TEACHER_CACHE = "teacher_responses.jsonl"
@@ -286,14 +286,6 @@ def _make_callback(run: Any, model: Any, shape: Any, cfg: SftConfig, start: dict
 
 
 # -------------------------------------------------------------------------------------------- run
-def _toy_paths(student: str = "large") -> tuple[str, str]:
-    """(student, teacher) folders of the toy world; ``student`` = large | small."""
-    from opd_cli.toy.world import ensure_world
-
-    world = ensure_world()
-    return str(world.student_path(student)), str(world.teacher_dir)
-
-
 def run_sft(cfg: SftConfig) -> Path:
     """Fine-tune the student on teacher responses; returns the run folder."""
     from opd_cli.models import load_model, load_tokenizer, resolve_device
@@ -303,7 +295,7 @@ def run_sft(cfg: SftConfig) -> Path:
     problems = load_problems(cfg)  # before the toy paths are filled in: the default source depends on them
     if toy or (cfg.generate_with_teacher and not cfg.teacher):
         # Resolved paths go into config.yaml so `opd flops` and `opd train --student` can find the models.
-        toy_student, toy_teacher = _toy_paths(cfg.toy_student)  # large when --student is given: only the teacher is used
+        toy_student, toy_teacher = toy_model_paths(cfg.toy_student)  # large when --student is given: only the teacher is used
         cfg.student = cfg.student or toy_student
         if cfg.generate_with_teacher:
             cfg.teacher = cfg.teacher or toy_teacher

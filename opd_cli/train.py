@@ -587,10 +587,9 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
 
     toy = cfg.student is None
     if toy:
-        from opd_cli.toy.world import ensure_world
+        from opd_cli.toy.world import toy_model_paths
 
-        world = ensure_world()
-        student_src, teacher_src = str(world.student_path(cfg.toy_student)), str(world.teacher_dir)
+        student_src, teacher_src = toy_model_paths(cfg.toy_student)
     else:
         student_src, teacher_src = str(cfg.student), str(cfg.teacher)
 

@@ -89,7 +89,7 @@ def test_eval_defaults_to_the_toy_student(tiny_model_dirs, tiny_data: Path, tmp_
     import opd_cli.toy.world as world
 
     fake = SimpleNamespace(student_dir=tiny_model_dirs[0], teacher_dir=tiny_model_dirs[1],
-                           split_path=lambda name: tiny_data)
+                           student_path=lambda which="large": tiny_model_dirs[0], split_path=lambda name: tiny_data)
     monkeypatch.setattr(world, "ensure_world", lambda *a, **k: fake)
     monkeypatch.chdir(tmp_path)
     r = runner.invoke(app, ["eval", "--toy-model", "teacher", "-n", "1", "--max-new-tokens", "4"])

@@ -16,11 +16,10 @@ from opd_cli.errors import OpdError
 
 
 def toy_models(console: Any = None, student: str = "large") -> tuple[str, str]:
-    """(student_dir, teacher_dir) of the built-in toy world, building it on first use; ``student`` = large | small."""
-    from opd_cli.toy.world import ensure_world
+    """(student_dir, teacher_dir) of the built-in toy world (:func:`opd_cli.toy.world.toy_model_paths`)."""
+    from opd_cli.toy.world import toy_model_paths
 
-    world = ensure_world(console=console)
-    return str(world.student_path(student)), str(world.teacher_dir)
+    return toy_model_paths(student, console)
 
 
 def load_problems(benchmark: str | None, data: str | None, limit: int, seed: int, **columns: Any) -> list[Any]:

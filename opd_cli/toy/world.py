@@ -169,3 +169,10 @@ def ensure_world(
     from opd_cli.toy.build import ToyBuildConfig, run_toy_build
 
     return run_toy_build(ToyBuildConfig(root=str(root), seed=0 if seed is None else seed, rebuild=True), console=console)
+
+
+def toy_model_paths(student: str = "large", console: Any = None) -> tuple[str, str]:
+    """(student, teacher) folders of the toy world every command uses, building it on first use;
+    ``student`` = large | small."""
+    world = ensure_world(console=console)
+    return str(world.student_path(student)), str(world.teacher_dir)

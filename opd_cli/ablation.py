@@ -18,6 +18,7 @@ from typing import Any
 
 from opd_cli.config import check, field
 from opd_cli.errors import OpdError
+from opd_cli.log import logger
 from opd_cli.runs import IF_EXISTS
 from opd_cli.toy.world import check_toy_student
 
@@ -362,17 +363,17 @@ def train_all(planned: list[tuple[str, Any]], cfg: WindowAblationConfig | None =
                 from opd_cli.evaluate import EvalConfig
 
                 adopt_run(src, tcfg, cfg.eval_steps, build_config(EvalConfig, None, _eval_overrides(cfg)), cfg.dev_benchmark)
-                print(f"[{label}] adopted the first {tcfg.steps} steps of {src} (same settings): not retrained")
+                logger.info(f"[{label}] adopted the first {tcfg.steps} steps of {src} (same settings): not retrained")
                 status[label] = "adopted"
                 continue
-            print(f"[{label}] none of --reference-runs was trained with these settings: training it")
+            logger.info(f"[{label}] none of --reference-runs was trained with these settings: training it")
         if is_complete(run_dir, tcfg.steps):
             _check_reusable(label, run_dir, tcfg)
-            print(f"[{label}] complete ({tcfg.steps} steps): reused")
+            logger.info(f"[{label}] complete ({tcfg.steps} steps): reused")
             status[label] = "reused"
             continue
         tcfg.if_exists = "resume" if started else "raise"
-        print(f"[{label}] {'resuming' if started else 'training'}: {_window_text(tcfg)}")
+        logger.info(f"[{label}] {'resuming' if started else 'training'}: {_window_text(tcfg)}")
         run_train(tcfg)
         status[label] = "resumed" if started else "trained"
     return status
@@ -400,7 +401,7 @@ def evaluate_all(cfg: WindowAblationConfig, planned: list[tuple[str, Any]]) -> N
         available = {s for s, _ in list_checkpoints(run_dir)} | {0}
         missing = [s for s in cfg.eval_steps if s not in available]
         if missing:
-            print(f"[{label}] no checkpoint at step(s) {', '.join(map(str, missing))}: set save_every so they are saved")
+            logger.info(f"[{label}] no checkpoint at step(s) {', '.join(map(str, missing))}: set save_every so they are saved")
         steps = [s for s in cfg.eval_steps if s in available and dev_score(run_dir, s, cfg.dev_benchmark) is None]
         if steps:
             evaluate_run(run_dir, steps=steps, benchmarks=[cfg.dev_benchmark], dev_benchmark=cfg.dev_benchmark, cfg=ecfg, if_exists="resume")
@@ -449,12 +450,12 @@ def run_window_ablation(cfg: WindowAblationConfig) -> Path:
     # Not config.yaml: the ablation folder is not a run folder (its runs are under runs/, which `opd plot` reads).
     # Per-run configs guard reuse (see _check_reusable), so the ablation's own settings may change between calls.
     (out / ABLATION_CONFIG).write_text(dump_yaml(cfg))
-    print(f"window ablation: {len(planned)} runs in {out / 'runs'}: {', '.join(label for label, _ in planned)}")
+    logger.info(f"window ablation: {len(planned)} runs in {out / 'runs'}: {', '.join(label for label, _ in planned)}")
     train_all(planned, cfg)
     if not cfg.skip_eval:
         evaluate_all(cfg, planned)
     rows = collect_table(out, [label for label, _ in planned], cfg.eval_steps, cfg.dev_benchmark)
     csv_path, md_path = write_table(out, rows, cfg.dev_benchmark)
     print_table(rows, cfg.dev_benchmark)
-    print(f"wrote {csv_path} and {md_path}")
+    logger.info(f"wrote {csv_path} and {md_path}")
     return out

@@ -25,6 +25,7 @@ from typing import Any
 
 from opd_cli.config import check, field
 from opd_cli.errors import OpdError
+from opd_cli.log import logger
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 ATTN_COEFS = (6, 12)
@@ -447,5 +448,5 @@ def run_flops(cfg: FlopsConfig) -> list[dict[str, Any]]:
         title = f"FLOPs per sequence of {cfg.model} (forward + backward, c={cfg.attn_coef})"
     print_table(rows, title)
     if cfg.output:
-        print(f"wrote {write_csv(rows, cfg.output)}")
+        logger.info(f"wrote {write_csv(rows, cfg.output)}")
     return rows

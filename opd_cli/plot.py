@@ -17,6 +17,7 @@ from typing import Any
 
 from opd_cli.config import check, field
 from opd_cli.errors import OpdError
+from opd_cli.log import logger
 
 KINDS = (
     "kl-position",
@@ -86,7 +87,6 @@ def run_folders(paths: list[str], needs: str = "") -> list[tuple[Path, bool]]:
 def collect(cfg: PlotConfig, load: Callable[[Path], Any], needs: str = "") -> list[tuple[Path, Any]]:
     """``load`` every run; a run found inside a folder of runs that lacks the data is skipped with a note,
     a run named on the command line that lacks it is an error, and so is having nothing left."""
-    import sys
 
     out, skipped = [], []
     for run, named in run_folders(cfg.runs, needs):
@@ -97,7 +97,7 @@ def collect(cfg: PlotConfig, load: Callable[[Path], Any], needs: str = "") -> li
                 raise
             skipped.append(str(err))
     for msg in skipped:
-        print(f"skipped: {msg}", file=sys.stderr)
+        logger.warning(f"skipped: {msg}")
     if not out:
         raise OpdError(f"no run in {', '.join(cfg.runs)} has what `opd plot {cfg.kind}` needs: {skipped[0]}")
     return out
@@ -541,7 +541,7 @@ def run_plot(cfg: PlotConfig) -> PlotResult:
     """`opd plot`: draw one kind and print the files written."""
     result = PLOTTERS[cfg.kind](cfg, Path(cfg.output_dir))
     for p in result.paths:
-        print(f"wrote {p}")
+        logger.info(f"wrote {p}")
     if "markdown" in result.data:
         print(result.data["markdown"], end="")
     return result

@@ -21,6 +21,7 @@ from typing import Any
 
 from opd_cli.config import check, field
 from opd_cli.errors import OpdError
+from opd_cli.log import logger
 from opd_cli.runs import IF_EXISTS
 from opd_cli.toy.world import check_toy_student, toy_model_paths
 from opd_cli.tracking import TRACKING_FIELDS, point_tensorboard, push_folder, tracker_scalars
@@ -170,7 +171,7 @@ def teacher_responses(cfg: SftConfig, problems: list[Any], run_dir: Path, teache
     if cache.is_file():
         rows = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
         if {r["problem_id"] for r in rows} == set(by_id) and len(rows) == len(by_id) * cfg.teacher_samples:
-            print(f"reusing {len(rows)} cached teacher responses from {cache}")
+            logger.info(f"reusing {len(rows)} cached teacher responses from {cache}")
             return [(by_id[r["problem_id"]], r["response"]) for r in rows]
 
     from opd_cli.generation import sample
@@ -180,7 +181,7 @@ def teacher_responses(cfg: SftConfig, problems: list[Any], run_dir: Path, teache
     tok = load_tokenizer(teacher_path, what="teacher")
     model = load_model(teacher_path, dtype=cfg.dtype, device=cfg.device, what="teacher")
     prompts = [build_prompt(tok, p.question, template=cfg.template, think=cfg.think) for p in problems]
-    print(f"teacher writes {cfg.teacher_samples} response(s) to each of {len(prompts)} problems")
+    logger.info(f"teacher writes {cfg.teacher_samples} response(s) to each of {len(prompts)} problems")
     outs = sample(
         model, tok, prompts, n=cfg.teacher_samples, temperature=cfg.temperature, top_p=cfg.top_p,
         max_new_tokens=cfg.teacher_max_new_tokens, batch_size=cfg.teacher_batch_size, seed=cfg.seed,
@@ -273,14 +274,14 @@ def _make_callback(run: Any, model: Any, shape: Any, cfg: SftConfig, start: dict
             }
             run.log(rec)
             logs.update(tracker_scalars(rec))  # the trackers' callbacks run after this one
-            print(f"step {state.global_step}/{cfg.steps}  loss {float(logs['loss']):.4f}  tokens {s}  flops {self.flops_total:.3g}")
+            logger.info(f"step {state.global_step}/{cfg.steps}  loss {float(logs['loss']):.4f}  tokens {s}  flops {self.flops_total:.3g}")
 
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             src = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if state.is_world_process_zero and src.is_dir():
                 run.checkpoints.mkdir(parents=True, exist_ok=True)
                 commit_checkpoint(src, run.checkpoint_dir(state.global_step))
-                print(f"checkpoint step {state.global_step} -> {run.checkpoint_dir(state.global_step)}")
+                logger.info(f"checkpoint step {state.global_step} -> {run.checkpoint_dir(state.global_step)}")
 
     return SftMetrics()
 
@@ -313,13 +314,13 @@ def run_sft(cfg: SftConfig) -> Path:
     if last is not None:
         step, resume_from = last
         if step >= cfg.steps:
-            print(f"{out} is complete ({step} of {cfg.steps} steps): nothing to do")
+            logger.info(f"{out} is complete ({step} of {cfg.steps} steps): nothing to do")
             return out
         run.truncate_metrics(step)
         rows = run.read_metrics()
         if rows:
             start = {"flops_total": float(rows[-1].get("flops_total") or 0.0), "wall_time": float(rows[-1].get("wall_time") or 0.0)}
-        print(f"resuming {out} from step {step}")
+        logger.info(f"resuming {out} from step {step}")
     elif run.metrics_file.exists():
         run.metrics_file.unlink()  # a resumed run without a checkpoint starts over
 
@@ -328,7 +329,7 @@ def run_sft(cfg: SftConfig) -> Path:
     if cfg.correct_only:
         n = len(pairs)
         pairs = keep_correct(pairs)
-        print(f"--correct-only keeps {len(pairs)} of {n} teacher responses")
+        logger.info(f"--correct-only keeps {len(pairs)} of {n} teacher responses")
         check(len(pairs) > 0, "--correct-only left no teacher response: no response was graded correct")
 
     tok = load_tokenizer(cfg.student, what="student")
@@ -342,7 +343,7 @@ def run_sft(cfg: SftConfig) -> Path:
     # first, so the trackers' callbacks after it see the metrics.jsonl names it adds to each log
     trainer.callback_handler.callbacks.insert(0, _make_callback(run, model, shape, cfg, start))
     point_tensorboard(trainer, out)
-    print(
+    logger.info(
         f"SFT {cfg.student} on {len(trainer.train_dataset)} teacher responses: {cfg.steps} steps x {cfg.batch_size} "
         f"sequences, lr {cfg.lr}, max length {cfg.max_length or 'off'}"
     )
@@ -350,7 +351,7 @@ def run_sft(cfg: SftConfig) -> Path:
     shutil.rmtree(out / TRAINER_TMP, ignore_errors=True)  # only TRL's model card is left there
     if cfg.push_to_hub:
         step, folder = run.last_checkpoint()
-        print(f"pushed {folder} to {push_folder(folder, cfg.hub_model_id, f'opd sft-baseline {cfg.name}: step {step}')}")
+        logger.info(f"pushed {folder} to {push_folder(folder, cfg.hub_model_id, f'opd sft-baseline {cfg.name}: step {step}')}")
     return out
 
 
@@ -371,10 +372,6 @@ def _build_trainer(cfg: SftConfig, model: Any, tok: Any, examples: list[dict[str
         cfg.batch_size % (cfg.micro * procs) == 0,
         f"--batch-size {cfg.batch_size} must be a multiple of --micro-batch-size {cfg.micro} x {procs} processes",
     )
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    logging.getLogger("trl").setLevel(logging.ERROR)
     args = SFTConfig(
         output_dir=str(out / TRAINER_TMP),
         max_steps=cfg.steps,
@@ -405,6 +402,22 @@ def _build_trainer(cfg: SftConfig, model: Any, tok: Any, examples: list[dict[str
         dataloader_num_workers=0,
         dataset_num_proc=None,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tok)
+    # TRL tokenizes the dataset here, with progress bars and notes per column: quiet while it does, then the
+    # libraries' logging is as it was
+    trl_logger, levels = logging.getLogger("trl"), (hf_logging.get_verbosity(), logging.getLogger("trl").level)
+    bars = (hf_logging.is_progress_bar_enabled(), datasets.is_progress_bar_enabled())
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    trl_logger.setLevel(logging.ERROR)
+    try:
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples), processing_class=tok)
+    finally:
+        hf_logging.set_verbosity(levels[0])
+        trl_logger.setLevel(levels[1])
+        if bars[0]:
+            hf_logging.enable_progress_bar()
+        if bars[1]:
+            datasets.enable_progress_bars()
     trainer.remove_callback(PrinterCallback)  # our callback prints one line per step
     return trainer

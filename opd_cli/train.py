@@ -37,6 +37,7 @@ from typing import Any
 from opd_cli.config import check, field
 from opd_cli.errors import OpdError
 from opd_cli.generation import BACKENDS
+from opd_cli.log import logger
 
 VLLM_MODES = ("colocate", "server")
 METRIC_K = 16  # Rethinking-OPD metrics use k = 16
@@ -736,7 +737,7 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
             shutil.rmtree(final)
         os.replace(tmp_final, final)
         if cfg.push_to_hub:
-            print(f"pushed {final} to {push_folder(final, cfg.hub_model_id, f'opd train {cfg.name}: {cfg.steps} steps')}")
+            logger.info(f"pushed {final} to {push_folder(final, cfg.hub_model_id, f'opd train {cfg.name}: {cfg.steps} steps')}")
     state.wait_for_everyone()
     return run.path
 

@@ -175,3 +175,20 @@ def test_toy_world_run_uses_the_toy_models(tmp_path, monkeypatch, tiny_model_dir
     monkeypatch.setenv("OPD_TOY_DIR", str(tmp_path / "not-built"))
     with pytest.raises(OpdError, match="names no student"):
         run_totals(run)
+
+
+def test_opd_messages_go_through_the_opd_cli_logger(tmp_path, capsys):
+    import logging
+
+    out = tmp_path / "flops.csv"
+    run_flops(FlopsConfig(runs=[str(RUNS / "sft")], output=str(out)))
+    assert f"wrote {out}" in capsys.readouterr().out
+    log = logging.getLogger("opd_cli")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        run_flops(FlopsConfig(runs=[str(RUNS / "sft")], output=str(out)))
+    finally:
+        log.setLevel(level)
+    printed = capsys.readouterr().out
+    assert "wrote" not in printed and "SFT" in printed  # the table itself is output, not a log message

@@ -186,3 +186,21 @@ def test_sft_checkpoint_starts_opd_and_flops_agree(tiny_model_dirs: tuple[Path, 
                                                 output_dir=str(tmp_path / "opd")))
     opd_run = run_train(cfg)
     assert read_metrics(opd_run)[-1]["step"] == 1
+
+
+def test_sft_leaves_the_libraries_logging_as_it_was(tiny_model_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    import logging
+
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    from opd_cli.sft import run_sft
+
+    student, _ = tiny_model_dirs
+    _write_data(tmp_path / "d.jsonl")
+    before = (hf_logging.get_verbosity(), logging.getLogger("trl").level, hf_logging.is_progress_bar_enabled(),
+              datasets.is_progress_bar_enabled())
+    run_sft(_cfg(student, tmp_path / "d.jsonl", tmp_path / "run", steps=1, save_every=0))
+    after = (hf_logging.get_verbosity(), logging.getLogger("trl").level, hf_logging.is_progress_bar_enabled(),
+             datasets.is_progress_bar_enabled())
+    assert after == before

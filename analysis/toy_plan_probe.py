@@ -27,12 +27,16 @@ def main() -> None:
 
     import torch
 
+    from opd_cli.grading import grade_math
+    from opd_cli.grading import math_accuracy as accuracy
     from opd_cli.models import load_model, load_tokenizer
     from opd_cli.prompts import build_prompt
-    from opd_cli.toy.grade import accuracy, grade
-    from opd_cli.toy.models import sample_completions
     from opd_cli.toy.task import read_jsonl
+    from opd_cli.toy.tiny_qwen import sample_completions
     from opd_cli.toy.world import load_world
+
+    def grade(text: str, gold: str) -> bool:
+        return grade_math(text, gold)[0]
 
     if args.threads:
         torch.set_num_threads(args.threads)

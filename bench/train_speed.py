@@ -37,8 +37,8 @@ def shape(text: str) -> tuple[int, int, int]:
 
 def make_world(work: Path, student: str, teacher: str, n_prompts: int = 512) -> tuple[str, str, str]:
     """Random Qwen3 models on the real tokenizer (built once per pair of shapes), and toy-task prompts."""
-    from opd_cli.toy.models import build_qwen_pair
     from opd_cli.toy.task import generate_splits, write_jsonl
+    from opd_cli.toy.tiny_qwen import build_qwen_pair
 
     root = work / f"models-{student.replace(',', 'x')}-{teacher.replace(',', 'x')}"
     if not (root / "prompts.jsonl").exists():

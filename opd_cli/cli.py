@@ -131,13 +131,13 @@ config_command(app, "flops", "opd_cli.flops", "FlopsConfig", "run_flops",
                "Training FLOPs (paper appendix B): per sequence of a model config, or totals and ratios of run folders.")
 config_command(app, "kl-by-position", "opd_cli.analyses.kl_by_position", "KlByPositionConfig", "run_kl_by_position",
                "Reverse KL per output-position bin (Fig. 2/5): rollouts of checkpoints scored by the teacher, and logged KL.")
-config_command(app, "probe-teacher-prefix", "opd_cli.analyses.probe", "ProbeConfig", "run_probe",
+config_command(app, "probe-teacher-prefix", "opd_cli.analyses.probe_teacher_prefix", "ProbeConfig", "run_probe",
                "Teacher-prefix probe (Fig. 3): the untrained student continues from the first L tokens of teacher solutions.")
 config_command(app, "plot", "opd_cli.plot", "PlotConfig", "run_plot",
                "Figures and tables of the paper from run folders: PNG + PDF, and CSV/markdown for tables.")
-config_command(app, "sft-baseline", "opd_cli.sft", "SftConfig", "run_sft",
+config_command(app, "sft-baseline", "opd_cli.sft_baseline", "SftConfig", "run_sft",
                "Off-policy SFT on teacher responses (Tables 1-2 SFT rows, Fig. 6 with --max-length); a valid opd train --student.")
-config_command(app, "window-ablation", "opd_cli.ablation", "WindowAblationConfig", "run_window_ablation",
+config_command(app, "window-ablation", "opd_cli.window_ablation", "WindowAblationConfig", "run_window_ablation",
                "Loss-window ablation (Table 3): one opd train run per window plus full and prefix references, then the table.")
 config_command(toy_app, "build", "opd_cli.toy.build", "ToyBuildConfig", "run_toy_build",
                "Build the toy world (tokenizer, splits, teacher, two plan-weak students) and report test accuracies.")

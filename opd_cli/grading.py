@@ -146,3 +146,8 @@ def grade(problem: Any, text: str) -> tuple[bool, str | None]:
     if problem.answer_type == "choice":
         return grade_choice(text, problem.answer)
     return grade_math(text, problem.answer)
+
+
+def math_accuracy(texts: list[str], golds: list[str]) -> float:
+    """Fraction of ``texts`` whose last boxed answer equals its gold (:func:`grade_math`); the toy build's check."""
+    return sum(grade_math(t, g)[0] for t, g in zip(texts, golds, strict=True)) / max(1, len(golds))

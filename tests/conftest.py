@@ -62,7 +62,7 @@ def toy_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(student_dir, teacher_dir): random-weight Qwen3 models (1x32 and 2x48) saved with the toy tokenizer."""
-    from opd_cli.toy.models import save_random_model
+    from opd_cli.toy.tiny_qwen import save_random_model
     from opd_cli.toy.tokenizer import build_tokenizer
 
     root = tmp_path_factory.mktemp("tiny_models")
@@ -87,7 +87,7 @@ def qwen_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with a copy of Qwen3's real tokenizer files (151,669 tokens, chat template with ``<think>``)."""
     import shutil
 
-    from opd_cli.toy.models import qwen3_tokenizer_files
+    from opd_cli.toy.tiny_qwen import qwen3_tokenizer_files
 
     out = tmp_path_factory.mktemp("qwen_tokenizer")
     for f in qwen3_tokenizer_files().iterdir():
@@ -99,7 +99,7 @@ def qwen_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def qwen_model_dirs(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_dir: Path) -> tuple[Path, Path]:
     """(student_dir, teacher_dir): random-weight Qwen3 models (1x32 and 2x48, untied) on Qwen3's 151,936-row vocab."""
-    from opd_cli.toy.models import build_qwen_pair
+    from opd_cli.toy.tiny_qwen import build_qwen_pair
 
     root = tmp_path_factory.mktemp("qwen_models")
     return build_qwen_pair(root, student=(1, 32, 2), teacher=(2, 48, 2), seed=1, tokenizer=qwen_tokenizer_dir)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from opd_cli.ablation import collect_table, expand_windows, parse_window, write_table
 from opd_cli.errors import OpdError
+from opd_cli.window_ablation import collect_table, expand_windows, parse_window, write_table
 
 PAPER_WINDOWS = ["1024:2048", "2048:3072", "3072:4096", "tail:1024"]
 
@@ -91,8 +91,8 @@ def test_table_from_fake_runs(tmp_path: Path) -> None:
 @pytest.fixture()
 def tiny_ablation(tiny_model_dirs: tuple[Path, Path], tmp_path: Path):
     from opd_cli import data
-    from opd_cli.ablation import WindowAblationConfig
     from opd_cli.config import build_config
+    from opd_cli.window_ablation import WindowAblationConfig
 
     student, teacher = tiny_model_dirs
     prompts = tmp_path / "prompts.jsonl"
@@ -110,8 +110,8 @@ def tiny_ablation(tiny_model_dirs: tuple[Path, Path], tmp_path: Path):
 
 
 def test_window_ablation_smoke_and_reuse(tiny_ablation, capsys: pytest.CaptureFixture[str]) -> None:
-    from opd_cli.ablation import run_window_ablation
     from opd_cli.runs import list_checkpoints, read_config
+    from opd_cli.window_ablation import run_window_ablation
 
     out = run_window_ablation(tiny_ablation())
     labels = ["full", "prefix-4", "window-2-6", "tail-3"]
@@ -156,8 +156,8 @@ def test_cli_bad_inputs(tmp_path: Path) -> None:
 def test_window_ablation_recipes_expand(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import yaml
 
-    from opd_cli.ablation import WindowAblationConfig, plan_runs
     from opd_cli.config import build_config
+    from opd_cli.window_ablation import WindowAblationConfig, plan_runs
 
     monkeypatch.chdir(path.parents[1])  # recipes name their base train recipe relative to the repository root
     assert path.read_text().splitlines()[0].startswith("# opd window-ablation --recipe recipes/" + path.name)
@@ -172,10 +172,10 @@ def test_reference_runs_stand_in_for_references(tiny_ablation, tmp_path: Path, c
     """A finished train run with the same settings and more steps is adopted (hard links, cut metrics), not retrained."""
     import dataclasses
 
-    from opd_cli.ablation import plan_runs, run_window_ablation
     from opd_cli.evaluate import EvalConfig, evaluate_run
     from opd_cli.runs import list_checkpoints, read_config, read_metrics
     from opd_cli.train import run_train
+    from opd_cli.window_ablation import plan_runs, run_window_ablation
 
     cfg = tiny_ablation()
     full_cfg = dict(plan_runs(cfg, tmp_path / "plan"))["full"]

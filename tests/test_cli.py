@@ -152,9 +152,9 @@ def test_every_config_field_has_its_flag_with_the_fields_help() -> None:
     checked = 0
     for (command, module, cls_name) in [
         ("train", "opd_cli.train", "TrainConfig"), ("eval", "opd_cli.evaluate", "EvalConfig"), ("flops", "opd_cli.flops", "FlopsConfig"),
-        ("kl-by-position", "opd_cli.analyses.kl_by_position", "KlByPositionConfig"), ("probe-teacher-prefix", "opd_cli.analyses.probe", "ProbeConfig"),
-        ("plot", "opd_cli.plot", "PlotConfig"), ("sft-baseline", "opd_cli.sft", "SftConfig"),
-        ("window-ablation", "opd_cli.ablation", "WindowAblationConfig"), ("build", "opd_cli.toy.build", "ToyBuildConfig"),
+        ("kl-by-position", "opd_cli.analyses.kl_by_position", "KlByPositionConfig"), ("probe-teacher-prefix", "opd_cli.analyses.probe_teacher_prefix", "ProbeConfig"),
+        ("plot", "opd_cli.plot", "PlotConfig"), ("sft-baseline", "opd_cli.sft_baseline", "SftConfig"),
+        ("window-ablation", "opd_cli.window_ablation", "WindowAblationConfig"), ("build", "opd_cli.toy.build", "ToyBuildConfig"),
     ]:
         cls = getattr(importlib.import_module(module), cls_name)
         params = {p.name: p for p in commands[command].params}

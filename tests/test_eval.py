@@ -225,7 +225,7 @@ def test_vllm_run_eval_reuses_one_engine(tmp_path: Path, monkeypatch: pytest.Mon
     import opd_cli.generation as gen
     from opd_cli.data import Problem, register_source
     from opd_cli.generation import Sample
-    from opd_cli.toy.models import save_random_model
+    from opd_cli.toy.tiny_qwen import save_random_model
     from opd_cli.toy.tokenizer import build_tokenizer
 
     tok = build_tokenizer()

@@ -66,7 +66,7 @@ def test_vllm_run_eval_loads_each_checkpoint_into_one_engine(tiny_model_dirs, pr
 
     from opd_cli.data import load_file
     from opd_cli.evaluate import EvalConfig, evaluate_run
-    from opd_cli.toy.models import save_random_model
+    from opd_cli.toy.tiny_qwen import save_random_model
     from opd_cli.toy.tokenizer import build_tokenizer
 
     student = tiny_model_dirs[0]

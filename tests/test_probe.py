@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from opd_cli.analyses.probe import prefix_length
+from opd_cli.analyses.probe_teacher_prefix import prefix_length
 from opd_cli.cli import app
 
 PROBLEMS = [
@@ -156,7 +156,7 @@ def test_probe_bad_input(tmp_path, extra, message):
 # ------------------------------------------------------------------------------------------- recipes
 @pytest.mark.parametrize("recipe", sorted((Path(__file__).parent.parent / "recipes").glob("probe-*.yaml")), ids=lambda p: p.name)
 def test_probe_recipes_load(recipe):
-    from opd_cli.analyses.probe import ProbeConfig
+    from opd_cli.analyses.probe_teacher_prefix import ProbeConfig
     from opd_cli.config import build_config
 
     assert recipe.read_text().startswith(f"# opd probe-teacher-prefix --recipe recipes/{recipe.name}")

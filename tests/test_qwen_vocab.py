@@ -17,7 +17,7 @@ from opd_cli.cli import app
 from opd_cli.errors import OpdError
 from opd_cli.models import check_same_vocab, load_model, load_tokenizer
 from opd_cli.prompts import build_prompt
-from opd_cli.toy.models import QWEN3_VOCAB
+from opd_cli.toy.tiny_qwen import QWEN3_VOCAB
 
 runner = CliRunner()
 THINK_ID, THINK_CLOSE_ID, IM_START_ID, IM_END_ID, ENDOFTEXT_ID = 151667, 151668, 151644, 151645, 151643

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from opd_cli.sft import strip_think
+from opd_cli.sft_baseline import strip_think
 
 
 def _write_data(path: Path, n: int = 8) -> list[tuple[str, str]]:
@@ -35,7 +35,7 @@ def _expected_lengths(tok_dir: Path, pairs: list[tuple[str, str]], max_length: i
 
 def _cfg(student: Path, data: Path, out: Path, **kw):
     from opd_cli.config import build_config
-    from opd_cli.sft import SftConfig
+    from opd_cli.sft_baseline import SftConfig
 
     base = dict(student=str(student), data=str(data), steps=2, batch_size=4, micro_batch_size=2, save_every=1, lr=1e-3, output_dir=str(out))
     return build_config(SftConfig, None, {**base, **kw})
@@ -52,7 +52,7 @@ def test_sft_smoke_metrics_flops_checkpoint(tiny_model_dirs: tuple[Path, Path], 
 
     from opd_cli.flops import ModelShape, flops_from_sums
     from opd_cli.runs import list_checkpoints, read_config, read_metrics
-    from opd_cli.sft import run_sft
+    from opd_cli.sft_baseline import run_sft
 
     student, _ = tiny_model_dirs
     pairs = _write_data(tmp_path / "d.jsonl")
@@ -85,7 +85,7 @@ def test_sft_smoke_metrics_flops_checkpoint(tiny_model_dirs: tuple[Path, Path], 
 
 def test_prefix_sft_truncates(tiny_model_dirs: tuple[Path, Path], tmp_path: Path) -> None:
     from opd_cli.runs import read_metrics
-    from opd_cli.sft import run_sft
+    from opd_cli.sft_baseline import run_sft
 
     student, _ = tiny_model_dirs
     pairs = _write_data(tmp_path / "d.jsonl")
@@ -99,7 +99,7 @@ def test_prefix_sft_truncates(tiny_model_dirs: tuple[Path, Path], tmp_path: Path
 
 def test_sft_resume_extends_run(tiny_model_dirs: tuple[Path, Path], tmp_path: Path) -> None:
     from opd_cli.runs import list_checkpoints, read_metrics
-    from opd_cli.sft import run_sft
+    from opd_cli.sft_baseline import run_sft
 
     student, _ = tiny_model_dirs
     _write_data(tmp_path / "d.jsonl")
@@ -116,7 +116,7 @@ def test_sft_resume_extends_run(tiny_model_dirs: tuple[Path, Path], tmp_path: Pa
 
 def test_sft_generate_with_teacher(tiny_model_dirs: tuple[Path, Path], tmp_path: Path) -> None:
     from opd_cli.runs import read_metrics
-    from opd_cli.sft import TEACHER_CACHE, run_sft
+    from opd_cli.sft_baseline import TEACHER_CACHE, run_sft
 
     student, teacher = tiny_model_dirs
     _write_data(tmp_path / "d.jsonl", n=4)
@@ -153,7 +153,7 @@ def test_sft_recipes_load(path: Path) -> None:
     import yaml
 
     from opd_cli.config import build_config
-    from opd_cli.sft import SftConfig
+    from opd_cli.sft_baseline import SftConfig
 
     first = path.read_text().splitlines()[0]
     assert first.startswith("# opd sft-baseline --recipe recipes/" + path.name)
@@ -170,7 +170,7 @@ def test_sft_checkpoint_starts_opd_and_flops_agree(tiny_model_dirs: tuple[Path, 
     from opd_cli.config import build_config
     from opd_cli.flops import run_totals
     from opd_cli.runs import list_checkpoints, read_metrics
-    from opd_cli.sft import run_sft
+    from opd_cli.sft_baseline import run_sft
     from opd_cli.train import TrainConfig, run_train
 
     student, teacher = tiny_model_dirs
@@ -194,7 +194,7 @@ def test_sft_leaves_the_libraries_logging_as_it_was(tiny_model_dirs: tuple[Path,
     import datasets
     from transformers.utils import logging as hf_logging
 
-    from opd_cli.sft import run_sft
+    from opd_cli.sft_baseline import run_sft
 
     student, _ = tiny_model_dirs
     _write_data(tmp_path / "d.jsonl")

@@ -301,7 +301,7 @@ def test_full_build_meets_acceptance(tmp_path):
 def test_length_bucketed_order_is_a_permutation_with_tight_batches():
     import random
 
-    from opd_cli.toy.models import _length_bucketed_order
+    from opd_cli.toy.tiny_qwen import _length_bucketed_order
 
     data = [([0] * n, 1) for n in random.Random(0).choices(range(50, 250), k=1000)]
     order = _length_bucketed_order(data, 32, random.Random(1))
@@ -314,7 +314,7 @@ def test_length_bucketed_order_is_a_permutation_with_tight_batches():
 def test_sft_early_cooldown_ends_training_k_steps_later(toy_tokenizer_dir):
     from transformers import AutoTokenizer
 
-    from opd_cli.toy.models import encode_pairs, random_model, sft
+    from opd_cli.toy.tiny_qwen import encode_pairs, random_model, sft
 
     tok = AutoTokenizer.from_pretrained(str(toy_tokenizer_dir))
     recs = task.generate_splits(seed=1, sizes={"train": 16, "dev": 1, "test": 1, "ood": 1})["train"]
@@ -339,14 +339,14 @@ def test_teacher_stop_policy(toy_tokenizer_dir, monkeypatch: pytest.MonkeyPatch)
     from rich.progress import Progress
     from transformers import AutoTokenizer
 
-    from opd_cli.toy import build, models
-    from opd_cli.toy.models import encode_pairs
+    from opd_cli.toy import build, tiny_qwen
+    from opd_cli.toy.tiny_qwen import encode_pairs
 
     tok = AutoTokenizer.from_pretrained(str(toy_tokenizer_dir))
     splits = task.generate_splits(seed=1, sizes={"train": 16, "dev": 4, "test": 1, "ood": 1})
     data = encode_pairs(tok, [(r["question"], r["solution"]) for r in splits["train"]])
     accs = iter([(0.1, 0.0), (0.6, 0.2), (0.9, 0.97), (1.0, 0.9), (1.0, 0.96), (1.0, 1.0)])
-    monkeypatch.setattr(models, "teacher_forced_scores", lambda *a, **k: next(accs))
+    monkeypatch.setattr(tiny_qwen, "teacher_forced_scores", lambda *a, **k: next(accs))
     cfg = build.ToyBuildConfig.miniature(root="/nonexistent")
     cfg = dataclasses.replace(cfg, teacher_steps=60, teacher_min_steps=5, check_every=5, stop_acc=0.5, stop_cooldown=30,
                               done_after=10, done_sampled=0.95)
@@ -363,7 +363,7 @@ def test_teacher_forced_scores_count_sequences_reproduced_by_greedy():
 
     import torch
 
-    from opd_cli.toy.models import teacher_forced_scores
+    from opd_cli.toy.tiny_qwen import teacher_forced_scores
 
     class NextTokenOracle(torch.nn.Module):  # predicts the true next token, as in the `truth` sequences below
         training = False

@@ -215,7 +215,7 @@ def test_analyses_resolve_the_small_student(patched_world, seed1_world, tmp_path
 
 
 def test_window_ablation_passes_the_student_through(tmp_path: Path) -> None:
-    from opd_cli.ablation import WindowAblationConfig, plan_runs
+    from opd_cli.window_ablation import WindowAblationConfig, plan_runs
 
     def students(**kw) -> set[str]:
         cfg = WindowAblationConfig(windows=["4:8"], prefix_ref=4, **kw)
@@ -229,10 +229,10 @@ def test_window_ablation_passes_the_student_through(tmp_path: Path) -> None:
 
 def test_runs_saved_before_toy_student_stay_resumable(tmp_path: Path) -> None:
     """A config.yaml without toy_student reads as the default (large): resume and ablation reuse still match it."""
-    from opd_cli.ablation import _check_reusable, find_stand_in
     from opd_cli.config import to_dict
     from opd_cli.runs import open_run
     from opd_cli.train import TrainConfig
+    from opd_cli.window_ablation import _check_reusable, find_stand_in
 
     run = tmp_path / "run"
     cfg = TrainConfig(output_dir=str(run), steps=2, save_every=1)

@@ -35,7 +35,7 @@ def _train_cfg(tiny_model_dirs, prompts_file, out, **over):
 
 
 def _sft_cfg(tiny_model_dirs, tmp_path, **over):
-    from opd_cli.sft import SftConfig
+    from opd_cli.sft_baseline import SftConfig
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"id": str(i), "question": f"{i}+{i}", "answer": str(2 * i),
@@ -75,7 +75,7 @@ def test_train_reports_metrics_jsonl_names_to_tensorboard(tiny_model_dirs, promp
 
 @needs_tensorboard
 def test_sft_reports_metrics_jsonl_names_to_tensorboard(tiny_model_dirs, tmp_path):
-    from opd_cli.sft import run_sft
+    from opd_cli.sft_baseline import run_sft
 
     out = run_sft(_sft_cfg(tiny_model_dirs, tmp_path, report_to=["none,tensorboard"]))
     rows = read_metrics(out)
@@ -128,7 +128,7 @@ class _FakeHub:
 def test_push_to_hub_uploads_the_final_model(tiny_model_dirs, prompts_file, tmp_path, monkeypatch):
     import huggingface_hub
 
-    from opd_cli.sft import run_sft
+    from opd_cli.sft_baseline import run_sft
     from opd_cli.train import run_train
 
     _FakeHub.calls = []

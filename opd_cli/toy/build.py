@@ -102,13 +102,13 @@ def _sizes(cfg: ToyBuildConfig) -> dict[str, int]:
 
 
 def _test_accuracy(model: Any, tok: Any, records: list[dict[str, Any]], cfg: ToyBuildConfig, seed: int) -> float:
+    from opd_cli.grading import math_accuracy
     from opd_cli.prompts import build_prompt
-    from opd_cli.toy.grade import accuracy
-    from opd_cli.toy.models import sample_completions
+    from opd_cli.toy.tiny_qwen import sample_completions
 
     prompts = [build_prompt(tok, r["question"]) for r in records]
     texts = sample_completions(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=1.0, seed=seed)
-    return accuracy(texts, [r["answer"] for r in records])
+    return math_accuracy(texts, [r["answer"] for r in records])
 
 
 # role -> (config field prefix, folder): the larger student keeps the folder every command has always read
@@ -128,7 +128,7 @@ def _train(
     Whether (and when) the teacher learns the op lookup is stochastic, so this trains as long as needed, not a fixed
     budget.
     """
-    from opd_cli.toy.models import encode_pairs, random_model, sft, teacher_forced_scores
+    from opd_cli.toy.tiny_qwen import encode_pairs, random_model, sft, teacher_forced_scores
 
     layers, hidden, heads, steps = (getattr(cfg, f"{FIELDS[role]}_{k}") for k in ("layers", "hidden", "heads", "steps"))
     model = random_model(tok, layers, hidden, heads, seed=seed)
@@ -204,8 +204,8 @@ def run_toy_build(cfg: ToyBuildConfig, console: Any = None) -> Any:
 def _build(cfg: ToyBuildConfig, root: Path, console: Any) -> Any:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from opd_cli.toy.models import encode_pairs, save_model
     from opd_cli.toy.task import generate_splits, write_jsonl
+    from opd_cli.toy.tiny_qwen import encode_pairs, save_model
     from opd_cli.toy.tokenizer import build_tokenizer
     from opd_cli.toy.world import load_world, write_manifest
 

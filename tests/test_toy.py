@@ -201,7 +201,11 @@ def test_world_models_load_through_opd_models(tiny_world):
 
     ts, tt = load_tokenizer(str(tiny_world.student_dir)), load_tokenizer(str(tiny_world.teacher_dir))
     ms, mt = load_model(str(tiny_world.student_dir), device="cpu"), load_model(str(tiny_world.teacher_dir), device="cpu")
-    check_same_vocab(ts, tt, ms, mt)
+    check_same_vocab(ts, tt, ms, mt)  # raises on a mismatch
+    # one row of logits per token of the toy tokenizer (plan:, every operation and <think> included), for both models
+    assert ms.get_output_embeddings().weight.shape[0] == mt.get_output_embeddings().weight.shape[0] == len(ts)
+    ids = ts("plan:a*7b+5", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 3 and ts.unk_token_id not in ids
 
 
 @pytest.mark.parametrize("damage", ["manifest", "model", "missing", "half"])

@@ -22,7 +22,7 @@ from opd_cli.data import Problem, load_benchmark, load_file
 from opd_cli.errors import OpdError
 from opd_cli.generation import BACKENDS, check_backend
 from opd_cli.models import DEVICES, DTYPES
-from opd_cli.runs import CKPT_PREFIX, IF_EXISTS, list_checkpoints, open_run, read_config, write_json
+from opd_cli.runs import CKPT_PREFIX, IF_EXISTS, list_checkpoints, open_run, read_config, step_folder, write_json
 from opd_cli.toy.world import check_toy_student, run_toy_student
 
 TOY_MODELS = ("student", "teacher")
@@ -362,10 +362,10 @@ def evaluate_run(
     eval_root = run_dir / "eval"
     if if_exists == "raise":
         for s, _ in targets:
-            clash = [b for b in benchmarks if _done(eval_root / f"{CKPT_PREFIX}{s:06d}", b) is not None]
+            clash = [b for b in benchmarks if _done(eval_root / step_folder(s), b) is not None]
             if clash:
                 raise OpdError(
-                    f"{eval_root}/{CKPT_PREFIX}{s:06d} already has results for {', '.join(clash)}: pass --if-exists resume "
+                    f"{eval_root / step_folder(s)} already has results for {', '.join(clash)}: pass --if-exists resume "
                     f"to keep them, --if-exists overwrite to redo them"
                 )
     eval_root.mkdir(parents=True, exist_ok=True)
@@ -418,7 +418,7 @@ def _evaluate_step(
 ) -> list[dict[str, Any]]:
     """One checkpoint on each benchmark into ``run/eval/step_XXXXXX/``; ``resume`` keeps finished benchmarks.
     ``load`` (a :func:`checkpoint_loader`) gives the model, loaded only when some benchmark is evaluated."""
-    out = Path(run_dir) / "eval" / f"{CKPT_PREFIX}{step:06d}"
+    out = Path(run_dir) / "eval" / step_folder(step)
     summaries, loaded = [], None
     for name, probs in benchmarks.items():
         prev = _done(out, name) if if_exists == "resume" else None

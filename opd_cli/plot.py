@@ -18,6 +18,7 @@ from typing import Any
 from opd_cli.config import check, field
 from opd_cli.errors import OpdError
 from opd_cli.log import logger
+from opd_cli.runs import step_folder
 
 KINDS = (
     "kl-position",
@@ -450,7 +451,7 @@ def main_table_row(run: Path) -> dict[str, Any]:
     info = best_info(run)
     if info:
         step = int(info["best_step"])
-        folder = run / "eval" / f"step_{step:06d}"
+        folder = run / "eval" / step_folder(step)
     elif list((run / "eval").glob("*.json")):
         step, folder = None, run / "eval"  # `opd eval --model`: a model without training (the base row)
     else:

@@ -24,6 +24,11 @@ from opd_cli.errors import OpdError
 
 IF_EXISTS = ("raise", "resume", "overwrite")
 CKPT_PREFIX = "step_"
+
+
+def step_folder(step: int) -> str:
+    """The folder name of a step, under checkpoints/ and eval/: step_000010."""
+    return f"{CKPT_PREFIX}{step:06d}"
 COMPLETE_MARK = "COMPLETE"
 
 
@@ -83,7 +88,7 @@ class RunDir:
         os.replace(tmp, self.metrics_file)
 
     def checkpoint_dir(self, step: int) -> Path:
-        return self.checkpoints / f"{CKPT_PREFIX}{step:06d}"
+        return self.checkpoints / step_folder(step)
 
     def list_checkpoints(self) -> list[tuple[int, Path]]:
         return list_checkpoints(self.path)

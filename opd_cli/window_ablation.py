@@ -19,7 +19,7 @@ from typing import Any
 from opd_cli.config import check, field
 from opd_cli.errors import OpdError
 from opd_cli.log import logger
-from opd_cli.runs import IF_EXISTS
+from opd_cli.runs import IF_EXISTS, step_folder
 from opd_cli.toy.world import check_toy_student
 
 ABLATION_CONFIG = "ablation.yaml"
@@ -178,7 +178,7 @@ def dev_score(run_dir: Path, step: int, benchmark: str) -> float | None:
     """Mean accuracy of one evaluated checkpoint, or None when it has not been evaluated."""
     import json
 
-    f = Path(run_dir) / "eval" / f"step_{step:06d}" / f"{benchmark}.json"
+    f = Path(run_dir) / "eval" / step_folder(step) / f"{benchmark}.json"
     if not f.is_file():
         return None
     try:
@@ -332,13 +332,13 @@ def adopt_run(src: Path, tcfg: Any, eval_steps: list[int], ecfg: Any, benchmark:
     if ecfg.limit:
         same["num_problems"] = ecfg.limit
     for step in (s for s in eval_steps if s <= tcfg.steps):
-        res = src / "eval" / f"step_{step:06d}" / f"{benchmark}.json"
+        res = src / "eval" / step_folder(step) / f"{benchmark}.json"
         try:
             summary = json.loads(res.read_text())
         except (OSError, ValueError):
             continue
         if all(summary.get(k) == v for k, v in same.items()):
-            out = tmp / "eval" / f"step_{step:06d}"
+            out = tmp / "eval" / step_folder(step)
             out.mkdir(parents=True, exist_ok=True)
             for f in res.parent.glob(f"{benchmark}.*"):
                 shutil.copy2(f, out / f.name)

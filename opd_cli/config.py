@@ -173,6 +173,13 @@ def dump_yaml(cfg: Any) -> str:
     return header + yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def differing_keys(saved: dict[str, Any], now: dict[str, Any], ignore: Any = (), only_now: bool = False) -> list[str]:
+    """Keys whose values differ between two config mappings (a saved config.yaml and the current config), sorted;
+    ``ignore``: keys never compared; ``only_now``: keys the current config lacks are not compared either."""
+    keys = set(now) if only_now else set(saved) | set(now)
+    return sorted(k for k in keys if k not in set(ignore) and saved.get(k) != now.get(k))
+
+
 def changed_fields(cfg: Any) -> dict[str, Any]:
     """The fields of ``cfg`` that differ from their class defaults (YAML-safe values)."""
     out = {}

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from opd_cli.config import dump_yaml, to_dict, with_defaults
+from opd_cli.config import differing_keys, dump_yaml, to_dict, with_defaults
 from opd_cli.errors import OpdError
 
 IF_EXISTS = ("raise", "resume", "overwrite")
@@ -166,9 +166,7 @@ def open_run(
         if not resumable:
             raise OpdError(f"`opd {getattr(cfg, 'command', '')}` cannot resume: use --if-exists overwrite or a new --output-dir")
         saved = with_defaults(read_config(path), cfg)  # a field added since the run was saved: its default
-        now = to_dict(cfg)
-        ignore = {"if_exists", *compare_ignore}
-        diff = sorted(k for k in set(saved) | set(now) if k not in ignore and saved.get(k) != now.get(k))
+        diff = differing_keys(saved, to_dict(cfg), {"if_exists", *compare_ignore})
         if saved and diff:
             raise OpdError(
                 f"cannot resume {path}: its config differs in {', '.join(diff)}; "

@@ -21,6 +21,7 @@ from opd_cli.errors import OpdError
 from opd_cli.log import logger
 from opd_cli.runs import IF_EXISTS, step_folder
 from opd_cli.toy.world import check_toy_student
+from opd_cli.tracking import TRACKING_FIELDS
 
 ABLATION_CONFIG = "ablation.yaml"
 TABLE_COLUMNS = ("method", "window", "step", "dev_acc")
@@ -259,12 +260,11 @@ def plan_runs(cfg: WindowAblationConfig, out: Path) -> list[tuple[str, Any]]:
 
 def _check_reusable(label: str, run_dir: Path, train_cfg: Any) -> None:
     """A complete run is reused only if it was trained with the same config (else results would be stale)."""
-    from opd_cli.config import to_dict, with_defaults
+    from opd_cli.config import differing_keys, to_dict, with_defaults
     from opd_cli.runs import read_config
 
-    saved, now = with_defaults(read_config(run_dir), train_cfg), to_dict(train_cfg)
-    ignore = {"if_exists", "output_dir"}
-    diff = sorted(k for k in set(saved) | set(now) if k not in ignore and k in now and saved.get(k) != now.get(k))
+    saved = with_defaults(read_config(run_dir), train_cfg)
+    diff = differing_keys(saved, to_dict(train_cfg), {"if_exists", "output_dir", *TRACKING_FIELDS}, only_now=True)
     if saved and diff:
         raise OpdError(
             f"run {run_dir} is complete but was trained with different {', '.join(diff)}: "
@@ -273,12 +273,12 @@ def _check_reusable(label: str, run_dir: Path, train_cfg: Any) -> None:
 
 
 # fields a stand-in reference may differ in: where it lives and how long it ran (checkpoints must cover the steps)
-_STAND_IN_FREE = {"name", "output_dir", "if_exists", "steps", "save_every"}
+_STAND_IN_FREE = {"name", "output_dir", "if_exists", "steps", "save_every", *TRACKING_FIELDS}
 
 
 def find_stand_in(tcfg: Any, candidates: list[str], eval_steps: list[int]) -> Path | None:
     """The first candidate run trained like ``tcfg`` for at least its steps, with checkpoints at every needed step."""
-    from opd_cli.config import to_dict, with_defaults
+    from opd_cli.config import differing_keys, to_dict, with_defaults
     from opd_cli.runs import list_checkpoints, read_config
 
     want = to_dict(tcfg)
@@ -287,7 +287,7 @@ def find_stand_in(tcfg: Any, candidates: list[str], eval_steps: list[int]) -> Pa
         saved = with_defaults(read_config(cand), tcfg)
         if not saved or int(saved.get("steps") or 0) < tcfg.steps:
             continue
-        if any(saved.get(k) != v for k, v in want.items() if k not in _STAND_IN_FREE):
+        if differing_keys(saved, want, _STAND_IN_FREE, only_now=True):
             continue
         if need <= {s for s, _ in list_checkpoints(cand)}:
             return cand

@@ -295,9 +295,9 @@ def _same_world(built: Any, cfg: ToyBuildConfig) -> bool:
     """Whether a cached manifest's config matches ``cfg`` on every field except the teacher's schedule."""
     if not isinstance(built, dict):
         return False
-    want = _config_key(cfg)
-    keep = [k for k in set(built) | set(want) if k not in _SCHEDULE_FIELDS]
-    return all(built.get(k) == want.get(k) for k in keep)
+    from opd_cli.config import differing_keys
+
+    return not differing_keys(built, _config_key(cfg), _SCHEDULE_FIELDS)
 
 
 def _report(console: Any, world: Any, reused: bool) -> None:

@@ -103,3 +103,13 @@ def qwen_model_dirs(tmp_path_factory: pytest.TempPathFactory, qwen_tokenizer_dir
 
     root = tmp_path_factory.mktemp("qwen_models")
     return build_qwen_pair(root, student=(1, 32, 2), teacher=(2, 48, 2), seed=1, tokenizer=qwen_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def prompts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A jsonl of 32 toy training problems: the prompts of the tiny `opd train` runs in tests."""
+    from opd_cli.toy.task import generate_splits, write_jsonl
+
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    write_jsonl(path, generate_splits(seed=0, sizes={"train": 32, "dev": 2, "test": 2, "ood": 2})["train"])
+    return path

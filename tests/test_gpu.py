@@ -5,22 +5,12 @@ and without the vllm extra (importorskip)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from opd_cli.runs import read_metrics
 
 pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory) -> Path:
-    from opd_cli.toy.task import generate_splits, write_jsonl
-
-    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
-    write_jsonl(path, generate_splits(seed=0, sizes={"train": 16, "dev": 2, "test": 4, "ood": 2})["train"])
-    return path
 
 
 def test_vllm_train_keeps_rollout_logprobs_and_stops_at_L(tiny_model_dirs, prompts_file, tmp_path):

@@ -16,15 +16,6 @@ from opd_cli.runs import read_metrics
 needs_tensorboard = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard (dev extra) not installed")
 
 
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory) -> Path:
-    from opd_cli.toy.task import generate_splits, write_jsonl
-
-    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
-    write_jsonl(path, generate_splits(seed=0, sizes={"train": 16, "dev": 2, "test": 2, "ood": 2})["train"])
-    return path
-
-
 def _train_cfg(tiny_model_dirs, prompts_file, out, **over):
     from opd_cli.train import TrainConfig
 

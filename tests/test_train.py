@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -15,15 +14,6 @@ from opd_cli.config import build_config
 from opd_cli.runs import list_checkpoints, read_metrics
 
 TIMING = {"time_generate", "time_teacher", "time_update", "time_step", "wall_time"}
-
-
-@pytest.fixture(scope="module")
-def prompts_file(tmp_path_factory) -> Path:
-    from opd_cli.toy.task import generate_splits, write_jsonl
-
-    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
-    write_jsonl(path, generate_splits(seed=0, sizes={"train": 32, "dev": 2, "test": 2, "ood": 2})["train"])
-    return path
 
 
 def _cfg(tiny_model_dirs, prompts_file, out, **over):

@@ -96,14 +96,12 @@ def _parameters(command: str, cls: type) -> list[inspect.Parameter]:
 
 
 def _help(cls: type, name: str) -> str:
+    from opd_cli.config import field_default
+
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    if f.default is not dataclasses.MISSING:
-        default = f.default
-    elif f.default_factory is not dataclasses.MISSING:
-        default = f.default_factory()
-    else:
-        return f.metadata.get("help", "")
-    return f"{f.metadata.get('help', '')} [default: {default}]" if default not in (None, "", [], {}) else f.metadata.get("help", "")
+    default = field_default(f)
+    shown = default not in (None, "", [], {}) and default is not dataclasses.MISSING
+    return f"{f.metadata.get('help', '')} [default: {default}]" if shown else f.metadata.get("help", "")
 
 
 def config_command(group: typer.Typer, command: str, module: str, config_cls: str, run_fn: str, doc: str) -> None:
@@ -123,24 +121,29 @@ def config_command(group: typer.Typer, command: str, module: str, config_cls: st
     group.command(command)(run)
 
 
-config_command(app, "train", "opd_cli.train", "TrainConfig", "run_train",
-               "Prefix on-policy distillation: the student samples L tokens, the teacher scores them, reverse KL is minimised.")
-config_command(app, "eval", "opd_cli.evaluate", "EvalConfig", "run_eval",
-               "Sample n answers per problem and grade them: Mean Acc@n, pass@k, lengths, truncation.")
-config_command(app, "flops", "opd_cli.flops", "FlopsConfig", "run_flops",
-               "Training FLOPs (paper appendix B): per sequence of a model config, or totals and ratios of run folders.")
-config_command(app, "kl-by-position", "opd_cli.analyses.kl_by_position", "KlByPositionConfig", "run_kl_by_position",
-               "Reverse KL per output-position bin (Fig. 2/5): rollouts of checkpoints scored by the teacher, and logged KL.")
-config_command(app, "probe-teacher-prefix", "opd_cli.analyses.probe_teacher_prefix", "ProbeConfig", "run_probe",
-               "Teacher-prefix probe (Fig. 3): the untrained student continues from the first L tokens of teacher solutions.")
-config_command(app, "plot", "opd_cli.plot", "PlotConfig", "run_plot",
-               "Figures and tables of the paper from run folders: PNG + PDF, and CSV/markdown for tables.")
-config_command(app, "sft-baseline", "opd_cli.sft_baseline", "SftConfig", "run_sft",
-               "Off-policy SFT on teacher responses (Tables 1-2 SFT rows, Fig. 6 with --max-length); a valid opd train --student.")
-config_command(app, "window-ablation", "opd_cli.window_ablation", "WindowAblationConfig", "run_window_ablation",
-               "Loss-window ablation (Table 3): one opd train run per window plus full and prefix references, then the table.")
-config_command(toy_app, "build", "opd_cli.toy.build", "ToyBuildConfig", "run_toy_build",
-               "Build the toy world (tokenizer, splits, teacher, two plan-weak students) and report test accuracies.")
+# (group, command, module, config class, run function, help): every command of `opd`, registered below
+COMMANDS = (
+    (app, "train", "opd_cli.train", "TrainConfig", "run_train",
+     "Prefix on-policy distillation: the student samples L tokens, the teacher scores them, reverse KL is minimised."),
+    (app, "eval", "opd_cli.evaluate", "EvalConfig", "run_eval",
+     "Sample n answers per problem and grade them: Mean Acc@n, pass@k, lengths, truncation."),
+    (app, "flops", "opd_cli.flops", "FlopsConfig", "run_flops",
+     "Training FLOPs (paper appendix B): per sequence of a model config, or totals and ratios of run folders."),
+    (app, "kl-by-position", "opd_cli.analyses.kl_by_position", "KlByPositionConfig", "run_kl_by_position",
+     "Reverse KL per output-position bin (Fig. 2/5): rollouts of checkpoints scored by the teacher, and logged KL."),
+    (app, "probe-teacher-prefix", "opd_cli.analyses.probe_teacher_prefix", "ProbeConfig", "run_probe",
+     "Teacher-prefix probe (Fig. 3): the untrained student continues from the first L tokens of teacher solutions."),
+    (app, "plot", "opd_cli.plot", "PlotConfig", "run_plot",
+     "Figures and tables of the paper from run folders: PNG + PDF, and CSV/markdown for tables."),
+    (app, "sft-baseline", "opd_cli.sft_baseline", "SftConfig", "run_sft",
+     "Off-policy SFT on teacher responses (Tables 1-2 SFT rows, Fig. 6 with --max-length); a valid opd train --student."),
+    (app, "window-ablation", "opd_cli.window_ablation", "WindowAblationConfig", "run_window_ablation",
+     "Loss-window ablation (Table 3): one opd train run per window plus full and prefix references, then the table."),
+    (toy_app, "build", "opd_cli.toy.build", "ToyBuildConfig", "run_toy_build",
+     "Build the toy world (tokenizer, splits, teacher, two plan-weak students) and report test accuracies."),
+)
+for _group, *_spec in COMMANDS:
+    config_command(_group, *_spec)
 
 
 def main() -> None:

@@ -180,20 +180,16 @@ def differing_keys(saved: dict[str, Any], now: dict[str, Any], ignore: Any = (),
     return sorted(k for k in keys if k not in set(ignore) and saved.get(k) != now.get(k))
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default (a fresh one for list/dict fields; ``dataclasses.MISSING`` when it has none)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def changed_fields(cfg: Any) -> dict[str, Any]:
     """The fields of ``cfg`` that differ from their class defaults (YAML-safe values)."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = dataclasses.MISSING
-        value = getattr(cfg, f.name)
-        if value != default:
-            out[f.name] = _plain(value)
-    return out
+    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != field_default(f)}
 
 
 def summary_line(cfg: Any, saved: str | Path | None = None) -> str:

@@ -150,12 +150,7 @@ def test_every_config_field_has_its_flag_with_the_fields_help() -> None:
     commands = {name: group.commands[name] for name in group.commands if name != "toy"}
     commands["build"] = group.commands["toy"].commands["build"]
     checked = 0
-    for (command, module, cls_name) in [
-        ("train", "opd_cli.train", "TrainConfig"), ("eval", "opd_cli.evaluate", "EvalConfig"), ("flops", "opd_cli.flops", "FlopsConfig"),
-        ("kl-by-position", "opd_cli.analyses.kl_by_position", "KlByPositionConfig"), ("probe-teacher-prefix", "opd_cli.analyses.probe_teacher_prefix", "ProbeConfig"),
-        ("plot", "opd_cli.plot", "PlotConfig"), ("sft-baseline", "opd_cli.sft_baseline", "SftConfig"),
-        ("window-ablation", "opd_cli.window_ablation", "WindowAblationConfig"), ("build", "opd_cli.toy.build", "ToyBuildConfig"),
-    ]:
+    for _, command, module, cls_name, _, _ in cli.COMMANDS:
         cls = getattr(importlib.import_module(module), cls_name)
         params = {p.name: p for p in commands[command].params}
         for f in dataclasses.fields(cls):

@@ -119,6 +119,30 @@ def load_training_questions(name: str, needed: int, limit: int | None = None, se
     return sampler(needed, limit=limit or None, seed=seed)
 
 
+def load_problems(
+    source: str | None,
+    data_file: str | Path | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    *,
+    needed: int | None = None,
+    question_column: str | None = None,
+    answer_column: str | None = None,
+) -> list[Problem]:
+    """The problems a command works on: a local ``data_file`` (``--data``) when given, else the registered source
+    ``source`` (``--benchmark`` / ``--prompts``). ``limit`` keeps the first N (None or 0 = all). ``needed`` marks a
+    training run, which samples only the prompts it draws (:func:`load_training_questions`)."""
+    if data_file:
+        problems = load_file(data_file, question_column=question_column, answer_column=answer_column)[: limit or None]
+    elif needed is not None:
+        problems = load_training_questions(source, needed, limit=limit or None, seed=seed)
+    else:
+        problems = load_benchmark(source, limit=limit or None, seed=seed)
+    if not problems:
+        raise OpdError(f"no problems loaded from {data_file or source}: check --benchmark / --prompts / --data / --limit")
+    return problems
+
+
 # ------------------------------------------------------------------------------------------ local files
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix

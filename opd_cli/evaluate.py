@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from opd_cli.config import check, dump_yaml, field, summary_line
-from opd_cli.data import Problem, load_benchmark, load_file
+from opd_cli.data import Problem, load_problems
 from opd_cli.errors import OpdError
 from opd_cli.generation import BACKENDS, check_backend
 from opd_cli.models import DEVICES, DTYPES
 from opd_cli.runs import CKPT_PREFIX, IF_EXISTS, list_checkpoints, open_run, read_config, step_folder, write_json
-from opd_cli.toy.world import check_toy_student, run_toy_student
+from opd_cli.toy.world import check_toy_student, run_toy_student, toy_model_paths
 
 TOY_MODELS = ("student", "teacher")
 EVAL_TEMPLATES = ("auto", "chat", "plain")
@@ -148,24 +148,13 @@ def resolve_benchmarks(cfg: EvalConfig, default: Sequence[str] = ()) -> dict[str
     """Benchmark name -> problems, loaded before any model so bad data fails fast."""
     out: dict[str, list[Problem]] = {}
     for name in cfg.benchmark or ([] if cfg.data else list(default)):
-        out[name] = load_benchmark(name, limit=cfg.limit or None, seed=cfg.seed)
+        out[name] = load_problems(name, None, cfg.limit, cfg.seed)
     if cfg.data is not None:
-        probs = load_file(cfg.data, cfg.question_column, cfg.answer_column)
-        out[Path(cfg.data).name.split(".")[0]] = probs[: cfg.limit] if cfg.limit else probs
+        out[Path(cfg.data).name.split(".")[0]] = load_problems(
+            None, cfg.data, cfg.limit, question_column=cfg.question_column, answer_column=cfg.answer_column)
     if not out:
         raise OpdError("nothing to evaluate on: pass --benchmark NAME or --data FILE")
-    for name, probs in out.items():
-        if not probs:
-            raise OpdError(f"benchmark {name} has no problems (check --limit and the source)")
     return out
-
-
-def toy_model_dir(which: str, console: Any = None, student: str = "large") -> str:
-    """The folder of the toy world's teacher or ``student`` (large | small) student, building the world on first use."""
-    from opd_cli.toy.world import toy_model_paths
-
-    student_dir, teacher_dir = toy_model_paths(student, console)
-    return teacher_dir if which == "teacher" else student_dir
 
 
 def toy_label(which: str, student: str = "large") -> str:
@@ -220,13 +209,6 @@ def checkpoint_loader(cfg: EvalConfig) -> Callable[[str], tuple[Any, Any]]:
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def _progress(console: Any) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False)
-
-
 def evaluate_model(
     model: str | tuple[Any, Any],
     problems: list[Problem],
@@ -260,7 +242,9 @@ def evaluate_model(
     n = cfg.n_for(label) if hasattr(cfg, "n_for") else int(cfg.samples)
     prompts = [build_prompt(tok, p.question, template=cfg.template, think=cfg.think) for p in problems]
     t0 = time.time()
-    with _progress(console) as bar:
+    from opd_cli.log import progress_bar
+
+    with progress_bar(console) as bar:
         task = bar.add_task(f"{label} ({len(problems)}x{n})", total=len(problems) * n)
         samples = sample(lm, tok, prompts, n, temperature=cfg.temperature, top_p=cfg.top_p,
                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed,
@@ -340,7 +324,7 @@ def evaluate_run(
     if not (run_dir / "config.yaml").is_file():
         raise OpdError(f"{run_dir} is not a run folder (no config.yaml): pass a folder written by `opd train`")
     if not isinstance(benchmarks, Mapping):
-        benchmarks = {b: load_benchmark(b, limit=cfg.limit or None, seed=cfg.seed) for b in benchmarks}
+        benchmarks = {b: load_problems(b, None, cfg.limit, cfg.seed) for b in benchmarks}
     if not benchmarks:
         raise OpdError("nothing to evaluate on: pass --benchmark NAME or --data FILE")
     dev = dev_benchmark or next(iter(benchmarks))
@@ -376,7 +360,7 @@ def evaluate_run(
         summaries += _evaluate_step(run_dir, s, model, benchmarks, cfg, if_exists, console, load)
     best = record_best(run_dir, dev, {s["step"]: s["mean_acc"] for s in summaries if s["benchmark"] == dev})
     if cfg.best_benchmark:
-        extra = {b: load_benchmark(b, limit=cfg.limit or None, seed=cfg.seed) for b in cfg.best_benchmark}
+        extra = {b: load_problems(b, None, cfg.limit, cfg.seed) for b in cfg.best_benchmark}
         summaries += evaluate_best(run_dir, best["best_step"], extra, cfg, "overwrite" if if_exists == "overwrite" else "resume",
                                    console, load)
     print_summary(summaries, console, title=f"opd eval --run {run_dir}")
@@ -392,7 +376,7 @@ def initial_student(run_dir: str | Path, console: Any = None) -> str:
     if config.get("student"):
         return str(config["student"])
     if config.get("command") in ("train", "sft-baseline"):
-        return toy_model_dir("student", console, run_toy_student(config, run_dir))
+        return toy_model_paths(run_toy_student(config, run_dir), console)[0]
     raise OpdError(f"{run_dir}/config.yaml names no `student`, so step 0 cannot be evaluated")
 
 
@@ -554,7 +538,7 @@ def run_eval(cfg: EvalConfig) -> list[dict[str, Any]] | dict[str, Any]:
     if cfg.model is not None:
         model, label = cfg.model, model_label(cfg.model)
     else:
-        model, label = toy_model_dir(cfg.toy_model, console, cfg.toy_student), toy_label(cfg.toy_model, cfg.toy_student)
+        model, label = toy_model_paths(cfg.toy_student, console)[cfg.toy_model == "teacher"], toy_label(cfg.toy_model, cfg.toy_student)
     loaded = load_for_eval(model, cfg)  # a bad path fails here, before the output folder is created
     run = open_run(cfg.output_dir or f"runs/eval-{label}", cfg.if_exists, cfg)
     console.print(summary_line(cfg, run.config_file), markup=False, highlight=False)

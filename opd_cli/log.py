@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 
 class _ConsoleHandler(logging.Handler):
@@ -28,3 +29,15 @@ if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
     logger.addHandler(_handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+
+
+def progress_bar(console: Any = None, *extra: Any) -> Any:
+    """The rich progress bar every long command shows: description, bar, done/total, ``extra`` columns, elapsed.
+
+    ``console`` picks the stream (the analyses render to stderr, so their CSV/JSON output on stdout stays clean).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(), *extra,
+               TimeElapsedColumn())
+    return Progress(*columns, console=console, transient=False)

@@ -24,12 +24,12 @@ from opd_cli.errors import OpdError
 
 IF_EXISTS = ("raise", "resume", "overwrite")
 CKPT_PREFIX = "step_"
+COMPLETE_MARK = "COMPLETE"
 
 
 def step_folder(step: int) -> str:
     """The folder name of a step, under checkpoints/ and eval/: step_000010."""
     return f"{CKPT_PREFIX}{step:06d}"
-COMPLETE_MARK = "COMPLETE"
 
 
 def _json_default(v: Any) -> Any:
@@ -97,6 +97,28 @@ class RunDir:
         ckpts = self.list_checkpoints()
         return ckpts[-1] if ckpts else None
 
+    def resume_point(self, write: bool = True) -> tuple[int, Path, dict[str, float]] | None:
+        """Where a resumed run continues: (step, folder, totals) of its last complete checkpoint, or None to start
+        over. The metrics lines logged past that step are dropped (all of them when there is no checkpoint), and
+        ``totals`` holds the ``flops_total`` and ``wall_time`` logged at it, so the running counters go on from
+        there. ``write=False`` (the other processes of a multi-process run) only reads."""
+        if not self.resumed:
+            return None
+        last = self.last_checkpoint()
+        if write and self.metrics_file.exists():
+            self.truncate_metrics(last[0] if last else 0)
+        if last is None:
+            return None
+        rows = [r for r in self.read_metrics() if r["step"] == last[0]]
+        totals = {k: float(rows[-1].get(k) or 0.0) for k in ("flops_total", "wall_time")} if rows else {}
+        return (*last, totals)
+
+    def commit(self, tmp_dir: Path, step: int) -> Path:
+        """Move a fully written checkpoint folder into checkpoints/ as ``step`` (:func:`commit_checkpoint`)."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        commit_checkpoint(tmp_dir, self.checkpoint_dir(step))
+        return self.checkpoint_dir(step)
+
 
 def read_metrics(run: str | Path) -> list[dict[str, Any]]:
     f = Path(run) / "metrics.jsonl"
@@ -138,6 +160,11 @@ def list_checkpoints(run: str | Path) -> list[tuple[int, Path]]:
 def commit_checkpoint(tmp_dir: Path, final_dir: Path) -> None:
     """Mark ``tmp_dir`` complete and move it into place atomically: a kill mid-write leaves only a temp folder."""
     (tmp_dir / COMPLETE_MARK).write_text("")
+    swap_in(tmp_dir, final_dir)
+
+
+def swap_in(tmp_dir: Path, final_dir: Path) -> None:
+    """Replace ``final_dir`` by the fully written ``tmp_dir`` (a rename: readers never see a half-written folder)."""
     if final_dir.exists():
         shutil.rmtree(final_dir)
     os.replace(tmp_dir, final_dir)

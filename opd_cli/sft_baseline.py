@@ -139,16 +139,6 @@ def _response_of(problem: Any, column: str) -> str | None:
     return None
 
 
-def load_problems(cfg: SftConfig) -> list[Any]:
-    from opd_cli import data as data_mod
-
-    limit = cfg.limit or None
-    if cfg.data:
-        return list(data_mod.load_file(cfg.data, question_column=cfg.question_column))[:limit]
-    source = cfg.prompts or ("toy-train" if cfg.student is None else "openthoughts3")
-    return list(data_mod.load_benchmark(source, limit=limit, seed=cfg.seed))
-
-
 def _source(cfg: SftConfig) -> str:
     return f"--data {cfg.data}" if cfg.data else f"--prompts {cfg.prompts or 'default'}"
 
@@ -231,8 +221,6 @@ def _make_callback(run: Any, model: Any, shape: Any, cfg: SftConfig, start: dict
     import torch
     from transformers import TrainerCallback
 
-    from opd_cli.runs import commit_checkpoint
-
     class SftMetrics(TrainerCallback):
         def __init__(self) -> None:
             self.lens: list[int] = []
@@ -279,9 +267,7 @@ def _make_callback(run: Any, model: Any, shape: Any, cfg: SftConfig, start: dict
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             src = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if state.is_world_process_zero and src.is_dir():
-                run.checkpoints.mkdir(parents=True, exist_ok=True)
-                commit_checkpoint(src, run.checkpoint_dir(state.global_step))
-                logger.info(f"checkpoint step {state.global_step} -> {run.checkpoint_dir(state.global_step)}")
+                logger.info(f"checkpoint step {state.global_step} -> {run.commit(src, state.global_step)}")
 
     return SftMetrics()
 
@@ -293,7 +279,11 @@ def run_sft(cfg: SftConfig) -> Path:
     from opd_cli.runs import open_run
 
     toy = cfg.student is None
-    problems = load_problems(cfg)  # before the toy paths are filled in: the default source depends on them
+    from opd_cli.data import load_problems
+
+    # before the toy paths are filled in: the default source depends on them
+    problems = load_problems(cfg.prompts or ("toy-train" if cfg.student is None else "openthoughts3"), cfg.data,
+                             cfg.limit, cfg.seed, question_column=cfg.question_column)
     if toy or (cfg.generate_with_teacher and not cfg.teacher):
         # Resolved paths go into config.yaml so `opd flops` and `opd train --student` can find the models.
         toy_student, toy_teacher = toy_model_paths(cfg.toy_student)  # large when --student is given: only the teacher is used
@@ -308,23 +298,14 @@ def run_sft(cfg: SftConfig) -> Path:
     shape = ModelShape.from_source(cfg.student)  # fails early on a model the FLOPs formula cannot read
     # A finished run may be extended (--steps 1500 over 300) or saved more often; anything else must match.
     run = open_run(out, cfg.if_exists, cfg, compare_ignore=("steps", "save_every", *TRACKING_FIELDS))
-    start: dict[str, float] = {}
-    resume_from = None
-    last = run.last_checkpoint() if run.resumed else None
+    last = run.resume_point()
+    resume_from, start = (last[1], last[2]) if last else (None, {})
     if last is not None:
-        step, resume_from = last
-        if step >= cfg.steps:
-            logger.info(f"{out} is complete ({step} of {cfg.steps} steps): nothing to do")
+        if last[0] >= cfg.steps:
+            logger.info(f"{out} is complete ({last[0]} of {cfg.steps} steps): nothing to do")
             return out
-        run.truncate_metrics(step)
-        rows = run.read_metrics()
-        if rows:
-            start = {"flops_total": float(rows[-1].get("flops_total") or 0.0), "wall_time": float(rows[-1].get("wall_time") or 0.0)}
-        logger.info(f"resuming {out} from step {step}")
-    elif run.metrics_file.exists():
-        run.metrics_file.unlink()  # a resumed run without a checkpoint starts over
+        logger.info(f"resuming {out} from step {last[0]}")
 
-    check(len(problems) > 0, f"{_source(cfg)} gave no problems: check the name, file or --limit")
     pairs = teacher_responses(cfg, problems, out, cfg.teacher) if cfg.generate_with_teacher else dataset_responses(cfg, problems)
     if cfg.correct_only:
         n = len(pairs)

@@ -1,35 +1,13 @@
 """`opd train`: prefix on-policy distillation (SPEC.md "The method") on top of TRL's DistillationTrainer.
 
-The trainer overrides these methods of ``trl.DistillationTrainer`` (TRL 1.16) and nothing else:
-
-- ``_generate_single_turn``: generation *stops* at this step's length (L, or the loss window's end). On the HF path
-  each rollout's sampling noise is a function of (seed, step, its index in the global batch) only
-  (:func:`rollout_seed`), so one process and N processes, or a resumed run, draw the same tokens; on the vLLM path
-  vLLM's sampled-token log-probs are kept instead of discarded;
-- ``_generate_and_score_completions``: after TRL's rollout/padding code, only the trained-token mask, vLLM's
-  log-probs and ``num_items_in_batch`` = number of sequences (the paper sums over tokens). No model runs here;
-- ``compute_loss``: per micro-batch, like TRL's own loss: the student forward (with gradient), the teacher forward
-  (through the forward redirection, so FSDP/ZeRO-3 gather their shards), per-token log-probs from TRL's chunked
-  log-prob kernel (no (micro-batch, T, V) logits), the ``sampled`` / ``full`` / ``topk`` loss from :mod:`opd_cli.maths`,
-  and the step's metrics. Memory is bounded by the micro-batch, not by the rollouts per step;
-- ``log`` and ``_save_checkpoint``: one metrics.jsonl line per optimizer step from our own accumulators (the
-  trackers of ``--report-to`` get the same numbers), and checkpoints committed into ``checkpoints/step_XXXXXX`` once
-  every rank has written its files;
-- ``train``: starts the step clock.
-
-On the HF path the rollout log-probs ``logp_old`` are the update's own log-probs, detached: weights only change at
-the optimizer step, so the importance ratio is exactly 1 and a second no-grad student pass would compute the same
-numbers again (the paper's FLOPs count still charges that pass, x/3, as verl runs it). Sampling uses temperature 1,
-top-p 1, top-k off: the sampling distribution is the model's distribution.
+This module holds the command: its options (:class:`TrainConfig`, one field per flag) and :func:`run_train`, which
+loads the prompts and models, opens or resumes the run folder, and runs the trainer of :mod:`opd_cli.trainer`
+(the ``trl.DistillationTrainer`` subclass that generates, scores and trains the prefix).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +16,9 @@ from opd_cli.config import check, field
 from opd_cli.errors import OpdError
 from opd_cli.generation import BACKENDS
 from opd_cli.log import logger
+from opd_cli.runs import swap_in
 
 VLLM_MODES = ("colocate", "server")
-METRIC_K = 16  # Rethinking-OPD metrics use k = 16
 TIMING_KEYS = ("time_generate", "time_teacher", "time_update", "time_step", "wall_time")
 METRIC_KEYS = (
     "step", "prefix_len", "loss", "kl", "kl_bin_size", "kl_bin_mean", "kl_bin_count",
@@ -171,374 +149,6 @@ class TrainConfig:
         return Path(self.output_dir) if self.output_dir else Path("runs") / f"train-{self.name}"
 
 
-# --------------------------------------------------------------------------------------------- the trainer
-def rollout_seed(seed: int, step: int) -> int:
-    """Seed of step ``step``'s sampling noise, a function of the run seed and the optimizer step only.
-
-    At every decode step the generator draws the noise of the whole *global* batch and each process keeps its own
-    rows, so rollout i of a step gets the same noise whatever process draws it and whatever else is in its batch: one
-    process and N processes sample the same tokens, and a resumed run samples what the uninterrupted run sampled.
-    """
-    return (seed * 1_000_003 + step * 7919 + 1) % (2**63 - 1)
-
-
-def _make_trainer_class():
-    """Build the DistillationTrainer subclass (TRL is imported only when training)."""
-    import torch
-    from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
-    from trl import DistillationTrainer
-    from trl.models import unwrap_model_for_generation
-    from trl.trainer.utils import pad
-
-    from opd_cli import maths
-
-    class GlobalBatchSampling(LogitsProcessor):
-        """Exact sampling from softmax(logits) (temperature 1, no top-p/top-k) by the Gumbel-max trick,
-        argmax(logits - log(-log U)) with U ~ Uniform[0, 1): this process's rows of one draw for the global batch."""
-
-        def __init__(self, seed: int, rows: slice, global_rows: int, device: torch.device):
-            self.gen = torch.Generator(device=device).manual_seed(seed)
-            self.rows, self.global_rows = rows, global_rows
-
-        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            u = torch.rand(self.global_rows, scores.shape[-1], device=scores.device, generator=self.gen)[self.rows]
-            gumbel_neg = u.log_().neg_().log_()  # in place: one (rows, V) buffer; u = 0 gives +inf, never sampled
-            return scores.float() - gumbel_neg
-
-    class OpdTrainer(DistillationTrainer):
-        def __init__(self, *args: Any, opd: TrainConfig, run: Any, flops_fn: Any, offsets: dict[str, float], **kwargs: Any):
-            self.opd = opd
-            self.run_dir = run
-            self.flops_fn = flops_fn
-            self.flops_total = offsets.get("flops_total", 0.0)
-            self.wall_offset = offsets.get("wall_time", 0.0)
-            self.progress = None
-            super().__init__(*args, **kwargs)
-            self.teacher_model.requires_grad_(False)
-            self._reset_acc()
-            self._t_start = None
-
-        # ------------------------------------------------------------------ helpers
-        def _reset_acc(self) -> None:
-            nb = math.ceil(max(self.opd.gen_len(s) for s in range(self.opd.steps)) / self.opd.kl_bin)
-            dev = self.accelerator.device
-            self._acc: dict[str, Any] = {
-                "loss": torch.zeros((), device=dev, dtype=torch.float64),
-                "sums": torch.zeros(4, device=dev, dtype=torch.float64),  # kl over trained, trained, scored, overlap rows
-                "metrics": torch.zeros(len(maths.OVERLAP_KEYS), device=dev, dtype=torch.float64),
-                "bin_sum": torch.zeros(nb, device=dev, dtype=torch.float64),
-                "bin_cnt": torch.zeros(nb, device=dev, dtype=torch.float64),
-                "lens": [],
-                "clipped": [],
-                "seq": [],
-                "time_generate": 0.0,
-                "time_teacher": 0.0,
-            }
-
-        def _step_index(self) -> int:
-            return int(self.state.global_step)
-
-        def _metrics_step(self) -> bool:
-            """The overlap metrics (full-vocabulary top-k) run on the first, every --metrics-every-th and last step."""
-            s, every = self._step_index(), self.opd.metrics_every
-            return every > 0 and (s % every == 0 or s == self.opd.steps - 1)
-
-        def _sync(self) -> None:
-            if self.accelerator.device.type == "cuda":  # phase timings must not charge queued kernels to the next phase
-                torch.cuda.synchronize()
-
-        def _hidden_BTH(self, model: Any, ids: torch.Tensor, attn: torch.Tensor, T: int) -> torch.Tensor:
-            """Last hidden states predicting the T completion tokens, with position ids that skip left padding
-            (generate numbers positions that way; a plain forward would shift the prompts of padded rows)."""
-            pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
-            out = model.base_model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
-            return out.last_hidden_state[:, -T - 1 : -1, :]
-
-        # ------------------------------------------------------------------ hook 1: generation
-        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
-            step = self._step_index()
-            gen_len = self.opd.gen_len(step)
-            self._sync()
-            t0 = time.perf_counter()
-            if self.use_vllm:
-                if self.state.global_step != self._last_loaded_step:
-                    self.vllm_generation.sync_weights()
-                    self._last_loaded_step = self.state.global_step
-                self.vllm_generation.max_completion_length = gen_len
-                self.vllm_generation.logprobs = 0  # keep the sampled token's log-prob (TRL discards it)
-                _, completion_ids, logprobs, _ = self.vllm_generation.generate(
-                    prompts=prompt_ids, images=images, num_generations=1
-                )
-                self._rollout_logprobs = [[lp[0] for lp in seq] for seq in logprobs]
-            else:
-                completion_ids = self._generate_hf(prompt_ids, step, gen_len)
-                self._rollout_logprobs = None
-            self._acc["time_generate"] += time.perf_counter() - t0
-            return completion_ids
-
-        def _generate_hf(self, prompt_ids: list[list[int]], step: int, gen_len: int) -> list[list[int]]:
-            """transformers ``generate`` with per-rollout seeds (see :func:`rollout_seed`); returns completions cut
-            after their first EOS, like TRL's."""
-            device = self.accelerator.device
-            rows = [torch.tensor(p) for p in prompt_ids]
-            ids = pad(rows, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
-            attn = pad([torch.ones_like(r) for r in rows], padding_value=0, padding_side="left").to(device)
-            first = self.accelerator.process_index * len(rows)  # each process holds one contiguous slice of the batch
-            sampling = GlobalBatchSampling(rollout_seed(self.opd.seed, step), slice(first, first + len(rows)),
-                                           len(rows) * self.accelerator.num_processes, device)
-            config = GenerationConfig(
-                max_new_tokens=gen_len, min_new_tokens=gen_len if self.opd.ignore_eos else None, do_sample=False,
-                eos_token_id=self.eos_token_ids, pad_token_id=self._tokenizer.pad_token_id, disable_compile=True,
-            )
-            with (
-                unwrap_model_for_generation(self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation) as model,
-                torch.no_grad(),
-                self._dist.summon_full_params(self.model_wrapped, recurse=False),
-                self.accelerator.autocast(),
-            ):
-                out = model.generate(input_ids=ids, attention_mask=attn, generation_config=config,
-                                     logits_processor=LogitsProcessorList([sampling]))
-            completions = out[:, ids.shape[1] :].cpu()
-            is_eos = torch.isin(completions, torch.tensor(self.eos_token_ids))
-            ends = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, completions.shape[1])
-            return [c[:n].tolist() for c, n in zip(completions, ends.tolist(), strict=True)]
-
-        # ------------------------------------------------------------------ hook 2: the rollout batch
-        def _generate_and_score_completions(self, inputs):
-            """TRL's rollout and padding code, then what the loss needs besides the models: the trained-token mask,
-            vLLM's sampling log-probs, the sequence count. Both models run later, one micro-batch at a time."""
-            out = super()._generate_and_score_completions(inputs)
-            step = self._step_index()
-            L = self.opd.prefix_len(step)
-            ids_BT, cmask_BT = out["completion_ids"], out["completion_mask"]
-            B, T = ids_BT.shape
-            lengths_B = cmask_BT.sum(1)
-            train_BT = maths.prefix_mask_BT(lengths_B, T, L)
-            if self.opd.loss_window:
-                a, b = self.opd.window
-                train_BT &= maths.window_mask_BT(lengths_B, T, a, b)
-            if self.opd.loss_tail:
-                train_BT &= maths.tail_mask_BT(lengths_B, T, self.opd.loss_tail)
-            out["train_mask"] = train_BT
-            if self._rollout_logprobs is not None:  # vLLM: the log-probs it sampled with (importance ratio != 1)
-                lp = torch.zeros(B, T, device=ids_BT.device)
-                for i, seq in enumerate(self._rollout_logprobs):
-                    vals = [x if x is not None else 0.0 for x in seq][:T]
-                    lp[i, : len(vals)] = torch.tensor(vals, device=ids_BT.device)
-                out["old_logp"] = lp
-            # The paper sums over tokens and averages over sequences: normalise by the global rollout count, not
-            # by TRL's completion-token count.
-            out["num_items_in_batch"] = self.accelerator.gather(torch.tensor(float(B), device=ids_BT.device)).sum()
-
-            acc = self._acc
-            gen_len = self.opd.gen_len(step)
-            last = ids_BT.gather(1, (lengths_B - 1).clamp(min=0)[:, None]).squeeze(1)
-            ended = torch.isin(last, torch.tensor(self.eos_token_ids, device=ids_BT.device)) & (lengths_B > 0)
-            acc["lens"].append(lengths_B.double())
-            acc["clipped"].append(((~ended) & (lengths_B >= gen_len)).double())
-            acc["seq"].append((out["prompt_mask"].sum(1) + lengths_B).double())
-            acc["prefix_len"] = L
-            return out
-
-        # ------------------------------------------------------------------ hook 3: scoring + loss, per micro-batch
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            inputs = _trim_padding(inputs)
-            # Per-process divisor: DDP averages gradients over processes, so divide by (sequences / processes).
-            P = self.accelerator.num_processes
-            n = inputs["num_items_in_batch"].clamp(min=1.0) / P
-            unwrapped = self.accelerator.unwrap_model(model)
-            # Through the wrapper's forward (DDP hooks, FSDP/ZeRO-3 gathers), which skips accelerate's autocast patch
-            with self.accelerator.autocast():
-                loss = self._forward_redirection(model, unwrapped, self._opd_loss, unwrapped, inputs, n)
-            self._acc["loss"] += loss.detach().double() / P  # the processes' losses sum to P x the global loss
-            return (loss, None) if return_outputs else loss
-
-        def _opd_loss(self, student, inputs, n):
-            ids_BT, valid_BT, train_BT = inputs["completion_ids"], inputs["completion_mask"].bool(), inputs["train_mask"]
-            B, T = ids_BT.shape
-            ids = torch.cat([inputs["prompt_ids"], ids_BT], 1)
-            attn = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
-            h_s = self._hidden_BTH(student, ids, attn, T)
-            self._sync()
-            t0 = time.perf_counter()
-            self.teacher_model.eval()
-            teacher = self.accelerator.unwrap_model(self.teacher_model)
-            with torch.no_grad():
-                h_t = self._forward_redirection(self.teacher_model, teacher, self._hidden_BTH, teacher, ids, attn, T)
-            s_head, t_head = student.get_output_embeddings(), teacher.get_output_embeddings()
-            rows = B * self.opd.chunk  # rows per head call: the logits of a (B, chunk, V) block at a time
-            y_N, tr_N = ids_BT[valid_BT], train_BT[valid_BT]
-            hs_N, ht_N = h_s[valid_BT], h_t[valid_BT]
-            with torch.no_grad():
-                logq_N, ent_q_N = _cat_rows(maths.head_logprobs_N, ht_N, t_head, y_N, rows)
-            self._sync()
-            self._acc["time_teacher"] += time.perf_counter() - t0
-
-            if self.opd.loss == "sampled":
-                logp_N, ent_p_N = _cat_rows(maths.head_logprobs_N, hs_N, s_head, y_N, rows)
-                old_N = inputs["old_logp"][valid_BT] if "old_logp" in inputs else logp_N.detach()
-                loss = maths.sampled_loss(logp_N, old_N, logq_N, tr_N, n)
-            else:
-                with torch.no_grad():
-                    logp_N, ent_p_N = _cat_rows(maths.head_logprobs_N, hs_N.detach(), s_head, y_N, rows)
-                old_N = inputs["old_logp"][valid_BT] if "old_logp" in inputs else logp_N
-                if self.opd.loss == "full":  # TRL's fused reverse KL (beta = 1), (N, V) logits never materialised
-                    from trl.trainer.distillation_trainer import _chunked_divergence_loss
-
-                    loss, _, _ = _chunked_divergence_loss(h_s, h_t, s_head.weight, t_head.weight, train_BT.int(), 1.0,
-                                                          num_items_in_batch=n, student_lm_head_bias=s_head.bias,
-                                                          teacher_lm_head_bias=t_head.bias)
-                else:
-                    div_BT = maths.map_chunks_T(
-                        lambda hs, ht: maths.divergence_BT(s_head(hs), t_head(ht), "topk", self.opd.topk, self.opd.topk_support),
-                        h_s, h_t, chunk=self.opd.chunk,
-                    )
-                    loss = maths.sum_over_seqs(div_BT, train_BT.to(div_BT.dtype), n)
-            with torch.no_grad():
-                self._accumulate(old_N.detach(), logq_N, ent_p_N, ent_q_N,
-                                 tr_N, valid_BT, hs_N, ht_N, s_head, t_head)
-            return loss
-
-        def _accumulate(self, old_N, logq_N, ent_p_N, ent_q_N, tr_N, valid_BT, hs_N, ht_N, s_head, t_head) -> None:
-            """Step accumulators (local; gathered at log time): KL over trained tokens and per position bin over all
-            scored tokens, entropies every step, the overlap metrics on metric steps, one row chunk at a time."""
-            acc, keys = self._acc, maths.OVERLAP_KEYS
-            kl_N = maths.kl_estimate_BT(old_N, logq_N).double()
-            tm = tr_N.double()
-            acc["sums"][0] += (kl_N * tm).sum()
-            acc["sums"][1] += tm.sum()
-            acc["sums"][2] += tr_N.numel()
-            ent_p, ent_q = ent_p_N.double(), ent_q_N.double()
-            acc["metrics"][keys.index("entropy_student")] += (ent_p * tm).sum()
-            acc["metrics"][keys.index("entropy_teacher")] += (ent_q * tm).sum()
-            acc["metrics"][keys.index("entropy_gap")] += ((ent_q - ent_p).abs() * tm).sum()
-            B, T = valid_BT.shape
-            pos_N = torch.arange(T, device=valid_BT.device).expand(B, T)[valid_BT]
-            bins_N = (pos_N // self.opd.kl_bin).clamp(max=acc["bin_sum"].numel() - 1)
-            acc["bin_sum"].index_add_(0, bins_N, kl_N)
-            acc["bin_cnt"].index_add_(0, bins_N, torch.ones_like(kl_N))
-            if not self._metrics_step():
-                return
-            k = min(METRIC_K, s_head.weight.shape[0])
-            hs_M, ht_M = hs_N[tr_N], ht_N[tr_N]
-            rows = self.opd.chunk * valid_BT.shape[0]
-            for i in range(0, hs_M.shape[0], rows):
-                m = maths.overlap_metrics_from_hidden_N(hs_M[i : i + rows], s_head, ht_M[i : i + rows], t_head, k)
-                for key, v in m.items():
-                    acc["metrics"][keys.index(key)] += v.double().sum()
-            acc["sums"][3] += hs_M.shape[0]
-
-        # ------------------------------------------------------------------ hook 4: metrics + checkpoints
-        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            if "grad_norm" in logs and "train_runtime" not in logs:  # the once-per-optimizer-step log
-                from opd_cli.tracking import tracker_scalars
-
-                logs = {**logs, **tracker_scalars(self._write_metrics(logs))}  # trackers see metrics.jsonl's names
-            super().log(logs, start_time)
-
-        def _write_metrics(self, logs: dict[str, float]) -> dict[str, Any]:
-            acc, g = self._acc, self.accelerator
-            now = time.perf_counter()
-            time_step = now - (self._t_start or now)
-            self._t_start = now
-            loss = g.gather(acc["loss"][None]).sum().item()
-            sums = g.gather(acc["sums"][None]).sum(0)
-            met = g.gather(acc["metrics"][None]).sum(0)
-            bsum = g.gather(acc["bin_sum"][None]).sum(0)
-            bcnt = g.gather(acc["bin_cnt"][None]).sum(0)
-            lens = g.gather(torch.cat(acc["lens"])) if acc["lens"] else torch.zeros(1)
-            clipped = g.gather(torch.cat(acc["clipped"])) if acc["clipped"] else torch.zeros(1)
-            seq = g.gather(torch.cat(acc["seq"])) if acc["seq"] else torch.zeros(1)
-            times = g.gather(torch.tensor([acc["time_generate"], acc["time_teacher"]], device=g.device, dtype=torch.float64)[None]).max(0).values
-            n_tr, n_ov = sums[1].item(), sums[3].item()
-            sum_s, sum_s2 = seq.sum().item(), (seq**2).sum().item()
-            flops_step = self.flops_fn(sum_s, sum_s2)
-            self.flops_total += flops_step
-            nz = torch.nonzero(bcnt).flatten()
-            nb = int(nz[-1].item()) + 1 if nz.numel() else 0
-            rec: dict[str, Any] = {
-                "step": int(self.state.global_step),
-                "prefix_len": int(acc.get("prefix_len", self.opd.prefix_len(self.state.global_step - 1))),
-                "loss": loss,
-                "kl": sums[0].item() / n_tr if n_tr else None,
-                "kl_bin_size": self.opd.kl_bin,
-                "kl_bin_mean": [(s / c if c else None) for s, c in zip(bsum[:nb].tolist(), bcnt[:nb].tolist(), strict=True)],
-                "kl_bin_count": [int(c) for c in bcnt[:nb].tolist()],
-                "rollout_len_mean": lens.mean().item(),
-                "rollout_len_min": int(lens.min().item()),
-                "rollout_len_max": int(lens.max().item()),
-                "clipped_frac": clipped.mean().item(),
-                "tokens_generated": int(lens.sum().item()),
-                "tokens_scored": int(sums[2].item()),
-                "tokens_trained": int(n_tr),
-                "seq_tokens": int(sum_s),
-                "seq_tokens_sq": int(sum_s2),
-                "flops_step": flops_step,
-                "flops_total": self.flops_total,
-                "time_generate": times[0].item(),
-                "time_teacher": times[1].item(),
-                "time_update": max(time_step - times[0].item() - times[1].item(), 0.0),
-                "time_step": time_step,
-                "wall_time": self.wall_offset + (now - self._t0),
-                "lr": logs.get("learning_rate"),
-                "grad_norm": logs.get("grad_norm"),
-            }
-            for i, key in enumerate(maths.OVERLAP_KEYS):
-                count = n_tr if key.startswith("entropy") else n_ov  # overlap metrics: metric steps only
-                rec[key] = met[i].item() / count if count else None
-            if g.is_main_process:
-                self.run_dir.log(rec)
-                if self.progress is not None:
-                    self.progress(rec)
-            self._reset_acc()
-            return rec
-
-        def train(self, *args, **kwargs):
-            self._t0 = self._t_start = time.perf_counter()
-            return super().train(*args, **kwargs)
-
-        def _save_checkpoint(self, model, trial):
-            super()._save_checkpoint(model, trial)
-            step = int(self.state.global_step)
-            src = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
-            self.accelerator.wait_for_everyone()  # every rank has written its files (RNG states, shards)
-            if self.accelerator.is_main_process:
-                state = {"step": step, "prefix_len": self.opd.prefix_len(step - 1), "next_prefix_len": self.opd.prefix_len(step),
-                         "flops_total": self.flops_total}
-                (src / "opd_state.json").write_text(json.dumps(state, indent=2) + "\n")
-                from opd_cli.runs import commit_checkpoint
-
-                self.run_dir.checkpoints.mkdir(parents=True, exist_ok=True)
-                commit_checkpoint(src, self.run_dir.checkpoint_dir(step))
-            self.accelerator.wait_for_everyone()
-
-    return OpdTrainer
-
-
-def _trim_padding(inputs: dict[str, Any]) -> dict[str, Any]:
-    """Drop the columns of a micro-batch that are padding in every row (prompts are left-padded and completions
-    right-padded to the longest of the whole step, not of this micro-batch)."""
-    pm, cm = inputs["prompt_mask"], inputs["completion_mask"]
-    cols = pm.any(0).nonzero()
-    p0 = int(cols[0].item()) if cols.numel() else pm.shape[1]
-    T = max(int(cm.sum(1).max().item()), 1)
-    out = dict(inputs)
-    for key in ("prompt_ids", "prompt_mask"):
-        out[key] = inputs[key][:, p0:]
-    for key in ("completion_ids", "completion_mask", "train_mask", "old_logp"):
-        if key in inputs:
-            out[key] = inputs[key][:, :T]
-    return out
-
-
-def _cat_rows(fn: Any, hidden_NH: Any, head: Any, ids_N: Any, rows: int) -> tuple[Any, Any]:
-    """``fn(hidden, head, ids, entropy=True)`` over slices of ``rows`` rows, concatenated (bounds the logits tiles)."""
-    import torch
-
-    parts = [fn(hidden_NH[i : i + rows], head, ids_N[i : i + rows], entropy=True) for i in range(0, max(hidden_NH.shape[0], 1), rows)]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-
 # --------------------------------------------------------------------------------------------- run_train
 def _flops_fn(student: str, teacher: str, attn_coef: float):
     from opd_cli.flops import ModelShape, opd_flops
@@ -550,23 +160,19 @@ def _flops_fn(student: str, teacher: str, attn_coef: float):
 def _questions(cfg: TrainConfig, toy: bool) -> list[str]:
     from opd_cli import data
 
-    if cfg.data:
-        problems = data.load_file(cfg.data, question_column=cfg.question_column)
-        problems = problems[: cfg.limit] if cfg.limit else problems
-    else:
-        # a 1.2 M-row source is sampled down to the prompts the run can use, never rendered whole
-        problems = data.load_training_questions(cfg.prompts or ("toy-train" if toy else "openthoughts3"),
-                                                needed=cfg.steps * cfg.batch_size, limit=cfg.limit or None, seed=cfg.seed)
-    if not problems:
-        raise OpdError("no training prompts: check --prompts / --data")
+    # a 1.2 M-row source is sampled down to the prompts the run can use, never rendered whole
+    problems = data.load_problems(cfg.prompts or ("toy-train" if toy else "openthoughts3"), cfg.data, cfg.limit, cfg.seed,
+                                  needed=cfg.steps * cfg.batch_size, question_column=cfg.question_column)
     return [p.question for p in problems]
 
 
 def _progress(total: int, start: int):
     """A rich progress bar with step, L, loss and KL; returns (update_fn, stop_fn)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import TextColumn
 
-    prog = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+    from opd_cli.log import progress_bar
+
+    prog = progress_bar(None, TextColumn("{task.fields[info]}"))
     task = prog.add_task("train", total=total, completed=start, info="")
     prog.start()
 
@@ -627,20 +233,9 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
 
         run = RunDir(out, resumed=cfg.if_exists == "resume")
 
-    resume_from = None
-    offsets: dict[str, float] = {}
-    last = run.last_checkpoint() if run.resumed else None
-    if last is not None:
-        step, path = last
-        resume_from = str(path)
-        state.wait_for_everyone()
-        if state.is_main_process:
-            run.truncate_metrics(step)
-        rows = [r for r in run.read_metrics() if r["step"] == step]
-        if rows:
-            offsets = {"flops_total": rows[-1].get("flops_total") or 0.0, "wall_time": rows[-1].get("wall_time") or 0.0}
-    elif run.resumed and state.is_main_process and run.metrics_file.exists():
-        run.truncate_metrics(0)  # nothing complete to resume from: start over
+    state.wait_for_everyone()
+    last = run.resume_point(write=state.is_main_process)
+    resume_from, offsets = (str(last[1]), last[2]) if last else (None, {})
     tmp_root = run.checkpoints / ".tmp"
     if state.is_main_process and tmp_root.exists():
         shutil.rmtree(tmp_root, ignore_errors=True)  # half-written checkpoints of a killed run
@@ -711,9 +306,10 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
         remove_unused_columns=False,
         save_only_model=False,
     )
+    from opd_cli import trainer as trainer_mod
     from opd_cli.tracking import point_tensorboard, push_folder
 
-    Trainer = _make_trainer_class()
+    Trainer = trainer_mod.make_trainer_class()
     trainer = Trainer(
         model=student, teacher_model=teacher, args=args, train_dataset=dataset, processing_class=s_tok,
         opd=cfg, run=run, flops_fn=flops_fn, offsets=offsets, callbacks=callbacks,
@@ -733,9 +329,7 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     trainer.save_model(str(tmp_final))
     if state.is_main_process:
         s_tok.save_pretrained(str(tmp_final))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp_final, final)
+        swap_in(tmp_final, final)
         if cfg.push_to_hub:
             logger.info(f"pushed {final} to {push_folder(final, cfg.hub_model_id, f'opd train {cfg.name}: {cfg.steps} steps')}")
     state.wait_for_everyone()
@@ -752,7 +346,4 @@ def _final_from_checkpoint(ckpt: Path, run_path: Path) -> None:
     for f in ckpt.iterdir():
         if f.is_file() and f.name not in training_state and not f.name.startswith("rng_state"):
             shutil.copy2(f, tmp / f.name)
-    final = run_path / "final"
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    swap_in(tmp, run_path / "final")

@@ -12,9 +12,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from opd_cli.analyses.kl_by_position import bin_positions, logged_rows, response_logprobs, rows_from_bins
+from opd_cli.analyses.kl_by_position import bin_positions, logged_rows, rows_from_bins
 from opd_cli.cli import app
 from opd_cli.errors import OpdError
+from opd_cli.scoring import response_logprobs
 
 PROBLEMS = [
     {"id": "p0", "question": "start 4; apply by tag, mod 10: b-2 a+7", "answer": "9"},

@@ -191,12 +191,12 @@ def test_eval_run_step0_is_the_run_student(patched_world, seed1_world, tmp_path:
 
 
 def test_analyses_resolve_the_small_student(patched_world, seed1_world, tmp_path: Path) -> None:
-    from opd_cli.analyses import toy_models
     from opd_cli.analyses.kl_by_position import _initial_student
+    from opd_cli.toy.world import toy_model_paths
 
     root = seed1_world.root
     small = str(root / "student-small")
-    assert toy_models(student="small") == (small, str(root / "teacher"))
+    assert toy_model_paths("small") == (small, str(root / "teacher"))
     assert _initial_student(str(tmp_path), {"command": "train", "student": None, "toy_student": "small"}) == small
     assert _initial_student(str(tmp_path), {"command": "train", "student": None}) == str(root / "student")
 

@@ -273,11 +273,11 @@ def test_compute_loss_and_gradient_match_the_maths_reference(tiny_model_dirs, pr
     import torch
     from transformers import AutoModelForCausalLM
 
-    import opd_cli.train as train_mod
+    import opd_cli.trainer as trainer_mod
     from opd_cli import maths
 
     seen: dict = {}
-    real = train_mod._make_trainer_class
+    real = trainer_mod.make_trainer_class
 
     def recording():
         base = real()
@@ -296,7 +296,7 @@ def test_compute_loss_and_gradient_match_the_maths_reference(tiny_model_dirs, pr
 
         return Recording
 
-    monkeypatch.setattr(train_mod, "_make_trainer_class", recording)
+    monkeypatch.setattr(trainer_mod, "make_trainer_class", recording)
     _train(tiny_model_dirs, prompts_file, tmp_path / "run", steps=1, batch_size=4, micro_batch_size=4, loss_window="2:6", metrics_every=0)
 
     student_dir, teacher_dir = tiny_model_dirs

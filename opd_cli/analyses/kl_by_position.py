@@ -174,41 +174,12 @@ def _initial_student(run: str, run_cfg: dict) -> str:
     student = run_cfg.get("student")
     if student:
         return str(student)
-    from opd_cli.analyses import toy_models
-    from opd_cli.toy.world import run_toy_student
+    from opd_cli.toy.world import run_toy_student, toy_model_paths
 
-    return toy_models(student=run_toy_student(run_cfg, run))[0]
+    return toy_model_paths(run_toy_student(run_cfg, run))[0]
 
 
 # ------------------------------------------------------------------------------------------- scoring
-def response_logprobs(model: Any, sequences: list[list[int]], starts: list[int], pad_id: int, chunk: int = 1024) -> list[Any]:
-    """Log-probability of each response token under ``model`` (no gradient): one 1-D tensor per sequence.
-
-    ``sequences[i]`` = prompt + response ids, the response starting at ``starts[i]``. Sequences are right-padded
-    to one batch; the LM head runs on the response positions only, ``chunk`` positions at a time, so the
-    (B, T, V) logits of a 16k-token rollout never exist at once.
-    """
-    import torch
-
-    from opd_cli import maths
-
-    device = next(model.parameters()).device
-    T = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), T), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(sequences), T), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        attn[i, : len(s)] = 1
-    ids, attn = ids.to(device), attn.to(device)
-    first = min(starts)
-    with torch.no_grad():
-        hidden_BTH = model.base_model(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
-        # hidden state at t predicts token t+1: response tokens ids[:, first:] come from hidden[:, first-1:-1]
-        logp_BT = maths.logprobs_from_hidden_BT(hidden_BTH[:, first - 1 : -1], model.get_output_embeddings(),
-                                                ids[:, first:], chunk=chunk or T)
-    return [logp_BT[i, starts[i] - first : len(s) - first].float().cpu() for i, s in enumerate(sequences)]
-
-
 def rollout_kl_bins(student: Any, teacher: Any, tokenizer: Any, prompts: list[str], cfg: KlByPositionConfig,
                     progress: Any = None) -> tuple[list[float | None], list[int], dict]:
     """Sample rollouts of ``student`` on ``prompts`` and return per-bin (means, counts) of ``logp_S - logp_T``.
@@ -220,6 +191,7 @@ def rollout_kl_bins(student: Any, teacher: Any, tokenizer: Any, prompts: list[st
 
     from opd_cli import maths
     from opd_cli.generation import sample
+    from opd_cli.scoring import response_logprobs
 
     groups = sample(student, tokenizer, prompts, n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, progress=progress)
@@ -260,9 +232,11 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
     """Roll out each checkpoint, score with the teacher, bin the KL; add the logged bins; write the table."""
     from rich.console import Console
 
-    from opd_cli.analyses import load_problems, progress_bar, toy_models
     from opd_cli.config import summary_line
+    from opd_cli.data import load_problems
+    from opd_cli.log import progress_bar
     from opd_cli.runs import open_run, read_config, read_metrics, write_json
+    from opd_cli.toy.world import toy_model_paths
 
     console = Console(stderr=True)
     run_cfg: dict = {}
@@ -274,7 +248,7 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
     logged = logged_rows(read_metrics(cfg.run), cfg.steps, cfg.run) if cfg.steps else []
     ckpts = resolve_checkpoints(cfg, run_cfg)
     if not ckpts and not logged and cfg.run is None:
-        ckpts = [(0, toy_models(console, cfg.toy_student)[0])]
+        ckpts = [(0, toy_model_paths(cfg.toy_student, console)[0])]
 
     out_dir = cfg.output_dir or f"runs/kl-by-position{'-' + Path(cfg.run).name if cfg.run else ''}"
     # resume may add checkpoints or logged steps; finished checkpoints are reused (see _finished)
@@ -297,7 +271,7 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
         from opd_cli.models import check_same_vocab, load_model, load_tokenizer
         from opd_cli.prompts import build_prompt
 
-        teacher_path = cfg.teacher or run_cfg.get("teacher") or toy_models(console)[1]
+        teacher_path = cfg.teacher or run_cfg.get("teacher") or toy_model_paths("large", console)[1]
         teacher_tok = load_tokenizer(str(teacher_path), "teacher")
         teacher = load_model(str(teacher_path), cfg.dtype, cfg.device, "teacher")
         # prompts: as asked, else the run's own training prompts (what its logged KL was measured on), else toy-dev

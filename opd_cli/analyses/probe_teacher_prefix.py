@@ -118,14 +118,16 @@ def run_probe(cfg: ProbeConfig) -> list[dict]:
     """Teacher solutions, then the student from each prefix length; write probe.csv and summary.json."""
     from rich.console import Console
 
-    from opd_cli.analyses import load_problems, progress_bar, toy_models
     from opd_cli.config import summary_line
+    from opd_cli.data import load_problems
     from opd_cli.evaluate import summarize
+    from opd_cli.log import progress_bar
     from opd_cli.runs import open_run, write_json
+    from opd_cli.toy.world import toy_model_paths
 
     console = Console(stderr=True)
     if cfg.student is None or cfg.teacher is None:
-        toy_student, toy_teacher = toy_models(console, cfg.toy_student)
+        toy_student, toy_teacher = toy_model_paths(cfg.toy_student, console)
     student_path = str(cfg.student or toy_student)
     teacher_path = str(cfg.teacher or toy_teacher)
     problems = load_problems(cfg.benchmark, cfg.data, cfg.limit, cfg.seed,

@@ -102,12 +102,13 @@ def _sizes(cfg: ToyBuildConfig) -> dict[str, int]:
 
 
 def _test_accuracy(model: Any, tok: Any, records: list[dict[str, Any]], cfg: ToyBuildConfig, seed: int) -> float:
+    from opd_cli.generation import sample
     from opd_cli.grading import math_accuracy
     from opd_cli.prompts import build_prompt
-    from opd_cli.toy.tiny_qwen import sample_completions
 
     prompts = [build_prompt(tok, r["question"]) for r in records]
-    texts = sample_completions(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, temperature=1.0, seed=seed)
+    groups = sample(model, tok, prompts, n=1, max_new_tokens=cfg.max_new_tokens, batch_size=100, seed=seed)
+    texts = [g[0].text for g in groups]
     return math_accuracy(texts, [r["answer"] for r in records])
 
 
@@ -202,8 +203,7 @@ def run_toy_build(cfg: ToyBuildConfig, console: Any = None) -> Any:
 
 
 def _build(cfg: ToyBuildConfig, root: Path, console: Any) -> Any:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from opd_cli.log import progress_bar
     from opd_cli.toy.task import generate_splits, write_jsonl
     from opd_cli.toy.tiny_qwen import encode_pairs, save_model
     from opd_cli.toy.tokenizer import build_tokenizer
@@ -228,8 +228,7 @@ def _build(cfg: ToyBuildConfig, root: Path, console: Any) -> Any:
     )
     timings: dict[str, float] = {"data": round(time.time() - t0, 1)}
     manifest: dict[str, Any] = {"seed": cfg.seed, "requested_seed": cfg.seed, "sizes": _sizes(cfg), "config": _config_key(cfg)}
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    with progress_bar(console) as progress:
         for role, data, lo, hi in (
             ("teacher", teacher_data, cfg.min_teacher_acc, 1.0),
             ("student", student_data, cfg.min_student_acc, cfg.max_student_acc),

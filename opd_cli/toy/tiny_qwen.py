@@ -1,6 +1,7 @@
-"""Tiny Qwen3 models for the toy world: config, random init, a small SFT loop and sampled accuracy.
+"""Tiny Qwen3 models for the toy world: config, random init, a small SFT loop and teacher-forced scores.
 
 Also random-weight pairs on Qwen3's real tokenizer and vocabulary (:func:`build_qwen_pair`) for tests and benchmarks.
+Sampling goes through :func:`opd_cli.generation.sample`, like every command's.
 
 The SFT loop is deliberately plain torch (no Trainer): the build must be fast and reproducible on a 2-core CPU.
 Sequences are ``build_prompt(tok, question)`` followed by the completion and eos; the loss covers the completion
@@ -218,6 +219,9 @@ def teacher_forced_scores(
     """
     import torch
 
+    from opd_cli.maths import token_logprobs_BT
+    from opd_cli.scoring import pad_right
+
     if not data:
         return 0.0, 0.0
     was_training = model.training
@@ -226,15 +230,10 @@ def teacher_forced_scores(
     with torch.no_grad():
         for i in range(0, len(data), batch_size):
             batch = data[i : i + batch_size]
-            width = max(len(ids) for ids, _ in batch)
-            ids_BT = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask_BT = torch.zeros((len(batch), width), dtype=torch.long)
-            for b, (ids, _) in enumerate(batch):
-                ids_BT[b, : len(ids)] = torch.tensor(ids)
-                mask_BT[b, : len(ids)] = 1
+            ids_BT, mask_BT = pad_right([ids for ids, _ in batch], pad_id)
             logits_BTV = model(input_ids=ids_BT, attention_mask=mask_BT).logits.float()
             pred_BT = logits_BTV.argmax(-1)
-            logp_BT = torch.log_softmax(logits_BTV[:, :-1], -1).gather(-1, ids_BT[:, 1:, None])[..., 0]
+            logp_BT = token_logprobs_BT(logits_BTV[:, :-1], ids_BT[:, 1:])
             for b, (ids, n_prompt) in enumerate(batch):
                 exact += bool(torch.equal(pred_BT[b, n_prompt - 1 : len(ids) - 1], ids_BT[b, n_prompt : len(ids)]))
                 sampled += float(logp_BT[b, n_prompt - 1 : len(ids) - 1].sum().exp())
@@ -255,38 +254,3 @@ def _length_bucketed_order(data: list[tuple[list[int], int]], batch_size: int, r
     rng.shuffle(full)
     # a short batch goes last, so the batches cut from the flat order stay aligned with the buckets
     return [j for b in full + [b for b in batches if len(b) < batch_size] for j in b]
-
-
-def sample_completions(
-    model: Any,
-    tok: Any,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int = 256,
-    temperature: float = 1.0,
-    batch_size: int = 100,
-    seed: int = 0,
-) -> list[str]:
-    """Completions (decoded, special tokens skipped, ``</think>`` kept) of each prompt text; temperature 0 = greedy."""
-    import torch
-
-    torch.manual_seed(seed)
-    old_side = tok.padding_side
-    tok.padding_side = "left"
-    out: list[str] = []
-    try:
-        for i in range(0, len(prompts), batch_size):
-            enc = tok(list(prompts[i : i + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False)
-            kwargs: dict[str, Any] = {"do_sample": False}
-            if temperature > 0:
-                kwargs = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-            with torch.no_grad():
-                gen = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                    **kwargs,
-                )
-            new = gen[:, enc["input_ids"].shape[1] :]
-            out += tok.batch_decode(new, skip_special_tokens=True)
-    finally:
-        tok.padding_side = old_side
-    return out

@@ -207,7 +207,7 @@ def build_examples(tokenizer: Any, pairs: list[tuple[Any, str]], template: str, 
 # ---------------------------------------------------------------------------------------- metrics
 def sample_flops(shape: Any, seq_tokens: int, seq_tokens_sq: int, attn_coef: int) -> float:
     """SFT FLOPs of one step: SPEC.md's ``F`` of the student on the trained sequences (``x`` per sample)."""
-    from opd_cli.flops import flops_from_sums
+    from opd_cli.flops_formula import flops_from_sums
 
     return float(flops_from_sums(shape, seq_tokens, seq_tokens_sq, attn_coef))
 
@@ -293,7 +293,7 @@ def run_sft(cfg: SftConfig) -> Path:
     out = Path(cfg.output_dir or f"runs/sft-baseline-{cfg.name}")
     cfg.output_dir = str(out)
 
-    from opd_cli.flops import ModelShape
+    from opd_cli.flops_formula import ModelShape
 
     shape = ModelShape.from_source(cfg.student)  # fails early on a model the FLOPs formula cannot read
     # A finished run may be extended (--steps 1500 over 300) or saved more often; anything else must match.

@@ -6,11 +6,13 @@ OPD and prefix OPD (``--prefix-ref``). The window runs sample full rollouts, so 
 the full reference. Each run lives in ``<out>/runs/<label>/``; complete runs are reused, incomplete ones resumed.
 The dev benchmark is then evaluated at ``--eval-steps`` and ``<out>/table.csv`` / ``table.md`` (method, window,
 step, dev_acc) are written.
+
+Here: the config, its expansion into training configs, and the orchestration (train, evaluate, tabulate). Reusing
+finished runs is in window_ablation_reuse.py, the table in window_ablation_table.py.
 """
 
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -19,12 +21,12 @@ from typing import Any
 from opd_cli.config import check, field
 from opd_cli.errors import OpdError
 from opd_cli.log import logger
-from opd_cli.runs import IF_EXISTS, step_folder
+from opd_cli.runs import IF_EXISTS
 from opd_cli.toy.world import check_toy_student
-from opd_cli.tracking import TRACKING_FIELDS
+from opd_cli.window_ablation_reuse import _check_reusable, adopt_run, find_stand_in
+from opd_cli.window_ablation_table import collect_table, dev_score, print_table, write_table
 
 ABLATION_CONFIG = "ablation.yaml"
-TABLE_COLUMNS = ("method", "window", "step", "dev_acc")
 _WINDOW_RE = re.compile(r"^(-?\d+):(-?\d+)$")
 _TAIL_RE = re.compile(r"^tail:(-?\d+)$")
 # fields that switch off the windowing in a base config (the references and every window start from these)
@@ -39,13 +41,18 @@ class WindowAblationConfig:
 
     train_recipe: str = field("", help="Base `opd train` recipe (recipes/train-*.yaml; '' = opd train's defaults).")
     overrides: list[str] = field([], help="Overrides of the base config, key=value (repeatable), e.g. steps=30.")
-    toy_student: str | None = field(None, help="The toy world's student every run distils into: large | small "
-                                    "(None = the base config's, large unless it sets toy_student).")
+    toy_student: str | None = field(
+        None,
+        help="The toy world's student every run distils into: large | small "
+        "(None = the base config's, large unless it sets toy_student).",
+    )
     windows: list[str] = field(
         ["1024:2048", "2048:3072", "3072:4096", "tail:1024"],
         help="Loss windows: A:B = response positions [A, B) in tokens, tail:N = the last N tokens of each rollout.",
     )
-    prefix_ref: int = field(1024, help="Prefix-OPD reference: generation stops after L tokens (0 = no prefix reference).")
+    prefix_ref: int = field(
+        1024, help="Prefix-OPD reference: generation stops after L tokens (0 = no prefix reference)."
+    )
     full_ref: bool = field(True, help="Add the full-OPD reference run (all positions trained).")
     reference_runs: list[str] = field(
         [],
@@ -53,11 +60,15 @@ class WindowAblationConfig:
         "settings (more steps are fine: the lr is constant, so their first steps are the same run); their checkpoints "
         "are hard-linked, not retrained ([] = train the references here).",
     )
-    eval_steps: list[int] = field([10, 20, 30], help="Checkpoint steps to evaluate on the dev benchmark (paper: 10,20,30).")
+    eval_steps: list[int] = field(
+        [10, 20, 30], help="Checkpoint steps to evaluate on the dev benchmark (paper: 10,20,30)."
+    )
     dev_benchmark: str = field("toy-dev", help="Benchmark of the table (paper: aime24).")
     eval_samples: int = field(4, help="Samples per dev problem (n of Mean Acc@n; paper: 16).")
     eval_limit: int = field(0, help="Evaluate only the first N dev problems (0 = all).")
-    eval_max_new_tokens: int = field(0, help="Response cap at evaluation in tokens (0 = the eval default: no training cap).")
+    eval_max_new_tokens: int = field(
+        0, help="Response cap at evaluation in tokens (0 = the eval default: no training cap)."
+    )
     eval_batch_size: int = field(0, help="Sequences per generate call at evaluation (0 = the eval default).")
     skip_eval: bool = field(False, help="Train only; the table then shows the evaluations already on disk.")
     output_dir: str = field("runs/window-ablation", help="Ablation folder: runs/<label>/, table.csv, table.md.")
@@ -68,12 +79,17 @@ class WindowAblationConfig:
     )
 
     def __post_init__(self) -> None:
-        check(self.prefix_ref >= 0, f"--prefix-ref must be 0 (off) or a positive number of tokens, got {self.prefix_ref}")
+        check(
+            self.prefix_ref >= 0, f"--prefix-ref must be 0 (off) or a positive number of tokens, got {self.prefix_ref}"
+        )
         check(all(s >= 0 for s in self.eval_steps), f"--eval-steps must be non-negative steps, got {self.eval_steps}")
         check(self.eval_samples >= 1, f"--eval-samples must be at least 1, got {self.eval_samples}")
         check(self.eval_limit >= 0, f"--eval-limit must be 0 (all) or positive, got {self.eval_limit}")
         check(self.if_exists in IF_EXISTS, f"--if-exists must be one of {', '.join(IF_EXISTS)}, got {self.if_exists!r}")
-        check(bool(self.windows) or self.full_ref or self.prefix_ref > 0, "nothing to run: give --windows or keep a reference run")
+        check(
+            bool(self.windows) or self.full_ref or self.prefix_ref > 0,
+            "nothing to run: give --windows or keep a reference run",
+        )
         for w in self.windows:
             parse_window(w)  # one-line error on a malformed window before anything runs
         parse_overrides(self.overrides)
@@ -91,7 +107,9 @@ def parse_window(spec: str) -> tuple[str, int, int]:
         return ("tail", n, 0)
     m = _WINDOW_RE.match(s)
     if m is None:
-        raise OpdError(f"window {spec!r} is malformed: write A:B (response positions [A, B), e.g. 1024:2048) or tail:N (e.g. tail:1024)")
+        raise OpdError(
+            f"window {spec!r} is malformed: write A:B (response positions [A, B), e.g. 1024:2048) or tail:N (e.g. tail:1024)"
+        )
     a, b = int(m.group(1)), int(m.group(2))
     check(a >= 0, f"window {spec!r} starts at {a} < 0, inside the prompt: windows count response tokens from 0")
     check(a < b, f"window {spec!r} is empty: A must be below B")
@@ -123,7 +141,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def expand_windows(base_cfg: dict[str, Any], windows: list[str], prefix_ref: int, full_ref: bool = True) -> list[tuple[str, dict[str, Any]]]:
+def expand_windows(
+    base_cfg: dict[str, Any], windows: list[str], prefix_ref: int, full_ref: bool = True
+) -> list[tuple[str, dict[str, Any]]]:
     """One training config per run: ``full`` and ``prefix-L`` references, then one per loss window.
 
     Every config starts from ``base_cfg`` with prefix, loss window and tail switched off; a reference sets only
@@ -136,15 +156,22 @@ def expand_windows(base_cfg: dict[str, Any], windows: list[str], prefix_ref: int
         out.append(("full", {**base, **_WINDOW_OFF, "name": "full"}))
     if prefix_ref:
         check(not cap or prefix_ref <= cap, f"--prefix-ref {prefix_ref} exceeds the response cap max_new_tokens={cap}")
-        out.append((f"prefix-{prefix_ref}", {**base, **_WINDOW_OFF, "prefix": str(prefix_ref), "name": f"prefix-{prefix_ref}"}))
+        out.append(
+            (f"prefix-{prefix_ref}", {**base, **_WINDOW_OFF, "prefix": str(prefix_ref), "name": f"prefix-{prefix_ref}"})
+        )
     for spec in windows:
         kind, a, b = parse_window(spec)
         label = window_label(spec)[0]
         if kind == "tail":
-            check(not cap or a <= cap, f"window {spec!r}: the tail is longer than the response cap max_new_tokens={cap}")
+            check(
+                not cap or a <= cap, f"window {spec!r}: the tail is longer than the response cap max_new_tokens={cap}"
+            )
             cfg = {**base, **_WINDOW_OFF, "loss_tail": a, "name": label}
         else:
-            check(not cap or b <= cap, f"window {spec!r} ends past the response cap max_new_tokens={cap}: raise max_new_tokens or move the window")
+            check(
+                not cap or b <= cap,
+                f"window {spec!r} ends past the response cap max_new_tokens={cap}: raise max_new_tokens or move the window",
+            )
             cfg = {**base, **_WINDOW_OFF, "loss_window": f"{a}:{b}", "name": label}
         out.append((label, cfg))
     labels = [lab for lab, _ in out]
@@ -153,74 +180,12 @@ def expand_windows(base_cfg: dict[str, Any], windows: list[str], prefix_ref: int
     return out
 
 
-def describe(label: str) -> tuple[str, str]:
-    """(method, window) columns of the table for a run label."""
-    if label == "full":
-        return "OPD full", "all"
-    if label.startswith("prefix-"):
-        return "OPD prefix", f"[0, {label.split('-', 1)[1]})"
-    if label.startswith("tail-"):
-        return "OPD window", f"last {label.split('-', 1)[1]}"
-    if label.startswith("window-"):
-        a, b = label.split("-")[1:3]
-        return "OPD window", f"[{a}, {b})"
-    return label, ""
-
-
 def is_complete(run_dir: Path, steps: int) -> bool:
     """A run is complete when its last complete checkpoint is at (or past) its configured number of steps."""
     from opd_cli.runs import list_checkpoints
 
     ckpts = list_checkpoints(run_dir)
     return bool(ckpts) and ckpts[-1][0] >= steps
-
-
-def dev_score(run_dir: Path, step: int, benchmark: str) -> float | None:
-    """Mean accuracy of one evaluated checkpoint, or None when it has not been evaluated."""
-    import json
-
-    f = Path(run_dir) / "eval" / step_folder(step) / f"{benchmark}.json"
-    if not f.is_file():
-        return None
-    try:
-        return float(json.loads(f.read_text())["mean_acc"])
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def collect_table(out: Path, labels: list[str], eval_steps: list[int], benchmark: str) -> list[dict[str, Any]]:
-    """Rows (method, window, step, dev_acc) from the runs' eval folders; dev_acc None where not evaluated."""
-    rows = []
-    for label in labels:
-        method, window = describe(label)
-        for step in eval_steps:
-            rows.append({"method": method, "window": window, "step": step, "dev_acc": dev_score(out / "runs" / label, step, benchmark)})
-    return rows
-
-
-def write_table(out: Path, rows: list[dict[str, Any]], benchmark: str) -> tuple[Path, Path]:
-    """``table.csv`` (tidy, one row per run and step) and ``table.md`` (one row per run, one column per step)."""
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out / "table.csv", out / "table.md"
-    with csv_path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, "dev_acc": "" if r["dev_acc"] is None else f"{r['dev_acc']:.4f}"})
-    steps = sorted({r["step"] for r in rows})
-    runs = list(dict.fromkeys((r["method"], r["window"]) for r in rows))
-    acc = {(r["method"], r["window"], r["step"]): r["dev_acc"] for r in rows}
-    lines = [
-        f"Dev accuracy ({benchmark}, Mean Acc@n) by loss window and training step; - = not evaluated.",
-        "",
-        "| method | window | " + " | ".join(f"step {s}" for s in steps) + " |",
-        "|---|---|" + "---:|" * len(steps),
-    ]
-    for method, window in runs:
-        cells = [acc.get((method, window, s)) for s in steps]
-        lines.append(f"| {method} | {window} | " + " | ".join("-" if c is None else f"{100 * c:.1f}" for c in cells) + " |")
-    md_path.write_text("\n".join(lines) + "\n")
-    return csv_path, md_path
 
 
 # ------------------------------------------------------------------------------------------------ run
@@ -232,7 +197,10 @@ def base_config(cfg: WindowAblationConfig) -> dict[str, Any]:
     if cfg.train_recipe:
         base = read_recipe(cfg.train_recipe)
         named = base.pop("command", "train")
-        check(named == "train", f"--train-recipe {cfg.train_recipe} is for `opd {named}`: window-ablation needs an `opd train` recipe")
+        check(
+            named == "train",
+            f"--train-recipe {cfg.train_recipe} is for `opd {named}`: window-ablation needs an `opd train` recipe",
+        )
     base.update(parse_overrides(cfg.overrides))
     if cfg.toy_student is not None:
         base["toy_student"] = cfg.toy_student
@@ -258,95 +226,6 @@ def plan_runs(cfg: WindowAblationConfig, out: Path) -> list[tuple[str, Any]]:
     return planned
 
 
-def _check_reusable(label: str, run_dir: Path, train_cfg: Any) -> None:
-    """A complete run is reused only if it was trained with the same config (else results would be stale)."""
-    from opd_cli.config import differing_keys, to_dict, with_defaults
-    from opd_cli.runs import read_config
-
-    saved = with_defaults(read_config(run_dir), train_cfg)
-    diff = differing_keys(saved, to_dict(train_cfg), {"if_exists", "output_dir", *TRACKING_FIELDS}, only_now=True)
-    if saved and diff:
-        raise OpdError(
-            f"run {run_dir} is complete but was trained with different {', '.join(diff)}: "
-            f"pass --if-exists overwrite to retrain the ablation, or another --output-dir"
-        )
-
-
-# fields a stand-in reference may differ in: where it lives and how long it ran (checkpoints must cover the steps)
-_STAND_IN_FREE = {"name", "output_dir", "if_exists", "steps", "save_every", *TRACKING_FIELDS}
-
-
-def find_stand_in(tcfg: Any, candidates: list[str], eval_steps: list[int]) -> Path | None:
-    """The first candidate run trained like ``tcfg`` for at least its steps, with checkpoints at every needed step."""
-    from opd_cli.config import differing_keys, to_dict, with_defaults
-    from opd_cli.runs import list_checkpoints, read_config
-
-    want = to_dict(tcfg)
-    need = {s for s in eval_steps if 0 < s <= tcfg.steps} | {tcfg.steps}
-    for cand in map(Path, candidates):
-        saved = with_defaults(read_config(cand), tcfg)
-        if not saved or int(saved.get("steps") or 0) < tcfg.steps:
-            continue
-        if differing_keys(saved, want, _STAND_IN_FREE, only_now=True):
-            continue
-        if need <= {s for s, _ in list_checkpoints(cand)}:
-            return cand
-    return None
-
-
-def adopt_run(src: Path, tcfg: Any, eval_steps: list[int], ecfg: Any, benchmark: str) -> None:
-    """Make ``tcfg.output_dir`` a copy of ``src``'s first ``tcfg.steps`` steps without retraining.
-
-    Checkpoint files are hard-linked (copied where links are impossible), metrics are cut at ``tcfg.steps``, and
-    dev evaluations at ``eval_steps`` are copied when they were made with the ablation's eval settings (else they
-    are redone here). The ablation's own config.yaml is written, plus ``reference.json`` naming the source.
-    """
-    import json
-    import os
-    import shutil
-
-    from opd_cli.runs import RunDir, list_checkpoints, read_metrics, write_json
-
-    dst = Path(tcfg.output_dir)
-    tmp = dst.with_name(dst.name + ".adopting")
-    shutil.rmtree(tmp, ignore_errors=True)
-    run = RunDir(tmp)
-    tmp.mkdir(parents=True)
-    run.write_config(tcfg)
-
-    def link(a: str, b: str) -> None:
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-
-    for step, ckpt in list_checkpoints(src):
-        if step <= tcfg.steps:
-            shutil.copytree(ckpt, run.checkpoint_dir(step), copy_function=link)
-    for rec in read_metrics(src):
-        if rec.get("step", 0) <= tcfg.steps:
-            run.log(rec)
-    # the settings a summary records (docs/run-format.md); with no --eval-limit the problem count is not checked
-    same = {"n": ecfg.samples, "temperature": ecfg.temperature, "top_p": ecfg.top_p,
-            "max_new_tokens": ecfg.max_new_tokens, "backend": ecfg.backend, "seed": ecfg.seed}
-    if ecfg.limit:
-        same["num_problems"] = ecfg.limit
-    for step in (s for s in eval_steps if s <= tcfg.steps):
-        res = src / "eval" / step_folder(step) / f"{benchmark}.json"
-        try:
-            summary = json.loads(res.read_text())
-        except (OSError, ValueError):
-            continue
-        if all(summary.get(k) == v for k, v in same.items()):
-            out = tmp / "eval" / step_folder(step)
-            out.mkdir(parents=True, exist_ok=True)
-            for f in res.parent.glob(f"{benchmark}.*"):
-                shutil.copy2(f, out / f.name)
-    write_json(tmp / "reference.json", {"source": str(src), "steps": tcfg.steps})
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)
-
-
 def train_all(planned: list[tuple[str, Any]], cfg: WindowAblationConfig | None = None) -> dict[str, str]:
     """Train (or reuse, adopt, or resume) every planned run; returns label -> what happened."""
     from opd_cli.train import run_train
@@ -362,7 +241,9 @@ def train_all(planned: list[tuple[str, Any]], cfg: WindowAblationConfig | None =
                 from opd_cli.config import build_config
                 from opd_cli.evaluate import EvalConfig
 
-                adopt_run(src, tcfg, cfg.eval_steps, build_config(EvalConfig, None, _eval_overrides(cfg)), cfg.dev_benchmark)
+                adopt_run(
+                    src, tcfg, cfg.eval_steps, build_config(EvalConfig, None, _eval_overrides(cfg)), cfg.dev_benchmark
+                )
                 logger.info(f"[{label}] adopted the first {tcfg.steps} steps of {src} (same settings): not retrained")
                 status[label] = "adopted"
                 continue
@@ -401,10 +282,19 @@ def evaluate_all(cfg: WindowAblationConfig, planned: list[tuple[str, Any]]) -> N
         available = {s for s, _ in list_checkpoints(run_dir)} | {0}
         missing = [s for s in cfg.eval_steps if s not in available]
         if missing:
-            logger.info(f"[{label}] no checkpoint at step(s) {', '.join(map(str, missing))}: set save_every so they are saved")
+            logger.info(
+                f"[{label}] no checkpoint at step(s) {', '.join(map(str, missing))}: set save_every so they are saved"
+            )
         steps = [s for s in cfg.eval_steps if s in available and dev_score(run_dir, s, cfg.dev_benchmark) is None]
         if steps:
-            evaluate_run(run_dir, steps=steps, benchmarks=[cfg.dev_benchmark], dev_benchmark=cfg.dev_benchmark, cfg=ecfg, if_exists="resume")
+            evaluate_run(
+                run_dir,
+                steps=steps,
+                benchmarks=[cfg.dev_benchmark],
+                dev_benchmark=cfg.dev_benchmark,
+                cfg=ecfg,
+                if_exists="resume",
+            )
 
 
 def _eval_overrides(cfg: WindowAblationConfig) -> dict[str, Any]:
@@ -414,23 +304,6 @@ def _eval_overrides(cfg: WindowAblationConfig) -> dict[str, Any]:
     if cfg.eval_batch_size:
         kw["batch_size"] = cfg.eval_batch_size
     return kw
-
-
-def print_table(rows: list[dict[str, Any]], benchmark: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    steps = sorted({r["step"] for r in rows})
-    table = Table(title=f"Window ablation: {benchmark} Mean Acc@n (%)")
-    table.add_column("method")
-    table.add_column("window")
-    for s in steps:
-        table.add_column(f"step {s}", justify="right")
-    acc = {(r["method"], r["window"], r["step"]): r["dev_acc"] for r in rows}
-    for method, window in dict.fromkeys((r["method"], r["window"]) for r in rows):
-        cells = [acc.get((method, window, s)) for s in steps]
-        table.add_row(method, window, *("-" if c is None else f"{100 * c:.1f}" for c in cells))
-    Console().print(table)
 
 
 def run_window_ablation(cfg: WindowAblationConfig) -> Path:
@@ -443,7 +316,9 @@ def run_window_ablation(cfg: WindowAblationConfig) -> Path:
     planned = plan_runs(cfg, out)
     if out.is_dir() and any(out.iterdir()):
         if cfg.if_exists == "raise":
-            raise OpdError(f"ablation folder {out} exists: pass --if-exists resume to reuse its runs, overwrite to retrain, or another --output-dir")
+            raise OpdError(
+                f"ablation folder {out} exists: pass --if-exists resume to reuse its runs, overwrite to retrain, or another --output-dir"
+            )
         if cfg.if_exists == "overwrite":
             shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)

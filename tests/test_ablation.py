@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from opd_cli.errors import OpdError
-from opd_cli.window_ablation import collect_table, expand_windows, parse_window, write_table
+from opd_cli.window_ablation import expand_windows, parse_window
+from opd_cli.window_ablation_table import collect_table, write_table
 
 PAPER_WINDOWS = ["1024:2048", "2048:3072", "3072:4096", "tail:1024"]
 
@@ -22,7 +23,14 @@ def test_parse_window() -> None:
 
 @pytest.mark.parametrize(
     ("spec", "message"),
-    [("-1:5", "inside the prompt"), ("5:5", "empty"), ("9:3", "empty"), ("1024-2048", "malformed"), ("tail:0", "N > 0"), ("a:b", "malformed")],
+    [
+        ("-1:5", "inside the prompt"),
+        ("5:5", "empty"),
+        ("9:3", "empty"),
+        ("1024-2048", "malformed"),
+        ("tail:0", "N > 0"),
+        ("a:b", "malformed"),
+    ],
 )
 def test_parse_window_rejects(spec: str, message: str) -> None:
     with pytest.raises(OpdError, match=message) as err:
@@ -96,15 +104,39 @@ def tiny_ablation(tiny_model_dirs: tuple[Path, Path], tmp_path: Path):
 
     student, teacher = tiny_model_dirs
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": str(i), "question": f"{i}+{i}", "answer": str(2 * i)}) + "\n" for i in range(4)))
-    data.register_source("tiny-ablation-dev", lambda limit=None, seed=0: [data.Problem(str(i), f"{i}+1", str(i + 1)) for i in range(2)])
-    overrides = [f"student={student}", f"teacher={teacher}", f"data={prompts}", "steps=2", "save_every=1", "batch_size=2",
-                 "micro_batch_size=2", "max_new_tokens=8", "kl_bin=4"]
+    prompts.write_text(
+        "".join(json.dumps({"id": str(i), "question": f"{i}+{i}", "answer": str(2 * i)}) + "\n" for i in range(4))
+    )
+    data.register_source(
+        "tiny-ablation-dev", lambda limit=None, seed=0: [data.Problem(str(i), f"{i}+1", str(i + 1)) for i in range(2)]
+    )
+    overrides = [
+        f"student={student}",
+        f"teacher={teacher}",
+        f"data={prompts}",
+        "steps=2",
+        "save_every=1",
+        "batch_size=2",
+        "micro_batch_size=2",
+        "max_new_tokens=8",
+        "kl_bin=4",
+    ]
 
     def make() -> WindowAblationConfig:
-        return build_config(WindowAblationConfig, None, dict(
-            overrides=overrides, windows="2:6,tail:3", prefix_ref=4, eval_steps="1,2", dev_benchmark="tiny-ablation-dev",
-            eval_samples=1, eval_max_new_tokens=8, output_dir=str(tmp_path / "abl")))
+        return build_config(
+            WindowAblationConfig,
+            None,
+            dict(
+                overrides=overrides,
+                windows="2:6,tail:3",
+                prefix_ref=4,
+                eval_steps="1,2",
+                dev_benchmark="tiny-ablation-dev",
+                eval_samples=1,
+                eval_max_new_tokens=8,
+                output_dir=str(tmp_path / "abl"),
+            ),
+        )
 
     return make
 
@@ -159,7 +191,9 @@ def test_cli_bad_inputs(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("recipes/window-ablation-*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).resolve().parents[1].glob("recipes/window-ablation-*.yaml")), ids=lambda p: p.name
+)
 def test_window_ablation_recipes_expand(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import yaml
 
@@ -175,7 +209,9 @@ def test_window_ablation_recipes_expand(path: Path, monkeypatch: pytest.MonkeyPa
     assert all(t.steps == 30 for _, t in planned)
 
 
-def test_reference_runs_stand_in_for_references(tiny_ablation, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_reference_runs_stand_in_for_references(
+    tiny_ablation, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A finished train run with the same settings and more steps is adopted (hard links, cut metrics), not retrained."""
     import dataclasses
 
@@ -186,17 +222,22 @@ def test_reference_runs_stand_in_for_references(tiny_ablation, tmp_path: Path, c
 
     cfg = tiny_ablation()
     full_cfg = dict(plan_runs(cfg, tmp_path / "plan"))["full"]
-    longer = dataclasses.replace(full_cfg, steps=3, name="longer", output_dir=str(tmp_path / "train-longer"), if_exists="raise")
+    longer = dataclasses.replace(
+        full_cfg, steps=3, name="longer", output_dir=str(tmp_path / "train-longer"), if_exists="raise"
+    )
     run_train(longer)
     src = Path(longer.output_dir)
     evaluate_run(src, steps=[1], benchmarks=["tiny-ablation-dev"], cfg=EvalConfig(samples=1, max_new_tokens=8))
     other_lr = dataclasses.replace(longer, lr=longer.lr * 2, output_dir=str(tmp_path / "train-other"))
     (tmp_path / "train-other").mkdir()
-    (tmp_path / "train-other" / "config.yaml").write_text((src / "config.yaml").read_text().replace(f"lr: {longer.lr}", f"lr: {other_lr.lr}"))
+    (tmp_path / "train-other" / "config.yaml").write_text(
+        (src / "config.yaml").read_text().replace(f"lr: {longer.lr}", f"lr: {other_lr.lr}")
+    )
     capsys.readouterr()
 
-    cfg = dataclasses.replace(cfg, windows=["tail:3"], prefix_ref=0,
-                              reference_runs=[str(tmp_path / "train-other"), str(src)])
+    cfg = dataclasses.replace(
+        cfg, windows=["tail:3"], prefix_ref=0, reference_runs=[str(tmp_path / "train-other"), str(src)]
+    )
     out = run_window_ablation(cfg)
     printed = capsys.readouterr().out
     assert f"[full] adopted the first 2 steps of {src}" in printed

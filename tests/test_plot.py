@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from opd_cli.cli import app
 from opd_cli.errors import OpdError
-from opd_cli.plot import PlotConfig, evenly_spaced, run_plot
+from opd_cli.plot import PlotConfig, run_plot
+from opd_cli.plot.curves import evenly_spaced
 
 FIX = Path(__file__).parent / "fixtures"
 RUNS = FIX / "plot_runs"
@@ -178,7 +179,7 @@ def test_cli(tmp_path):
 
 
 def test_method_labels(tmp_path: Path) -> None:
-    from opd_cli.plot import label
+    from opd_cli.plot.read import label
 
     cases = {
         "a": ({"command": "train", "name": "toy-prefix"}, "toy-prefix"),
@@ -195,7 +196,7 @@ def test_method_labels(tmp_path: Path) -> None:
 
 def test_pdf_bytes_do_not_depend_on_the_time(tmp_path: Path) -> None:
     """Replotting the same data gives the same PDF (no creation date), so analysis/ diffs show real changes only."""
-    from opd_cli.plot import _plt, save
+    from opd_cli.plot.draw import _plt, save
 
     blobs = []
     for sub in ("a", "b"):

@@ -165,7 +165,7 @@ def test_sft_resolves_the_small_student(patched_world, seed1_world, tmp_path: Pa
 
 
 def test_eval_of_the_small_student(patched_world, seed1_world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from opd_cli.plot import label
+    from opd_cli.plot.read import label
 
     monkeypatch.chdir(tmp_path)
     r = runner.invoke(app, ["eval", "--toy-student", "small", "-n", "1", "--max-new-tokens", "4", "--limit", "2"])
@@ -232,7 +232,7 @@ def test_runs_saved_before_toy_student_stay_resumable(tmp_path: Path) -> None:
     from opd_cli.config import to_dict
     from opd_cli.runs import open_run
     from opd_cli.train import TrainConfig
-    from opd_cli.window_ablation import _check_reusable, find_stand_in
+    from opd_cli.window_ablation_reuse import _check_reusable, find_stand_in
 
     run = tmp_path / "run"
     cfg = TrainConfig(output_dir=str(run), steps=2, save_every=1)
@@ -257,7 +257,8 @@ def test_runs_saved_before_toy_student_stay_resumable(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ flops
 def test_flops_costs_a_small_student_run_with_its_shape(seed1_world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from opd_cli.flops import ModelShape, opd_flops, run_totals
+    from opd_cli.flops import run_totals
+    from opd_cli.flops_formula import ModelShape, opd_flops
 
     root = seed1_world.root
     monkeypatch.setenv("OPD_TOY_DIR", str(root))

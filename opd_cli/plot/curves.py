@@ -1,0 +1,228 @@
+"""The line-figure kinds of `opd plot`: kl-position (Fig. 2/5), teacher-prefix (Fig. 3), compute-vs-acc,
+sft-prefix (Fig. 6), lr-sweep (with its OOD table at matched dev accuracy) and overlap."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from opd_cli.errors import OpdError
+from opd_cli.plot.draw import PlotResult, _panels, axes_data, save
+from opd_cli.plot.read import collect, dev_curve, eval_scores, flops_at, label, metrics_by_step, read_csv
+from opd_cli.table_io import write_csv
+
+if TYPE_CHECKING:
+    from opd_cli.plot import PlotConfig
+
+OVERLAP_METRICS = ("overlap_ratio", "overlap_adv", "entropy_gap", "overlap_mass_student", "overlap_mass_teacher")
+
+
+def evenly_spaced(steps: list[int], k: int = 3) -> list[int]:
+    steps = sorted(steps)
+    if len(steps) <= k:
+        return steps
+    return sorted({steps[round(i * (len(steps) - 1) / (k - 1))] for i in range(k)})
+
+
+def kl_curves(run: Path, cfg: PlotConfig) -> dict[str, tuple[list[float], list[float]]]:
+    """KL per position bin: from ``kl_by_position.csv`` in the folder, else from logged ``kl_bin_mean``."""
+    csv_file = run / "kl_by_position.csv"
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    if csv_file.is_file():
+        rows = read_csv(csv_file)
+        keys = sorted({(r["source"], int(float(r["step"]))) for r in rows}, key=lambda t: (t[1], t[0]))
+        sources = {s for s, _ in keys}
+        for source, step in keys:
+            if cfg.steps and step not in cfg.steps:
+                continue
+            sel = sorted(
+                (r for r in rows if r["source"] == source and int(float(r["step"])) == step),
+                key=lambda r: float(r["bin_start"]),
+            )
+            name = f"step {step}" + (f" ({source})" if len(sources) > 1 else "")
+            curves[name] = ([float(r["bin_start"]) for r in sel], [float(r["mean_kl"]) for r in sel])
+        if cfg.steps and not curves:
+            raise OpdError(f"{csv_file} has no rows at step(s) {', '.join(map(str, cfg.steps))}")
+        return curves
+    m = metrics_by_step(run)
+    logged = [s for s, r in m.items() if r.get("kl_bin_mean")]
+    if not logged:
+        raise OpdError(
+            f"run {run}: no kl_by_position.csv and no kl_bin_mean in metrics.jsonl: run opd kl-by-position or opd train"
+        )
+    steps = cfg.steps or evenly_spaced(logged)
+    lacking = [s for s in steps if s not in logged]
+    if lacking:
+        raise OpdError(
+            f"run {run}: no kl_bin_mean logged at step(s) {', '.join(map(str, lacking))} (logged: {min(logged)}..{max(logged)})"
+        )
+    for s in steps:
+        size = float(m[s].get("kl_bin_size") or 256)
+        ys = [float(v) if v is not None else float("nan") for v in m[s]["kl_bin_mean"]]
+        curves[f"step {s}"] = ([i * size for i in range(len(ys))], ys)
+    return curves
+
+
+def plot_kl_position(cfg: PlotConfig, out: Path) -> PlotResult:
+    runs = collect(cfg, lambda run: kl_curves(run, cfg), needs="kl_by_position.csv")
+    fig, axes = _panels(len(runs))
+    data = {}
+    for ax, (run, curves) in zip(axes, runs, strict=True):
+        for name, (xs, ys) in curves.items():
+            ax.plot(xs, ys, marker="o", ms=3, label=name)
+        ax.set(
+            title=label(run),
+            xlabel="response position (bin start, tokens)",
+            ylabel="reverse KL (sampled-token estimate)",
+        )
+        ax.legend(fontsize=8)
+        data[label(run)] = axes_data(ax)
+    return PlotResult(save(fig, out, "kl-position"), data)
+
+
+def _probe(run: Path) -> tuple[list[dict[str, str]], float | None]:
+    f = run / "probe.csv"
+    if not f.is_file():
+        raise OpdError(f"{run} has no probe.csv: run opd probe-teacher-prefix first")
+    rows = sorted(read_csv(f), key=lambda r: int(float(r["length"])))
+    if not rows:
+        raise OpdError(f"{f} has no rows")
+    summary = run / "summary.json"
+    teacher = json.loads(summary.read_text()).get("teacher_acc") if summary.is_file() else None
+    return rows, teacher
+
+
+def plot_teacher_prefix(cfg: PlotConfig, out: Path) -> PlotResult:
+    runs = collect(cfg, _probe, needs="probe.csv")
+    fig, axes = _panels(1, 6)
+    ax = axes[0]
+    for run, (rows, teacher) in runs:
+        probe = [r for r in rows if int(float(r["length"])) > 0]
+        name = label(run)
+        ax.plot([int(float(r["length"])) for r in probe], [float(r["mean_acc"]) for r in probe], marker="o", label=name)
+        alone = [float(r["mean_acc"]) for r in rows if int(float(r["length"])) == 0]
+        if alone:
+            ax.axhline(alone[0], ls=":", color="grey", label=f"{name}: student alone")
+        if teacher is not None:
+            ax.axhline(float(teacher), ls="--", color="black", label=f"{name}: teacher")
+    ax.set(
+        xlabel="teacher prefix length L (tokens)", ylabel="Mean Acc (student continues)", title="teacher-prefix probe"
+    )
+    ax.legend(fontsize=8)
+    return PlotResult(save(fig, out, "teacher-prefix"), {"probe": axes_data(ax)})
+
+
+def _run_label(run: Path, with_lr: bool) -> str:
+    from opd_cli.runs import read_config
+
+    name, lr = label(run), read_config(run).get("lr")
+    return f"{name} (lr={lr})" if with_lr and lr is not None and "lr" not in name else name
+
+
+def _acc_points(run: Path, cfg: PlotConfig, x_axis: str) -> tuple[str, list[float], list[float]]:
+    """Dev accuracy over evaluated checkpoints against cumulative FLOPs (step 0 left out: log axis) or steps."""
+    bench, scores = dev_curve(run, cfg)
+    if x_axis == "flops":
+        steps = [s for s in scores if s > 0]
+        f = flops_at(run, steps)
+        return bench, [f[s] for s in steps], [scores[s] for s in steps]
+    return bench, [float(s) for s in scores], list(scores.values())
+
+
+def _acc_plot(cfg: PlotConfig, out: Path, stem: str, x_axis: str, title: str, with_lr: bool) -> PlotResult:
+    runs = collect(cfg, lambda run: _acc_points(run, cfg, x_axis))
+    fig, axes = _panels(1, 6)
+    ax = axes[0]
+    for run, (_, xs, ys) in runs:
+        ax.plot(xs, ys, marker="o", label=_run_label(run, with_lr))
+    if x_axis == "flops":
+        ax.set_xscale("log")
+    benches = sorted({b for _, (b, _, _) in runs})
+    ax.set(
+        xlabel="cumulative training FLOPs" if x_axis == "flops" else "step",
+        ylabel=f"{'/'.join(benches)} Mean Acc",
+        title=title,
+    )
+    ax.legend(fontsize=8)
+    return PlotResult(save(fig, out, stem), {"acc": axes_data(ax)})
+
+
+def plot_compute_vs_acc(cfg: PlotConfig, out: Path) -> PlotResult:
+    return _acc_plot(cfg, out, "compute-vs-acc", "flops", "compute vs accuracy", with_lr=False)
+
+
+def plot_sft_prefix(cfg: PlotConfig, out: Path) -> PlotResult:
+    return _acc_plot(cfg, out, "sft-prefix", cfg.x_axis, "prefix SFT vs OPD", with_lr=True)
+
+
+def plot_lr_sweep(cfg: PlotConfig, out: Path) -> PlotResult:
+    """Dev accuracy over steps per lr, and OOD accuracy at the checkpoint whose dev accuracy is closest to a level."""
+    curves = dict(collect(cfg, lambda run: dev_curve(run, cfg)))
+    target = cfg.match_acc if cfg.match_acc >= 0 else min(max(s.values()) for _, s in curves.values())
+    fig, axes = _panels(2, 5.5)
+    rows: list[dict[str, Any]] = []
+    for run, (_, scores) in curves.items():
+        name = _run_label(run, with_lr=True)
+        axes[0].plot(list(scores), list(scores.values()), marker="o", label=name)
+        step = min(scores, key=lambda s: (abs(scores[s] - target), s))  # earliest of equally close checkpoints
+        row: dict[str, Any] = {"method": name, "step": step, "dev_acc": scores[step]}
+        for b in cfg.ood:
+            ood = eval_scores(run, b)
+            if step in ood:
+                row[b] = ood[step]
+        rows.append(row)
+    axes[0].axhline(target, ls=":", color="grey")
+    axes[0].set(xlabel="step", ylabel="dev Mean Acc", title="learning-rate sweep")
+    axes[0].legend(fontsize=8)
+    oods = [b for b in cfg.ood if any(b in r for r in rows)]
+    if not oods:
+        raise OpdError(
+            f"no out-of-domain eval ({', '.join(cfg.ood)}) at the matched checkpoints: evaluate them or set --ood"
+        )
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        axes[1].bar(
+            [j + i * width for j in range(len(oods))], [r.get(b, float("nan")) for b in oods], width, label=r["method"]
+        )
+    axes[1].set_xticks([j + 0.4 - width / 2 for j in range(len(oods))], oods)
+    axes[1].set(ylabel="Mean Acc", title=f"OOD at matched dev accuracy ({target:.3f})")
+    axes[1].legend(fontsize=8)
+    table = [{k: r.get(k, "") for k in ["method", "step", "dev_acc", *oods]} for r in rows]
+    paths = save(fig, out, "lr-sweep") + [write_csv(table, out / "lr-sweep.csv")]
+    return PlotResult(paths, {"dev": axes_data(axes[0]), "matched": table, "target": target})
+
+
+OVERLAP_PANELS = (
+    ("overlap_ratio",),
+    ("overlap_adv",),
+    ("entropy_gap",),
+    ("overlap_mass_student", "overlap_mass_teacher"),
+)
+
+
+def _overlap_metrics(run: Path) -> dict[int, dict[str, Any]]:
+    m = metrics_by_step(run)
+    lacking = [k for k in OVERLAP_METRICS if not any(r.get(k) is not None for r in m.values())]
+    if lacking:
+        raise OpdError(f"run {run}: metrics.jsonl lacks {', '.join(lacking)} (logged by opd train)")
+    return m
+
+
+def plot_overlap(cfg: PlotConfig, out: Path) -> PlotResult:
+    runs = collect(cfg, _overlap_metrics)
+    fig, axes = _panels(len(OVERLAP_PANELS), 4.2)
+    for run, m in runs:
+        for ax, keys in zip(axes, OVERLAP_PANELS, strict=True):
+            for k in keys:
+                steps = [s for s in sorted(m) if m[s].get(k) is not None]
+                suffix = f" ({k.split('_')[-1]})" if len(keys) > 1 else ""
+                ax.plot(steps, [float(m[s][k]) for s in steps], marker=".", label=f"{label(run)}{suffix}")
+    for ax, keys in zip(axes, OVERLAP_PANELS, strict=True):
+        ax.set(xlabel="step", title=keys[0] if len(keys) == 1 else "overlap mass (student, teacher)")
+        ax.legend(fontsize=7)
+    data = {
+        keys[0] if len(keys) == 1 else "overlap_mass": axes_data(ax)
+        for ax, keys in zip(axes, OVERLAP_PANELS, strict=True)
+    }
+    return PlotResult(save(fig, out, "overlap"), data)

@@ -1,0 +1,119 @@
+"""The table kinds of `opd plot`: window-ablation (Table 3: a figure and markdown from `opd window-ablation`'s
+table.csv) and main-table (Tables 1-2: each run's best dev checkpoint, FLOPs and hours, as CSV and markdown)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from opd_cli.errors import OpdError
+from opd_cli.plot.draw import PlotResult, _panels, axes_data, save
+from opd_cli.plot.read import best_info, collect, label, metrics_by_step, read_csv
+from opd_cli.runs import step_folder
+from opd_cli.table_io import markdown_table, write_csv
+
+if TYPE_CHECKING:
+    from opd_cli.plot import PlotConfig
+
+
+def _table_csv(run: Path) -> list[dict[str, str]]:
+    f = run / "table.csv"
+    if not f.is_file():
+        raise OpdError(f"{run} has no table.csv: run opd window-ablation first")
+    rows = read_csv(f)
+    if not rows:
+        raise OpdError(f"{f} has no rows")
+    return rows
+
+
+def plot_window_ablation(cfg: PlotConfig, out: Path) -> PlotResult:
+    rows = [r for _, rs in collect(cfg, _table_csv, needs="table.csv") for r in rs]
+    methods: dict[str, dict[int, float]] = {}
+    for r in rows:
+        key = r["method"] if r.get("window") in (None, "", r["method"]) else f"{r['method']} [{r['window']}]"
+        methods.setdefault(key, {})[int(float(r["step"]))] = float(r["dev_acc"])
+    steps = sorted({s for v in methods.values() for s in v})
+    fig, axes = _panels(1, 6)
+    for name, sc in methods.items():
+        axes[0].plot(sorted(sc), [sc[s] for s in sorted(sc)], marker="o", label=name)
+    axes[0].set(xlabel="step", ylabel="dev Mean Acc", title="window ablation")
+    axes[0].legend(fontsize=8)
+    md = markdown_table(
+        ["method", *[f"step {s}" for s in steps]],
+        [[name, *[f"{100 * sc[s]:.1f}" if s in sc else "-" for s in steps]] for name, sc in methods.items()],
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "window-ablation.md").write_text(md)
+    paths = save(fig, out, "window-ablation") + [out / "window-ablation.md"]
+    return PlotResult(paths, {"acc": axes_data(axes[0]), "markdown": md})
+
+
+def _mark(values: dict[str, float | None]) -> dict[str, str]:
+    """Best in bold, second best underlined (ties share the mark), in percent."""
+    present = sorted({v for v in values.values() if v is not None}, reverse=True)
+    out = {}
+    for k, v in values.items():
+        if v is None:
+            out[k] = "-"
+            continue
+        text = f"{100 * v:.1f}"
+        if len(present) > 1 and v == present[0]:
+            text = f"**{text}**"
+        elif len(present) > 2 and v == present[1]:
+            text = f"<u>{text}</u>"
+        out[k] = text
+    return out
+
+
+def main_table_row(run: Path) -> dict[str, Any]:
+    """One run: the accuracies of its best dev checkpoint (eval/best.json), its total FLOPs and hours."""
+    info = best_info(run)
+    if info:
+        step = int(info["best_step"])
+        folder = run / "eval" / step_folder(step)
+    elif list((run / "eval").glob("*.json")):
+        step, folder = None, run / "eval"  # `opd eval --model`: a model without training (the base row)
+    else:
+        raise OpdError(f"run {run} has no eval/best.json and no eval/*.json: run opd eval on it first")
+    scores = {}
+    for f in sorted(folder.glob("*.json")):
+        if f.name != "best.json":
+            scores[f.stem] = float(json.loads(f.read_text())["mean_acc"])
+    if not scores:
+        raise OpdError(f"run {run}: no benchmark summaries in {folder}")
+    m = metrics_by_step(run)
+    last = m[max(m)] if m else {}
+    wall = last.get("wall_time")
+    return {
+        "method": label(run),
+        "best_step": step,
+        **scores,
+        "flops": float(last["flops_total"]) if last.get("flops_total") is not None else None,
+        "hours": float(wall) / 3600 if wall is not None else None,
+    }
+
+
+def plot_main_table(cfg: PlotConfig, out: Path) -> PlotResult:
+    rows = [r for _, r in collect(cfg, main_table_row)]
+    present = {k for r in rows for k in r} - {"method", "best_step", "flops", "hours"}
+    known = [b for b in cfg.in_domain if b in present] + [b for b in cfg.ood if b in present]
+    benches = known + sorted(present - set(known))
+    rows = [{k: r.get(k) for k in ["method", "best_step", *benches, "flops", "hours"]} for r in rows]
+    marks = {b: _mark({r["method"]: r[b] for r in rows}) for b in benches}
+    header = ["method", "best step", *[f"{b} (OOD)" if b in cfg.ood else b for b in benches], "FLOPs", "hours"]
+    md_rows = [
+        [
+            r["method"],
+            "-" if r["best_step"] is None else str(r["best_step"]),
+            *[marks[b][r["method"]] for b in benches],
+            "-" if r["flops"] is None else f"{r['flops']:.2g}",
+            "-" if r["hours"] is None else f"{r['hours']:.2f}",
+        ]
+        for r in rows
+    ]
+    md = markdown_table(header, md_rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "main-table.md").write_text(md)
+    paths = [write_csv(rows, out / "main-table.csv"), out / "main-table.md"]
+    return PlotResult(paths, {"rows": rows, "benchmarks": benches, "markdown": md})

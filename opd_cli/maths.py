@@ -6,14 +6,15 @@ Response position t = 0 is the first generated token; a prefix of length L keeps
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 LOSSES = ("sampled", "full", "topk")
 TOPK_SUPPORTS = ("student", "overlap", "nonoverlap")
-SCHEDULES = ("none", "linear")
+SCHEDULES = ("none", "linear", "adaptive")
+ADAPTIVE_SIGNALS = ("prefix", "last-bin")
 OVERLAP_KEYS = (
     "overlap_ratio",
     "overlap_adv",
@@ -34,7 +35,54 @@ def prefix_length(step: int, prefix: int | None, max_len: int, schedule: str = "
     """
     if schedule == "linear":
         return min(start + delta * step, max_len)
+    if schedule == "adaptive":
+        raise ValueError("the adaptive schedule depends on the run's KL: use adaptive_prefix_lengths")
     return max_len if prefix is None else min(prefix, max_len)
+
+
+def adaptive_grows(trace: Sequence[float], ratio: float, patience: int, floor: float = 0.0) -> bool:
+    """The adaptive schedule's rule: has the signal at the current L been spent?
+
+    ``trace``: the signal after each step since L last grew (the first value is the first step at this L): the mean
+    KL over the trained prefix, or of its last position bin (:func:`adaptive_signal`). Grow when the latest value is at most ``ratio`` times the first (the KL there fell
+    to that fraction) or below ``floor`` (nothing left to learn there), or when it stopped falling: none of the last
+    ``patience`` values is below the minimum of the values before them (``patience`` 0 = this test is off).
+    """
+    if not trace:
+        return False
+    if trace[-1] <= max(ratio * trace[0], floor):
+        return True
+    return 0 < patience < len(trace) and min(trace[-patience:]) >= min(trace[:-patience])
+
+
+def adaptive_prefix_lengths(
+    signal: Sequence[float | None], start: int, delta: int, max_len: int, ratio: float, patience: int,
+    floor: float = 0.0,
+) -> list[int]:
+    """L of steps 0..n of an adaptive run, from ``signal[i]`` = :func:`adaptive_signal` of the metrics logged at
+    step i (None: no tokens there, which changes nothing). L starts at ``start`` and grows by ``delta`` (capped at
+    ``max_len``) after a step at which :func:`adaptive_grows` holds; the trace restarts at each new L.
+
+    It is a function of the logged KL only, so a resumed run replays it from metrics.jsonl.
+    """
+    L, trace, out = min(start, max_len), [], [min(start, max_len)]
+    for value in signal:
+        if value is not None:
+            trace.append(float(value))
+        if L < max_len and adaptive_grows(trace, ratio, patience, floor):
+            L, trace = min(L + delta, max_len), []
+        out.append(L)
+    return out
+
+
+def adaptive_signal(record: dict, signal: str) -> float | None:
+    """The adaptive schedule's signal in one metrics.jsonl record: ``prefix`` = the mean KL over the trained tokens
+    (``kl``); ``last-bin`` = the logged KL of the position bin holding the last trained token (position L - 1)."""
+    if signal == "prefix":
+        return record.get("kl")
+    b = (record["prefix_len"] - 1) // record["kl_bin_size"]
+    means = record.get("kl_bin_mean") or []
+    return means[b] if 0 <= b < len(means) else None
 
 
 # ----------------------------------------------------------------------------------------------- masks

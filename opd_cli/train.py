@@ -45,9 +45,22 @@ class TrainConfig:
     question_column: str | None = field(None, help="Column of --data holding the question (None = guess).")
     limit: int = field(0, help="Use only the first N prompts (0 = all).")
     prefix: str = field("full", help="Prefix length L in tokens: only the first L response tokens are sampled and trained; 'full' = --max-new-tokens.")
-    schedule: str = field("none", help="Prefix schedule: none (fixed --prefix) | linear (L = start + delta*step, capped).")
-    prefix_start: int = field(1, help="Linear schedule: L at the first step (tokens).")
-    prefix_delta: int = field(256, help="Linear schedule: L growth per optimizer step (tokens).")
+    schedule: str = field("none", help="Prefix schedule: none (fixed --prefix) | linear (L = start + delta*step, capped) | adaptive (L grows by delta once the KL signal at the current L is spent, see --adaptive-signal).")
+    prefix_start: int = field(1, help="Linear and adaptive schedules: L at the first step (tokens).")
+    prefix_delta: int = field(256, help="Linear schedule: L growth per optimizer step; adaptive: per growth (tokens; --kl-bin is a natural choice).")
+    adaptive_signal: str = field("prefix", help="Adaptive schedule's signal: prefix (mean KL over the trained tokens) | last-bin (KL of the position bin holding the last trained token).")
+    adaptive_ratio: float = field(0.5, help="Adaptive schedule: grow L once the signal falls to this fraction of its value at the current L's first step.")
+    adaptive_patience: int = field(3, help="Adaptive schedule: also grow L when the signal has not gone below its earlier minimum for this many steps (0 = off).")
+    adaptive_floor: float = field(0.01, help="Adaptive schedule: also grow L when the signal is below this many nats (nothing left to learn there).")
+    rollout: str = field("standard", help="standard (every rollout to the step's length) | pg-opd (prefix-guided rollout allocation: candidates decoded to --pg-prefix, the high-overlap ones continued).")
+    candidates: int = field(4, help="PG-OPD: candidates per prompt (the step's prompts = --batch-size / candidates).")
+    pg_prefix: int = field(256, help="PG-OPD: tokens every candidate is decoded to before the overlap decides.")
+    probe_window: int = field(128, help="PG-OPD: the first N tokens of the prefix over which the top-k overlap is averaged.")
+    probe_topk: int = field(16, help="PG-OPD: k of the teacher-student top-k overlap.")
+    keep_per_prompt: int = field(1, help="PG-OPD: each prompt's best N candidates are continued.")
+    keep_global: float = field(0.25, help="PG-OPD: and the best fraction of all candidates, in (0, 1].")
+    pg_select: str = field("stop", help="PG-OPD: stop (stop the low-overlap candidates at the prefix) | all (continue every candidate) | weight (continue all, weight each loss by its overlap).")
+    pg_train_stopped: bool = field(True, help="PG-OPD: stopped candidates train on their prefix tokens (off = they carry no loss).")
     max_new_tokens: int = field(512, help="Response cap in tokens (full OPD length; the paper uses 16384).")
     loss: str = field("sampled", help="sampled (importance-sampled sampled-token reverse KL) | full (full-vocabulary reverse KL) | topk.")
     topk: int = field(16, help="k of --loss topk (tokens).")
@@ -91,6 +104,14 @@ class TrainConfig:
         check(self.max_new_tokens > 0, f"--max-new-tokens must be > 0, got {self.max_new_tokens}")
         check(self.schedule in SCHEDULES, f"unknown --schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
         check(self.prefix_start > 0 and self.prefix_delta >= 0, "--prefix-start must be > 0 and --prefix-delta >= 0")
+        from opd_cli.maths import ADAPTIVE_SIGNALS
+
+        check(self.adaptive_signal in ADAPTIVE_SIGNALS, f"unknown --adaptive-signal {self.adaptive_signal!r}: use one of {', '.join(ADAPTIVE_SIGNALS)}")
+        check(0 < self.adaptive_ratio < 1, f"--adaptive-ratio must be in (0, 1), got {self.adaptive_ratio}")
+        check(self.adaptive_floor >= 0, f"--adaptive-floor must be >= 0 nats, got {self.adaptive_floor}")
+        check(self.adaptive_patience >= 0, f"--adaptive-patience must be >= 0 (0 = off), got {self.adaptive_patience}")
+        check(self.schedule != "adaptive" or self.prefix_delta > 0, "--schedule adaptive needs --prefix-delta > 0")
+        self._check_pg_opd()
         check(self.loss in LOSSES, f"unknown --loss {self.loss!r}: use one of {', '.join(LOSSES)}")
         check(self.topk > 0, f"--topk must be > 0, got {self.topk}")
         check(self.topk_support in TOPK_SUPPORTS, f"unknown --topk-support {self.topk_support!r}: use one of {', '.join(TOPK_SUPPORTS)}")
@@ -122,6 +143,24 @@ class TrainConfig:
         check(self.student is None or self.toy_student == "large", "--toy-student small picks a toy-world student: it cannot be combined with --student")
         check(not (self.prompts and self.data), "pass either --prompts or --data, not both")
 
+    def _check_pg_opd(self) -> None:
+        from opd_cli.pg_opd import PG_SELECT, ROLLOUTS
+
+        check(self.rollout in ROLLOUTS, f"unknown --rollout {self.rollout!r}: use one of {', '.join(ROLLOUTS)}")
+        if self.rollout != "pg-opd":
+            return
+        check(self.candidates >= 1, f"--candidates must be at least 1, got {self.candidates}")
+        check(self.batch_size % self.candidates == 0, f"--batch-size {self.batch_size} must be a multiple of --candidates {self.candidates}")
+        check(0 < self.pg_prefix < self.max_new_tokens, f"--pg-prefix must be in [1, --max-new-tokens {self.max_new_tokens}), got {self.pg_prefix}")
+        check(0 < self.probe_window <= self.pg_prefix, f"--probe-window {self.probe_window} must be in [1, --pg-prefix {self.pg_prefix}]")
+        check(self.probe_topk > 0, f"--probe-topk must be > 0, got {self.probe_topk}")
+        check(0 <= self.keep_per_prompt <= self.candidates, f"--keep-per-prompt must be in [0, --candidates {self.candidates}], got {self.keep_per_prompt}")
+        check(0 < self.keep_global <= 1, f"--keep-global must be in (0, 1], got {self.keep_global}")
+        check(self.pg_select in PG_SELECT, f"unknown --pg-select {self.pg_select!r}: use one of {', '.join(PG_SELECT)}")
+        check(self.prefix == "full" and self.schedule == "none" and not self.loss_window and not self.loss_tail,
+              "--rollout pg-opd trains whole rollouts: use it with --prefix full, no --schedule, --loss-window or --loss-tail")
+        check(self.pg_select != "weight" or self.loss != "full", "--pg-select weight needs --loss sampled or topk (the fused full loss takes no weights)")
+
     @property
     def window(self) -> tuple[int, int]:
         try:
@@ -134,16 +173,25 @@ class TrainConfig:
     def prefix_tokens(self) -> int | None:
         return None if self.prefix == "full" else int(self.prefix)
 
-    def prefix_len(self, step: int) -> int:
-        """L for the rollouts of optimizer step ``step`` (0-based)."""
+    def prefix_len(self, step: int, adaptive: list[int] | None = None) -> int:
+        """L for the rollouts of optimizer step ``step`` (0-based). The adaptive schedule's L depends on the run's
+        logged KL: ``adaptive`` = its L per step so far (:func:`opd_cli.maths.adaptive_prefix_lengths`)."""
         from opd_cli.maths import prefix_length
 
+        if self.schedule == "adaptive":
+            return adaptive[min(step, len(adaptive) - 1)] if adaptive else min(self.prefix_start, self.max_new_tokens)
         return prefix_length(step, self.prefix_tokens, self.max_new_tokens, self.schedule, self.prefix_start, self.prefix_delta)
 
-    def gen_len(self, step: int) -> int:
+    def gen_len(self, step: int, adaptive: list[int] | None = None) -> int:
         """Tokens to generate at ``step``: L, but at least the loss window's end (window ablation)."""
-        L = self.prefix_len(step)
+        L = self.prefix_len(step, adaptive)
         return max(L, self.window[1]) if self.loss_window else L
+
+    def max_gen_len(self) -> int:
+        """The longest rollout of the run (the adaptive schedule may reach --max-new-tokens)."""
+        if self.schedule == "adaptive":
+            return self.max_new_tokens
+        return max(self.gen_len(s) for s in range(self.steps))
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else Path("runs") / f"train-{self.name}"
@@ -151,10 +199,12 @@ class TrainConfig:
 
 # --------------------------------------------------------------------------------------------- run_train
 def _flops_fn(student: str, teacher: str, attn_coef: float):
-    from opd_cli.flops import ModelShape, opd_flops
+    """FLOPs of one step from its sequences' (sum s, sum s^2), plus PG-OPD's probe forwards' (sum, sum^2)."""
+    from opd_cli.flops_formula import ModelShape, opd_flops, probe_flops
 
     s, t = ModelShape.from_source(student), ModelShape.from_source(teacher)
-    return lambda sum_s, sum_s2: opd_flops(s, t, sum_s, sum_s2, attn_coef)
+    return lambda sum_s, sum_s2, probe_s=0.0, probe_s2=0.0: (opd_flops(s, t, sum_s, sum_s2, attn_coef)
+                                                             + probe_flops(s, t, probe_s, probe_s2, attn_coef))
 
 
 def _questions(cfg: TrainConfig, toy: bool) -> list[str]:
@@ -293,7 +343,7 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
         temperature=1.0,
         top_p=1.0,
         top_k=0,
-        max_completion_length=max(cfg.gen_len(s) for s in range(cfg.steps)),
+        max_completion_length=cfg.max_gen_len(),
         beta=1.0,
         disable_dropout=True,
         gradient_checkpointing=False,

@@ -31,20 +31,23 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from opd_cli.pg_opd import PG_SUMS
+
 if TYPE_CHECKING:
     from opd_cli.train import TrainConfig
 
 METRIC_K = 16  # Rethinking-OPD metrics use k = 16
 
 
-def rollout_seed(seed: int, step: int) -> int:
+def rollout_seed(seed: int, step: int, stage: int = 0) -> int:
     """Seed of step ``step``'s sampling noise, a function of the run seed and the optimizer step only.
 
     At every decode step the generator draws the noise of the whole *global* batch and each process keeps its own
     rows, so rollout i of a step gets the same noise whatever process draws it and whatever else is in its batch: one
     process and N processes sample the same tokens, and a resumed run samples what the uninterrupted run sampled.
+    ``stage`` 1 seeds PG-OPD's second generation stage (its continuations).
     """
-    return (seed * 1_000_003 + step * 7919 + 1) % (2**63 - 1)
+    return (seed * 1_000_003 + step * 7919 + stage * 104_729 + 1) % (2**63 - 1)
 
 
 def make_trainer_class():
@@ -61,9 +64,10 @@ def make_trainer_class():
         """Exact sampling from softmax(logits) (temperature 1, no top-p/top-k) by the Gumbel-max trick,
         argmax(logits - log(-log U)) with U ~ Uniform[0, 1): this process's rows of one draw for the global batch."""
 
-        def __init__(self, seed: int, rows: slice, global_rows: int, device: torch.device):
+        def __init__(self, seed: int, rows: slice | list[int], global_rows: int, device: torch.device):
             self.gen = torch.Generator(device=device).manual_seed(seed)
-            self.rows, self.global_rows = rows, global_rows
+            self.rows = rows if isinstance(rows, slice) else torch.tensor(rows, device=device)
+            self.global_rows = global_rows
 
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
             u = torch.rand(self.global_rows, scores.shape[-1], device=scores.device, generator=self.gen)[self.rows]
@@ -80,12 +84,39 @@ def make_trainer_class():
             self.progress = None
             super().__init__(*args, **kwargs)
             self.teacher_model.requires_grad_(False)
+            # the adaptive schedule: its signal at every step so far (replayed from metrics.jsonl on resume), L per step
+            self._signal = [maths.adaptive_signal(r, opd.adaptive_signal) for r in run.read_metrics()] if opd.schedule == "adaptive" else []
+            self._adaptive = self._adaptive_lengths()
             self._reset_acc()
             self._t_start = None
 
+        def _adaptive_lengths(self) -> list[int] | None:
+            o = self.opd
+            if o.schedule != "adaptive":
+                return None
+            return maths.adaptive_prefix_lengths(self._signal, o.prefix_start, o.prefix_delta, o.max_new_tokens,
+                                                 o.adaptive_ratio, o.adaptive_patience, o.adaptive_floor)
+
+        def prefix_len(self, step: int) -> int:
+            return self.opd.prefix_len(step, self._adaptive)
+
+        def gen_len(self, step: int) -> int:
+            return self.opd.gen_len(step, self._adaptive)
+
+        def _get_train_sampler(self, dataset: Any = None) -> Any:
+            """PG-OPD: each prompt ``--candidates`` times in a row (TRL's RepeatSampler, as GRPO groups them)."""
+            if self.opd.rollout != "pg-opd":
+                return super()._get_train_sampler(dataset)
+            from trl.trainer.utils import RepeatSampler
+
+            gen_batch = self.args.per_device_train_batch_size * self.accelerator.num_processes * self.args.gradient_accumulation_steps
+            return RepeatSampler(data_source=dataset if dataset is not None else self.train_dataset,
+                                 mini_repeat_count=self.opd.candidates, batch_size=gen_batch // self.opd.candidates,
+                                 repeat_count=self.args.gradient_accumulation_steps, shuffle=self.shuffle_dataset, seed=self.args.seed)
+
         # ------------------------------------------------------------------ helpers
         def _reset_acc(self) -> None:
-            nb = math.ceil(max(self.opd.gen_len(s) for s in range(self.opd.steps)) / self.opd.kl_bin)
+            nb = math.ceil(self.opd.max_gen_len() / self.opd.kl_bin)
             dev = self.accelerator.device
             self._acc: dict[str, Any] = {
                 "loss": torch.zeros((), device=dev, dtype=torch.float64),
@@ -98,6 +129,7 @@ def make_trainer_class():
                 "seq": [],
                 "time_generate": 0.0,
                 "time_teacher": 0.0,
+                "pg": torch.zeros(len(PG_SUMS), device=dev, dtype=torch.float64),
             }
 
         def _step_index(self) -> int:
@@ -122,26 +154,36 @@ def make_trainer_class():
         # ------------------------------------------------------------------ hook 1: generation
         def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
             step = self._step_index()
-            gen_len = self.opd.gen_len(step)
             self._sync()
             t0 = time.perf_counter()
+            if self.opd.rollout == "pg-opd":
+                from opd_cli import pg_opd
+
+                completion_ids, self._rollout_logprobs = pg_opd.generate(self, prompt_ids, step)
+            else:
+                completion_ids, self._rollout_logprobs = self._sample(prompt_ids, step, self.gen_len(step))
+            self._acc["time_generate"] += time.perf_counter() - t0
+            return completion_ids
+
+        def _sample(self, prompt_ids: list[list[int]], step: int, max_new: int, rows: list[int] | None = None,
+                    global_rows: int | None = None, stage: int = 0) -> tuple[list[list[int]], list[list[float]] | None]:
+            """(completions, vLLM's sampled-token log-probs or None) of each prompt, at most ``max_new`` tokens.
+
+            Every process must call it, with equally many prompts (vLLM gathers them; ZeRO-3 gathers weights).
+            ``rows``: the prompts' indices in the global batch of ``global_rows`` (default: this process's contiguous
+            slice), which fix each rollout's sampling noise on the HF path."""
             if self.use_vllm:
                 if self.state.global_step != self._last_loaded_step:
                     self.vllm_generation.sync_weights()
                     self._last_loaded_step = self.state.global_step
-                self.vllm_generation.max_completion_length = gen_len
+                self.vllm_generation.max_completion_length = max_new
                 self.vllm_generation.logprobs = 0  # keep the sampled token's log-prob (TRL discards it)
-                _, completion_ids, logprobs, _ = self.vllm_generation.generate(
-                    prompts=prompt_ids, images=images, num_generations=1
-                )
-                self._rollout_logprobs = [[lp[0] for lp in seq] for seq in logprobs]
-            else:
-                completion_ids = self._generate_hf(prompt_ids, step, gen_len)
-                self._rollout_logprobs = None
-            self._acc["time_generate"] += time.perf_counter() - t0
-            return completion_ids
+                _, completion_ids, logprobs, _ = self.vllm_generation.generate(prompts=prompt_ids, images=None, num_generations=1)
+                return completion_ids, [[lp[0] for lp in seq] for seq in logprobs]
+            return self._generate_hf(prompt_ids, step, max_new, rows, global_rows, stage), None
 
-        def _generate_hf(self, prompt_ids: list[list[int]], step: int, gen_len: int) -> list[list[int]]:
+        def _generate_hf(self, prompt_ids: list[list[int]], step: int, gen_len: int, rows_idx: list[int] | None = None,
+                         global_rows: int | None = None, stage: int = 0) -> list[list[int]]:
             """transformers ``generate`` with per-rollout seeds (see :func:`rollout_seed`); returns completions cut
             after their first EOS, like TRL's."""
             device = self.accelerator.device
@@ -149,8 +191,9 @@ def make_trainer_class():
             ids = pad(rows, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
             attn = pad([torch.ones_like(r) for r in rows], padding_value=0, padding_side="left").to(device)
             first = self.accelerator.process_index * len(rows)  # each process holds one contiguous slice of the batch
-            sampling = GlobalBatchSampling(rollout_seed(self.opd.seed, step), slice(first, first + len(rows)),
-                                           len(rows) * self.accelerator.num_processes, device)
+            sampling = GlobalBatchSampling(rollout_seed(self.opd.seed, step, stage),
+                                           slice(first, first + len(rows)) if rows_idx is None else rows_idx,
+                                           global_rows or len(rows) * self.accelerator.num_processes, device)
             config = GenerationConfig(
                 max_new_tokens=gen_len, min_new_tokens=gen_len if self.opd.ignore_eos else None, do_sample=False,
                 eos_token_id=self.eos_token_ids, pad_token_id=self._tokenizer.pad_token_id, disable_compile=True,
@@ -174,7 +217,7 @@ def make_trainer_class():
             vLLM's sampling log-probs, the sequence count. Both models run later, one micro-batch at a time."""
             out = super()._generate_and_score_completions(inputs)
             step = self._step_index()
-            L = self.opd.prefix_len(step)
+            L = self.prefix_len(step)
             ids_BT, cmask_BT = out["completion_ids"], out["completion_mask"]
             B, T = ids_BT.shape
             lengths_B = cmask_BT.sum(1)
@@ -184,6 +227,10 @@ def make_trainer_class():
                 train_BT &= maths.window_mask_BT(lengths_B, T, a, b)
             if self.opd.loss_tail:
                 train_BT &= maths.tail_mask_BT(lengths_B, T, self.opd.loss_tail)
+            if self.opd.rollout == "pg-opd":
+                from opd_cli import pg_opd
+
+                train_BT, out["loss_weight"] = pg_opd.loss_mask_and_weights(self, train_BT)
             out["train_mask"] = train_BT
             if self._rollout_logprobs is not None:  # vLLM: the log-probs it sampled with (importance ratio != 1)
                 lp = torch.zeros(B, T, device=ids_BT.device)
@@ -196,7 +243,7 @@ def make_trainer_class():
             out["num_items_in_batch"] = self.accelerator.gather(torch.tensor(float(B), device=ids_BT.device)).sum()
 
             acc = self._acc
-            gen_len = self.opd.gen_len(step)
+            gen_len = self.gen_len(step)
             last = ids_BT.gather(1, (lengths_B - 1).clamp(min=0)[:, None]).squeeze(1)
             ended = torch.isin(last, torch.tensor(self.eos_token_ids, device=ids_BT.device)) & (lengths_B > 0)
             acc["lens"].append(lengths_B.double())
@@ -233,6 +280,8 @@ def make_trainer_class():
             s_head, t_head = student.get_output_embeddings(), teacher.get_output_embeddings()
             rows = B * self.opd.chunk  # rows per head call: the logits of a (B, chunk, V) block at a time
             y_N, tr_N = ids_BT[valid_BT], train_BT[valid_BT]
+            # --pg-select weight: each rollout's loss weighted by its probe overlap (the metrics stay unweighted)
+            w_BT = train_BT * inputs["loss_weight"][:, None] if "loss_weight" in inputs else train_BT
             hs_N, ht_N = h_s[valid_BT], h_t[valid_BT]
             with torch.no_grad():
                 logq_N, ent_q_N = _cat_rows(maths.head_logprobs_N, ht_N, t_head, y_N, rows)
@@ -242,7 +291,7 @@ def make_trainer_class():
             if self.opd.loss == "sampled":
                 logp_N, ent_p_N = _cat_rows(maths.head_logprobs_N, hs_N, s_head, y_N, rows)
                 old_N = inputs["old_logp"][valid_BT] if "old_logp" in inputs else logp_N.detach()
-                loss = maths.sampled_loss(logp_N, old_N, logq_N, tr_N, n)
+                loss = maths.sampled_loss(logp_N, old_N, logq_N, w_BT[valid_BT], n)
             else:
                 with torch.no_grad():
                     logp_N, ent_p_N = _cat_rows(maths.head_logprobs_N, hs_N.detach(), s_head, y_N, rows)
@@ -258,7 +307,7 @@ def make_trainer_class():
                         lambda hs, ht: maths.divergence_BT(s_head(hs), t_head(ht), "topk", self.opd.topk, self.opd.topk_support),
                         h_s, h_t, chunk=self.opd.chunk,
                     )
-                    loss = maths.sum_over_seqs(div_BT, train_BT.to(div_BT.dtype), n)
+                    loss = maths.sum_over_seqs(div_BT, w_BT.to(div_BT.dtype), n)
             with torch.no_grad():
                 self._accumulate(old_N.detach(), logq_N, ent_p_N, ent_q_N,
                                  tr_N, valid_BT, hs_N, ht_N, s_head, t_head)
@@ -317,13 +366,14 @@ def make_trainer_class():
             times = g.gather(torch.tensor([acc["time_generate"], acc["time_teacher"]], device=g.device, dtype=torch.float64)[None]).max(0).values
             n_tr, n_ov = sums[1].item(), sums[3].item()
             sum_s, sum_s2 = seq.sum().item(), (seq**2).sum().item()
-            flops_step = self.flops_fn(sum_s, sum_s2)
+            pg = g.gather(acc["pg"][None]).sum(0).tolist()  # PG-OPD's counts (zeros otherwise)
+            flops_step = self.flops_fn(sum_s, sum_s2, *pg[-2:])  # + PG-OPD's probe forwards
             self.flops_total += flops_step
             nz = torch.nonzero(bcnt).flatten()
             nb = int(nz[-1].item()) + 1 if nz.numel() else 0
             rec: dict[str, Any] = {
                 "step": int(self.state.global_step),
-                "prefix_len": int(acc.get("prefix_len", self.opd.prefix_len(self.state.global_step - 1))),
+                "prefix_len": int(acc.get("prefix_len", self.prefix_len(self.state.global_step - 1))),
                 "loss": loss,
                 "kl": sums[0].item() / n_tr if n_tr else None,
                 "kl_bin_size": self.opd.kl_bin,
@@ -351,6 +401,13 @@ def make_trainer_class():
             for i, key in enumerate(maths.OVERLAP_KEYS):
                 count = n_tr if key.startswith("entropy") else n_ov  # overlap metrics: metric steps only
                 rec[key] = met[i].item() / count if count else None
+            if self.opd.rollout == "pg-opd":
+                from opd_cli import pg_opd
+
+                rec.update(pg_opd.step_metrics(pg))
+            if self.opd.schedule == "adaptive":  # every process computes the same L from the gathered KL
+                self._signal.append(maths.adaptive_signal(rec, self.opd.adaptive_signal))
+                self._adaptive = self._adaptive_lengths()
             if g.is_main_process:
                 self.run_dir.log(rec)
                 if self.progress is not None:
@@ -368,7 +425,7 @@ def make_trainer_class():
             src = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
             self.accelerator.wait_for_everyone()  # every rank has written its files (RNG states, shards)
             if self.accelerator.is_main_process:
-                state = {"step": step, "prefix_len": self.opd.prefix_len(step - 1), "next_prefix_len": self.opd.prefix_len(step),
+                state = {"step": step, "prefix_len": self.prefix_len(step - 1), "next_prefix_len": self.prefix_len(step),
                          "flops_total": self.flops_total}
                 (src / "opd_state.json").write_text(json.dumps(state, indent=2) + "\n")
                 self.run_dir.commit(src, step)
@@ -387,7 +444,7 @@ def _trim_padding(inputs: dict[str, Any]) -> dict[str, Any]:
     out = dict(inputs)
     for key in ("prompt_ids", "prompt_mask"):
         out[key] = inputs[key][:, p0:]
-    for key in ("completion_ids", "completion_mask", "train_mask", "old_logp"):
+    for key in ("completion_ids", "completion_mask", "train_mask", "old_logp"):  # loss_weight is per row
         if key in inputs:
             out[key] = inputs[key][:, :T]
     return out

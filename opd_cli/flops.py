@@ -1,7 +1,7 @@
 """`opd flops`: training FLOPs of finished run folders, per sequence of a model config, or the paper's totals.
 
 Run folders are totalled from their logged ``seq_tokens`` and ``seq_tokens_sq`` (the formula is linear in both);
-the formula itself and ``ModelShape`` live in flops_formula.py (paper appendix B) and are importable from here.
+the formula itself and ``ModelShape`` live in flops_formula.py (paper appendix B).
 Everything here is plain Python (no torch).
 """
 
@@ -14,12 +14,8 @@ from typing import Any
 from opd_cli.config import check, field
 from opd_cli.errors import OpdError
 from opd_cli.flops_formula import ModelShape, flops, n_dense, opd_flops, sft_flops
-from opd_cli.flops_formula import flops_from_sums as flops_from_sums
-from opd_cli.flops_formula import shipped_names as shipped_names
 from opd_cli.log import logger
 from opd_cli.table_io import write_csv
-
-# The `x as x` imports re-export formula names that sft-baseline and the tests import from opd_cli.flops.
 
 ATTN_COEFS = (6, 12)
 

@@ -231,3 +231,37 @@ def _sample_vllm(llm: Any, tokenizer: Any, prompts: list[str], n: int, temperatu
         if progress is not None:
             progress(n)
     return out
+
+
+# ------------------------------------------------------------------------------------------ training rollouts
+def rollout_seed(seed: int, step: int, stage: int = 0) -> int:
+    """Seed of step ``step``'s sampling noise, a function of the run seed and the optimizer step only.
+
+    At every decode step the generator draws the noise of the whole *global* batch and each process keeps its own
+    rows, so rollout i of a step gets the same noise whatever process draws it and whatever else is in its batch: one
+    process and N processes sample the same tokens, and a resumed run samples what the uninterrupted run sampled.
+    ``stage`` 1 seeds PG-OPD's second generation stage (its continuations).
+    """
+    return (seed * 1_000_003 + step * 7919 + stage * 104_729 + 1) % (2**63 - 1)
+
+
+def global_batch_sampling(seed: int, rows: slice | list[int], global_rows: int, device: Any) -> Any:
+    """A transformers ``LogitsProcessor`` that samples ``opd train``'s HF rollouts (see :func:`rollout_seed`)."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class GlobalBatchSampling(LogitsProcessor):
+        """Exact sampling from softmax(logits) (temperature 1, no top-p/top-k) by the Gumbel-max trick,
+        argmax(logits - log(-log U)) with U ~ Uniform[0, 1): this process's rows of one draw for the global batch."""
+
+        def __init__(self, seed: int, rows: slice | list[int], global_rows: int, device: torch.device):
+            self.gen = torch.Generator(device=device).manual_seed(seed)
+            self.rows = rows if isinstance(rows, slice) else torch.tensor(rows, device=device)
+            self.global_rows = global_rows
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            u = torch.rand(self.global_rows, scores.shape[-1], device=scores.device, generator=self.gen)[self.rows]
+            gumbel_neg = u.log_().neg_().log_()  # in place: one (rows, V) buffer; u = 0 gives +inf, never sampled
+            return scores.float() - gumbel_neg
+
+    return GlobalBatchSampling(seed, rows, global_rows, device)

@@ -4,8 +4,10 @@ The trainer overrides these methods of ``trl.DistillationTrainer`` (TRL 1.16) an
 
 - ``_generate_single_turn``: generation *stops* at this step's length (L, or the loss window's end). On the HF path
   each rollout's sampling noise is a function of (seed, step, its index in the global batch) only
-  (:func:`rollout_seed`), so one process and N processes, or a resumed run, draw the same tokens; on the vLLM path
-  vLLM's sampled-token log-probs are kept instead of discarded;
+  (:func:`opd_cli.generation.rollout_seed`), so one process and N processes, or a resumed run, draw the same tokens; on the vLLM path
+  vLLM's sampled-token log-probs are kept instead of discarded. ``--rollout pg-opd`` generates in two stages with
+  a probe between them (:mod:`opd_cli.pg_opd`);
+- ``_get_train_sampler``: with ``--rollout pg-opd``, each prompt ``--candidates`` times in a row;
 - ``_generate_and_score_completions``: after TRL's rollout/padding code, only the trained-token mask, vLLM's
   log-probs and ``num_items_in_batch`` = number of sequences (the paper sums over tokens). No model runs here;
 - ``compute_loss``: per micro-batch, like TRL's own loss: the student forward (with gradient), the teacher forward
@@ -16,6 +18,8 @@ The trainer overrides these methods of ``trl.DistillationTrainer`` (TRL 1.16) an
   trackers of ``--report-to`` get the same numbers), and checkpoints committed into ``checkpoints/step_XXXXXX`` once
   every rank has written its files;
 - ``train``: starts the step clock.
+
+``--schedule adaptive`` sets each step's L from the KL logged so far (:func:`opd_cli.maths.adaptive_prefix_lengths`).
 
 On the HF path the rollout log-probs ``logp_old`` are the update's own log-probs, detached: weights only change at
 the optimizer step, so the importance ratio is exactly 1 and a second no-grad student pass would compute the same
@@ -39,40 +43,16 @@ if TYPE_CHECKING:
 METRIC_K = 16  # Rethinking-OPD metrics use k = 16
 
 
-def rollout_seed(seed: int, step: int, stage: int = 0) -> int:
-    """Seed of step ``step``'s sampling noise, a function of the run seed and the optimizer step only.
-
-    At every decode step the generator draws the noise of the whole *global* batch and each process keeps its own
-    rows, so rollout i of a step gets the same noise whatever process draws it and whatever else is in its batch: one
-    process and N processes sample the same tokens, and a resumed run samples what the uninterrupted run sampled.
-    ``stage`` 1 seeds PG-OPD's second generation stage (its continuations).
-    """
-    return (seed * 1_000_003 + step * 7919 + stage * 104_729 + 1) % (2**63 - 1)
-
-
 def make_trainer_class():
     """Build the DistillationTrainer subclass (TRL is imported only when training)."""
     import torch
-    from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+    from transformers import GenerationConfig, LogitsProcessorList
     from trl import DistillationTrainer
     from trl.models import unwrap_model_for_generation
     from trl.trainer.utils import pad
 
     from opd_cli import maths
-
-    class GlobalBatchSampling(LogitsProcessor):
-        """Exact sampling from softmax(logits) (temperature 1, no top-p/top-k) by the Gumbel-max trick,
-        argmax(logits - log(-log U)) with U ~ Uniform[0, 1): this process's rows of one draw for the global batch."""
-
-        def __init__(self, seed: int, rows: slice | list[int], global_rows: int, device: torch.device):
-            self.gen = torch.Generator(device=device).manual_seed(seed)
-            self.rows = rows if isinstance(rows, slice) else torch.tensor(rows, device=device)
-            self.global_rows = global_rows
-
-        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            u = torch.rand(self.global_rows, scores.shape[-1], device=scores.device, generator=self.gen)[self.rows]
-            gumbel_neg = u.log_().neg_().log_()  # in place: one (rows, V) buffer; u = 0 gives +inf, never sampled
-            return scores.float() - gumbel_neg
+    from opd_cli.generation import global_batch_sampling, rollout_seed
 
     class OpdTrainer(DistillationTrainer):
         def __init__(self, *args: Any, opd: TrainConfig, run: Any, flops_fn: Any, offsets: dict[str, float], **kwargs: Any):
@@ -104,15 +84,11 @@ def make_trainer_class():
             return self.opd.gen_len(step, self._adaptive)
 
         def _get_train_sampler(self, dataset: Any = None) -> Any:
-            """PG-OPD: each prompt ``--candidates`` times in a row (TRL's RepeatSampler, as GRPO groups them)."""
             if self.opd.rollout != "pg-opd":
                 return super()._get_train_sampler(dataset)
-            from trl.trainer.utils import RepeatSampler
+            from opd_cli import pg_opd
 
-            gen_batch = self.args.per_device_train_batch_size * self.accelerator.num_processes * self.args.gradient_accumulation_steps
-            return RepeatSampler(data_source=dataset if dataset is not None else self.train_dataset,
-                                 mini_repeat_count=self.opd.candidates, batch_size=gen_batch // self.opd.candidates,
-                                 repeat_count=self.args.gradient_accumulation_steps, shuffle=self.shuffle_dataset, seed=self.args.seed)
+            return pg_opd.candidate_sampler(self, dataset if dataset is not None else self.train_dataset)
 
         # ------------------------------------------------------------------ helpers
         def _reset_acc(self) -> None:
@@ -184,14 +160,14 @@ def make_trainer_class():
 
         def _generate_hf(self, prompt_ids: list[list[int]], step: int, gen_len: int, rows_idx: list[int] | None = None,
                          global_rows: int | None = None, stage: int = 0) -> list[list[int]]:
-            """transformers ``generate`` with per-rollout seeds (see :func:`rollout_seed`); returns completions cut
+            """transformers ``generate`` with per-rollout seeds (see :func:`opd_cli.generation.rollout_seed`); returns completions cut
             after their first EOS, like TRL's."""
             device = self.accelerator.device
             rows = [torch.tensor(p) for p in prompt_ids]
             ids = pad(rows, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
             attn = pad([torch.ones_like(r) for r in rows], padding_value=0, padding_side="left").to(device)
             first = self.accelerator.process_index * len(rows)  # each process holds one contiguous slice of the batch
-            sampling = GlobalBatchSampling(rollout_seed(self.opd.seed, step, stage),
+            sampling = global_batch_sampling(rollout_seed(self.opd.seed, step, stage),
                                            slice(first, first + len(rows)) if rows_idx is None else rows_idx,
                                            global_rows or len(rows) * self.accelerator.num_processes, device)
             config = GenerationConfig(
@@ -284,17 +260,17 @@ def make_trainer_class():
             w_BT = train_BT * inputs["loss_weight"][:, None] if "loss_weight" in inputs else train_BT
             hs_N, ht_N = h_s[valid_BT], h_t[valid_BT]
             with torch.no_grad():
-                logq_N, ent_q_N = _cat_rows(maths.head_logprobs_N, ht_N, t_head, y_N, rows)
+                logq_N, ent_q_N = maths.map_rows(maths.head_logprobs_N, ht_N, t_head, y_N, rows)
             self._sync()
             self._acc["time_teacher"] += time.perf_counter() - t0
 
             if self.opd.loss == "sampled":
-                logp_N, ent_p_N = _cat_rows(maths.head_logprobs_N, hs_N, s_head, y_N, rows)
+                logp_N, ent_p_N = maths.map_rows(maths.head_logprobs_N, hs_N, s_head, y_N, rows)
                 old_N = inputs["old_logp"][valid_BT] if "old_logp" in inputs else logp_N.detach()
                 loss = maths.sampled_loss(logp_N, old_N, logq_N, w_BT[valid_BT], n)
             else:
                 with torch.no_grad():
-                    logp_N, ent_p_N = _cat_rows(maths.head_logprobs_N, hs_N.detach(), s_head, y_N, rows)
+                    logp_N, ent_p_N = maths.map_rows(maths.head_logprobs_N, hs_N.detach(), s_head, y_N, rows)
                 old_N = inputs["old_logp"][valid_BT] if "old_logp" in inputs else logp_N
                 if self.opd.loss == "full":  # TRL's fused reverse KL (beta = 1), (N, V) logits never materialised
                     from trl.trainer.distillation_trainer import _chunked_divergence_loss
@@ -448,11 +424,3 @@ def _trim_padding(inputs: dict[str, Any]) -> dict[str, Any]:
         if key in inputs:
             out[key] = inputs[key][:, :T]
     return out
-
-
-def _cat_rows(fn: Any, hidden_NH: Any, head: Any, ids_N: Any, rows: int) -> tuple[Any, Any]:
-    """``fn(hidden, head, ids, entropy=True)`` over slices of ``rows`` rows, concatenated (bounds the logits tiles)."""
-    import torch
-
-    parts = [fn(hidden_NH[i : i + rows], head, ids_N[i : i + rows], entropy=True) for i in range(0, max(hidden_NH.shape[0], 1), rows)]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

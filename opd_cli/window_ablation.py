@@ -273,7 +273,8 @@ def _window_text(tcfg: Any) -> str:
 def evaluate_all(cfg: WindowAblationConfig, planned: list[tuple[str, Any]]) -> None:
     """Evaluate each run's checkpoints at --eval-steps on the dev benchmark (evaluations already on disk are kept)."""
     from opd_cli.config import build_config
-    from opd_cli.evaluate import EvalConfig, evaluate_run
+    from opd_cli.evaluate import EvalConfig
+    from opd_cli.evaluate_run import evaluate_run
     from opd_cli.runs import list_checkpoints
 
     ecfg = build_config(EvalConfig, None, _eval_overrides(cfg))

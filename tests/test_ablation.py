@@ -215,7 +215,8 @@ def test_reference_runs_stand_in_for_references(
     """A finished train run with the same settings and more steps is adopted (hard links, cut metrics), not retrained."""
     import dataclasses
 
-    from opd_cli.evaluate import EvalConfig, evaluate_run
+    from opd_cli.evaluate import EvalConfig
+    from opd_cli.evaluate_run import evaluate_run
     from opd_cli.runs import list_checkpoints, read_config, read_metrics
     from opd_cli.train import run_train
     from opd_cli.window_ablation import plan_runs, run_window_ablation

@@ -13,7 +13,8 @@ import yaml
 from typer.testing import CliRunner
 
 from opd_cli.cli import app
-from opd_cli.evaluate import EvalConfig, evaluate_run, pass_at_k, pass_ks, summarize
+from opd_cli.evaluate import EvalConfig, pass_at_k, pass_ks, summarize
+from opd_cli.evaluate_run import evaluate_run
 
 runner = CliRunner()
 
@@ -23,7 +24,20 @@ def test_pass_at_k_known_values() -> None:
     assert pass_at_k(4, 1, 2) == pytest.approx(0.5)  # 1 - C(3,2)/C(4,2)
     assert pass_at_k(4, 1, 4) == 1.0
     assert pass_at_k(4, 0, 4) == 0.0
+    assert pass_at_k(5, 2, 3) == pytest.approx(0.9)  # 1 - C(3,3)/C(5,3) = 1 - 1/10
     assert pass_ks(16) == [1, 2, 4, 8, 16] and pass_ks(6) == [1, 2, 4, 6] and pass_ks(1) == [1]
+
+
+def test_pass_at_k_is_the_chance_that_k_of_the_n_samples_hold_a_correct_one() -> None:
+    """Brute force: over every k-subset of n samples (the first c correct), the fraction holding a correct one."""
+    from itertools import combinations
+
+    for n in range(1, 8):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                subsets = list(combinations(range(n), k))
+                hit = sum(min(s) < c for s in subsets) / len(subsets)
+                assert pass_at_k(n, c, k) == pytest.approx(hit, abs=1e-12), (n, c, k)
 
 
 def test_summarize_known_values() -> None:
@@ -42,8 +56,13 @@ def fake_grade(problem, text):
 @pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:
     f = tmp_path / "tiny.jsonl"
-    f.write_text("".join(json.dumps({"id": f"p{i}", "question": f"start {i}; apply by tag, mod 10: a+1", "answer": str(i + 1)}) + "\n"
-                         for i in range(3)))
+    f.write_text(
+        "".join(
+            json.dumps({"id": f"p{i}", "question": f"start {i}; apply by tag, mod 10: a+1", "answer": str(i + 1)})
+            + "\n"
+            for i in range(3)
+        )
+    )
     return f
 
 
@@ -51,12 +70,26 @@ def read_samples(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def test_eval_end_to_end_summary_matches_samples(tiny_model_dirs, tiny_data: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_eval_end_to_end_summary_matches_samples(
+    tiny_model_dirs, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("opd_cli.grading.grade", fake_grade)
     out = tmp_path / "out"
-    args = ["eval", "--model", str(tiny_model_dirs[0]), "--data", str(tiny_data), "-n", "4", "--max-new-tokens", "12",
-            "--batch-size", "5", "-o", str(out)]
+    args = [
+        "eval",
+        "--model",
+        str(tiny_model_dirs[0]),
+        "--data",
+        str(tiny_data),
+        "-n",
+        "4",
+        "--max-new-tokens",
+        "12",
+        "--batch-size",
+        "5",
+        "-o",
+        str(out),
+    ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     summary = json.loads((out / "eval" / "tiny.json").read_text())
@@ -70,6 +103,11 @@ def test_eval_end_to_end_summary_matches_samples(tiny_model_dirs, tiny_data: Pat
     for row in rows:
         per.setdefault(row["problem_id"], []).append(row["correct"])
     assert summary["pass_at_k"]["4"] == pytest.approx(sum(any(v) for v in per.values()) / 3)
+    # every k = 1, 2, 4: the mean over problems of 1 - C(n - c, k) / C(n, k), with n = 4 and c the correct samples
+    assert set(summary["pass_at_k"]) == {"1", "2", "4"}
+    for k in (1, 2, 4):
+        direct = sum(1 - math.comb(4 - sum(v), k) / math.comb(4, k) for v in per.values()) / 3
+        assert summary["pass_at_k"][str(k)] == pytest.approx(direct), k
     assert (summary["n"], summary["num_problems"], summary["max_new_tokens"]) == (4, 3, 12)
     assert yaml.safe_load((out / "config.yaml").read_text())["command"] == "eval"
     assert "opd eval" in r.stdout and "tiny" in r.stdout  # the summary table
@@ -84,12 +122,17 @@ def test_eval_end_to_end_summary_matches_samples(tiny_model_dirs, tiny_data: Pat
     assert json.loads((out / "eval" / "tiny.json").read_text())["seed"] == 1
 
 
-def test_eval_defaults_to_the_toy_student(tiny_model_dirs, tiny_data: Path, tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_eval_defaults_to_the_toy_student(
+    tiny_model_dirs, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import opd_cli.toy.world as world
 
-    fake = SimpleNamespace(student_dir=tiny_model_dirs[0], teacher_dir=tiny_model_dirs[1],
-                           student_path=lambda which="large": tiny_model_dirs[0], split_path=lambda name: tiny_data)
+    fake = SimpleNamespace(
+        student_dir=tiny_model_dirs[0],
+        teacher_dir=tiny_model_dirs[1],
+        student_path=lambda which="large": tiny_model_dirs[0],
+        split_path=lambda name: tiny_data,
+    )
     monkeypatch.setattr(world, "ensure_world", lambda *a, **k: fake)
     monkeypatch.chdir(tmp_path)
     r = runner.invoke(app, ["eval", "--toy-model", "teacher", "-n", "1", "--max-new-tokens", "4"])
@@ -98,7 +141,9 @@ def test_eval_defaults_to_the_toy_student(tiny_model_dirs, tiny_data: Path, tmp_
     assert s["model"] == str(tiny_model_dirs[1]) and s["num_problems"] == 3
 
 
-def test_evaluate_run_writes_best(tiny_model_dirs, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evaluate_run_writes_best(
+    tiny_model_dirs, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from opd_cli.data import load_file
     from opd_cli.errors import OpdError
 
@@ -133,24 +178,47 @@ def test_evaluate_run_writes_best(tiny_model_dirs, tiny_data: Path, tmp_path: Pa
         evaluate_run(run, [30], problems, "dev", cfg)
 
 
-def test_best_benchmarks_run_only_at_the_best_checkpoint(tiny_model_dirs, tiny_data: Path, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_best_benchmarks_run_only_at_the_best_checkpoint(
+    tiny_model_dirs, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import opd_cli.toy.world as world
 
     monkeypatch.setattr("opd_cli.grading.grade", fake_grade)
     student, teacher = tiny_model_dirs
     # a toy-world run: its config names no student, so step 0 is the toy world's student
-    monkeypatch.setattr(world, "ensure_world", lambda *a, **k: SimpleNamespace(student_dir=student, teacher_dir=teacher,
-                                                                               student_path=lambda which="large": student,
-                                                                               split_path=lambda name: tiny_data))
+    monkeypatch.setattr(
+        world,
+        "ensure_world",
+        lambda *a, **k: SimpleNamespace(
+            student_dir=student,
+            teacher_dir=teacher,
+            student_path=lambda which="large": student,
+            split_path=lambda name: tiny_data,
+        ),
+    )
     run = tmp_path / "run"
     (run / "config.yaml").parent.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"command": "train", "student": None}))
     d = run / "checkpoints" / "step_000010"
     shutil.copytree(teacher, d)
     (d / "COMPLETE").write_text("")
-    args = ["eval", "--run", str(run), "--steps", "0,10", "--data", str(tiny_data), "--dev-benchmark", "tiny",
-            "--best-benchmark", "toy", "-n", "3", "--max-new-tokens", "8"]
+    args = [
+        "eval",
+        "--run",
+        str(run),
+        "--steps",
+        "0,10",
+        "--data",
+        str(tiny_data),
+        "--dev-benchmark",
+        "tiny",
+        "--best-benchmark",
+        "toy",
+        "-n",
+        "3",
+        "--max-new-tokens",
+        "8",
+    ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     best = json.loads((run / "eval" / "best.json").read_text())
@@ -163,10 +231,12 @@ def test_best_benchmarks_run_only_at_the_best_checkpoint(tiny_model_dirs, tiny_d
     assert r.exit_code == 2 and "--best-benchmark needs --run" in r.output
 
 
-def test_initial_and_step0_cache(tiny_model_dirs, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_initial_and_step0_cache(
+    tiny_model_dirs, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """--initial adds step 0; a second run from the same student reuses its cached step-0 evaluation verbatim,
     while other settings (or a changed model file) evaluate again."""
-    import opd_cli.evaluate as ev
+    import opd_cli.evaluate_run as ev
     from opd_cli.data import load_file
 
     monkeypatch.setattr("opd_cli.grading.grade", fake_grade)
@@ -186,9 +256,13 @@ def test_initial_and_step0_cache(tiny_model_dirs, tiny_data: Path, tmp_path: Pat
     real = ev.evaluate_model
     monkeypatch.setattr(ev, "evaluate_model", lambda *a, **k: calls.append(k["step"]) or real(*a, **k))
 
-    best = evaluate_run(runs[0], None, problems, "dev", EvalConfig(samples=2, max_new_tokens=8, run=str(runs[0]), initial=True))
+    best = evaluate_run(
+        runs[0], None, problems, "dev", EvalConfig(samples=2, max_new_tokens=8, run=str(runs[0]), initial=True)
+    )
     assert set(best["scores"]) == {"0", "10"} and calls == [0, 10]
-    evaluate_run(runs[1], None, problems, "dev", EvalConfig(samples=2, max_new_tokens=8, run=str(runs[1]), initial=True))
+    evaluate_run(
+        runs[1], None, problems, "dev", EvalConfig(samples=2, max_new_tokens=8, run=str(runs[1]), initial=True)
+    )
     assert calls == [0, 10, 10]  # step 0 came from the cache
     for suffix in (".json", ".samples.jsonl"):
         a, b = (r / "eval" / "step_000000" / f"dev{suffix}" for r in runs)
@@ -233,7 +307,9 @@ def test_vllm_run_eval_reuses_one_engine(tmp_path: Path, monkeypatch: pytest.Mon
     student = save_random_model(tmp_path / "student", tok, layers=1, hidden=32, heads=2, seed=0)
     ckpts = {0: student}
     for step in (10, 20, 30):
-        ckpts[step] = save_random_model(run / "checkpoints" / f"step_{step:06d}", tok, layers=1, hidden=32, heads=2, seed=step)
+        ckpts[step] = save_random_model(
+            run / "checkpoints" / f"step_{step:06d}", tok, layers=1, hidden=32, heads=2, seed=step
+        )
         (ckpts[step] / "COMPLETE").write_text("")
     (run / "config.yaml").write_text(yaml.safe_dump({"command": "train", "student": str(student)}))
     digest = {step: _weights_digest(load_file(str(d / "model.safetensors")).items()) for step, d in ckpts.items()}
@@ -267,17 +343,30 @@ def test_vllm_run_eval_reuses_one_engine(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(gen, "_sample_vllm", fake_sample_vllm)
     monkeypatch.setattr("opd_cli.grading.grade", lambda problem, text: (text == "right", None))
     monkeypatch.setenv("OPD_EVAL_CACHE", "off")
-    register_source("unit-eval-extra", lambda limit=None, seed=0: [Problem("e0", "start 1; apply by tag, mod 10: a+1", "2")])
+    register_source(
+        "unit-eval-extra", lambda limit=None, seed=0: [Problem("e0", "start 1; apply by tag, mod 10: a+1", "2")]
+    )
     problems = {"dev": [Problem("p0", "start 3; apply by tag, mod 10: a+1", "4")]}
     cfg = EvalConfig(backend="vllm", samples=2, run=str(run), initial=True, best_benchmark=["unit-eval-extra"])
 
     best = evaluate_run(run, None, problems, "dev", cfg)
     assert best["best_step"] == 20
-    assert events == [("create", 0), ("sample", 0),
-                      ("load", 10), ("reset",), ("sample", 10),
-                      ("load", 20), ("reset",), ("sample", 20),
-                      ("load", 30), ("reset",), ("sample", 30),
-                      ("load", 20), ("reset",), ("sample", 20)]  # the best checkpoint again, for unit-eval-extra
+    assert events == [
+        ("create", 0),
+        ("sample", 0),
+        ("load", 10),
+        ("reset",),
+        ("sample", 10),
+        ("load", 20),
+        ("reset",),
+        ("sample", 20),
+        ("load", 30),
+        ("reset",),
+        ("sample", 30),
+        ("load", 20),
+        ("reset",),
+        ("sample", 20),
+    ]  # the best checkpoint again, for unit-eval-extra
     extra = json.loads((run / "eval" / "step_000020" / "unit-eval-extra.json").read_text())
     assert extra["mean_acc"] == 1.0 and extra["backend"] == "vllm"
 
@@ -296,7 +385,9 @@ def test_weight_files_and_their_errors(tmp_path: Path, monkeypatch: pytest.Monke
     shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
     for f in [*shards, "model-old.safetensors"]:
         (sharded / f).write_bytes(b"")
-    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": shards[1], "b": shards[0], "c": shards[1]}}))
+    (sharded / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": shards[1], "b": shards[0], "c": shards[1]}})
+    )
     assert weight_files(str(single)) == [str(single / "model.safetensors")]
     assert weight_files(str(sharded)) == [str(sharded / f) for f in shards]  # what the index names, nothing else
     with pytest.raises(OpdError, match="has no model\\*.safetensors weights"):
@@ -327,5 +418,8 @@ def test_summary_line_names_only_what_differs_from_the_defaults(tmp_path: Path) 
     from opd_cli.evaluate import EvalConfig
 
     cfg = build_config(EvalConfig, None, {"benchmark": ["toy"], "samples": 2, "temperature": 1.0})
-    assert summary_line(cfg, tmp_path / "config.yaml") == f"opd eval: benchmark=['toy'] samples=2  (full config: {tmp_path / 'config.yaml'})"
+    assert (
+        summary_line(cfg, tmp_path / "config.yaml")
+        == f"opd eval: benchmark=['toy'] samples=2  (full config: {tmp_path / 'config.yaml'})"
+    )
     assert summary_line(build_config(EvalConfig, None, {})) == "opd eval: defaults"

@@ -10,22 +10,29 @@ from typer.testing import CliRunner
 
 from opd_cli.cli import app
 from opd_cli.errors import OpdError
-from opd_cli.flops import (
-    FlopsConfig,
-    ModelShape,
-    flops,
-    flops_from_sums,
-    n_dense,
-    opd_flops,
-    run_flops,
-    run_totals,
-    sft_flops,
-    shipped_names,
-)
+from opd_cli.flops import FlopsConfig, run_flops, run_totals
+from opd_cli.flops_formula import ModelShape, flops, flops_from_sums, n_dense, opd_flops, sft_flops, shipped_names
 
 FIX = Path(__file__).parent / "fixtures"
 RUNS = FIX / "plot_runs"
 TINY = FIX / "tiny_model"
+CONFIGS = Path(__file__).parents[1] / "opd_cli" / "model_configs"
+
+
+def _config_json(path: Path) -> dict:
+    import json
+
+    return json.loads(Path(path).read_text())
+
+
+def _spec_flops(c: dict, sum_s: float, sum_s2: float, coef: float) -> float:
+    """SPEC.md "FLOPs" written out on a config.json mapping, independently of ModelShape and n_dense."""
+    h, layers, n_q = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"]
+    n_kv, d = c.get("num_key_value_heads") or n_q, c.get("head_dim") or h // n_q
+    n_dense = (
+        layers * (3 * h * c["intermediate_size"] + h * (n_q * d + 2 * n_kv * d + n_q * d)) + 2 * c["vocab_size"] * h
+    )
+    return 6 * n_dense * sum_s + coef * sum_s2 * d * n_q * layers
 
 
 def test_module_imports_no_torch():
@@ -41,14 +48,20 @@ def test_tiny_config_by_hand():
     # lengths 10 and 20: 6*86528*30 = 15_575_040; attention 12*(100+400)*16*4*2 = 768_000
     assert flops(shape, [10, 20]) == 15_575_040 + 768_000
     assert flops(shape, [10, 20], attn_coef=6) == 15_575_040 + 384_000
-    assert flops_from_sums(shape, 30, 500, 12) == flops(shape, [10, 20])
+    assert flops_from_sums(shape, 30, 500, 12) == 15_575_040 + 768_000  # sum s = 10 + 20, sum s^2 = 100 + 400
     # also through the config.json path itself
     assert ModelShape.from_source(str(TINY / "config.json")) == shape
 
 
 def test_qwen3_8b_by_hand():
     shape = ModelShape.from_source("qwen3-8b")
-    assert (shape.hidden_size, shape.num_layers, shape.num_heads, shape.num_kv_heads, shape.head_dim) == (4096, 36, 32, 8, 128)
+    assert (shape.hidden_size, shape.num_layers, shape.num_heads, shape.num_kv_heads, shape.head_dim) == (
+        4096,
+        36,
+        32,
+        8,
+        128,
+    )
     # 36*(3*4096*12288 + 4096*(32*128 + 2*8*128 + 32*128)) + 2*151936*4096
     assert n_dense(shape) == 36 * (150_994_944 + 41_943_040) + 1_244_659_712 == 8_190_427_136
     dense = 201_287_937_294_336  # 6 * N * 4096
@@ -69,8 +82,13 @@ def test_shipped_and_hub_names():
 
 def test_opd_and_sft_accounting():
     s, t = ModelShape.from_source("qwen3-1.7b-base"), ModelShape.from_source("qwen3-8b")
-    x, y = flops_from_sums(s, 5000, 9_000_000), flops_from_sums(t, 5000, 9_000_000)
-    assert opd_flops(s, t, 5000, 9_000_000) == pytest.approx(x / 3 + x / 3 + y / 3 + x)
+    # student 1.7B: N = 28*(3*2048*6144 + 2048*(16*128 + 2*8*128 + 16*128)) + 2*151936*2048 = 2_031_616_000
+    # x = 6*N*5000 + 12*9e6*128*16*28 = 60_948_480_000_000 + 6_193_152_000_000 = 67_141_632_000_000
+    x = 67_141_632_000_000
+    # teacher 8B: y = 6*8_190_427_136*5000 + 12*9e6*128*32*36 = 245_712_814_080_000 + 15_925_248_000_000
+    y = 261_638_062_080_000
+    # x/3 (generate) + x/3 (student log-probs) + y/3 (teacher log-probs) + x (update) = (5x + y)/3
+    assert opd_flops(s, t, 5000, 9_000_000) == pytest.approx(199_115_407_360_000, rel=1e-12) == (5 * x + y) / 3
     assert sft_flops(s, 5000, 9_000_000) == x
 
 
@@ -107,7 +125,10 @@ def test_run_flops_table_and_csv(tmp_path, capsys):
     out = tmp_path / "flops.csv"
     rows = run_flops(FlopsConfig(runs=[str(RUNS / "opd_full"), str(RUNS / "sft")], gpus=8, output=str(out)))
     assert [r["run"] for r in rows] == ["OPD full", "SFT"]
-    assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] == pytest.approx(rows[1]["flops"] / rows[0]["flops"])
+    # the sft fixture by hand, as in test_run_totals_against_hand_made_metrics
+    sft = 6 * 86528 * 80 + 12 * 1800 * 16 * 4 * 2
+    assert rows[1]["flops"] == sft
+    assert rows[0]["ratio"] == 1.0 and rows[1]["ratio"] == pytest.approx(sft / _hand_totals_opd_full(), rel=1e-12)
     assert rows[0]["hours"] == 1.0 and rows[0]["gpu_hours"] == 8.0
     written = list(csv.DictReader(out.open()))
     assert float(written[0]["flops"]) == pytest.approx(_hand_totals_opd_full())
@@ -118,8 +139,11 @@ def test_model_and_paper_tables():
     rows = run_flops(FlopsConfig(model="qwen3-8b", lengths=[4096], attn_coef=6))
     assert rows[0]["flops"] == 216_131_344_269_312
     paper = run_flops(FlopsConfig(paper=True, lengths=[1000], steps=2, rollouts=3))
-    s, t = ModelShape.from_source("qwen3-8b-base"), ModelShape.from_source("qwen3-8b")
-    assert paper[0]["opd_total"] == pytest.approx(6 * (flops(s, [1000]) * 5 / 3 + flops(t, [1000]) / 3))
+    # 2 x 3 = 6 rollouts of 1000 tokens: sum s = 6000, sum s^2 = 6e6; student 8B-Base and teacher 8B have one shape,
+    # x = y = 6*8_190_427_136*6000 + 12*6e6*128*32*36 = 294_855_376_896_000 + 10_616_832_000_000
+    x = 305_472_208_896_000
+    assert paper[0]["x_student"] == paper[0]["y_teacher"] == pytest.approx(x / 6, rel=1e-12)  # one 1000-token rollout
+    assert paper[0]["opd_total"] == pytest.approx(5 * x / 3 + x / 3, rel=1e-12)  # = 2x = 610_944_417_792_000
 
 
 def test_run_without_metrics(tmp_path):
@@ -135,6 +159,11 @@ runner = CliRunner()
 def test_cli_lengths_and_errors():
     ok = runner.invoke(app, ["flops", "--model", "qwen3-8b", "--lengths", "1024,4096"])
     assert ok.exit_code == 0, ok.output
+    # 1024: 6*8_190_427_136*1024 + 12*1024^2*128*32*36 = 52_177_410_195_456; 4096: 230_974_751_244_288 (above)
+    lines = ok.output.splitlines()
+    assert any("1024" in ln and "5.22e+13" in ln for ln in lines) and any(
+        "4096" in ln and "2.31e+14" in ln for ln in lines
+    )
     bad = runner.invoke(app, ["flops", "--model", "qwen3-8b", "--lengths", "1024,abc"])
     assert bad.exit_code == 2 and "lengths: expected an integer" in bad.output
     bad = runner.invoke(app, ["flops", "--model", str(FIX / "bad_model"), "--lengths", "1024"])
@@ -145,13 +174,24 @@ def test_cli_lengths_and_errors():
     assert bad.exit_code == 2 and "does not exist" in bad.output
 
 
-@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").glob("flops-*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "recipe", sorted((Path(__file__).parents[1] / "recipes").glob("flops-*.yaml")), ids=lambda p: p.name
+)
 def test_flops_recipes_load_and_run(recipe):
     from opd_cli.config import build_config
 
     assert recipe.read_text().startswith("# opd flops --recipe")
+    import yaml
+
+    raw = yaml.safe_load(recipe.read_text())
     rows = run_flops(build_config(FlopsConfig, recipe))
-    assert len(rows) == 4 and all(r["opd_total"] > 0 for r in rows)
+    assert [r["mean_seq_len"] for r in rows] == raw["lengths"] and len(rows) == 4
+    student, teacher = (_config_json(CONFIGS / f"{raw[k]}.json") for k in ("model", "teacher"))
+    n, c = raw["steps"] * raw["rollouts"], raw["attn_coef"]
+    for r in rows:  # n rollouts of mean length s: sum s = n*s, sum s^2 taken as n*s^2
+        s = r["mean_seq_len"]
+        x, y = _spec_flops(student, n * s, n * s * s, c), _spec_flops(teacher, n * s, n * s * s, c)
+        assert r["opd_total"] == pytest.approx(5 * x / 3 + y / 3, rel=1e-12), s
 
 
 def test_toy_world_run_uses_the_toy_models(tmp_path, monkeypatch, tiny_model_dirs):
@@ -170,8 +210,8 @@ def test_toy_world_run_uses_the_toy_models(tmp_path, monkeypatch, tiny_model_dir
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump({"command": "train", "student": None, "teacher": None}))
     (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "seq_tokens": 30, "seq_tokens_sq": 500}) + "\n")
-    s, t = ModelShape.from_source(str(student)), ModelShape.from_source(str(teacher))
-    assert run_totals(run).flops == pytest.approx(opd_flops(s, t, 30, 500, 12))
+    x, y = (_spec_flops(_config_json(d / "config.json"), 30, 500, 12) for d in (student, teacher))
+    assert run_totals(run).flops == pytest.approx(5 * x / 3 + y / 3, rel=1e-12)  # the toy student and teacher
     monkeypatch.setenv("OPD_TOY_DIR", str(tmp_path / "not-built"))
     with pytest.raises(OpdError, match="names no student"):
         run_totals(run)

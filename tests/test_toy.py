@@ -179,28 +179,181 @@ def test_tiny_model_dirs_share_the_toy_vocab(tiny_model_dirs):
     assert (cs.num_hidden_layers, cs.hidden_size) != (ct.num_hidden_layers, ct.hidden_size)
 
 
+# role -> (folder, ToyBuildConfig field prefix, seed offset): what a build with max_attempts 1 records
+ROLES = {
+    "teacher": ("teacher", "teacher", 0),
+    "student": ("student", "student", 1),
+    "student_small": ("student-small", "small", 2),
+}
+
+
+def _qwen3_params(c: dict) -> int:
+    """Parameters of a Qwen3ForCausalLM from its config.json, counted tensor by tensor."""
+    h, i, v = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
+    d = c.get("head_dim") or h // c["num_attention_heads"]
+    q, kv = c["num_attention_heads"] * d, c["num_key_value_heads"] * d
+    # per layer: q, k, v, o projections; q_norm, k_norm; gate, up, down; two RMSNorms
+    layer = h * q + 2 * h * kv + q * h + 2 * d + 3 * h * i + 2 * h
+    head = 0 if c.get("tie_word_embeddings") else v * h
+    return v * h + c["num_hidden_layers"] * layer + h + head  # embeddings, layers, final norm, lm_head
+
+
+def _last_boxed(text: str) -> str | None:
+    found = re.findall(r"\\boxed\{([^{}]*)\}", text)
+    return found[-1].strip() if found else None
+
+
 def test_mini_build_writes_a_valid_manifest(tiny_world):
+    from opd_cli.toy.build import ToyBuildConfig
     from opd_cli.toy.world import load_world, sha256
 
+    cfg = ToyBuildConfig.miniature(tiny_world.root)
     m = tiny_world.manifest
-    assert m["seed"] == 0 and m["sizes"]["test"] == 16
-    for role in ("teacher", "student", "student_small"):
-        assert 0.0 <= m[role]["test_acc"] <= 1.0 and m[role]["steps"] > 0
-    assert m["student_small"]["params"] < m["student"]["params"] and (tiny_world.root / "student-small" / "config.json").is_file()
+    sizes = {"train": 256, "dev": 16, "test": 16, "ood": 16}  # miniature: train_size 256, eval_size 16
+    assert m["seed"] == m["requested_seed"] == 0 and m["sizes"] == sizes and m["threads"] == 1
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("root", "rebuild")}
+    assert m["config"] == {"command": "toy build", **fields}  # what was built, not where
+    # the data files hold the splits the seed generates, and nothing else
+    regenerated = task.generate_splits(seed=0, sizes=sizes)
+    for name in sizes:
+        assert task.read_jsonl(tiny_world.split_path(name)) == regenerated[name], name
+    for role, (folder, prefix, offset) in ROLES.items():
+        c = json.loads((tiny_world.root / folder / "config.json").read_text())
+        shape = {k: getattr(cfg, f"{prefix}_{k}") for k in ("layers", "hidden", "heads")}
+        assert (
+            m[role]["shape"]
+            == shape
+            == {"layers": c["num_hidden_layers"], "hidden": c["hidden_size"], "heads": c["num_attention_heads"]}
+        )
+        assert m[role]["params"] == _qwen3_params(c), role
+        # check_every 0 (no early stop) and one attempt: every configured step ran, with seed = seed + role offset
+        expected = (offset, 1, getattr(cfg, f"{prefix}_steps"))
+        assert (m[role]["seed"], m[role]["attempts"], m[role]["steps"]) == expected, role
+    assert m["student_small"]["params"] < m["student"]["params"]
     for rel, digest in m["files"].items():
         assert sha256(tiny_world.root / rel) == digest
-    assert len(task.read_jsonl(tiny_world.split_path("test"))) == 16
+    assert {
+        "teacher/config.json",
+        "student/config.json",
+        "student-small/config.json",
+        "tokenizer/tokenizer.json",
+        *(f"data/{name}.jsonl" for name in sizes),
+    } <= set(m["files"])
     assert (tiny_world.teacher_dir / "config.json").is_file() and (tiny_world.student_dir / "tokenizer.json").is_file()
     assert load_world(tiny_world.root).manifest == m
-    with pytest.raises(OpdError):
+    with pytest.raises(OpdError, match="unknown toy split 'validation'"):
         tiny_world.split_path("validation")
+
+
+def test_mini_build_trains_each_model_and_the_teacher_best(tiny_world):
+    """Mean NLL of the test split's reference solutions (teacher-forced, plain HF forward): each saved model is below
+    the random model it started from (same shape and recorded seed), and the teacher (correct plans, the most steps)
+    is below the student, which is below the compact student (fewer steps, smaller)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from opd_cli.toy.tiny_qwen import random_model
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_world.tokenizer_dir))
+    pairs = []
+    for r in task.read_jsonl(tiny_world.split_path("test")):
+        prompt = tok(build_prompt(tok, r["question"]), add_special_tokens=False)["input_ids"]
+        pairs.append((prompt, tok(r["solution"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]))
+
+    def nll(model) -> float:
+        total = count = 0.0
+        with torch.no_grad():
+            for prompt, answer in pairs:
+                logits = model(input_ids=torch.tensor([prompt + answer])).logits[0, len(prompt) - 1 : -1].float()
+                total -= torch.log_softmax(logits, -1).gather(-1, torch.tensor(answer)[:, None]).sum().item()
+                count += len(answer)
+        return total / count
+
+    m, trained = tiny_world.manifest, {}
+    for role, (folder, _, _) in ROLES.items():
+        trained[role] = nll(AutoModelForCausalLM.from_pretrained(str(tiny_world.root / folder)).eval())
+        s = m[role]["shape"]
+        start = nll(random_model(tok, s["layers"], s["hidden"], s["heads"], seed=m[role]["seed"]).eval())
+        assert trained[role] < start - 0.1, (role, trained[role], start)
+    assert trained["teacher"] < trained["student"] < trained["student_small"], trained
+
+
+def test_mini_build_records_the_sampled_test_accuracy(tiny_world):
+    """Each recorded test_acc is the fraction of the test split answered right by the saved model sampled at
+    temperature 1 (the build's seed and token cap, on its thread count), graded here by the last \\boxed{}."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from opd_cli.generation import sample
+    from opd_cli.toy.build import ToyBuildConfig
+
+    cfg = ToyBuildConfig.miniature(tiny_world.root)
+    tok = AutoTokenizer.from_pretrained(str(tiny_world.tokenizer_dir))
+    test = task.read_jsonl(tiny_world.split_path("test"))
+    prompts = [build_prompt(tok, r["question"]) for r in test]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        for role, (folder, _, _) in ROLES.items():
+            model = AutoModelForCausalLM.from_pretrained(str(tiny_world.root / folder)).eval()
+            groups = sample(model, tok, prompts, n=1, max_new_tokens=cfg.max_new_tokens, batch_size=100, seed=cfg.seed)
+            right = sum(_last_boxed(g[0].text) == r["answer"] for g, r in zip(groups, test, strict=True))
+            assert tiny_world.manifest[role]["test_acc"] == right / len(test), role
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_build_test_accuracy_grades_the_sampled_answers(toy_tokenizer_dir):
+    """The build's accuracy check on a stand-in model that writes a chosen completion per prompt: 3 of 5 right."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from opd_cli.toy.build import ToyBuildConfig, _test_accuracy
+
+    tok = AutoTokenizer.from_pretrained(str(toy_tokenizer_dir))
+    records = task.generate_splits(seed=2, sizes={"train": 1, "dev": 1, "test": 5, "ood": 1})["test"]
+
+    def wrong(r):  # the same solution with another final digit
+        return r["solution"].replace(
+            "\\boxed{" + r["answer"] + "}", "\\boxed{" + str((int(r["answer"]) + 1) % 10) + "}"
+        )
+
+    written = [
+        records[0]["solution"],
+        wrong(records[1]),
+        records[2]["solution"],
+        "plan:a+1\nno answer",
+        records[4]["solution"],
+    ]
+    by_prompt = {build_prompt(tok, r["question"]): text for r, text in zip(records, written, strict=True)}
+
+    class Writer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def generate(self, input_ids, attention_mask=None, pad_token_id=0, **kwargs):
+            mask = attention_mask if attention_mask is not None else input_ids != pad_token_id
+            new = [
+                tok(by_prompt[tok.decode(ids[keep.bool()].tolist())], add_special_tokens=False)["input_ids"]
+                + [tok.eos_token_id]
+                for ids, keep in zip(input_ids, mask, strict=True)
+            ]
+            width = max(len(n) for n in new)
+            return torch.cat([input_ids, torch.tensor([n + [pad_token_id] * (width - len(n)) for n in new])], 1)
+
+    cfg = ToyBuildConfig.miniature("/nonexistent")
+    assert _test_accuracy(Writer(), tok, records, cfg, seed=0) == pytest.approx(3 / 5)  # records 0, 2 and 4
 
 
 def test_world_models_load_through_opd_models(tiny_world):
     from opd_cli.models import check_same_vocab, load_model, load_tokenizer
 
     ts, tt = load_tokenizer(str(tiny_world.student_dir)), load_tokenizer(str(tiny_world.teacher_dir))
-    ms, mt = load_model(str(tiny_world.student_dir), device="cpu"), load_model(str(tiny_world.teacher_dir), device="cpu")
+    ms, mt = (
+        load_model(str(tiny_world.student_dir), device="cpu"),
+        load_model(str(tiny_world.teacher_dir), device="cpu"),
+    )
     check_same_vocab(ts, tt, ms, mt)  # raises on a mismatch
     # one row of logits per token of the toy tokenizer (plan:, every operation and <think> included), for both models
     assert ms.get_output_embeddings().weight.shape[0] == mt.get_output_embeddings().weight.shape[0] == len(ts)
@@ -225,12 +378,19 @@ def test_damaged_world_is_detected_and_rebuilt(tiny_world, tmp_path, damage):
         (root / "data" / "test.jsonl").unlink()
     else:  # a build that stopped before writing its manifest
         (root / MANIFEST).unlink()
-    assert invalid_reason(root) is not None
+    why = {
+        "manifest": "manifest.json is not valid JSON",
+        "model": "model.safetensors does not match its hash",
+        "missing": "test.jsonl is missing",
+        "half": "has no manifest.json",
+    }[damage]
+    assert why in invalid_reason(root)
     with pytest.raises(OpdError, match="no valid toy world"):
         load_world(root)
     cfg = dataclasses.replace(ToyBuildConfig.miniature(root), rebuild=False, teacher_steps=2, student_steps=2)
     world = run_toy_build(cfg)
-    assert invalid_reason(root) is None and world.manifest["teacher"]["steps"] == 2
+    assert invalid_reason(root) is None
+    assert (world.manifest["teacher"]["steps"], world.manifest["student"]["steps"]) == (2, 2)  # built anew, with cfg
 
 
 def test_valid_world_is_reused_not_rebuilt(tiny_world, tmp_path):
@@ -267,7 +427,9 @@ def test_build_config_checks_and_recipe(tmp_path):
     assert recipe.read_text().startswith("# opd toy build")
     cfg = build_config(ToyBuildConfig, recipe, {"seed": 4})
     assert cfg.seed == 4 and cfg.min_teacher_acc == 0.9
-    assert dataclasses.replace(build_config(ToyBuildConfig, recipe), root="") == ToyBuildConfig(root="")  # = the defaults
+    assert dataclasses.replace(build_config(ToyBuildConfig, recipe), root="") == ToyBuildConfig(
+        root=""
+    )  # = the defaults
 
 
 def test_toy_build_cli_runs_a_recipe(tiny_world, tmp_path):
@@ -284,7 +446,9 @@ def test_toy_build_cli_runs_a_recipe(tiny_world, tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["toy", "build", "--recipe", str(recipe)])
     assert result.exit_code == 0, result.output
-    assert "test accuracy at temperature 1: teacher" in result.output and (tmp_path / "w" / "manifest.json").is_file()
+    m = json.loads((tmp_path / "w" / "manifest.json").read_text())
+    assert (m["teacher"]["steps"], m["student"]["steps"], m["config"]["train_size"]) == (2, 2, fields["train_size"])
+    assert f"test accuracy at temperature 1: teacher {m['teacher']['test_acc']:.1%}" in result.output
     again = runner.invoke(app, ["toy", "build", "--recipe", str(recipe), "--reuse"])
     assert again.exit_code == 0 and "reused" in again.output
     bad = runner.invoke(app, ["toy", "build", "--recipe", str(recipe), "--min-teacher-acc", "2"])
@@ -310,8 +474,10 @@ def test_length_bucketed_order_is_a_permutation_with_tight_batches():
     data = [([0] * n, 1) for n in random.Random(0).choices(range(50, 250), k=1000)]
     order = _length_bucketed_order(data, 32, random.Random(1))
     assert sorted(order) == list(range(1000))
-    spread = [max(len(data[j][0]) for j in order[i : i + 32]) - min(len(data[j][0]) for j in order[i : i + 32])
-              for i in range(0, 992, 32)]
+    spread = [
+        max(len(data[j][0]) for j in order[i : i + 32]) - min(len(data[j][0]) for j in order[i : i + 32])
+        for i in range(0, 992, 32)
+    ]
     assert sum(spread) / len(spread) < 60  # random batches of 32 would spread ~190
 
 
@@ -330,11 +496,22 @@ def test_sft_early_cooldown_ends_training_k_steps_later(toy_tokenizer_dir):
         seen.append(step)
         return 4 if step == 3 else None
 
-    losses = sft(model, data, steps=50, batch_size=4, lr=1e-3, warmup=1, seed=0, pad_id=tok.pad_token_id, on_step=on_step)
+    losses = sft(
+        model, data, steps=50, batch_size=4, lr=1e-3, warmup=1, seed=0, pad_id=tok.pad_token_id, on_step=on_step
+    )
     assert len(losses) == 7 and seen == list(range(1, 8))
     seen.clear()
-    losses = sft(model, data, steps=50, batch_size=4, lr=1e-3, warmup=1, seed=0, pad_id=tok.pad_token_id,
-                 on_step=lambda step, loss: seen.append(step) or (0 if step == 5 else None))
+    losses = sft(
+        model,
+        data,
+        steps=50,
+        batch_size=4,
+        lr=1e-3,
+        warmup=1,
+        seed=0,
+        pad_id=tok.pad_token_id,
+        on_step=lambda step, loss: seen.append(step) or (0 if step == 5 else None),
+    )
     assert len(losses) == 5 and seen == [1, 2, 3, 4, 5]  # 0 = end now
 
 
@@ -352,8 +529,16 @@ def test_teacher_stop_policy(toy_tokenizer_dir, monkeypatch: pytest.MonkeyPatch)
     accs = iter([(0.1, 0.0), (0.6, 0.2), (0.9, 0.97), (1.0, 0.9), (1.0, 0.96), (1.0, 1.0)])
     monkeypatch.setattr(tiny_qwen, "teacher_forced_scores", lambda *a, **k: next(accs))
     cfg = build.ToyBuildConfig.miniature(root="/nonexistent")
-    cfg = dataclasses.replace(cfg, teacher_steps=60, teacher_min_steps=5, check_every=5, stop_acc=0.5, stop_cooldown=30,
-                              done_after=10, done_sampled=0.95)
+    cfg = dataclasses.replace(
+        cfg,
+        teacher_steps=60,
+        teacher_min_steps=5,
+        check_every=5,
+        stop_acc=0.5,
+        stop_cooldown=30,
+        done_after=10,
+        done_sampled=0.95,
+    )
     with Progress(disable=True) as progress:
         _, info = build._train("teacher", cfg, tok, data, 0, splits["dev"], progress)
     # 15: sampled 0.97 but only 5 steps into the cooldown; 20: greedy 1.0 but sampled 0.9; 25: done
@@ -392,7 +577,9 @@ def test_cached_world_is_reused_across_teacher_schedule_changes():
     from opd_cli.toy.build import ToyBuildConfig, _config_key, _same_world
 
     old = {k: v for k, v in _config_key(ToyBuildConfig()).items() if k != "stop_cooldown"}
-    old.update(teacher_steps=600, teacher_min_steps=300, check_every=0, check_size=64)  # a world built before early stop
+    old.update(
+        teacher_steps=600, teacher_min_steps=300, check_every=0, check_size=64
+    )  # a world built before early stop
     assert _same_world(old, ToyBuildConfig())
     assert not _same_world(old, ToyBuildConfig(seed=1))
     assert not _same_world(old, ToyBuildConfig(student_steps=300))

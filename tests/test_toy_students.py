@@ -176,7 +176,7 @@ def test_eval_of_the_small_student(patched_world, seed1_world, tmp_path: Path, m
 
 
 def test_eval_run_step0_is_the_run_student(patched_world, seed1_world, tmp_path: Path) -> None:
-    from opd_cli.evaluate import initial_student
+    from opd_cli.evaluate_run import initial_student
 
     root = seed1_world.root
     for saved, want in (({"toy_student": "small"}, root / "student-small"), ({"toy_student": "large"}, root / "student"),

@@ -51,7 +51,7 @@ OPD_LRS := 1e-3 3e-4 1e-4 3e-5
 .SECONDARY:
 
 .PHONY: toy toy-world toy-base toy-train toy-sft toy-fig2 toy-fig3 toy-fig4 toy-fig5 toy-fig6 toy-fig7 toy-table12 \
-        toy-table3 toy-overlap toy-paper toy-paper-all
+        toy-table3 toy-overlap toy-paper toy-paper-all toy-pgopd toy-adaptive
 
 toy-world: $(STAMP)  ## build (or check) the toy world: tokenizer, data, teacher, two plan-weak students
 	$(OPD) toy build
@@ -170,6 +170,26 @@ toy-paper: toy-world  ## every toy figure and table (resumable; TOY_JOBS=2 steps
 	@echo "figures and tables in $(TOY_FIG)/"
 
 toy-paper-all: toy-table3 toy-table12 toy-fig2 toy-fig3 toy-fig4 toy-fig5 toy-fig6 toy-fig7 toy-overlap
+
+# ------------------------------------------------------------------------------------------------ beyond the paper
+# PG-OPD (prefix-guided rollout allocation) and the adaptive prefix schedule against full and prefix OPD: dev
+# accuracy over checkpoints against training FLOPs and wall time (Fig. 4 style), and the main table. The reference
+# runs are the ones of Tables 1-2 (made here if missing).
+TOY_PG_RUNS := toy-full toy-prefix toy-pgopd toy-pgopd-all toy-pgopd-weight
+toy-pgopd: toy-base $(foreach r,$(TOY_PG_RUNS),runs/train-$(r)/eval/best.json)  ## PG-OPD vs full and prefix OPD, with its two ablations (continue all, overlap as weight)
+	$(OPD) plot compute-vs-acc $(foreach r,$(TOY_PG_RUNS),runs/train-$(r)) -o $(TOY_FIG)/pgopd
+	$(OPD) plot compute-vs-acc $(foreach r,$(TOY_PG_RUNS),runs/train-$(r)) --x-axis wall -o $(TOY_FIG)/pgopd
+	$(OPD) plot main-table runs/eval-toy-student $(foreach r,$(TOY_PG_RUNS),runs/train-$(r)) \
+	    --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)/pgopd
+
+TOY_AD_RUNS := toy-full toy-schedule toy-adaptive
+toy-adaptive: toy-base $(foreach r,$(TOY_AD_RUNS) $(patsubst toy-%,toy-small-%,$(TOY_AD_RUNS)),runs/train-$(r)/eval/best.json)  ## the adaptive prefix schedule vs the linear one and full OPD (both students)
+	$(OPD) plot compute-vs-acc $(foreach r,$(TOY_AD_RUNS),runs/train-$(r)) -o $(TOY_FIG)/adaptive
+	$(OPD) plot compute-vs-acc $(foreach r,$(TOY_AD_RUNS),runs/train-$(patsubst toy-%,toy-small-%,$(r))) -o $(TOY_FIG)/small/adaptive
+	$(OPD) plot main-table runs/eval-toy-student $(foreach r,$(TOY_AD_RUNS),runs/train-$(r)) \
+	    --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)/adaptive
+	$(OPD) plot main-table runs/eval-toy-student-small $(foreach r,$(TOY_AD_RUNS),runs/train-$(patsubst toy-%,toy-small-%,$(r))) \
+	    --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)/small/adaptive
 
 # ------------------------------------------------------------------------------------------------ paper scale (GPUs)
 # Tables 1-2 and Fig. 2/4 for one student: the OPD grid, the SFT baseline, the evaluations (checkpoints picked on

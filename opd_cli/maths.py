@@ -7,6 +7,7 @@ Response position t = 0 is the first generated token; a prefix of length L keeps
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -373,3 +374,9 @@ def add_bins(acc_sums: list[float], acc_counts: list[int], sums: list[float], co
             acc_counts.append(0)
         acc_sums[i] += s
         acc_counts[i] += c
+
+
+def map_rows(fn: Callable, hidden_NH: torch.Tensor, head: Any, ids_N: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fn(hidden, head, ids, entropy=True)`` over slices of ``rows`` rows, concatenated (bounds the logits tiles)."""
+    parts = [fn(hidden_NH[i : i + rows], head, ids_N[i : i + rows], entropy=True) for i in range(0, max(hidden_NH.shape[0], 1), rows)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])

@@ -56,7 +56,7 @@ class PlotConfig:
     ood: list[str] = field(
         ["gpqa", "mmlu-pro", "mmlu_pro", "toy-ood"], help="main-table/lr-sweep: out-of-domain benchmarks."
     )
-    x_axis: str = field("flops", help="sft-prefix: x axis, flops | step.")
+    x_axis: str = field("flops", help="compute-vs-acc, sft-prefix: x axis, flops | wall (training wall time) | step.")
     match_acc: float = field(
         -1.0, help="lr-sweep: dev accuracy to match for OOD (0..1); -1 = the best level every run reaches."
     )
@@ -64,7 +64,7 @@ class PlotConfig:
     def __post_init__(self) -> None:
         check(self.kind in KINDS, f"unknown plot kind {self.kind!r}: use one of {', '.join(KINDS)}")
         check(bool(self.runs), f"`opd plot {self.kind}` needs one or more run folders (or folders of runs)")
-        check(self.x_axis in ("flops", "step"), f"--x-axis must be flops or step, got {self.x_axis!r}")
+        check(self.x_axis in ("flops", "wall", "step"), f"--x-axis must be flops, wall or step, got {self.x_axis!r}")
         check(all(s >= 0 for s in self.steps), f"--steps must be non-negative, got {self.steps}")
 
 

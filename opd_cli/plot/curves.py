@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 OVERLAP_METRICS = ("overlap_ratio", "overlap_adv", "entropy_gap", "overlap_mass_student", "overlap_mass_teacher")
 
 
+X_TOTALS = {"flops": "flops_total", "wall": "wall_time"}  # x axes read from running totals in metrics.jsonl
+
 def evenly_spaced(steps: list[int], k: int = 3) -> list[int]:
     steps = sorted(steps)
     if len(steps) <= k:
@@ -121,11 +123,12 @@ def _run_label(run: Path, with_lr: bool) -> str:
 
 
 def _acc_points(run: Path, cfg: PlotConfig, x_axis: str) -> tuple[str, list[float], list[float]]:
-    """Dev accuracy over evaluated checkpoints against cumulative FLOPs (step 0 left out: log axis) or steps."""
+    """Dev accuracy over evaluated checkpoints against cumulative FLOPs or training wall time (step 0 left out: log
+    axis) or steps."""
     bench, scores = dev_curve(run, cfg)
-    if x_axis == "flops":
+    if x_axis in X_TOTALS:
         steps = [s for s in scores if s > 0]
-        f = flops_at(run, steps)
+        f = flops_at(run, steps, X_TOTALS[x_axis])
         return bench, [f[s] for s in steps], [scores[s] for s in steps]
     return bench, [float(s) for s in scores], list(scores.values())
 
@@ -136,11 +139,11 @@ def _acc_plot(cfg: PlotConfig, out: Path, stem: str, x_axis: str, title: str, wi
     ax = axes[0]
     for run, (_, xs, ys) in runs:
         ax.plot(xs, ys, marker="o", label=_run_label(run, with_lr))
-    if x_axis == "flops":
+    if x_axis in X_TOTALS:
         ax.set_xscale("log")
     benches = sorted({b for _, (b, _, _) in runs})
     ax.set(
-        xlabel="cumulative training FLOPs" if x_axis == "flops" else "step",
+        xlabel={"flops": "cumulative training FLOPs", "wall": "training wall time (s)"}.get(x_axis, "step"),
         ylabel=f"{'/'.join(benches)} Mean Acc",
         title=title,
     )
@@ -149,7 +152,8 @@ def _acc_plot(cfg: PlotConfig, out: Path, stem: str, x_axis: str, title: str, wi
 
 
 def plot_compute_vs_acc(cfg: PlotConfig, out: Path) -> PlotResult:
-    return _acc_plot(cfg, out, "compute-vs-acc", "flops", "compute vs accuracy", with_lr=False)
+    stem = "compute-vs-acc" if cfg.x_axis == "flops" else f"compute-vs-acc-{cfg.x_axis}"
+    return _acc_plot(cfg, out, stem, cfg.x_axis, "compute vs accuracy", with_lr=False)
 
 
 def plot_sft_prefix(cfg: PlotConfig, out: Path) -> PlotResult:

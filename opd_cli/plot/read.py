@@ -125,19 +125,20 @@ def dev_curve(run: Path, cfg: PlotConfig) -> tuple[str, dict[int, float]]:
     return bench, scores
 
 
-def flops_at(run: Path, steps: list[int]) -> dict[int, float]:
-    """Cumulative training FLOPs (metrics ``flops_total``) at each step; step 0 costs nothing."""
+def flops_at(run: Path, steps: list[int], key: str = "flops_total") -> dict[int, float]:
+    """Cumulative training FLOPs (metrics ``flops_total``, or another running total such as ``wall_time``) at each
+    step; step 0 costs nothing."""
     m = metrics_by_step(run)
     out, lacking = {}, []
     for s in steps:
         if s == 0:
             out[s] = 0.0
-        elif m.get(s, {}).get("flops_total") is None:
+        elif m.get(s, {}).get(key) is None:
             lacking.append(s)
         else:
-            out[s] = float(m[s]["flops_total"])
+            out[s] = float(m[s][key])
     if lacking:
-        raise OpdError(f"run {run}: metrics.jsonl has no flops_total at step(s) {', '.join(map(str, lacking))}")
+        raise OpdError(f"run {run}: metrics.jsonl has no {key} at step(s) {', '.join(map(str, lacking))}")
     return out
 
 

@@ -92,6 +92,14 @@ def test_compute_vs_acc(tmp_path):
     assert acc["SFT"] == {"x": [1.0e13, 2.0e13], "y": [0.2, 0.25]}
 
 
+def test_compute_vs_acc_over_wall_time(tmp_path):
+    res = plot(tmp_path, "compute-vs-acc", [RUNS / "opd_full", RUNS / "opd_prefix"], x_axis="wall")
+    acc = res.data["acc"]
+    assert acc["OPD full"]["x"] == [metric("opd_full", 2, "wall_time"), metric("opd_full", 4, "wall_time")]
+    assert acc["OPD full"]["y"] == [0.3, 0.45]
+    assert (tmp_path / "compute-vs-acc-wall.png").is_file()
+
+
 def test_sft_prefix_by_step(tmp_path):
     res = plot(tmp_path, "sft-prefix", [RUNS / "sft", RUNS / "opd_full"], x_axis="step")
     acc = res.data["acc"]

@@ -5,7 +5,8 @@ kl_by_position.csv), draws with matplotlib's Agg backend, writes PNG + PDF (and 
 returns the values it drew, read back from the Axes, so tests can compare them with the inputs.
 
 Here: the command (``PlotConfig``, ``run_plot``) and ``PLOTTERS``, kind -> function. read.py reads run folders, draw.py
-holds the matplotlib helpers and ``PlotResult``, curves.py the line-figure kinds and tables.py the table kinds.
+holds the matplotlib helpers and ``PlotResult``, curves.py the line-figure kinds, support.py the training-dynamics
+kinds (Rethinking OPD) and tables.py the table kinds.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ from opd_cli.plot.curves import (
     plot_teacher_prefix,
 )
 from opd_cli.plot.draw import PlotResult
+from opd_cli.plot.support import plot_dynamics, plot_topk_support
 from opd_cli.plot.tables import plot_main_table, plot_window_ablation
-
-# `label as label` re-exports it: other code and tests import it from opd_cli.plot.
 
 KINDS = (
     "kl-position",
@@ -38,6 +38,8 @@ KINDS = (
     "window-ablation",
     "main-table",
     "overlap",
+    "topk-support",
+    "dynamics",
 )
 
 
@@ -77,6 +79,8 @@ PLOTTERS: dict[str, Callable[[PlotConfig, Path], PlotResult]] = {
     "window-ablation": plot_window_ablation,
     "main-table": plot_main_table,
     "overlap": plot_overlap,
+    "topk-support": plot_topk_support,
+    "dynamics": plot_dynamics,
 }
 
 

@@ -20,6 +20,7 @@ OVERLAP_METRICS = ("overlap_ratio", "overlap_adv", "entropy_gap", "overlap_mass_
 
 X_TOTALS = {"flops": "flops_total", "wall": "wall_time"}  # x axes read from running totals in metrics.jsonl
 
+
 def evenly_spaced(steps: list[int], k: int = 3) -> list[int]:
     steps = sorted(steps)
     if len(steps) <= k:

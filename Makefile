@@ -51,7 +51,7 @@ OPD_LRS := 1e-3 3e-4 1e-4 3e-5
 .SECONDARY:
 
 .PHONY: toy toy-world toy-base toy-train toy-sft toy-fig2 toy-fig3 toy-fig4 toy-fig5 toy-fig6 toy-fig7 toy-table12 \
-        toy-table3 toy-overlap toy-paper toy-paper-all toy-pgopd toy-adaptive
+        toy-table3 toy-overlap toy-paper toy-paper-all toy-pgopd toy-adaptive toy-rethinking toy-rethinking-runs
 
 toy-world: $(STAMP)  ## build (or check) the toy world: tokenizer, data, teacher, two plan-weak students
 	$(OPD) toy build
@@ -190,6 +190,37 @@ toy-adaptive: toy-base $(foreach r,$(TOY_AD_RUNS) $(patsubst toy-%,toy-small-%,$
 	    --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)/adaptive
 	$(OPD) plot main-table runs/eval-toy-student-small $(foreach r,$(TOY_AD_RUNS),runs/train-$(patsubst toy-%,toy-small-%,$(r))) \
 	    --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)/small/adaptive
+
+# Rethinking OPD's experiments on the toy world (recipes/train-toy-rethink-*.yaml: 30 steps each, dev accuracy at
+# steps 0/10/20/30), their figures in analysis/toy/rethinking/. Resumable; TOY_JOBS runs at a time.
+TOY_DIR = $(shell $(BIN)/python -c "from opd_cli.toy.world import default_root; print(default_root())")
+RETHINK := sampled topk-student topk-overlap topk-nonoverlap k1 k4 k64 coldstart nothink small weak-teacher
+RETHINK_FIG := $(TOY_FIG)/rethinking
+RETHINK_EVAL := --benchmark toy-dev --dev-benchmark toy-dev --limit 100 --samples 4 --max-new-tokens 192 \
+                --batch-size 100 --if-exists resume
+RETHINK_ARGS_coldstart = --student runs/sft-baseline-toy-coldstart/checkpoints/step_000040 --teacher $(TOY_DIR)/teacher
+RETHINK_ARGS_weak-teacher = --student $(TOY_DIR)/student-small --teacher $(TOY_DIR)/student
+
+runs/train-toy-rethink-%/rethink.done: | toy-world
+	$(OPD) train --recipe recipes/train-toy-rethink-$*.yaml $(RETHINK_ARGS_$*) --if-exists resume
+	$(OPD) eval --run runs/train-toy-rethink-$* --initial $(RETHINK_EVAL)
+	touch $@
+
+runs/train-toy-rethink-coldstart/rethink.done: runs/sft-baseline-toy-coldstart/sft.done
+
+runs/sft-baseline-toy-coldstart/sft.done: | toy-world
+	$(OPD) sft-baseline --recipe recipes/sft-toy-coldstart.yaml --if-exists resume
+	touch $@
+
+toy-rethinking-runs: $(foreach r,$(RETHINK),runs/train-toy-rethink-$(r)/rethink.done)
+
+toy-rethinking: toy-world  ## Rethinking OPD on the toy world: top-k supports and sizes, cold start, template, two teachers (resumable)
+	$(TOY_MAKE) toy-rethinking-runs
+	$(OPD) plot topk-support $(foreach r,sampled topk-student topk-overlap topk-nonoverlap,runs/train-toy-rethink-$(r)) -o $(RETHINK_FIG)/fig7
+	$(OPD) plot topk-support $(foreach r,sampled k1 k4 topk-student k64,runs/train-toy-rethink-$(r)) -o $(RETHINK_FIG)/fig15
+	$(OPD) plot dynamics runs/train-toy-rethink-small runs/train-toy-rethink-weak-teacher -o $(RETHINK_FIG)/fig6
+	$(OPD) plot dynamics runs/train-toy-rethink-sampled runs/train-toy-rethink-coldstart -o $(RETHINK_FIG)/fig8
+	$(OPD) plot dynamics runs/train-toy-rethink-sampled runs/train-toy-rethink-nothink -o $(RETHINK_FIG)/fig9
 
 # ------------------------------------------------------------------------------------------------ paper scale (GPUs)
 # Tables 1-2 and Fig. 2/4 for one student: the OPD grid, the SFT baseline, the evaluations (checkpoints picked on

@@ -97,23 +97,42 @@ def _probe(run: Path) -> tuple[list[dict[str, str]], float | None]:
 
 
 def plot_teacher_prefix(cfg: PlotConfig, out: Path) -> PlotResult:
+    """Accuracy vs prefix length L. A teacher-prefix run (Fig. 3): the student continues, the flat lines are the
+    student alone (L = 0) and the teacher's own solutions. A student-prefix run (``prefix_from: student``,
+    Rethinking-OPD Fig. 11b): the teacher continues, the flat lines are the teacher alone and the student's own."""
+    from opd_cli.runs import read_config
+
     runs = collect(cfg, _probe, needs="probe.csv")
     fig, axes = _panels(1, 6)
     ax = axes[0]
+    directions: set[str] = set()
     for run, (rows, teacher) in runs:
+        summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+        # who wrote the prefixes; runs made before --prefix-from record it nowhere: the teacher
+        side = rows[0].get("prefix_from") or summary.get("prefix_from") or read_config(run).get("prefix_from") or "teacher"
+        continuer = "student" if side == "teacher" else "teacher"
+        directions.add(side)
+        own = teacher if side == "teacher" else summary.get("student_acc")  # the writer's own solutions
         probe = [r for r in rows if int(float(r["length"])) > 0]
         name = label(run)
-        ax.plot([int(float(r["length"])) for r in probe], [float(r["mean_acc"]) for r in probe], marker="o", label=name)
+        curve = name if side == "teacher" else f"{name} (student prefix, teacher continues)"
+        ax.plot([int(float(r["length"])) for r in probe], [float(r["mean_acc"]) for r in probe], marker="o", label=curve)
         alone = [float(r["mean_acc"]) for r in rows if int(float(r["length"])) == 0]
         if alone:
-            ax.axhline(alone[0], ls=":", color="grey", label=f"{name}: student alone")
-        if teacher is not None:
-            ax.axhline(float(teacher), ls="--", color="black", label=f"{name}: teacher")
-    ax.set(
-        xlabel="teacher prefix length L (tokens)", ylabel="Mean Acc (student continues)", title="teacher-prefix probe"
-    )
+            ax.axhline(alone[0], ls=":", color="grey", label=f"{name}: {continuer} alone")
+        if own is not None:
+            own_label = f"{name}: teacher" if side == "teacher" else f"{name}: student (own solutions)"
+            ax.axhline(float(own), ls="--", color="black", label=own_label)
+    if directions == {"teacher"}:
+        xlabel, ylabel, title = "teacher prefix length L (tokens)", "Mean Acc (student continues)", "teacher-prefix probe"
+    elif directions == {"student"}:
+        xlabel, ylabel, title = "student prefix length L (tokens)", "Mean Acc (teacher continues)", "student-prefix probe"
+    else:
+        xlabel, ylabel, title = "prefix length L (tokens)", "Mean Acc (prefix + continuation)", "prefix probes"
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(fontsize=8)
-    return PlotResult(save(fig, out, "teacher-prefix"), {"probe": axes_data(ax)})
+    axes_text = {"x": xlabel, "y": ylabel, "title": title}
+    return PlotResult(save(fig, out, "teacher-prefix"), {"probe": axes_data(ax), "axes": axes_text})
 
 
 def _run_label(run: Path, with_lr: bool) -> str:
@@ -141,7 +160,10 @@ def _acc_plot(cfg: PlotConfig, out: Path, stem: str, x_axis: str, title: str, wi
     for run, (_, xs, ys) in runs:
         ax.plot(xs, ys, marker="o", label=_run_label(run, with_lr))
     if x_axis in X_TOTALS:
+        from matplotlib.ticker import NullFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones overlap
     benches = sorted({b for _, (b, _, _) in runs})
     ax.set(
         xlabel={"flops": "cumulative training FLOPs", "wall": "training wall time (s)"}.get(x_axis, "step"),

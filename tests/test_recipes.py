@@ -81,11 +81,16 @@ def test_paper_eval_settings(vllm_extra: None) -> None:
 
 
 def test_toy_opd_recipes_share_lr_steps_and_batch() -> None:
-    """The toy OPD recipes differ only in their prefix: one lr (picked by the Fig. 7 sweep), one step count."""
+    """The toy OPD recipes share one lr (picked by the Fig. 7 sweep), one batch and one response cap; the paper's
+    experiments run 80 steps, the Rethinking-OPD ones (train-toy-rethink-*) 30."""
     toy = [p for p in RECIPES if p.name.startswith("train-toy-")]
     assert {p.name for p in toy} >= {"train-toy-full.yaml", "train-toy-prefix.yaml", "train-toy-schedule.yaml"}
-    shared = {(d["lr"], d["steps"], d["batch_size"], d["max_new_tokens"]) for d in (yaml.safe_load(p.read_text()) for p in toy)}
-    assert len(shared) == 1, shared
+    loaded = {p.name: yaml.safe_load(p.read_text()) for p in toy}
+    shared = {(d["lr"], d["batch_size"], d["max_new_tokens"]) for d in loaded.values()}
+    assert shared == {(1e-4, 64, 192)}, shared
+    steps = {name: d["steps"] for name, d in loaded.items()}
+    assert {s for n, s in steps.items() if not n.startswith("train-toy-rethink-")} == {80}
+    assert {s for n, s in steps.items() if n.startswith("train-toy-rethink-")} == {30}
 
 
 def test_toy_prefix_recipe_covers_every_plan() -> None:

@@ -213,8 +213,10 @@ def test_sft_recipes_load(path: Path) -> None:
     for key, value in raw.items():  # every setting the recipe writes reaches the config unchanged
         if key != "command":
             assert getattr(cfg, key) == value, key
-    if "paper" in path.name:
-        assert (cfg.batch_size, cfg.lr) == (128, 1e-4)  # the paper's SFT settings
+    if "paper" in path.name and "rethink" not in path.name:
+        assert (cfg.batch_size, cfg.lr) == (128, 1e-4)  # the prefix paper's SFT settings
+    if "rethink" in path.name:
+        assert (cfg.lr, cfg.lr_scheduler, cfg.max_length) == (1e-5, "cosine", 14336)  # Rethinking OPD, Table 3
 
 
 def test_sft_checkpoint_starts_opd_and_flops_agree(tiny_model_dirs: tuple[Path, Path], tmp_path: Path) -> None:

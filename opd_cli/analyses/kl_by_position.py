@@ -9,8 +9,14 @@ Two sources of curves, written as one tidy table (docs/run-format.md, "Analyses"
 * ``logged``: the per-bin KL that ``opd train`` already logged on its own rollouts (``kl_bin_mean`` /
   ``kl_bin_count`` in metrics.jsonl) at chosen steps: Fig. 2 during full OPD, for free.
 
-Outputs in the run folder: ``kl_by_position.csv`` / ``.json`` (source, step, bin_start, bin_end, mean_kl, tokens)
-and ``summary.json`` (which model each step is, how many rollouts and tokens).
+``--metric`` bins more per-token profiles of the same rollouts in the same pass (Rethinking OPD Fig. 13 and 23: the
+student's and the teacher's entropy along the output; the teacher-student top-16 overlap ratio), one
+``mean_<metric>`` column each. ``--grade`` also grades every rollout and relates its sequence-mean reward to its
+correctness (Rethinking OPD Fig. 14): :mod:`opd_cli.analyses.rollout_rewards`.
+
+Outputs in the run folder: ``kl_by_position.csv`` / ``.json`` (source, step, bin_start, bin_end, mean_kl, tokens,
+then one column per extra --metric), ``summary.json`` (which model each step is, how many rollouts and tokens) and,
+with --grade, ``rollout_rewards.jsonl`` and ``reward_auroc.csv``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,19 @@ from opd_cli.errors import OpdError
 from opd_cli.toy.world import check_toy_student
 
 COLUMNS = ("source", "step", "bin_start", "bin_end", "mean_kl", "tokens")
+METRICS = ("kl", "entropy-student", "entropy-teacher", "overlap")
+OVERLAP_K = 16  # top-k of the overlap ratio (Rethinking OPD's k)
+PROFILE_KEYS = {"entropy-student": "entropy_student", "entropy-teacher": "entropy_teacher", "overlap": "overlap_ratio"}
+
+
+def metric_column(metric: str) -> str:
+    """The table column of a --metric: kl -> mean_kl, entropy-student -> mean_entropy_student, overlap -> mean_overlap."""
+    return "mean_" + metric.replace("-", "_")
+
+
+def table_columns(metrics: list[str]) -> tuple[str, ...]:
+    """The table's columns: :data:`COLUMNS`, then one per requested metric besides kl, in :data:`METRICS` order."""
+    return COLUMNS + tuple(metric_column(m) for m in METRICS[1:] if m in metrics)
 
 
 @dataclass
@@ -59,6 +78,13 @@ class KlByPositionConfig:
     dtype: str = field("auto", help="auto | float32 | bfloat16 | float16.")
     device: str = field("auto", help="auto | cpu | cuda.")
     seed: int = field(0, help="Sampling seed (the same prompts and seed for every checkpoint).")
+    metric: list[str] = field(["kl"], help=f"Per-position profiles to bin, e.g. kl,entropy-student: {' | '.join(METRICS)} "
+                                           f"(student-teacher top-{OVERLAP_K} overlap ratio). kl is always written (mean_kl); "
+                                           "each other metric adds a mean_<metric> column, empty on logged rows.")
+    grade: bool = field(False, help="Also grade each rollout against its problem's answer: rollout_rewards.jsonl (correct, "
+                                    "sequence-mean reward = mean of logp_T - logp_S) and per step the reward's AUROC "
+                                    "for correct vs incorrect (reward_auroc.csv, summary.json).")
+    answer_column: str | None = field(None, help="Column with the gold answer for --data (graded with --grade).")
     output_dir: str | None = field(None, help="Run folder (default: runs/kl-by-position[-<run name>]).")
     if_exists: str = field("raise", help="Existing run folder: raise | resume | overwrite.")
 
@@ -71,6 +97,8 @@ class KlByPositionConfig:
         check(self.chunk >= 0, f"--chunk must be >= 0 (0 = no chunking), got {self.chunk}")
         check(self.temperature > 0, f"--temperature must be > 0, got {self.temperature}")
         check(0 < self.top_p <= 1, f"--top-p must be in (0, 1], got {self.top_p}")
+        unknown = [m for m in self.metric if m not in METRICS]
+        check(not unknown, f"unknown --metric {', '.join(map(repr, unknown))}: use {', '.join(METRICS)} (comma-separated)")
         bad = [s for s in [*self.checkpoint_steps, *self.steps] if s < 0]
         check(not bad, f"steps must be >= 0, got {bad}")
         check(self.run is not None or not (self.checkpoint_steps or self.steps),
@@ -107,14 +135,18 @@ def means_from_sums(sums: list[float], counts: list[int]) -> list[float | None]:
     return [s / c if c else None for s, c in zip(sums, counts, strict=False)]
 
 
-def rows_from_bins(source: str, step: int, bin_size: int, means: list[float | None], counts: list[int]) -> list[dict]:
-    """Tidy rows; bins without tokens are left out (their mean is undefined)."""
+def rows_from_bins(source: str, step: int, bin_size: int, means: list[float | None], counts: list[int],
+                   extra: dict[str, list[float | None]] | None = None) -> list[dict]:
+    """Tidy rows; bins without tokens are left out (their mean is undefined). ``extra``: column -> per-bin means."""
     rows = []
     for b, (m, c) in enumerate(zip(means, counts, strict=False)):
         if not c or m is None or (isinstance(m, float) and math.isnan(m)):
             continue
-        rows.append({"source": source, "step": step, "bin_start": b * bin_size, "bin_end": (b + 1) * bin_size,
-                     "mean_kl": float(m), "tokens": int(c)})
+        row = {"source": source, "step": step, "bin_start": b * bin_size, "bin_end": (b + 1) * bin_size,
+               "mean_kl": float(m), "tokens": int(c)}
+        for col, vals in (extra or {}).items():
+            row[col] = float(vals[b]) if b < len(vals) and vals[b] is not None else None
+        rows.append(row)
     return rows
 
 
@@ -155,7 +187,7 @@ def resolve_checkpoints(cfg: KlByPositionConfig, run_cfg: dict) -> list[tuple[in
         return []
     saved = dict(list_checkpoints(cfg.run))
     wanted = cfg.checkpoint_steps or ([] if cfg.steps else sorted(saved))
-    if not wanted:
+    if not wanted and not cfg.steps:  # --steps alone: the logged KL only
         raise OpdError(f"no checkpoints found in {cfg.run}/checkpoints: train with checkpoints saved, or pass --steps "
                        f"to read the logged KL only")
     out = []
@@ -180,60 +212,83 @@ def _initial_student(run: str, run_cfg: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------- scoring
-def rollout_kl_bins(student: Any, teacher: Any, tokenizer: Any, prompts: list[str], cfg: KlByPositionConfig,
-                    progress: Any = None) -> tuple[list[float | None], list[int], dict]:
-    """Sample rollouts of ``student`` on ``prompts`` and return per-bin (means, counts) of ``logp_S - logp_T``.
+def rollout_bins(student: Any, teacher: Any, tokenizer: Any, prompts: list[str], cfg: KlByPositionConfig,
+                 progress: Any = None) -> tuple[dict[str, list[float | None]], list[int], dict, list, list]:
+    """Sample rollouts of ``student`` on ``prompts`` and bin each --metric along the output position.
 
-    The student's log-probs are recomputed with one forward pass on the finished rollouts (at temperature 1 they
-    are the sampling log-probs of training's ``logp_old``).
+    Returns (per-bin means by column: ``mean_kl`` of ``logp_S - logp_T`` and one per extra metric, per-bin token
+    counts, stats, the sampled groups of each prompt, each rollout's sequence-mean reward ``mean_t(logp_T - logp_S)``
+    with None for a rollout without tokens). The student's log-probs are recomputed with one forward pass on the
+    finished rollouts (at temperature 1 they are the sampling log-probs of training's ``logp_old``): by
+    :func:`~opd_cli.scoring.response_logprobs` for kl alone, by :func:`~opd_cli.scoring.response_profiles` (which
+    also gives the entropies and the overlap) when more metrics are asked for.
     """
     import torch
 
     from opd_cli import maths
     from opd_cli.generation import sample
-    from opd_cli.scoring import response_logprobs
+    from opd_cli.scoring import response_logprobs, response_profiles
 
     groups = sample(student, tokenizer, prompts, n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, progress=progress)
     # token_ids hold the generated tokens only (EOS included when produced): exactly what training scores
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    seqs, starts = [], []
-    for pid, group in zip(prompt_ids, groups, strict=False):
-        for smp in group:
+    seqs, starts, where = [], [], []
+    for i, (pid, group) in enumerate(zip(prompt_ids, groups, strict=False)):
+        for j, smp in enumerate(group):
             resp = list(smp.token_ids)
             if resp:
                 seqs.append(list(pid) + resp)
                 starts.append(len(pid))
+                where.append((i, j))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    sums: list[float] = []
-    counts: list[int] = []
+    extras = [m for m in METRICS[1:] if m in cfg.metric]
+    columns = [metric_column(m) for m in ("kl", *extras)]
+    sums: dict[str, list[float]] = {c: [] for c in columns}
+    counts: dict[str, list[int]] = {c: [] for c in columns}
+    rewards: list[list[float | None]] = [[None] * len(g) for g in groups]
     lengths = [len(s) - st for s, st in zip(seqs, starts, strict=False)]
     for i in range(0, len(seqs), cfg.batch_size):
         bs, bst = seqs[i : i + cfg.batch_size], starts[i : i + cfg.batch_size]
-        lp_s = response_logprobs(student, bs, bst, pad, cfg.chunk)
-        lp_t = response_logprobs(teacher, bs, bst, pad, cfg.chunk)
+        if extras:
+            rows = cfg.chunk * len(bs) if cfg.chunk else sum(lengths[i : i + cfg.batch_size])
+            prof = response_profiles(student, teacher, bs, bst, pad, OVERLAP_K if "overlap" in extras else 0, rows)
+            lp_s, lp_t = [p["logp_student"] for p in prof], [p["logp_teacher"] for p in prof]
+        else:
+            prof = []
+            lp_s = response_logprobs(student, bs, bst, pad, cfg.chunk)
+            lp_t = response_logprobs(teacher, bs, bst, pad, cfg.chunk)
+        values = {"mean_kl": [maths.kl_estimate_BT(a, b) for a, b in zip(lp_s, lp_t, strict=False)]}
+        values.update({metric_column(m): [p[PROFILE_KEYS[m]] for p in prof] for m in extras})
+        for (pi, sj), k_T in zip(where[i : i + cfg.batch_size], values["mean_kl"], strict=True):
+            rewards[pi][sj] = -float(k_T.double().mean())  # the mean per-token advantage A_t = -k_t
         T = max(len(x) for x in lp_s)
-        k_BT = torch.zeros(len(bs), T, dtype=torch.float64)
         mask_BT = torch.zeros(len(bs), T, dtype=torch.bool)
-        for j, (a, b) in enumerate(zip(lp_s, lp_t, strict=False)):
-            k_BT[j, : len(a)] = maths.kl_estimate_BT(a, b).double()
+        for j, a in enumerate(lp_s):
             mask_BT[j, : len(a)] = True
-        maths.add_bins(sums, counts, *maths.bin_by_position(k_BT, mask_BT, cfg.bin))
-    means = means_from_sums(sums, counts)
+        for col, per_seq in values.items():
+            v_BT = torch.zeros(len(bs), T, dtype=torch.float64)
+            for j, v in enumerate(per_seq):
+                v_BT[j, : len(v)] = v.double()
+            maths.add_bins(sums[col], counts[col], *maths.bin_by_position(v_BT, mask_BT, cfg.bin))
+    kl_counts = counts["mean_kl"]
+    means = {c: means_from_sums(sums[c], counts[c]) for c in columns}
     n = sum(len(g) for g in groups)
-    stats = {"rollouts": n, "tokens": int(sum(counts)), "mean_length": (sum(lengths) / len(lengths)) if lengths else 0.0,
+    total = sum(kl_counts)
+    stats = {"rollouts": n, "tokens": int(total), "mean_length": (sum(lengths) / len(lengths)) if lengths else 0.0,
              "truncated_frac": sum(bool(s.truncated) for g in groups for s in g) / max(n, 1),
-             "mean_kl": (sum(sums) / sum(counts)) if sum(counts) else None}
-    return means, counts, stats
+             **{c: (sum(sums[c]) / total) if total else None for c in columns}}
+    return means, kl_counts, stats, groups, rewards
 
 
 # ------------------------------------------------------------------------------------------- command
 def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
-    """Roll out each checkpoint, score with the teacher, bin the KL; add the logged bins; write the table."""
+    """Roll out each checkpoint, score with the teacher, bin the KL (and --metric); add the logged bins; write the
+    table; with --grade, grade the rollouts and write their rewards and the per-step AUROC."""
     from rich.console import Console
 
+    from opd_cli.analyses import rollout_rewards as rr
     from opd_cli.config import summary_line
-    from opd_cli.data import load_problems
     from opd_cli.log import progress_bar
     from opd_cli.runs import open_run, read_config, read_metrics, write_json
     from opd_cli.toy.world import toy_model_paths
@@ -249,6 +304,15 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
     ckpts = resolve_checkpoints(cfg, run_cfg)
     if not ckpts and not logged and cfg.run is None:
         ckpts = [(0, toy_model_paths(cfg.toy_student, console)[0])]
+    if cfg.grade and not ckpts:
+        raise OpdError("--grade grades rollouts, and there is no checkpoint to roll out (only logged --steps): "
+                       "add --checkpoint-steps or drop --grade")
+    columns = table_columns(cfg.metric)
+    extra_cols = columns[len(COLUMNS):]
+    problems = None
+    if cfg.grade:  # answers are checked before a run folder is written or a model loaded
+        problems, where = _problems(cfg, run_cfg)
+        rr.check_answers(problems, where)
 
     out_dir = cfg.output_dir or f"runs/kl-by-position{'-' + Path(cfg.run).name if cfg.run else ''}"
     # resume may add checkpoints or logged steps; finished checkpoints are reused (see _finished)
@@ -257,13 +321,18 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
 
     rows = list(logged)
     summary: dict[str, Any] = {"bin": cfg.bin, "run": cfg.run, "logged_steps": cfg.steps, "checkpoints": {}}
+    if extra_cols:
+        summary["metrics"] = [m for m in METRICS if m == "kl" or m in cfg.metric]
+    records: list[dict] = []
     # --if-exists resume: checkpoints already rolled out (same step, same model) are kept, not sampled again
     done = _finished(run.path) if run.resumed else {}
+    old_records = rr.read_records(run.path / rr.RECORDS_FILE) if run.resumed and cfg.grade else []
     todo = []
     for step, path in ckpts:
         if step in done and done[step][0].get("model") == path:
             summary["checkpoints"][str(step)] = done[step][0]
             rows += done[step][1]
+            records += [r for r in old_records if int(r["step"]) == step]
             console.print(f"  step {step}: reusing the rollouts in {run.path}")
         else:
             todo.append((step, path))
@@ -271,21 +340,13 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
         from opd_cli.models import check_same_vocab, load_model, load_tokenizer
         from opd_cli.prompts import build_prompt
 
+        if problems is None:
+            problems, where = _problems(cfg, run_cfg)
         teacher_path = cfg.teacher or run_cfg.get("teacher") or toy_model_paths("large", console)[1]
         teacher_tok = load_tokenizer(str(teacher_path), "teacher")
         teacher = load_model(str(teacher_path), cfg.dtype, cfg.device, "teacher")
-        # prompts: as asked, else the run's own training prompts (what its logged KL was measured on), else toy-dev
-        if cfg.benchmark or cfg.data:
-            source, data = cfg.benchmark, cfg.data
-        elif run_cfg.get("data"):
-            source, data = None, run_cfg["data"]
-        else:
-            toy_run = run_cfg.get("student") is None
-            source = run_cfg.get("prompts") or ("toy-dev" if not run_cfg else "toy-train" if toy_run else "openthoughts3")
-            data = None
-        problems = load_problems(source, data, cfg.limit, cfg.seed, question_column=cfg.question_column)
         summary.update(teacher=str(teacher_path), prompts=len(problems), samples=cfg.samples,
-                       max_new_tokens=cfg.max_new_tokens, source_prompts=data or source)
+                       max_new_tokens=cfg.max_new_tokens, source_prompts=where)
         with progress_bar(console) as progress:
             for step, path in todo:
                 t0 = time.time()
@@ -295,21 +356,52 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
                 prompts = [build_prompt(tok, p.question, template=cfg.template, think=cfg.think,
                                         teacher_tokenizer=teacher_tok) for p in problems]
                 task = progress.add_task(f"step {step}: rollouts", total=len(prompts) * cfg.samples)
-                means, counts, stats = rollout_kl_bins(student, teacher, tok, prompts, cfg,
-                                                       lambda k, t=task: progress.advance(t, k))
-                rows += rows_from_bins("checkpoint", step, cfg.bin, means, counts)
+                means, counts, stats, groups, rewards = rollout_bins(student, teacher, tok, prompts, cfg,
+                                                                     lambda k, t=task: progress.advance(t, k))
+                rows += rows_from_bins("checkpoint", step, cfg.bin, means["mean_kl"], counts,
+                                       {c: means[c] for c in extra_cols})
+                line = ""
+                if cfg.grade:
+                    graded = rr.grade_records(step, problems, groups, rewards)
+                    records += graded
+                    g = rr.step_summary(step, graded)
+                    stats.update({k: g[k] for k in ("accuracy", "auroc", "mean_reward_correct", "mean_reward_incorrect")})
+                    line = f", accuracy {g['accuracy']:.3f}, reward AUROC {'n/a' if g['auroc'] is None else round(g['auroc'], 3)}"
                 summary["checkpoints"][str(step)] = {"model": path, **stats, "seconds": round(time.time() - t0, 2)}
                 console.print(f"  step {step}: {stats['rollouts']} rollouts, {stats['tokens']} tokens, "
-                              f"mean KL {stats['mean_kl'] if stats['mean_kl'] is None else round(stats['mean_kl'], 4)}")
+                              f"mean KL {stats['mean_kl'] if stats['mean_kl'] is None else round(stats['mean_kl'], 4)}{line}")
                 del student
                 # written after every checkpoint, so a killed run resumes from the last finished one
-                write_table(run.path, rows)
+                write_table(run.path, rows, columns)
+                if cfg.grade:
+                    rr.write_reward_files(run.path, records)
                 write_json(run.path / "summary.json", summary)
 
-    write_table(run.path, rows)
+    write_table(run.path, rows, columns)
+    if cfg.grade:
+        rr.write_reward_files(run.path, records)
     write_json(run.path / "summary.json", summary)
-    console.print(f"wrote {run.path / 'kl_by_position.csv'} ({len(rows)} rows)")
+    console.print(f"wrote {run.path / 'kl_by_position.csv'} ({len(rows)} rows)"
+                  + (f" and {run.path / rr.AUROC_FILE}" if cfg.grade else ""))
     return rows
+
+
+def _problems(cfg: KlByPositionConfig, run_cfg: dict) -> tuple[list, str]:
+    """The problems to roll out and where they come from: as asked, else the run's own training prompts (what its
+    logged KL was measured on), else toy-dev."""
+    from opd_cli.data import load_problems
+
+    if cfg.benchmark or cfg.data:
+        source, data = cfg.benchmark, cfg.data
+    elif run_cfg.get("data"):
+        source, data = None, run_cfg["data"]
+    else:
+        toy_run = run_cfg.get("student") is None
+        source = run_cfg.get("prompts") or ("toy-dev" if not run_cfg else "toy-train" if toy_run else "openthoughts3")
+        data = None
+    problems = load_problems(source, data, cfg.limit, cfg.seed, question_column=cfg.question_column,
+                             answer_column=cfg.answer_column)
+    return problems, data or source
 
 
 def _finished(out: Path) -> dict[int, tuple[dict, list[dict]]]:
@@ -325,11 +417,13 @@ def _finished(out: Path) -> dict[int, tuple[dict, list[dict]]]:
             for s, entry in summary.get("checkpoints", {}).items()}
 
 
-def write_table(out: Path, rows: list[dict]) -> None:
+def write_table(out: Path, rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> None:
+    """``kl_by_position.csv`` and ``.json`` with ``columns`` (an extra metric is empty/null on logged rows)."""
     from opd_cli.runs import write_json
 
+    rows = [{c: r.get(c) for c in columns} for r in rows]
     with (out / "kl_by_position.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
     write_json(out / "kl_by_position.json", rows)

@@ -26,6 +26,7 @@ from opd_cli.plot.curves import (
     plot_teacher_prefix,
 )
 from opd_cli.plot.draw import PlotResult
+from opd_cli.plot.profiles import plot_position_profile, plot_reward_auroc
 from opd_cli.plot.support import plot_dynamics, plot_topk_support
 from opd_cli.plot.tables import plot_main_table, plot_window_ablation
 
@@ -40,6 +41,8 @@ KINDS = (
     "overlap",
     "topk-support",
     "dynamics",
+    "position-profile",
+    "reward-auroc",
 )
 
 
@@ -62,6 +65,8 @@ class PlotConfig:
     match_acc: float = field(
         -1.0, help="lr-sweep: dev accuracy to match for OOD (0..1); -1 = the best level every run reaches."
     )
+    metric: str = field("kl", help="position-profile: the kl-by-position profile to draw, kl | entropy-student | "
+                                   "entropy-teacher | overlap.")
 
     def __post_init__(self) -> None:
         check(self.kind in KINDS, f"unknown plot kind {self.kind!r}: use one of {', '.join(KINDS)}")
@@ -81,6 +86,8 @@ PLOTTERS: dict[str, Callable[[PlotConfig, Path], PlotResult]] = {
     "overlap": plot_overlap,
     "topk-support": plot_topk_support,
     "dynamics": plot_dynamics,
+    "position-profile": plot_position_profile,
+    "reward-auroc": plot_reward_auroc,
 }
 
 

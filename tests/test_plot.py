@@ -213,3 +213,119 @@ def test_pdf_bytes_do_not_depend_on_the_time(tmp_path: Path) -> None:
         save(fig, tmp_path / sub, "x")
         blobs.append((tmp_path / sub / "x.pdf").read_bytes())
     assert blobs[0] == blobs[1] and b"CreationDate" not in blobs[0]
+
+
+def test_topk_support_labels_runs_by_their_loss(tmp_path):
+    import shutil
+
+    import yaml
+
+    runs = []
+    for src, extra in (("opd_full", {"loss": "sampled"}), ("opd_prefix", {"loss": "topk", "topk": 4, "topk_support": "overlap"})):
+        run = tmp_path / "runs" / src
+        shutil.copytree(RUNS / src, run)
+        config = yaml.safe_load((run / "config.yaml").read_text()) | extra
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        runs.append(run)
+    res = plot(tmp_path / "out", "topk-support", runs)
+    assert set(res.data["acc"]) == {"sampled-token", "top-4 overlap"}
+    assert res.data["acc"]["sampled-token"] == {"x": [0.0, 2.0, 4.0], "y": [0.1, 0.3, 0.45]}
+    adv = res.data["overlap_adv"]["top-4 overlap"]
+    assert adv["y"] == [metric("opd_prefix", s, "overlap_adv") for s in adv["x"]] and adv["x"] == [1.0, 2.0, 3.0, 4.0]
+    assert (tmp_path / "out" / "topk-support.png").is_file()
+    # dynamics: the same panels, labelled by run name
+    dyn = plot(tmp_path / "out", "dynamics", runs)
+    assert set(dyn.data["entropy_gap"]) == {"OPD full", "opd_prefix"}
+    assert dyn.data["entropy_gap"]["OPD full"]["y"] == [metric("opd_full", s, "entropy_gap") for s in range(1, 5)]
+
+
+def test_topk_support_needs_overlap_metrics(tmp_path):
+    with pytest.raises(OpdError, match="has no overlap metrics"):
+        plot(tmp_path, "topk-support", [RUNS / "sft"])
+
+
+# ------------------------------------------------------------------------------------------- kl-by-position profiles
+PROFILES = AN / "profiles"  # a kl-by-position folder written with --metric kl,entropy-student,... --grade
+
+
+def _fixture_rewards(step: int) -> tuple[list[float], list[float]]:
+    recs = [json.loads(x) for x in (PROFILES / "rollout_rewards.jsonl").read_text().splitlines()]
+    recs = [r for r in recs if r["step"] == step and r["seq_mean_reward"] is not None]
+    return ([r["seq_mean_reward"] for r in recs if r["correct"]], [r["seq_mean_reward"] for r in recs if not r["correct"]])
+
+
+def test_position_profile_draws_the_chosen_metric(tmp_path):
+    res = plot(tmp_path, "position-profile", [PROFILES], metric="entropy-student")
+    assert res.paths[0].name == "position-profile-entropy-student.png"
+    # the logged row has no entropy: only the two checkpoint steps are drawn
+    assert res.data["profiles"] == {"step 10": {"x": [0, 256], "y": [1.2, 1.5]}, "step 30": {"x": [0, 256], "y": [1.0, 2.5]}}
+    over = plot(tmp_path, "position-profile", [PROFILES], metric="overlap", steps=[30])
+    assert over.data["profiles"] == {"step 30": {"x": [0, 256], "y": [0.625, 0.25]}}
+    kl = plot(tmp_path, "position-profile", [PROFILES]).data["profiles"]  # default metric kl: the logged row too
+    assert kl["step 20 (logged)"] == {"x": [0], "y": [0.5]}
+    assert kl["step 10 (checkpoint)"]["y"] == [0.8, 0.4]
+    # the extra columns leave the KL curve of `kl-position` as it was
+    assert plot(tmp_path, "kl-position", [PROFILES]).data["profiles"] == kl
+
+
+def test_position_profile_missing_column_and_bad_metric(tmp_path):
+    with pytest.raises(OpdError, match="has no mean_entropy_teacher column: run opd kl-by-position --metric entropy-teacher"):
+        plot(tmp_path, "position-profile", [AN / "klpos"], metric="entropy-teacher")
+    with pytest.raises(OpdError, match="no mean_overlap values at step"):
+        plot(tmp_path, "position-profile", [PROFILES], metric="overlap", steps=[20])
+    bad = runner.invoke(app, ["plot", "position-profile", str(PROFILES), "--metric", "entropy", "-o", str(tmp_path)])
+    assert bad.exit_code == 2
+    lines = [x for x in bad.stderr.splitlines() if x.strip()]
+    assert lines == ["error: unknown --metric 'entropy' for position-profile: use one of kl, entropy-student, "
+                     "entropy-teacher, overlap"]
+
+
+def test_reward_auroc(tmp_path):
+    from opd_cli.analyses.rollout_rewards import auroc
+
+    res = plot(tmp_path, "reward-auroc", [PROFILES])
+    # hand-computed: step 10 correct {0.1, -0.2, 0.3} vs incorrect {-0.5, 0.1} (the null reward left out): 4.5 / 6
+    assert res.data["auroc"]["profiles"] == {"x": [10, 30], "y": [0.75, 1.0]}
+    assert res.data["auroc"]["profiles"]["y"] == [auroc(*_fixture_rewards(10)), auroc(*_fixture_rewards(30))]
+    assert res.data["profiles step 10"] == {"correct": {"x": [-0.2, 0.1, 0.3], "y": [1 / 3, 2 / 3, 1.0]},
+                                            "incorrect": {"x": [-0.5, 0.1], "y": [0.5, 1.0]}}
+    assert res.data["profiles step 30"]["incorrect"]["x"] == sorted(_fixture_rewards(30)[1])
+    rows = list(csv.DictReader((tmp_path / "reward-auroc.csv").open()))
+    fixture = list(csv.DictReader((PROFILES / "reward_auroc.csv").open()))
+    assert [(r["step"], r["correct"], float(r["auroc"])) for r in rows] == [
+        (f["step"], f["correct"], float(f["auroc"])) for f in fixture]
+    one = plot(tmp_path, "reward-auroc", [PROFILES], steps=[30])
+    assert set(one.data) == {"auroc", "table", "profiles step 30"}
+    with pytest.raises(OpdError, match=r"no rollouts at step\(s\) 20"):
+        plot(tmp_path, "reward-auroc", [PROFILES], steps=[20])
+    with pytest.raises(OpdError, match="run opd kl-by-position --grade first"):
+        plot(tmp_path, "reward-auroc", [AN / "klpos"])
+
+
+def _student_prefix_run(root: Path) -> Path:
+    """A student-prefix probe folder as `opd probe-teacher-prefix --prefix-from student` writes it."""
+    run = root / "sp"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("command: probe-teacher-prefix\nname: sp\nprefix_from: student\n")
+    (run / "probe.csv").write_text("length,mean_acc,stderr,n,mean_prefix_tokens,gain,prefix_from\n"
+                                   "0,0.5,0.02,16,0,0.4,student\n"
+                                   "1024,0.45,0.02,16,1000,0.35,student\n"
+                                   "8192,0.15,0.02,16,7000,0.05,student\n")
+    (run / "summary.json").write_text(json.dumps({"prefix_from": "student", "student_acc": 0.1}))
+    return run
+
+
+def test_teacher_prefix_plot_of_a_student_prefix_run(tmp_path):
+    res = plot(tmp_path / "out", "teacher-prefix", [_student_prefix_run(tmp_path)])
+    lines = res.data["probe"]
+    assert set(lines) == {"sp (student prefix, teacher continues)", "sp: teacher alone", "sp: student (own solutions)"}
+    assert lines["sp (student prefix, teacher continues)"] == {"x": [1024, 8192], "y": [0.45, 0.15]}
+    assert lines["sp: teacher alone"]["y"][0] == 0.5
+    assert lines["sp: student (own solutions)"]["y"][0] == 0.1
+    assert res.data["axes"] == {"x": "student prefix length L (tokens)", "y": "Mean Acc (teacher continues)",
+                                "title": "student-prefix probe"}
+    # beside a teacher-prefix run: that one keeps its labels, the axes name neither direction
+    both = plot(tmp_path / "both", "teacher-prefix", [AN / "probe", _student_prefix_run(tmp_path / "b")])
+    assert {"probe", "probe: student alone", "probe: teacher", "sp: teacher alone"} <= set(both.data["probe"])
+    assert both.data["axes"]["x"] == "prefix length L (tokens)"
+    assert plot(tmp_path / "t", "teacher-prefix", [AN / "probe"]).data["axes"]["x"] == "teacher prefix length L (tokens)"

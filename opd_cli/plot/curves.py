@@ -116,13 +116,15 @@ def plot_teacher_prefix(cfg: PlotConfig, out: Path) -> PlotResult:
         probe = [r for r in rows if int(float(r["length"])) > 0]
         name = label(run)
         curve = name if side == "teacher" else f"{name} (student prefix, teacher continues)"
-        ax.plot([int(float(r["length"])) for r in probe], [float(r["mean_acc"]) for r in probe], marker="o", label=curve)
+        (line,) = ax.plot([int(float(r["length"])) for r in probe], [float(r["mean_acc"]) for r in probe], marker="o",
+                          label=curve)
+        colour = line.get_color()  # a run's flat lines in its curve's colour: several runs stay apart
         alone = [float(r["mean_acc"]) for r in rows if int(float(r["length"])) == 0]
         if alone:
-            ax.axhline(alone[0], ls=":", color="grey", label=f"{name}: {continuer} alone")
+            ax.axhline(alone[0], ls=":", color=colour, label=f"{name}: {continuer} alone")
         if own is not None:
             own_label = f"{name}: teacher" if side == "teacher" else f"{name}: student (own solutions)"
-            ax.axhline(float(own), ls="--", color="black", label=own_label)
+            ax.axhline(float(own), ls="--", color=colour, alpha=0.6, label=own_label)
     if directions == {"teacher"}:
         xlabel, ylabel, title = "teacher prefix length L (tokens)", "Mean Acc (student continues)", "teacher-prefix probe"
     elif directions == {"student"}:

@@ -212,7 +212,16 @@ runs/sft-baseline-toy-coldstart/sft.done: | toy-world
 	$(OPD) sft-baseline --recipe recipes/sft-toy-coldstart.yaml --if-exists resume
 	touch $@
 
-toy-rethinking-runs: $(foreach r,$(RETHINK),runs/train-toy-rethink-$(r)/rethink.done)
+runs/kl-by-position-toy-rethink/rethink.done: runs/train-toy-rethink-sampled/rethink.done
+	$(OPD) kl-by-position --recipe recipes/kl-by-position-toy-rethink.yaml --if-exists resume
+	touch $@
+
+runs/probe-student-prefix-toy/rethink.done: | toy-world
+	$(OPD) probe-teacher-prefix --recipe recipes/probe-toy-student-prefix.yaml --if-exists resume
+	touch $@
+
+toy-rethinking-runs: $(foreach r,$(RETHINK),runs/train-toy-rethink-$(r)/rethink.done) \
+                     runs/kl-by-position-toy-rethink/rethink.done runs/probe-student-prefix-toy/rethink.done
 
 toy-rethinking: toy-world  ## Rethinking OPD on the toy world: top-k supports and sizes, cold start, template, two teachers (resumable)
 	$(TOY_MAKE) toy-rethinking-runs
@@ -221,6 +230,10 @@ toy-rethinking: toy-world  ## Rethinking OPD on the toy world: top-k supports an
 	$(OPD) plot dynamics runs/train-toy-rethink-small runs/train-toy-rethink-weak-teacher -o $(RETHINK_FIG)/fig6
 	$(OPD) plot dynamics runs/train-toy-rethink-sampled runs/train-toy-rethink-coldstart -o $(RETHINK_FIG)/fig8
 	$(OPD) plot dynamics runs/train-toy-rethink-sampled runs/train-toy-rethink-nothink -o $(RETHINK_FIG)/fig9
+	$(OPD) plot teacher-prefix runs/probe-student-prefix-toy -o $(RETHINK_FIG)/fig11b
+	$(OPD) plot position-profile runs/kl-by-position-toy-rethink --metric entropy-student -o $(RETHINK_FIG)/fig13
+	$(OPD) plot position-profile runs/kl-by-position-toy-rethink --metric entropy-teacher -o $(RETHINK_FIG)/fig23
+	$(OPD) plot reward-auroc runs/kl-by-position-toy-rethink -o $(RETHINK_FIG)/fig14
 
 # ------------------------------------------------------------------------------------------------ paper scale (GPUs)
 # Tables 1-2 and Fig. 2/4 for one student: the OPD grid, the SFT baseline, the evaluations (checkpoints picked on

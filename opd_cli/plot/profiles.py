@@ -132,7 +132,8 @@ def plot_reward_auroc(cfg: PlotConfig, out: Path) -> PlotResult:
             if vals:
                 ax.step(*_ecdf(vals), where="post", label=name, color=color)
         a = auroc(good, bad)
-        ax.set(title=f"{label(run)} step {step}: AUROC {'n/a' if a is None else f'{a:.2f}'} ({len(good)} vs {len(bad)})",
+        who = f"{label(run)}, " if len(runs) > 1 else ""  # one run: its name is in the first panel's legend
+        ax.set(title=f"{who}step {step}: AUROC {'n/a' if a is None else f'{a:.2f}'} ({len(good)} correct, {len(bad)} not)",
                xlabel="sequence-mean reward (mean of logp_T - logp_S)", ylabel="fraction of rollouts (CDF)", ylim=(0, 1.05))
         ax.legend(fontsize=8)
         data[f"{label(run)} step {step}"] = axes_data(ax)

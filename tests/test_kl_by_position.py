@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from opd_cli.analyses.kl_by_position import bin_positions, logged_rows, rows_from_bins
+from opd_cli.analyses.position_table import bin_positions, logged_rows, rows_from_bins
 from opd_cli.cli import app
 from opd_cli.errors import OpdError
 from opd_cli.scoring import response_logprobs
@@ -328,7 +328,7 @@ def test_rollout_bins_profiles_equal_a_direct_computation(tiny_model_dirs):
 
 def test_kl_by_position_metrics_and_grade_smoke(train_run, data_file, tmp_path, monkeypatch):
     """Checkpoints 0 and 2 of a 2-step run, all metrics and --grade, against a default run of the same rollouts."""
-    from opd_cli.analyses.kl_by_position import COLUMNS
+    from opd_cli.analyses.position_table import COLUMNS
     from opd_cli.analyses.rollout_rewards import auroc
 
     calls: list[tuple[str, str]] = []

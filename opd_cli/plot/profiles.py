@@ -32,7 +32,7 @@ Y_LABELS = {
 
 
 def _metric_column(cfg: PlotConfig) -> str:
-    from opd_cli.analyses.kl_by_position import METRICS, metric_column
+    from opd_cli.analyses.position_table import METRICS, metric_column
 
     if cfg.metric not in METRICS:
         raise OpdError(f"unknown --metric {cfg.metric!r} for position-profile: use one of {', '.join(METRICS)}")

@@ -333,6 +333,7 @@ def head_logprobs_N(
     (None = TRL's 32768 where its Triton kernels fold a tile in place, 8192 where the torch fallback allocates several
     temporaries per tile) is the tile width.
     """
+    import torch.distributed.tensor  # a submodule: `torch.distributed` alone does not load it
     from trl.kernels import ChunkedLogProbFunction
 
     if vocab_chunk is None:

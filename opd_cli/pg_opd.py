@@ -56,10 +56,6 @@ def overlap_weights(overlap: Sequence[float]) -> list[float]:
     return [x / mean if mean > 0 else 1.0 for x in overlap]
 
 
-def mean_or_none(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def step_metrics(sums: Sequence[float]) -> dict[str, Any]:
     """metrics.jsonl's PG-OPD fields from a step's gathered :data:`PG_SUMS`: candidates generated, continued and
     stopped, the mean probe overlap of the kept and of the dropped ones, tokens per generation stage, and the probe

@@ -63,7 +63,6 @@ def response_profiles(student: Any, teacher: Any, sequences: list[list[int]], st
     :func:`opd_cli.maths.overlap_metrics_from_hidden_N`, so no (positions, V) logits exist at once.
     """
     import torch
-    import torch.distributed.tensor  # noqa: F401  (head_logprobs_N looks for FSDP2 DTensor heads)
 
     from opd_cli import maths
 

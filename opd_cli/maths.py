@@ -275,9 +275,18 @@ def overlap_metrics_from_hidden_N(
     """:func:`overlap_metrics_BT`'s overlap keys per row from hidden states and LM heads, one vocabulary tile at a time.
 
     Running log-sum-exps and running top-k sets (the student's, with the teacher's logits at those tokens, and the
-    teacher's) are merged tile by tile, so no (N, V) tensor exists: memory is a few (N, vocab_chunk) tiles.
+    teacher's) are merged tile by tile, so no (N, V) tensor exists: memory is a few (N, vocab_chunk) tiles. ``k`` is
+    capped at V. Sharded heads are gathered first (:mod:`opd_cli.sharding`).
     """
-    N, V = hs_NH.shape[0], s_head.weight.shape[0]
+    from opd_cli.sharding import dense_head, gathered_heads
+
+    with gathered_heads(s_head, t_head):
+        return _overlap_metrics(hs_NH, dense_head(s_head), ht_NH, dense_head(t_head), k, vocab_chunk)
+
+
+def _overlap_metrics(hs_NH: torch.Tensor, s_wb: tuple, ht_NH: torch.Tensor, t_wb: tuple, k: int, vocab_chunk: int) -> dict[str, torch.Tensor]:
+    N, V = hs_NH.shape[0], s_wb[0].shape[0]
+    k = min(k, V)
     dev = hs_NH.device
     lse_s = torch.full((N,), float("-inf"), device=dev)
     lse_t = torch.full((N,), float("-inf"), device=dev)
@@ -288,8 +297,8 @@ def overlap_metrics_from_hidden_N(
     idx_t = torch.zeros((N, 0), dtype=torch.long, device=dev)
     for start in range(0, V, vocab_chunk):
         end = min(start + vocab_chunk, V)
-        zs = _project(hs_NH, s_head, start, end)
-        zt = _project(ht_NH, t_head, start, end)
+        zs = _project(hs_NH, s_wb, start, end)
+        zt = _project(ht_NH, t_wb, start, end)
         lse_s = torch.logaddexp(lse_s, torch.logsumexp(zs, -1))
         lse_t = torch.logaddexp(lse_t, torch.logsumexp(zt, -1))
         kk = min(k, end - start)
@@ -313,12 +322,13 @@ def overlap_metrics_from_hidden_N(
     }
 
 
-def _project(h_NH: torch.Tensor, head: torch.nn.Module, start: int, end: int) -> torch.Tensor:
-    """Logits of vocabulary rows [start, end) in float32."""
-    w = head.weight[start:end]
+def _project(h_NH: torch.Tensor, head_wb: tuple, start: int, end: int) -> torch.Tensor:
+    """Logits of vocabulary rows [start, end) in float32, from a head's (weight, bias) as plain tensors."""
+    weight, bias = head_wb
+    w = weight[start:end]
     z = h_NH.to(w.dtype) @ w.t()
-    if getattr(head, "bias", None) is not None:
-        z = z + head.bias[start:end]
+    if bias is not None:
+        z = z + bias[start:end]
     return z.float()
 
 
@@ -331,20 +341,19 @@ def head_logprobs_N(
     TRL's ``ChunkedLogProbFunction`` projects vocabulary tiles and folds them into online log-sum-exp statistics;
     its backward recomputes each tile. Gradients flow to ``hidden`` and the head's weight and bias. ``vocab_chunk``
     (None = TRL's 32768 where its Triton kernels fold a tile in place, 8192 where the torch fallback allocates several
-    temporaries per tile) is the tile width.
+    temporaries per tile) is the tile width. A sharded head is gathered for the forward (ZeRO-3: the kernel's
+    backward gathers it again itself; FSDP2: once, :func:`opd_cli.sharding.dense_head`).
     """
-    import torch.distributed.tensor  # a submodule: `torch.distributed` alone does not load it
     from trl.kernels import ChunkedLogProbFunction
+
+    from opd_cli.sharding import dense_head, gathered_heads
 
     if vocab_chunk is None:
         vocab_chunk = 32768 if hidden_NH.device.type in ("cuda", "xpu") else 8192
-
-    weight, bias = head.weight, getattr(head, "bias", None)
-    if isinstance(weight, torch.distributed.tensor.DTensor):  # FSDP2: gather the head once, not per tile
-        weight = weight.full_tensor()
-        bias = bias.full_tensor() if bias is not None else None
     outputs = ("entropy",) if entropy else ()
-    logp_N, ent_N, *_ = ChunkedLogProbFunction.apply(hidden_NH, weight, bias, ids_N, 1.0, vocab_chunk, None, 1.0, outputs)
+    with gathered_heads(head):
+        weight, bias = dense_head(head)
+        logp_N, ent_N, *_ = ChunkedLogProbFunction.apply(hidden_NH, weight, bias, ids_N, 1.0, vocab_chunk, None, 1.0, outputs)
     return logp_N, ent_N
 
 

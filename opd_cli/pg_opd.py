@@ -138,45 +138,48 @@ def probe_overlap(trainer: Any, prompt_ids: list[list[int]], comps: list[list[in
     """Each candidate's teacher-student top-k overlap ratio (``--probe-topk``), averaged over the first
     ``--probe-window`` tokens of its completion, and the length of each probe forward (prompt + window).
 
-    One no-grad forward of each model over prompt + window (the student's weights as generation sees them); the
-    top-k sets come from the LM heads one vocabulary tile at a time (:func:`opd_cli.maths.overlap_metrics_from_hidden_N`).
-    A candidate without a token scores 0.
+    One no-grad forward of each model over prompt + window, each through its wrapper's forward (TRL's forward
+    redirection, as in the loss), so FSDP and ZeRO-3 gather their shards whatever ran before (HF ``generate``, a vLLM
+    rollout, a backward); the top-k sets come from the LM heads one vocabulary tile at a time
+    (:func:`opd_cli.maths.overlap_metrics_from_hidden_N`). A candidate without a token scores 0.
     """
     import torch
-    from trl.models import unwrap_model_for_generation
     from trl.trainer.utils import pad
 
-    from opd_cli import maths
-
-    o, acc = trainer.opd, trainer.accelerator
+    acc = trainer.accelerator
     pad_id = trainer._tokenizer.pad_token_id
-    heads = [c[: o.probe_window] for c in comps]
+    heads = [c[: trainer.opd.probe_window] for c in comps]
     p_ids = pad([torch.tensor(p) for p in prompt_ids], padding_value=pad_id, padding_side="left")
     p_mask = pad([torch.ones(len(p), dtype=torch.long) for p in prompt_ids], padding_value=0, padding_side="left")
     c_ids = pad([torch.tensor(h or [pad_id]) for h in heads], padding_value=pad_id, padding_side="right")
     c_mask = pad([torch.tensor([1] * len(h) or [0]) for h in heads], padding_value=0, padding_side="right")
     ids, attn = torch.cat([p_ids, c_ids], 1).to(acc.device), torch.cat([p_mask, c_mask], 1).to(acc.device)
-    T = c_ids.shape[1]
-    teacher = acc.unwrap_model(trainer.teacher_model)
-    with (
-        unwrap_model_for_generation(trainer.model_wrapped, acc, gather_deepspeed3_params=trainer.args.ds3_gather_for_generation) as student,
-        torch.no_grad(),
-        trainer._dist.summon_full_params(trainer.model_wrapped, recurse=False),
-        acc.autocast(),
-    ):
-        h_s = trainer._hidden_BTH(student, ids, attn, T)
-        h_t = trainer._forward_redirection(trainer.teacher_model, teacher, trainer._hidden_BTH, teacher, ids, attn, T)
-        valid = c_mask.bool().to(acc.device)
-        hs_N, ht_N = h_s[valid], h_t[valid]
-        s_head, t_head = student.get_output_embeddings(), teacher.get_output_embeddings()
-        k = min(o.probe_topk, s_head.weight.shape[0])
-        rows = max(o.chunk, 1) * len(comps)
-        ratio_N = torch.cat([maths.overlap_metrics_from_hidden_N(hs_N[i : i + rows], s_head, ht_N[i : i + rows], t_head, k)["overlap_ratio"]
-                             for i in range(0, hs_N.shape[0], rows)] or [torch.zeros(0, device=acc.device)])
+    valid = c_mask.bool().to(acc.device)
+    student = acc.unwrap_model(trainer.model_wrapped)
+    with torch.no_grad(), acc.autocast():
+        ratio_N = trainer._forward_redirection(trainer.model_wrapped, student, _probe_ratios, trainer, student, ids, attn, valid)
     row_N = torch.arange(len(comps), device=acc.device)[:, None].expand_as(valid)[valid]
     sums = torch.zeros(len(comps), device=acc.device, dtype=torch.float64).index_add_(0, row_N, ratio_N.double())
     counts = valid.sum(1).clamp(min=1)
     return (sums / counts).tolist(), [len(p) + len(h) for p, h in zip(prompt_ids, heads, strict=True)]
+
+
+def _probe_ratios(trainer: Any, student: Any, ids: Any, attn: Any, valid: Any) -> Any:
+    """The overlap ratio of every valid probe position (N,); runs inside the student wrapper's forward."""
+    import torch
+
+    from opd_cli import maths
+
+    T = valid.shape[1]
+    teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)
+    h_s = trainer._hidden_BTH(student, ids, attn, T)
+    h_t = trainer._forward_redirection(trainer.teacher_model, teacher, trainer._hidden_BTH, teacher, ids, attn, T)
+    hs_N, ht_N = h_s[valid], h_t[valid]
+    s_head, t_head = student.get_output_embeddings(), teacher.get_output_embeddings()
+    rows = max(trainer.opd.chunk, 1) * valid.shape[0]
+    parts = [maths.overlap_metrics_from_hidden_N(hs_N[i : i + rows], s_head, ht_N[i : i + rows], t_head, trainer.opd.probe_topk)["overlap_ratio"]
+             for i in range(0, hs_N.shape[0], rows)]
+    return torch.cat(parts or [torch.zeros(0, device=ids.device)])
 
 
 def loss_mask_and_weights(trainer: Any, train_BT: Any) -> tuple[Any, Any]:

@@ -376,7 +376,10 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
             stop()
     final = run.path / "final"
     tmp_final = run.path / ".final.tmp"
-    trainer.save_model(str(tmp_final))
+    from opd_cli.sharding import full_state_dict
+
+    with full_state_dict(trainer):  # whole even when FSDP checkpoints are sharded
+        trainer.save_model(str(tmp_final))
     if state.is_main_process:
         s_tok.save_pretrained(str(tmp_final))
         swap_in(tmp_final, final)

@@ -63,6 +63,9 @@ def make_trainer_class():
             self.wall_offset = offsets.get("wall_time", 0.0)
             self.progress = None
             super().__init__(*args, **kwargs)
+            from opd_cli.sharding import prepare_teacher
+
+            self.teacher_model = prepare_teacher(self)  # under FSDP TRL leaves it unsharded, where it was loaded
             self.teacher_model.requires_grad_(False)
             # the adaptive schedule: its signal at every step so far (replayed from metrics.jsonl on resume), L per step
             self._signal = [maths.adaptive_signal(r, opd.adaptive_signal) for r in run.read_metrics()] if opd.schedule == "adaptive" else []
@@ -275,9 +278,12 @@ def make_trainer_class():
                 if self.opd.loss == "full":  # TRL's fused reverse KL (beta = 1), (N, V) logits never materialised
                     from trl.trainer.distillation_trainer import _chunked_divergence_loss
 
-                    loss, _, _ = _chunked_divergence_loss(h_s, h_t, s_head.weight, t_head.weight, train_BT.int(), 1.0,
-                                                          num_items_in_batch=n, student_lm_head_bias=s_head.bias,
-                                                          teacher_lm_head_bias=t_head.bias)
+                    from opd_cli.sharding import gathered_heads
+
+                    with gathered_heads(s_head, t_head):  # ZeRO-3: the kernel's input must have the head's shape
+                        loss, _, _ = _chunked_divergence_loss(h_s, h_t, s_head.weight, t_head.weight, train_BT.int(), 1.0,
+                                                              num_items_in_batch=n, student_lm_head_bias=s_head.bias,
+                                                              teacher_lm_head_bias=t_head.bias)
                 else:
                     div_BT = maths.map_chunks_T(
                         lambda hs, ht: maths.divergence_BT(s_head(hs), t_head(ht), "topk", self.opd.topk, self.opd.topk_support),
@@ -309,7 +315,7 @@ def make_trainer_class():
             acc["bin_cnt"].index_add_(0, bins_N, torch.ones_like(kl_N))
             if not self._metrics_step():
                 return
-            k = min(METRIC_K, s_head.weight.shape[0])
+            k = METRIC_K  # capped at V inside (a ZeRO-3 head's weight has no rows outside its gather)
             hs_M, ht_M = hs_N[tr_N], ht_N[tr_N]
             rows = self.opd.chunk * valid_BT.shape[0]
             for i in range(0, hs_M.shape[0], rows):

@@ -114,9 +114,11 @@ def test_fsdp2_matches_one_process_and_resumes_from_sharded_checkpoints(untied_d
 def test_fsdp2_pg_opd_probe_runs_inside_the_forward(untied_dirs, prompts_file, tmp_path):
     """PG-OPD's probe under FSDP2 with the decoder layers in the root unit (fsdp_auto_wrap_policy NO_WRAP) and the
     student resharded after every rollout (as vLLM leaves it): the probe's overlaps, the selection and the training
-    equal one process's. Calling the backbone outside the root forward fails here on DTensor weights."""
+    equal one process's. Calling the backbone outside the root forward fails here on DTensor weights. Both models
+    load as the FSDP2 recipe has it (fsdp_cpu_ram_efficient_loading: rank 1 receives its shards from rank 0)."""
     pg = dict(rollout="pg-opd", candidates=2, pg_prefix=4, probe_window=4)
-    _launch(_cfg(untied_dirs, prompts_file, tmp_path / "fsdp", **pg), FSDP_AUTO_WRAP_POLICY="NO_WRAP")
+    _launch(_cfg(untied_dirs, prompts_file, tmp_path / "fsdp", **pg), FSDP_AUTO_WRAP_POLICY="NO_WRAP",
+            FSDP_CPU_RAM_EFFICIENT_LOADING="true")
     _one_process(_cfg(untied_dirs, prompts_file, tmp_path / "one", **pg))
     _assert_same_run(tmp_path / "fsdp", tmp_path / "one", CLOSE + PG)
     assert all(r["pg_stopped"] > 0 and r["pg_continued"] > 0 for r in read_metrics(tmp_path / "one"))
@@ -243,3 +245,54 @@ def test_zero3_heads_are_gathered_wherever_they_are_read(untied_dirs, prompts_fi
     for k in ("sums", "metrics", "bin_sum"):
         torch.testing.assert_close(m1[k], m0[k], rtol=1e-6, atol=1e-9, msg=k)
     assert m0["metrics"].abs().sum() > 0 and p1[0] == pytest.approx(p0[0], abs=1e-7) and p0[1] == p1[1]
+
+
+# ------------------------------------------------------------------------------------------ accelerate configs
+def _launch_env(config: str) -> dict[str, str]:
+    """The environment `accelerate launch --config_file <config>` gives each process (accelerate's own code)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", config, "-m", "opd_cli.cli", "train"])
+    args, defaults, _ = _validate_launch_command(args)
+    if not args.use_deepspeed:
+        return prepare_multi_gpu_env(args)
+    args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)  # as launch_command sets it
+    return prepare_deepspeed_cmd_env(args)[1]
+
+
+def _recipe(name: str) -> str:
+    path = Path(__file__).resolve().parents[1] / "recipes" / name
+    first = path.read_text().splitlines()[0]
+    assert first.startswith(f"# accelerate launch --config_file recipes/{name} -m opd_cli.cli train --recipe recipes/")
+    assert (path.parents[0] / first.split("--recipe recipes/")[1].split()[0]).exists()  # the recipe it launches
+    return str(path)
+
+
+def test_fsdp2_recipe_shards_each_decoder_layer_on_8_processes(monkeypatch, toy_tokenizer_dir):
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
+    from transformers import AutoTokenizer
+
+    from opd_cli.toy.tiny_qwen import random_model
+
+    env = _launch_env(_recipe("accelerate-fsdp2.yaml"))
+    assert (env["ACCELERATE_USE_FSDP"], env["FSDP_VERSION"], env["ACCELERATE_MIXED_PRECISION"]) == ("true", "2", "bf16")
+    for k, v in env.items():
+        if k.startswith(("FSDP_", "ACCELERATE_")):
+            monkeypatch.setenv(k, v)
+    plugin = FullyShardedDataParallelPlugin()
+    assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True and plugin.cpu_ram_efficient_loading
+    assert "FULL_STATE_DICT" in str(plugin.state_dict_type)  # checkpoints hold a whole model
+    model = random_model(AutoTokenizer.from_pretrained(str(toy_tokenizer_dir)), layers=3, hidden=16, heads=2)
+    plugin.set_auto_wrap_policy(model)
+    policy = fsdp2_prepare_auto_wrap_policy(plugin, model)
+    units = [n for n, m in model.named_modules() if policy(m)]
+    assert units == ["model.layers.0", "model.layers.1", "model.layers.2"]
+
+
+def test_zero3_recipe_is_stage_3_with_whole_saved_weights():
+    env = _launch_env(_recipe("accelerate-zero3.yaml"))
+    assert env["ACCELERATE_USE_DEEPSPEED"] == "true" and env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == "3"
+    assert env["ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL"] == "true"  # checkpoints and final/ are loadable models
+    assert env["ACCELERATE_DEEPSPEED_ZERO3_INIT"] == "false" and env["ACCELERATE_MIXED_PRECISION"] == "bf16"

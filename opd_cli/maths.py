@@ -244,20 +244,11 @@ def overlap_metrics_BT(student_logits_BTV: torch.Tensor, teacher_logits_BTV: tor
     h_q_BT = lse_t - (torch.softmax(zt, -1) * zt).sum(-1)
     top_s_BTK, top_t_BTK = zs.topk(k, dim=-1).indices, zt.topk(k, dim=-1).indices
     ov_BTK = (top_s_BTK[..., :, None] == top_t_BTK[..., None, :]).any(-1)  # student top-k token also in the teacher's
-    n_BT = ov_BTK.sum(-1)
     logp_BTK = zs.gather(-1, top_s_BTK) - lse_s[..., None]
     logq_BTK = zt.gather(-1, top_s_BTK) - lse_t[..., None]
-    lp_BTK, lq_BTK = _renormalise_k(logp_BTK, ov_BTK), _renormalise_k(logq_BTK, ov_BTK)
-    a_BTK = torch.where(ov_BTK, lp_BTK.exp() * (lq_BTK - lp_BTK), torch.zeros_like(lp_BTK))
-    return {
-        "overlap_ratio": n_BT.float() / k,
-        "overlap_adv": a_BTK.sum(-1) / n_BT.clamp(min=1),
-        "entropy_student": h_p_BT,
-        "entropy_teacher": h_q_BT,
-        "entropy_gap": (h_q_BT - h_p_BT).abs(),
-        "overlap_mass_student": (logp_BTK.exp() * ov_BTK).sum(-1),
-        "overlap_mass_teacher": (logq_BTK.exp() * ov_BTK).sum(-1),
-    }
+    out = _overlap_keys(logp_BTK, logq_BTK, ov_BTK, k)  # works on any leading shape
+    out.update(entropy_student=h_p_BT, entropy_teacher=h_q_BT, entropy_gap=(h_q_BT - h_p_BT).abs())
+    return out
 
 
 def _renormalise_k(logp_BTK: torch.Tensor, keep_BTK: torch.Tensor) -> torch.Tensor:
@@ -310,8 +301,13 @@ def _overlap_metrics(hs_NH: torch.Tensor, s_wb: tuple, ht_NH: torch.Tensor, t_wb
         top_t, pick = torch.cat([top_t, vt], 1).topk(min(k, top_t.shape[1] + kk), dim=-1)
         idx_t = torch.cat([idx_t, jt + start], 1).gather(1, pick)
     ov_NK = (idx_s[:, :, None] == idx_t[:, None, :]).any(-1)
+    return _overlap_keys(top_s - lse_s[:, None], top_s_t - lse_t[:, None], ov_NK, k)
+
+
+def _overlap_keys(logp_NK: torch.Tensor, logq_NK: torch.Tensor, ov_NK: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """The overlap keys of :func:`overlap_metrics_BT` from the student's top-k log-probs, the teacher's log-probs
+    at those tokens (only read where ``ov``) and which of them are in the teacher's top-k (``ov``)."""
     n_N = ov_NK.sum(-1)
-    logp_NK, logq_NK = top_s - lse_s[:, None], top_s_t - lse_t[:, None]
     lp_NK, lq_NK = _renormalise_k(logp_NK, ov_NK), _renormalise_k(logq_NK, ov_NK)
     a_NK = torch.where(ov_NK, lp_NK.exp() * (lq_NK - lp_NK), torch.zeros_like(lp_NK))
     return {
@@ -320,6 +316,29 @@ def _overlap_metrics(hs_NH: torch.Tensor, s_wb: tuple, ht_NH: torch.Tensor, t_wb
         "overlap_mass_student": (logp_NK.exp() * ov_NK).sum(-1),
         "overlap_mass_teacher": (logq_NK.exp() * ov_NK).sum(-1),
     }
+
+
+@torch.no_grad()
+def overlap_metrics_vs_topk_N(hs_NH: torch.Tensor, s_head: torch.nn.Module, t_ids_NK: torch.Tensor, t_logp_NK: torch.Tensor,
+                              k: int = 16, rows: int = 256) -> dict[str, torch.Tensor]:
+    """:func:`overlap_metrics_from_hidden_N`'s keys against a teacher known only by its top tokens by rank
+    (``t_ids``, ``t_logp``: (N, K), K >= k, as a vLLM server sends them): every quantity reads the teacher only on
+    the overlap, which lies inside its top-k. The student's logits are built ``rows`` rows at a time."""
+    from opd_cli.sharding import dense_head, gathered_heads
+
+    if t_ids_NK.shape[-1] < k:
+        raise ValueError(f"the teacher's top-{t_ids_NK.shape[-1]} cannot give top-{k} overlap metrics")
+    out: dict[str, list[torch.Tensor]] = {}
+    with gathered_heads(s_head):
+        wb = dense_head(s_head)
+        for i in range(0, hs_NH.shape[0], rows):
+            logp_NV = torch.log_softmax(_project(hs_NH[i : i + rows], wb, 0, wb[0].shape[0]), -1)
+            logp_NK, idx_NK = logp_NV.topk(min(k, logp_NV.shape[-1]), dim=-1)
+            match_NKK = idx_NK[:, :, None] == t_ids_NK[i : i + rows, None, :k]
+            logq_NK = torch.where(match_NKK, t_logp_NK[i : i + rows, None, :k].float(), float("-inf")).amax(-1)
+            for key, v in _overlap_keys(logp_NK, logq_NK, match_NKK.any(-1), k).items():
+                out.setdefault(key, []).append(v)
+    return {key: torch.cat(v) for key, v in out.items()}
 
 
 def _project(h_NH: torch.Tensor, head_wb: tuple, start: int, end: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Any
 
 from opd_cli.config import check, field
 from opd_cli.errors import OpdError
-from opd_cli.generation import BACKENDS
+from opd_cli.generation import check_backend
 from opd_cli.log import logger
 from opd_cli.runs import swap_in
 
@@ -77,8 +77,17 @@ class TrainConfig:
     warmup: int = field(0, help="Linear warmup steps (0 = off).")
     seed: int = field(0, help="Seed of data order, sampling and initialisation.")
     save_every: int = field(10, help="Checkpoint every N optimizer steps (0 = only the final model).")
-    backend: str = field("hf", help="Rollouts: hf (transformers generate, any device) | vllm (GPU + the vllm extra).")
-    vllm_mode: str = field("colocate", help="--backend vllm: colocate (same GPUs) | server (trl vllm-serve).")
+    backend: str = field("hf", help="Rollouts: hf (transformers generate) | vllm (the vllm extra on a GPU, make install-vllm on a CPU).")
+    vllm_mode: str = field("colocate", help="--backend vllm: colocate (an engine inside each training process) | server (a `vllm serve` of the student, see --vllm-host).")
+    vllm_host: str = field("127.0.0.1", help="--vllm-mode server: host of the student's vLLM server.")
+    vllm_port: int = field(8000, help="--vllm-mode server: port of the student's vLLM server.")
+    vllm_timeout: float = field(240.0, help="Seconds to wait for a vLLM server (student or --teacher-server) to answer before giving up.")
+    vllm_weight_sync: str = field("auto", help="--vllm-mode server: how the student's weights reach the server after each step: nccl (TRL's transfer, CUDA) | disk (safetensors in the run folder, reloaded by the server) | auto (nccl on CUDA, disk otherwise).")
+    vllm_memory: float = field(0.3, help="--vllm-mode colocate: share of the GPU's memory the engine reserves, in (0, 1) (on a CPU the KV cache is VLLM_CPU_KVCACHE_SPACE GiB, default 1).")
+    vllm_sleep: bool = field(False, help="--vllm-mode colocate: put the engine to sleep (weights and KV cache offloaded) between rollouts (GPU only).")
+    vllm_tensor_parallel: int = field(1, help="--vllm-mode colocate: tensor-parallel size of each engine (must divide the processes).")
+    teacher_server: str | None = field(None, help="URL of a `vllm serve` of the teacher (e.g. http://127.0.0.1:8001): the teacher's log-probs come from it instead of a local forward (--loss sampled only; None = the local teacher).")
+    teacher_topk: int = field(16, help="--teacher-server: top-k log-probs asked for per position (the overlap metrics' k; at most the server's --max-logprobs).")
     dtype: str = field("auto", help="auto (bfloat16 on a GPU that has it, float32 otherwise) | float32 | bfloat16 | float16: bfloat16/float16 train fp32 master weights under autocast; the frozen teacher is loaded in that dtype.")
     pure_dtype: bool = field(False, help="With --dtype bfloat16/float16: keep the student's weights in that dtype too (no fp32 master copy; off = mixed precision).")
     device: str = field("auto", help="auto | cpu | cuda (accelerate launch picks the device per process).")
@@ -136,12 +145,28 @@ class TrainConfig:
         check(self.chunk > 0, f"--chunk must be > 0, got {self.chunk}")
         check(self.metrics_every >= 0, f"--metrics-every must be >= 0 (0 = never), got {self.metrics_every}")
         check(not self.pure_dtype or self.dtype in ("bfloat16", "float16"), "--pure-dtype needs --dtype bfloat16 or float16")
-        check(self.backend in BACKENDS, f"unknown --backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
-        check(self.vllm_mode in VLLM_MODES, f"unknown --vllm-mode {self.vllm_mode!r}: use one of {', '.join(VLLM_MODES)}")
+        check_backend(self.backend)
+        self._check_vllm()
         check((self.student is None) == (self.teacher is None), "pass both --student and --teacher, or neither (the toy world)")
         check_toy_student(self.toy_student)
         check(self.student is None or self.toy_student == "large", "--toy-student small picks a toy-world student: it cannot be combined with --student")
         check(not (self.prompts and self.data), "pass either --prompts or --data, not both")
+
+    def _check_vllm(self) -> None:
+        from opd_cli.generation import WEIGHT_SYNCS
+
+        check(self.vllm_mode in VLLM_MODES, f"unknown --vllm-mode {self.vllm_mode!r}: use one of {', '.join(VLLM_MODES)}")
+        check(self.vllm_weight_sync in WEIGHT_SYNCS, f"unknown --vllm-weight-sync {self.vllm_weight_sync!r}: use one of {', '.join(WEIGHT_SYNCS)}")
+        check(0 < self.vllm_memory < 1, f"--vllm-memory must be in (0, 1), got {self.vllm_memory}")
+        check(self.vllm_timeout > 0, f"--vllm-timeout must be > 0 seconds, got {self.vllm_timeout}")
+        check(self.vllm_tensor_parallel >= 1, f"--vllm-tensor-parallel must be >= 1, got {self.vllm_tensor_parallel}")
+        check(0 < self.vllm_port < 65536, f"--vllm-port must be a TCP port, got {self.vllm_port}")
+        if self.teacher_server is None:
+            return
+        check(self.teacher_server.startswith(("http://", "https://")), f"--teacher-server must be a URL like http://127.0.0.1:8001, got {self.teacher_server!r}")
+        check(self.loss == "sampled", f"--loss {self.loss} needs the teacher's whole distribution, which a --teacher-server does not send: use --loss sampled or a local --teacher")
+        check(self.rollout == "standard", "--rollout pg-opd probes the teacher's hidden states: use a local --teacher with it")
+        check(self.teacher_topk >= 1, f"--teacher-topk must be >= 1, got {self.teacher_topk}")
 
     def _check_pg_opd(self) -> None:
         from opd_cli.pg_opd import PG_SELECT, ROLLOUTS
@@ -250,13 +275,10 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     else:
         student_src, teacher_src = str(cfg.student), str(cfg.teacher)
 
-    if cfg.backend == "vllm":
-        import torch
-        from trl.import_utils import is_vllm_available
+    if cfg.backend == "vllm" or cfg.teacher_server:
+        from opd_cli.vllm_engine import preflight
 
-        if not is_vllm_available() or not torch.cuda.is_available():
-            raise OpdError("--backend vllm needs a CUDA GPU and the vllm package (pip install 'trl[vllm]'); use --backend hf")
-
+        preflight(cfg, student_src)  # model loadable, servers up: before the run folder is touched
     s_tok = load_tokenizer(student_src, "student")
     t_tok = load_tokenizer(teacher_src, "teacher")
     check_same_vocab(s_tok, t_tok)
@@ -317,8 +339,10 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     load_on = "cpu" if world_size > 1 else device
     # mixed precision: fp32 master weights for the student (the optimizer updates them), the frozen teacher in half
     student = load_model(student_src, "float32" if mixed else name, load_on, "student")
-    teacher = load_model(teacher_src, name, load_on, "teacher")
-    check_same_vocab(s_tok, t_tok, student, teacher)
+    # a served teacher is asked over HTTP; --teacher then only names its tokenizer and shape (FLOPs)
+    teacher = None if cfg.teacher_server else load_model(teacher_src, name, load_on, "teacher")
+    if teacher is not None:
+        check_same_vocab(s_tok, t_tok, student, teacher)
     s_tok.padding_side = "left"
 
     args = DistillationConfig(
@@ -350,7 +374,7 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
         bf16=mixed and precision == torch.bfloat16,
         fp16=mixed and precision == torch.float16,
         use_cpu=device == "cpu",
-        use_vllm=cfg.backend == "vllm",
+        use_vllm=False,  # opd builds the rollout engine itself (opd_cli.vllm_engine), with TRL's generation class
         vllm_mode=cfg.vllm_mode,
         dataloader_num_workers=0,
         remove_unused_columns=False,
@@ -362,7 +386,7 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     Trainer = trainer_mod.make_trainer_class()
     trainer = Trainer(
         model=student, teacher_model=teacher, args=args, train_dataset=dataset, processing_class=s_tok,
-        opd=cfg, run=run, flops_fn=flops_fn, offsets=offsets, callbacks=callbacks,
+        opd=cfg, run=run, flops_fn=flops_fn, offsets=offsets, callbacks=callbacks, engine_dtype=name,
     )
     trainer.remove_callback(PrinterCallback)
     point_tensorboard(trainer, run.path)
@@ -374,6 +398,8 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     finally:
         if stop is not None:
             stop()
+    if state.is_main_process:
+        shutil.rmtree(run.path / ".vllm-sync", ignore_errors=True)  # the disk weight sync's copy for the server
     final = run.path / "final"
     tmp_final = run.path / ".final.tmp"
     from opd_cli.sharding import full_state_dict

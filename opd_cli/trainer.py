@@ -55,7 +55,8 @@ def make_trainer_class():
     from opd_cli.generation import global_batch_sampling, rollout_seed
 
     class OpdTrainer(DistillationTrainer):
-        def __init__(self, *args: Any, opd: TrainConfig, run: Any, flops_fn: Any, offsets: dict[str, float], **kwargs: Any):
+        def __init__(self, *args: Any, opd: TrainConfig, run: Any, flops_fn: Any, offsets: dict[str, float],
+                     engine_dtype: str | None = None, **kwargs: Any):
             self.opd = opd
             self.run_dir = run
             self.flops_fn = flops_fn
@@ -65,8 +66,19 @@ def make_trainer_class():
             super().__init__(*args, **kwargs)
             from opd_cli.sharding import prepare_teacher
 
-            self.teacher_model = prepare_teacher(self)  # under FSDP TRL leaves it unsharded, where it was loaded
-            self.teacher_model.requires_grad_(False)
+            if self.teacher_model is not None:  # None: a --teacher-server scores the rollouts
+                self.teacher_model = prepare_teacher(self)  # under FSDP TRL leaves it unsharded, where it was loaded
+                self.teacher_model.requires_grad_(False)
+            self.teacher_server = None
+            if opd.teacher_server:
+                from opd_cli.served_teacher import ServedTeacher
+
+                self.teacher_server = ServedTeacher(opd.teacher_server, opd.teacher_topk, opd.vllm_timeout)
+            if opd.backend == "vllm":
+                from opd_cli.vllm_engine import rollout_engine
+
+                self.use_vllm, self.vllm_mode, self._last_loaded_step = True, opd.vllm_mode, -1
+                self.vllm_generation = rollout_engine(self, engine_dtype)
             # the adaptive schedule: its signal at every step so far (replayed from metrics.jsonl on resume), L per step
             self._signal = [maths.adaptive_signal(r, opd.adaptive_signal) for r in run.read_metrics()] if opd.schedule == "adaptive" else []
             self._adaptive = self._adaptive_lengths()
@@ -211,6 +223,10 @@ def make_trainer_class():
 
                 train_BT, out["loss_weight"] = pg_opd.loss_mask_and_weights(self, train_BT)
             out["train_mask"] = train_BT
+            if self.teacher_server is not None:  # the teacher's log-probs of this process's rollouts, in one request
+                t0 = time.perf_counter()
+                out.update(self.teacher_server.score(out["prompt_ids"], out["prompt_mask"], ids_BT, cmask_BT))
+                self._acc["time_teacher"] += time.perf_counter() - t0
             if self._rollout_logprobs is not None:  # vLLM: the log-probs it sampled with (importance ratio != 1)
                 lp = torch.zeros(B, T, device=ids_BT.device)
                 for i, seq in enumerate(self._rollout_logprobs):
@@ -250,22 +266,13 @@ def make_trainer_class():
             ids = torch.cat([inputs["prompt_ids"], ids_BT], 1)
             attn = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
             h_s = self._hidden_BTH(student, ids, attn, T)
-            self._sync()
-            t0 = time.perf_counter()
-            self.teacher_model.eval()
-            teacher = self.accelerator.unwrap_model(self.teacher_model)
-            with torch.no_grad():
-                h_t = self._forward_redirection(self.teacher_model, teacher, self._hidden_BTH, teacher, ids, attn, T)
-            s_head, t_head = student.get_output_embeddings(), teacher.get_output_embeddings()
             rows = B * self.opd.chunk  # rows per head call: the logits of a (B, chunk, V) block at a time
             y_N, tr_N = ids_BT[valid_BT], train_BT[valid_BT]
             # --pg-select weight: each rollout's loss weighted by its probe overlap (the metrics stay unweighted)
             w_BT = train_BT * inputs["loss_weight"][:, None] if "loss_weight" in inputs else train_BT
-            hs_N, ht_N = h_s[valid_BT], h_t[valid_BT]
-            with torch.no_grad():
-                logq_N, ent_q_N = maths.map_rows(maths.head_logprobs_N, ht_N, t_head, y_N, rows)
-            self._sync()
-            self._acc["time_teacher"] += time.perf_counter() - t0
+            hs_N, s_head = h_s[valid_BT], student.get_output_embeddings()
+            h_t, t_head, logq_N, ent_q_N = self._teacher_scores(inputs, ids, attn, valid_BT, y_N, rows)
+            ht_N = h_t[valid_BT] if h_t is not None else None
 
             if self.opd.loss == "sampled":
                 logp_N, ent_p_N = maths.map_rows(maths.head_logprobs_N, hs_N, s_head, y_N, rows)
@@ -291,11 +298,31 @@ def make_trainer_class():
                     )
                     loss = maths.sum_over_seqs(div_BT, w_BT.to(div_BT.dtype), n)
             with torch.no_grad():
+                served = (inputs["teacher_top_ids"], inputs["teacher_top_logp"]) if self.teacher_server is not None else None
                 self._accumulate(old_N.detach(), logq_N, ent_p_N, ent_q_N,
-                                 tr_N, valid_BT, hs_N, ht_N, s_head, t_head)
+                                 tr_N, valid_BT, hs_N, ht_N, s_head, t_head, served)
             return loss
 
-        def _accumulate(self, old_N, logq_N, ent_p_N, ent_q_N, tr_N, valid_BT, hs_N, ht_N, s_head, t_head) -> None:
+        def _teacher_scores(self, inputs, ids, attn, valid_BT, y_N, rows):
+            """(h_t, t_head, log q(y), H(q)) of the teacher on the micro-batch's completion tokens: a local forward,
+            or the --teacher-server's log-probs sent with the rollouts (no hidden states, head or entropy then)."""
+            if self.teacher_server is not None:
+                return None, None, inputs["teacher_logp"][valid_BT], None
+            self._sync()
+            t0 = time.perf_counter()
+            self.teacher_model.eval()
+            teacher = self.accelerator.unwrap_model(self.teacher_model)
+            T = valid_BT.shape[1]
+            with torch.no_grad():
+                h_t = self._forward_redirection(self.teacher_model, teacher, self._hidden_BTH, teacher, ids, attn, T)
+                t_head = teacher.get_output_embeddings()
+                logq_N, ent_q_N = maths.map_rows(maths.head_logprobs_N, h_t[valid_BT], t_head, y_N, rows)
+            self._sync()
+            self._acc["time_teacher"] += time.perf_counter() - t0
+            return h_t, t_head, logq_N, ent_q_N
+
+        def _accumulate(self, old_N, logq_N, ent_p_N, ent_q_N, tr_N, valid_BT, hs_N, ht_N, s_head, t_head,
+                        served=None) -> None:
             """Step accumulators (local; gathered at log time): KL over trained tokens and per position bin over all
             scored tokens, entropies every step, the overlap metrics on metric steps, one row chunk at a time."""
             acc, keys = self._acc, maths.OVERLAP_KEYS
@@ -304,10 +331,12 @@ def make_trainer_class():
             acc["sums"][0] += (kl_N * tm).sum()
             acc["sums"][1] += tm.sum()
             acc["sums"][2] += tr_N.numel()
-            ent_p, ent_q = ent_p_N.double(), ent_q_N.double()
+            ent_p = ent_p_N.double()
             acc["metrics"][keys.index("entropy_student")] += (ent_p * tm).sum()
-            acc["metrics"][keys.index("entropy_teacher")] += (ent_q * tm).sum()
-            acc["metrics"][keys.index("entropy_gap")] += ((ent_q - ent_p).abs() * tm).sum()
+            if ent_q_N is not None:  # a served teacher sends its top-k only, not its entropy
+                ent_q = ent_q_N.double()
+                acc["metrics"][keys.index("entropy_teacher")] += (ent_q * tm).sum()
+                acc["metrics"][keys.index("entropy_gap")] += ((ent_q - ent_p).abs() * tm).sum()
             B, T = valid_BT.shape
             pos_N = torch.arange(T, device=valid_BT.device).expand(B, T)[valid_BT]
             bins_N = (pos_N // self.opd.kl_bin).clamp(max=acc["bin_sum"].numel() - 1)
@@ -316,10 +345,14 @@ def make_trainer_class():
             if not self._metrics_step():
                 return
             k = METRIC_K  # capped at V inside (a ZeRO-3 head's weight has no rows outside its gather)
-            hs_M, ht_M = hs_N[tr_N], ht_N[tr_N]
+            hs_M = hs_N[tr_N]
             rows = self.opd.chunk * valid_BT.shape[0]
             for i in range(0, hs_M.shape[0], rows):
-                m = maths.overlap_metrics_from_hidden_N(hs_M[i : i + rows], s_head, ht_M[i : i + rows], t_head, k)
+                if served is not None:  # the teacher's top-k as the server sent it
+                    top_ids, top_logp = (x[valid_BT][tr_N][i : i + rows] for x in served)
+                    m = maths.overlap_metrics_vs_topk_N(hs_M[i : i + rows], s_head, top_ids, top_logp, k)
+                else:
+                    m = maths.overlap_metrics_from_hidden_N(hs_M[i : i + rows], s_head, ht_N[tr_N][i : i + rows], t_head, k)
                 for key, v in m.items():
                     acc["metrics"][keys.index(key)] += v.double().sum()
             acc["sums"][3] += hs_M.shape[0]
@@ -383,6 +416,8 @@ def make_trainer_class():
             for i, key in enumerate(maths.OVERLAP_KEYS):
                 count = n_tr if key.startswith("entropy") else n_ov  # overlap metrics: metric steps only
                 rec[key] = met[i].item() / count if count else None
+            if self.teacher_server is not None:
+                rec["entropy_teacher"] = rec["entropy_gap"] = None  # not sent by a served teacher
             if self.opd.rollout == "pg-opd":
                 from opd_cli import pg_opd
 
@@ -426,7 +461,8 @@ def _trim_padding(inputs: dict[str, Any]) -> dict[str, Any]:
     out = dict(inputs)
     for key in ("prompt_ids", "prompt_mask"):
         out[key] = inputs[key][:, p0:]
-    for key in ("completion_ids", "completion_mask", "train_mask", "old_logp"):  # loss_weight is per row
+    for key in ("completion_ids", "completion_mask", "train_mask", "old_logp", "teacher_logp", "teacher_top_ids",
+                "teacher_top_logp"):  # loss_weight is per row
         if key in inputs:
             out[key] = inputs[key][:, :T]
     return out

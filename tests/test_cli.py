@@ -103,12 +103,12 @@ def test_unknown_backend() -> None:
     bad(["eval", "--backend", "tpu"], "unknown --backend 'tpu'")
 
 
-def test_vllm_requested_but_absent() -> None:
-    from opd_cli.generation import vllm_available
-
-    if vllm_available():
-        pytest.skip("vllm is installed here")
-    bad(["eval", "--backend", "vllm"], "needs the vllm extra")
+@pytest.mark.parametrize("command", ["eval", "train"])
+def test_vllm_requested_but_absent(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without vLLM (installed or not here), --backend vllm is one line that says how to install it."""
+    monkeypatch.setattr("opd_cli.generation.vllm_available", lambda: False)
+    line = bad([command, "--backend", "vllm"], "--backend vllm needs vLLM")
+    assert "make install-vllm" in line and "opd-cli[vllm]" in line
 
 
 def test_unreadable_recipe(tmp_path: Path) -> None:

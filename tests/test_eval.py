@@ -321,10 +321,11 @@ def test_vllm_run_eval_reuses_one_engine(tmp_path: Path, monkeypatch: pytest.Mon
         def __init__(self, model: str) -> None:
             self.weights = _weights_digest(load_file(str(Path(model) / "model.safetensors")).items())
             events.append(("create", step_of[self.weights]))
-            self.worker = SimpleNamespace(model_runner=SimpleNamespace(model=SimpleNamespace(load_weights=self._load)))
+            self.worker = SimpleNamespace(model_runner=SimpleNamespace(reload_weights=self._load))
 
-        def _load(self, weights) -> None:
-            self.weights = _weights_digest(list(weights))
+        def _load(self, weights_iterator, is_checkpoint_format) -> None:
+            assert is_checkpoint_format  # checkpoint names, as saved by transformers
+            self.weights = _weights_digest(list(weights_iterator))
             events.append(("load", step_of[self.weights]))
 
         def collective_rpc(self, method, args=()):

@@ -125,7 +125,7 @@ def config_command(group: typer.Typer, command: str, module: str, config_cls: st
 COMMANDS = (
     (app, "train", "opd_cli.train", "TrainConfig", "run_train",
      "Prefix on-policy distillation: the student samples L tokens, the teacher scores them, reverse KL is minimised."),
-    (app, "eval", "opd_cli.evaluate", "EvalConfig", "run_eval",
+    (app, "eval", "opd_cli.evaluate_run", "EvalConfig", "run_eval",
      "Sample n answers per problem and grade them: Mean Acc@n, pass@k, lengths, truncation."),
     (app, "flops", "opd_cli.flops", "FlopsConfig", "run_flops",
      "Training FLOPs (paper appendix B): per sequence of a model config, or totals and ratios of run folders."),

@@ -391,7 +391,7 @@ for _spec in HUB_BENCHMARKS.values():
 # ------------------------------------------------------------------------------------------ toy world
 def _toy_loader(split: str) -> Loader:
     def load(limit: int | None = None, seed: int = 0) -> list[Problem]:
-        from opd_cli.toy.world import ensure_world  # builds the toy world on first use
+        from opd_cli.toy.build import ensure_world  # builds the toy world on first use
 
         world = ensure_world()  # one fixed world; `seed` only orders sampling elsewhere
         rows = _read_rows(Path(world.split_path(split)))

@@ -1,9 +1,10 @@
 """`opd eval`: sample n answers per problem, grade them, report Mean Acc@n (SPEC.md "Evaluation").
 
-Three entry points share one path: :func:`run_eval` (the command), :func:`evaluate_model` (one model on one
-benchmark, reused by other commands) and :func:`opd_cli.evaluate_run.evaluate_run` (the checkpoints of a training
-run, with the best one on a dev benchmark recorded in ``run/eval/best.json``; docs/run-format.md). With ``--backend vllm`` one
-engine serves every checkpoint of a call, each checkpoint's weights loaded into it in turn (:func:`checkpoint_loader`).
+This module holds the options (:class:`EvalConfig`) and the evaluation of one model on one benchmark
+(:func:`evaluate_model`, reused by other commands); :mod:`opd_cli.evaluate_run` holds the command
+(:func:`~opd_cli.evaluate_run.run_eval`) and the checkpoints of a training run (with the best one on a dev benchmark
+recorded in ``run/eval/best.json``; docs/run-format.md). With ``--backend vllm`` one engine serves every checkpoint
+of a call, each checkpoint's weights loaded into it in turn (:func:`checkpoint_loader`).
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opd_cli.config import check, field, summary_line
+from opd_cli.config import check, field
 from opd_cli.data import Problem, load_problems
 from opd_cli.errors import OpdError
 from opd_cli.generation import check_backend
 from opd_cli.models import DEVICES, DTYPES
-from opd_cli.runs import CKPT_PREFIX, IF_EXISTS, open_run, write_json
-from opd_cli.toy.world import check_toy_student, toy_model_paths
+from opd_cli.runs import CKPT_PREFIX, IF_EXISTS, write_json
+from opd_cli.toy.world import check_toy_student
 
 TOY_MODELS = ("student", "teacher")
 EVAL_TEMPLATES = ("auto", "chat", "plain")
@@ -298,32 +299,3 @@ def print_summary(summaries: list[dict[str, Any]], console: Any = None, title: s
                       f"{s['mean_acc']:.3f}", f"{s['stderr']:.3f}", f"{pk:.3f}", f"{s['mean_length']:.1f}",
                       f"{s['truncated_frac']:.2f}")
     console.print(table)
-
-
-def run_eval(cfg: EvalConfig) -> list[dict[str, Any]] | dict[str, Any]:
-    """`opd eval`: a model (hub id or folder), a run's checkpoints, or by default the toy world's student."""
-    from rich.console import Console
-
-    console = Console()
-    if cfg.run is not None:
-        benchmarks = resolve_benchmarks(cfg, default=[cfg.dev_benchmark] if cfg.dev_benchmark else ["toy"])
-        console.print(summary_line(cfg, Path(cfg.run) / "eval" / "eval_config.yaml"), markup=False, highlight=False)
-        from opd_cli.evaluate_run import evaluate_run
-
-        return evaluate_run(cfg.run, cfg.steps, benchmarks, cfg.dev_benchmark, cfg, console=console)
-    benchmarks = resolve_benchmarks(cfg, default=["toy"])
-    if cfg.model is not None:
-        model, label = cfg.model, model_label(cfg.model)
-    else:
-        model, label = toy_model_paths(cfg.toy_student, console)[cfg.toy_model == "teacher"], toy_label(cfg.toy_model, cfg.toy_student)
-    loaded = load_for_eval(model, cfg)  # a bad path fails here, before the output folder is created
-    run = open_run(cfg.output_dir or f"runs/eval-{label}", cfg.if_exists, cfg)
-    console.print(summary_line(cfg, run.config_file), markup=False, highlight=False)
-    summaries = []
-    for name, probs in benchmarks.items():
-        prev = finished_summary(run.path / "eval", name) if run.resumed else None
-        summaries.append(prev if prev is not None else
-                         evaluate_model(loaded, probs, cfg, run.path / "eval", name, model_name=model, console=console))
-    print_summary(summaries, console)
-    console.print(f"results: {run.path / 'eval'}")
-    return summaries

@@ -1,6 +1,7 @@
-"""`opd eval --run`: the checkpoints of a training run, each on every benchmark, and the best one on a dev
-benchmark recorded in ``run/eval/best.json`` (docs/run-format.md); the further benchmarks at that best checkpoint;
-and the cache of step-0 evaluations (the initial student, shared by many runs).
+"""`opd eval` the command (:func:`run_eval`: a model, a run's checkpoints, or the toy world's student), built on
+:mod:`opd_cli.evaluate`'s one-model evaluation. ``opd eval --run``: the checkpoints of a training run, each on every
+benchmark, and the best one on a dev benchmark recorded in ``run/eval/best.json`` (docs/run-format.md); the further
+benchmarks at that best checkpoint; and the cache of step-0 evaluations (the initial student, shared by many runs).
 """
 
 from __future__ import annotations
@@ -10,12 +11,23 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from opd_cli.config import dump_yaml
+from opd_cli.config import dump_yaml, summary_line
 from opd_cli.data import Problem, load_problems
 from opd_cli.errors import OpdError
-from opd_cli.evaluate import EvalConfig, checkpoint_loader, evaluate_model, finished_summary, print_summary
-from opd_cli.runs import list_checkpoints, read_config, step_folder, write_json
-from opd_cli.toy.world import run_toy_student, toy_model_paths
+from opd_cli.evaluate import (
+    EvalConfig,
+    checkpoint_loader,
+    evaluate_model,
+    finished_summary,
+    load_for_eval,
+    model_label,
+    print_summary,
+    resolve_benchmarks,
+    toy_label,
+)
+from opd_cli.runs import list_checkpoints, open_run, read_config, step_folder, write_json
+from opd_cli.toy.build import toy_model_paths
+from opd_cli.toy.world import run_toy_student
 
 
 def evaluate_run(
@@ -239,3 +251,30 @@ def record_best(run_dir: str | Path, dev_benchmark: str, scores: Mapping[int, fl
     best = {"dev_benchmark": dev_benchmark, "best_step": int(best_step), "scores": ordered}
     write_json(f, best)
     return best
+
+
+def run_eval(cfg: EvalConfig) -> list[dict[str, Any]] | dict[str, Any]:
+    """`opd eval`: a model (hub id or folder), a run's checkpoints, or by default the toy world's student."""
+    from rich.console import Console
+
+    console = Console()
+    if cfg.run is not None:
+        benchmarks = resolve_benchmarks(cfg, default=[cfg.dev_benchmark] if cfg.dev_benchmark else ["toy"])
+        console.print(summary_line(cfg, Path(cfg.run) / "eval" / "eval_config.yaml"), markup=False, highlight=False)
+        return evaluate_run(cfg.run, cfg.steps, benchmarks, cfg.dev_benchmark, cfg, console=console)
+    benchmarks = resolve_benchmarks(cfg, default=["toy"])
+    if cfg.model is not None:
+        model, label = cfg.model, model_label(cfg.model)
+    else:
+        model, label = toy_model_paths(cfg.toy_student, console)[cfg.toy_model == "teacher"], toy_label(cfg.toy_model, cfg.toy_student)
+    loaded = load_for_eval(model, cfg)  # a bad path fails here, before the output folder is created
+    run = open_run(cfg.output_dir or f"runs/eval-{label}", cfg.if_exists, cfg)
+    console.print(summary_line(cfg, run.config_file), markup=False, highlight=False)
+    summaries = []
+    for name, probs in benchmarks.items():
+        prev = finished_summary(run.path / "eval", name) if run.resumed else None
+        summaries.append(prev if prev is not None else
+                         evaluate_model(loaded, probs, cfg, run.path / "eval", name, model_name=model, console=console))
+    print_summary(summaries, console)
+    console.print(f"results: {run.path / 'eval'}")
+    return summaries

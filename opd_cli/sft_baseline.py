@@ -23,7 +23,8 @@ from opd_cli.config import check, field
 from opd_cli.errors import OpdError
 from opd_cli.log import logger
 from opd_cli.runs import IF_EXISTS
-from opd_cli.toy.world import check_toy_student, toy_model_paths
+from opd_cli.toy.build import toy_model_paths
+from opd_cli.toy.world import check_toy_student
 from opd_cli.tracking import TRACKING_FIELDS, point_tensorboard, push_folder, tracker_scalars
 
 TEACHER_CACHE = "teacher_responses.jsonl"

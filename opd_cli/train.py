@@ -269,7 +269,7 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
 
     toy = cfg.student is None
     if toy:
-        from opd_cli.toy.world import toy_model_paths
+        from opd_cli.toy.build import toy_model_paths
 
         student_src, teacher_src = toy_model_paths(cfg.toy_student)
     else:

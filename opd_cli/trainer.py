@@ -33,12 +33,9 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from opd_cli.pg_opd import PG_SUMS
-
-if TYPE_CHECKING:
-    from opd_cli.train import TrainConfig
 
 METRIC_K = 16  # Rethinking-OPD metrics use k = 16
 
@@ -55,7 +52,8 @@ def make_trainer_class():
     from opd_cli.generation import global_batch_sampling, rollout_seed
 
     class OpdTrainer(DistillationTrainer):
-        def __init__(self, *args: Any, opd: TrainConfig, run: Any, flops_fn: Any, offsets: dict[str, float],
+        # opd: the run's opd_cli.train.TrainConfig (Any, not imported: train.py imports this module)
+        def __init__(self, *args: Any, opd: Any, run: Any, flops_fn: Any, offsets: dict[str, float],
                      engine_dtype: str | None = None, **kwargs: Any):
             self.opd = opd
             self.run_dir = run

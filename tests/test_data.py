@@ -127,12 +127,12 @@ def test_load_hub_and_its_errors(fake_hub: dict) -> None:
 
 
 def test_toy_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import opd_cli.toy.world as world
+    import opd_cli.toy.build as build
 
     rows = [{"id": "t0", "question": "start 4; apply by tag, mod 10: a+1", "answer": "5", "solution": "plan: a+1\n..."}]
     write_jsonl(tmp_path / "ood.jsonl", rows)
     fake = SimpleNamespace(split_path=lambda name: tmp_path / f"{name}.jsonl")
-    monkeypatch.setattr(world, "ensure_world", lambda *a, **k: fake)
+    monkeypatch.setattr(build, "ensure_world", lambda *a, **k: fake)
     p = load_benchmark("toy-ood")[0]
     assert (p.id, p.answer, p.meta["response"]) == ("t0", "5", "plan: a+1\n...")
 

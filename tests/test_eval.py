@@ -125,7 +125,7 @@ def test_eval_end_to_end_summary_matches_samples(
 def test_eval_defaults_to_the_toy_student(
     tiny_model_dirs, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import opd_cli.toy.world as world
+    import opd_cli.toy.build as build
 
     fake = SimpleNamespace(
         student_dir=tiny_model_dirs[0],
@@ -133,7 +133,7 @@ def test_eval_defaults_to_the_toy_student(
         student_path=lambda which="large": tiny_model_dirs[0],
         split_path=lambda name: tiny_data,
     )
-    monkeypatch.setattr(world, "ensure_world", lambda *a, **k: fake)
+    monkeypatch.setattr(build, "ensure_world", lambda *a, **k: fake)
     monkeypatch.chdir(tmp_path)
     r = runner.invoke(app, ["eval", "--toy-model", "teacher", "-n", "1", "--max-new-tokens", "4"])
     assert r.exit_code == 0, r.output
@@ -181,13 +181,13 @@ def test_evaluate_run_writes_best(
 def test_best_benchmarks_run_only_at_the_best_checkpoint(
     tiny_model_dirs, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import opd_cli.toy.world as world
+    import opd_cli.toy.build as build
 
     monkeypatch.setattr("opd_cli.grading.grade", fake_grade)
     student, teacher = tiny_model_dirs
     # a toy-world run: its config names no student, so step 0 is the toy world's student
     monkeypatch.setattr(
-        world,
+        build,
         "ensure_world",
         lambda *a, **k: SimpleNamespace(
             student_dir=student,

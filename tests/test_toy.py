@@ -394,8 +394,8 @@ def test_damaged_world_is_detected_and_rebuilt(tiny_world, tmp_path, damage):
 
 
 def test_valid_world_is_reused_not_rebuilt(tiny_world, tmp_path):
-    from opd_cli.toy.build import ToyBuildConfig, run_toy_build
-    from opd_cli.toy.world import MANIFEST, ensure_world
+    from opd_cli.toy.build import ToyBuildConfig, ensure_world, run_toy_build
+    from opd_cli.toy.world import MANIFEST
 
     root = tmp_path / "world"
     shutil.copytree(tiny_world.root, root)

@@ -35,10 +35,10 @@ def seed1_world(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture()
 def patched_world(seed1_world, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """Every command's ``ensure_world`` returns the seed-1 world; the keyword arguments of each call are recorded."""
-    import opd_cli.toy.world as world
+    import opd_cli.toy.build as build
 
     calls: list[dict] = []
-    monkeypatch.setattr(world, "ensure_world", lambda *a, **k: calls.append(k) or seed1_world)
+    monkeypatch.setattr(build, "ensure_world", lambda *a, **k: calls.append(k) or seed1_world)
     return calls
 
 
@@ -75,7 +75,7 @@ def _stop_at_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
 # ------------------------------------------------------------------------------------- the world's seed
 def test_ensure_world_keeps_a_world_built_from_another_seed(seed1_world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import opd_cli.toy.build as build
-    from opd_cli.toy.world import ensure_world
+    from opd_cli.toy.build import ensure_world
 
     root = seed1_world.root
     assert seed1_world.manifest["requested_seed"] == 1
@@ -192,7 +192,7 @@ def test_eval_run_step0_is_the_run_student(patched_world, seed1_world, tmp_path:
 
 def test_analyses_resolve_the_small_student(patched_world, seed1_world, tmp_path: Path) -> None:
     from opd_cli.analyses.kl_by_position import _initial_student
-    from opd_cli.toy.world import toy_model_paths
+    from opd_cli.toy.build import toy_model_paths
 
     root = seed1_world.root
     small = str(root / "student-small")

@@ -141,7 +141,8 @@ def _initial_student(run: str, run_cfg: dict) -> str:
     student = run_cfg.get("student")
     if student:
         return str(student)
-    from opd_cli.toy.world import run_toy_student, toy_model_paths
+    from opd_cli.toy.build import toy_model_paths
+    from opd_cli.toy.world import run_toy_student
 
     return toy_model_paths(run_toy_student(run_cfg, run))[0]
 
@@ -226,7 +227,7 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
     from opd_cli.config import summary_line
     from opd_cli.log import progress_bar
     from opd_cli.runs import open_run, read_config, read_metrics, write_json
-    from opd_cli.toy.world import toy_model_paths
+    from opd_cli.toy.build import toy_model_paths
 
     console = Console(stderr=True)
     run_cfg: dict = {}

@@ -186,7 +186,7 @@ def run_probe(cfg: ProbeConfig) -> list[dict]:
     from opd_cli.log import progress_bar
     from opd_cli.models import check_same_vocab, load_tokenizer
     from opd_cli.runs import open_run, write_json
-    from opd_cli.toy.world import toy_model_paths
+    from opd_cli.toy.build import toy_model_paths
 
     console = Console(stderr=True)
     if cfg.student is None or cfg.teacher is None:

@@ -13,7 +13,7 @@ from opd_cli.plot.read import collect, dev_curve, eval_scores, flops_at, label, 
 from opd_cli.table_io import write_csv
 
 if TYPE_CHECKING:
-    from opd_cli.plot import PlotConfig
+    from opd_cli.plot.config import PlotConfig
 
 OVERLAP_METRICS = ("overlap_ratio", "overlap_adv", "entropy_gap", "overlap_mass_student", "overlap_mass_teacher")
 

@@ -20,7 +20,7 @@ from opd_cli.plot.read import collect, label, read_csv
 from opd_cli.table_io import write_csv
 
 if TYPE_CHECKING:
-    from opd_cli.plot import PlotConfig
+    from opd_cli.plot.config import PlotConfig
 
 TABLE = "kl_by_position.csv"
 Y_LABELS = {

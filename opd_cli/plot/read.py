@@ -15,7 +15,7 @@ from opd_cli.errors import OpdError
 from opd_cli.log import logger
 
 if TYPE_CHECKING:
-    from opd_cli.plot import PlotConfig
+    from opd_cli.plot.config import PlotConfig
 
 
 def run_folders(paths: list[str], needs: str = "") -> list[tuple[Path, bool]]:

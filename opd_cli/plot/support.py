@@ -16,7 +16,7 @@ from opd_cli.plot.draw import PlotResult, _panels, axes_data, save
 from opd_cli.plot.read import collect, dev_curve, label, metrics_by_step
 
 if TYPE_CHECKING:
-    from opd_cli.plot import PlotConfig
+    from opd_cli.plot.config import PlotConfig
 
 DYNAMICS = ("overlap_ratio", "overlap_adv", "entropy_gap", "overlap_mass_teacher")
 

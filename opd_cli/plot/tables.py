@@ -14,7 +14,7 @@ from opd_cli.runs import step_folder
 from opd_cli.table_io import markdown_table, write_csv
 
 if TYPE_CHECKING:
-    from opd_cli.plot import PlotConfig
+    from opd_cli.plot.config import PlotConfig
 
 
 def _table_csv(run: Path) -> list[dict[str, str]]:

@@ -4,6 +4,9 @@ The teacher is trained (SFT) on full solutions (correct plan, then its execution
 (``student/``) and a compact one (``student-small/``), are trained on solutions whose plans swap neighbouring
 operations, so they execute a plan well but plan wrongly: their errors sit in the plan, the first ~10 % of the
 answer's tokens, which is what prefix OPD can fix. Everything runs on a fixed number of torch threads, so one seed gives one world.
+
+:func:`ensure_world` and :func:`toy_model_paths` give every other command the cached world, building it on first use
+(reading and checking a built world is :mod:`opd_cli.toy.world`'s).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from opd_cli.config import check, field
 from opd_cli.errors import OpdError
+from opd_cli.toy.world import ToyWorld, default_root, invalid_reason, load_world, write_manifest
 
 
 @dataclass
@@ -80,8 +84,6 @@ class ToyBuildConfig:
         check(self.min_student_acc <= self.max_student_acc, "toy build: min_student_acc must be <= max_student_acc")
 
     def root_path(self) -> Path:
-        from opd_cli.toy.world import default_root
-
         return Path(self.root).expanduser() if self.root else default_root()
 
     @classmethod
@@ -174,8 +176,6 @@ def run_toy_build(cfg: ToyBuildConfig, console: Any = None) -> Any:
     """Build (or reuse) the toy world at ``cfg.root``; returns the :class:`~opd_cli.toy.world.ToyWorld`."""
     from rich.console import Console
 
-    from opd_cli.toy.world import invalid_reason, load_world
-
     console = console or Console()
     root = cfg.root_path()
     if not cfg.rebuild:
@@ -202,12 +202,40 @@ def run_toy_build(cfg: ToyBuildConfig, console: Any = None) -> Any:
     return world
 
 
+def ensure_world(
+    root: Path | str | None = None, seed: int | None = None, console: Any = None, rebuild: bool = False
+) -> ToyWorld:
+    """A valid toy world at ``root``: the cached one when it is valid (and, if ``seed`` is given, was built from
+    ``seed``), else a new build from ``seed`` (None: 0).
+
+    Commands pass no seed: "the toy world" is whichever one `opd toy build --seed N` left in the cache, and a
+    world built from another seed must not be silently replaced by the next train/eval call.
+    """
+    root = Path(root).expanduser() if root is not None else default_root()
+    if not rebuild:
+        why = invalid_reason(root)
+        if why is None:
+            world = load_world(root)
+            if seed is None or world.manifest.get("requested_seed") == seed:
+                return world
+            why = f"it was built from seed {world.manifest.get('requested_seed')}, not {seed}"
+        if console is not None:
+            console.print(f"toy world at {root}: {why}; building it")
+    return run_toy_build(ToyBuildConfig(root=str(root), seed=0 if seed is None else seed, rebuild=True), console=console)
+
+
+def toy_model_paths(student: str = "large", console: Any = None) -> tuple[str, str]:
+    """(student, teacher) folders of the toy world every command uses, building it on first use;
+    ``student`` = large | small."""
+    world = ensure_world(console=console)
+    return str(world.student_path(student)), str(world.teacher_dir)
+
+
 def _build(cfg: ToyBuildConfig, root: Path, console: Any) -> Any:
     from opd_cli.log import progress_bar
     from opd_cli.toy.task import generate_splits, write_jsonl
     from opd_cli.toy.tiny_qwen import encode_pairs, save_model
     from opd_cli.toy.tokenizer import build_tokenizer
-    from opd_cli.toy.world import load_world, write_manifest
 
     t0 = time.time()
     # Build beside the target and swap in at the end, so a crash never leaves a half-built world at root.

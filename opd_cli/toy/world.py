@@ -7,7 +7,8 @@
     <root>/data/{train,dev,test,ood}.jsonl
 
 The manifest is written last, so a folder without one is half-built; any file whose hash differs from the
-manifest makes the world invalid. Invalid worlds are rebuilt by :func:`ensure_world`, never used.
+manifest makes the world invalid. Invalid worlds are never used: :func:`opd_cli.toy.build.ensure_world` rebuilds
+them. This module only reads and checks worlds; building them is :mod:`opd_cli.toy.build`'s.
 """
 
 from __future__ import annotations
@@ -145,34 +146,3 @@ def load_world(root: Path | str | None = None) -> ToyWorld:
         raise OpdError(f"no valid toy world at {root}: {why}; run `opd toy build --root {root}` to (re)build it")
     manifest = json.loads((root / MANIFEST).read_text())
     return ToyWorld(root=root, teacher_dir=root / "teacher", student_dir=root / "student", manifest=manifest)
-
-
-def ensure_world(
-    root: Path | str | None = None, seed: int | None = None, console: Any = None, rebuild: bool = False
-) -> ToyWorld:
-    """A valid toy world at ``root``: the cached one when it is valid (and, if ``seed`` is given, was built from
-    ``seed``), else a new build from ``seed`` (None: 0).
-
-    Commands pass no seed: "the toy world" is whichever one `opd toy build --seed N` left in the cache, and a
-    world built from another seed must not be silently replaced by the next train/eval call.
-    """
-    root = Path(root).expanduser() if root is not None else default_root()
-    if not rebuild:
-        why = invalid_reason(root)
-        if why is None:
-            world = load_world(root)
-            if seed is None or world.manifest.get("requested_seed") == seed:
-                return world
-            why = f"it was built from seed {world.manifest.get('requested_seed')}, not {seed}"
-        if console is not None:
-            console.print(f"toy world at {root}: {why}; building it")
-    from opd_cli.toy.build import ToyBuildConfig, run_toy_build
-
-    return run_toy_build(ToyBuildConfig(root=str(root), seed=0 if seed is None else seed, rebuild=True), console=console)
-
-
-def toy_model_paths(student: str = "large", console: Any = None) -> tuple[str, str]:
-    """(student, teacher) folders of the toy world every command uses, building it on first use;
-    ``student`` = large | small."""
-    world = ensure_world(console=console)
-    return str(world.student_path(student)), str(world.teacher_dir)

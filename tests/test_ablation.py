@@ -201,6 +201,7 @@ def test_window_ablation_recipes_expand(path: Path, monkeypatch: pytest.MonkeyPa
     from opd_cli.window_ablation import WindowAblationConfig, plan_runs
 
     monkeypatch.chdir(path.parents[1])  # recipes name their base train recipe relative to the repository root
+    monkeypatch.setattr("opd_cli.generation.vllm_available", lambda: True)  # paper recipes name --backend vllm
     assert path.read_text().splitlines()[0].startswith("# opd window-ablation --recipe recipes/" + path.name)
     assert yaml.safe_load(path.read_text())["command"] == "window-ablation"
     cfg = build_config(WindowAblationConfig, path)

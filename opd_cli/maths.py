@@ -12,10 +12,6 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-LOSSES = ("sampled", "full", "topk")
-TOPK_SUPPORTS = ("student", "overlap", "nonoverlap")
-SCHEDULES = ("none", "linear", "adaptive")
-ADAPTIVE_SIGNALS = ("prefix", "last-bin")
 OVERLAP_KEYS = (
     "overlap_ratio",
     "overlap_adv",

@@ -18,6 +18,11 @@ from opd_cli.generation import check_backend
 from opd_cli.log import logger
 from opd_cli.runs import swap_in
 
+# the choices of TrainConfig's fields, here and not in maths.py: building a config must not import torch
+LOSSES = ("sampled", "full", "topk")
+TOPK_SUPPORTS = ("student", "overlap", "nonoverlap")
+SCHEDULES = ("none", "linear", "adaptive")
+ADAPTIVE_SIGNALS = ("prefix", "last-bin")
 VLLM_MODES = ("colocate", "server")
 TIMING_KEYS = ("time_generate", "time_teacher", "time_update", "time_step", "wall_time")
 METRIC_KEYS = (
@@ -104,7 +109,6 @@ class TrainConfig:
     if_exists: str = field("raise", help="Existing run folder: raise | resume | overwrite.")
 
     def __post_init__(self) -> None:
-        from opd_cli.maths import LOSSES, SCHEDULES, TOPK_SUPPORTS
         from opd_cli.toy.world import check_toy_student
 
         self.prefix = str(self.prefix).strip().lower()
@@ -113,8 +117,6 @@ class TrainConfig:
         check(self.max_new_tokens > 0, f"--max-new-tokens must be > 0, got {self.max_new_tokens}")
         check(self.schedule in SCHEDULES, f"unknown --schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
         check(self.prefix_start > 0 and self.prefix_delta >= 0, "--prefix-start must be > 0 and --prefix-delta >= 0")
-        from opd_cli.maths import ADAPTIVE_SIGNALS
-
         check(self.adaptive_signal in ADAPTIVE_SIGNALS, f"unknown --adaptive-signal {self.adaptive_signal!r}: use one of {', '.join(ADAPTIVE_SIGNALS)}")
         check(0 < self.adaptive_ratio < 1, f"--adaptive-ratio must be in (0, 1), got {self.adaptive_ratio}")
         check(self.adaptive_floor >= 0, f"--adaptive-floor must be >= 0 nats, got {self.adaptive_floor}")

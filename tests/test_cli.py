@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from opd_cli.cli import app
+from opd_cli.cli import COMMANDS, app
 
 runner = CliRunner()
 
@@ -47,6 +47,26 @@ def test_import_does_not_load_torch() -> None:
     code = "import sys, opd_cli.cli; bad = [m for m in ('torch', 'transformers', 'trl', 'vllm', 'datasets') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+HEAVY = ("torch", "transformers", "trl", "vllm", "datasets")
+# the fields a command's config cannot do without; every other field keeps its default
+REQUIRED = {"flops": {"paper": True}, "plot": {"kind": "overlap", "runs": ["runs/a"]}}
+
+
+@pytest.mark.parametrize("command", [c[1] for c in COMMANDS])
+def test_building_a_config_does_not_load_torch(command: str) -> None:
+    """Each command's config is built (``__post_init__`` checks included) in a fresh interpreter without importing
+    torch & co.: `opd CMD --bad-value` fails before anything heavy loads."""
+    code = (
+        "import importlib, sys\n"
+        "from opd_cli.cli import COMMANDS\n"
+        f"_, _, module, cls, _, _ = next(c for c in COMMANDS if c[1] == {command!r})\n"
+        f"cfg = getattr(importlib.import_module(module), cls)(**{REQUIRED.get(command, {})!r})\n"
+        f"print(type(cfg).__name__, [m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0].endswith("Config") and out[1:] == ["[]"], out
 
 
 def test_missing_model_path(data_file: Path, tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,9 +37,18 @@ def _spec_flops(c: dict, sum_s: float, sum_s2: float, coef: float) -> float:
     return 6 * n_dense * sum_s + coef * sum_s2 * d * n_q * layers
 
 
-def test_module_imports_no_torch():
-    src = (Path(__file__).parents[1] / "opd_cli" / "flops.py").read_text()
-    assert "import torch" not in src
+def test_flops_needs_no_torch():
+    """`opd flops` is arithmetic on config.json files: importing it and counting a model's FLOPs, in a fresh
+    interpreter, loads neither torch nor transformers."""
+    code = (
+        "import sys\n"
+        "import opd_cli.flops\n"
+        "from opd_cli.flops_formula import ModelShape, flops\n"
+        f"print(flops(ModelShape.from_source({str(TINY)!r}), [10, 20]), "
+        "[m for m in ('torch', 'transformers', 'trl', 'vllm') if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(15_575_040 + 768_000), "[]"]  # the FLOPs of test_tiny_config_by_hand
 
 
 def test_tiny_config_by_hand():

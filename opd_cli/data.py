@@ -1,4 +1,4 @@
-"""Problems and prompt sources: the benchmark registry (SPEC.md "Evaluation"), local files, hub datasets and the
+"""Problems and prompt sources: the benchmark registry (the prefix-OPD paper §4.1), local files, hub datasets and the
 toy world, all as one :class:`Problem` list. No torch here; ``datasets`` is imported only when a hub source loads.
 
 Other modules plug in sources with :func:`register_source`; ``load_benchmark(name)`` finds them by name, and

@@ -1,4 +1,4 @@
-"""`opd eval`: sample n answers per problem, grade them, report Mean Acc@n (SPEC.md "Evaluation").
+"""`opd eval`: sample n answers per problem, grade them, report Mean Acc@n (the prefix-OPD paper §4.1, "Setup").
 
 This module holds the options (:class:`EvalConfig`) and the evaluation of one model on one benchmark
 (:func:`evaluate_model`, reused by other commands); :mod:`opd_cli.evaluate_run` holds the command

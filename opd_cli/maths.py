@@ -139,7 +139,7 @@ def logprobs_from_hidden_BT(hidden_BTH: torch.Tensor, head: Callable, ids_BT: to
 
 # ----------------------------------------------------------------------------------------------- reverse KL
 def kl_estimate_BT(logp_old_BT: torch.Tensor, logp_teacher_BT: torch.Tensor) -> torch.Tensor:
-    """Sampled-token reverse-KL estimate k_t = log p_old(x_t) - log p_T(x_t) (SPEC "The method", step 4).
+    """Sampled-token reverse-KL estimate k_t = log p_old(x_t) - log p_T(x_t) (the prefix-OPD paper §2.1, Eq. 1).
 
     Its expectation over x_t ~ p_old is KL(p_old || p_T) at that position.
     """
@@ -158,7 +158,8 @@ def sampled_loss(
     mask_BT: torch.Tensor,
     num_seqs: float | torch.Tensor,
 ) -> torch.Tensor:
-    """Importance-sampled policy-gradient OPD loss (SPEC "The method", step 5).
+    """Importance-sampled policy-gradient OPD loss (the prefix-OPD paper §2.1, after Thinking Machines' on-policy
+    distillation recipe).
 
     A_t = -(logp_old - logp_T) without gradient, rho_t = exp(logp_theta - logp_old), loss = -sum_t rho_t A_t over
     masked tokens, averaged over sequences. At rho = 1 its gradient is -sum_t A_t grad log p_theta(x_t).

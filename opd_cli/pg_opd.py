@@ -1,4 +1,5 @@
-"""PG-OPD (prefix-guided rollout allocation, ../shared/papers/002): which sampled candidates get the long budget.
+"""PG-OPD (prefix-guided rollout allocation; "Prefix-Guided On-Policy Distillation: Mining Golden Trajectories from
+Rollouts"): which sampled candidates get the long budget.
 
 Every candidate is first decoded to the same prefix (``--pg-prefix``); the teacher-student top-k overlap ratio
 (``--probe-topk``), averaged over the prefix's first ``--probe-window`` tokens, scores it; the chosen candidates
@@ -6,7 +7,7 @@ are then decoded on to ``--max-new-tokens`` and the others stop at the prefix. `
 overlap does:
 
     stop     continue each prompt's best ``--keep-per-prompt`` candidates and the best ``--keep-global`` fraction
-             of all candidates (the union); stop the rest at the prefix (the paper's rule)
+             of all candidates (the union); stop the rest at the prefix (PG-OPD's rule)
     all      continue every candidate (ablation: the same two-stage rollouts, no allocation)
     weight   continue every candidate and weight each one's loss by its overlap over the batch mean (ablation:
              overlap as a weight, not as a stop)

@@ -3,7 +3,8 @@
 The student imitates fixed teacher responses (prompt-completion format, loss on the completion only). The prompts
 are built by :func:`opd_cli.prompts.build_prompt`, exactly as ``opd train`` builds them, so an SFT checkpoint is a
 valid ``opd train --student`` (off-policy cold start, Rethinking OPD §5.1). ``--max-length`` caps prompt +
-completion in tokens: 2048 is the paper's prefix SFT (Fig. 6). FLOPs use SPEC.md's accounting, ``x`` per sample.
+completion in tokens: 2048 is the paper's prefix SFT (Fig. 6). FLOPs: the paper's training FLOPs ``x`` per sample
+(appendix B, "FLOP Calculation Details"; no rollouts to count).
 
 Run folder (docs/run-format.md): ``config.yaml``, ``metrics.jsonl`` (one line per optimizer step),
 ``checkpoints/step_XXXXXX/`` (model + tokenizer + trainer state), and, with ``--generate-with-teacher``,
@@ -207,7 +208,7 @@ def build_examples(tokenizer: Any, pairs: list[tuple[Any, str]], template: str, 
 
 # ---------------------------------------------------------------------------------------- metrics
 def sample_flops(shape: Any, seq_tokens: int, seq_tokens_sq: int, attn_coef: int) -> float:
-    """SFT FLOPs of one step: SPEC.md's ``F`` of the student on the trained sequences (``x`` per sample)."""
+    """SFT FLOPs of one step: the paper's ``F`` (appendix B) of the student on the trained sequences (``x`` per sample)."""
     from opd_cli.flops_formula import flops_from_sums
 
     return float(flops_from_sums(shape, seq_tokens, seq_tokens_sq, attn_coef))

@@ -1,4 +1,5 @@
-"""`opd train`: prefix on-policy distillation (SPEC.md "The method") on top of TRL's DistillationTrainer.
+"""`opd train`: prefix on-policy distillation on top of TRL's DistillationTrainer: the OPD loss of the prefix-OPD
+paper §2.1 ("On-policy Distillation"), the prefix and its linear schedule of §3 ("Methodology").
 
 This module holds the command: its options (:class:`TrainConfig`, one field per flag) and :func:`run_train`, which
 loads the prompts and models, opens or resumes the run folder, and runs the trainer of :mod:`opd_cli.trainer`

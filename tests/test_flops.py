@@ -27,8 +27,9 @@ def _config_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def _spec_flops(c: dict, sum_s: float, sum_s2: float, coef: float) -> float:
-    """SPEC.md "FLOPs" written out on a config.json mapping, independently of ModelShape and n_dense."""
+def _paper_flops(c: dict, sum_s: float, sum_s2: float, coef: float) -> float:
+    """The prefix-OPD paper's FLOPs (appendix B) written out on a config.json mapping, independently of ModelShape and
+    n_dense."""
     h, layers, n_q = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"]
     n_kv, d = c.get("num_key_value_heads") or n_q, c.get("head_dim") or h // n_q
     n_dense = (
@@ -201,7 +202,7 @@ def test_flops_recipes_load_and_run(recipe):
     n, c = raw["steps"] * raw["rollouts"], raw["attn_coef"]
     for r in rows:  # n rollouts of mean length s: sum s = n*s, sum s^2 taken as n*s^2
         s = r["mean_seq_len"]
-        x, y = _spec_flops(student, n * s, n * s * s, c), _spec_flops(teacher, n * s, n * s * s, c)
+        x, y = _paper_flops(student, n * s, n * s * s, c), _paper_flops(teacher, n * s, n * s * s, c)
         assert r["opd_total"] == pytest.approx(5 * x / 3 + y / 3, rel=1e-12), s
 
 
@@ -221,7 +222,7 @@ def test_toy_world_run_uses_the_toy_models(tmp_path, monkeypatch, tiny_model_dir
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump({"command": "train", "student": None, "teacher": None}))
     (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "seq_tokens": 30, "seq_tokens_sq": 500}) + "\n")
-    x, y = (_spec_flops(_config_json(d / "config.json"), 30, 500, 12) for d in (student, teacher))
+    x, y = (_paper_flops(_config_json(d / "config.json"), 30, 500, 12) for d in (student, teacher))
     assert run_totals(run).flops == pytest.approx(5 * x / 3 + y / 3, rel=1e-12)  # the toy student and teacher
     monkeypatch.setenv("OPD_TOY_DIR", str(tmp_path / "not-built"))
     with pytest.raises(OpdError, match="names no student"):

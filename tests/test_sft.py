@@ -38,8 +38,9 @@ def _expected_lengths(tok_dir: Path, pairs: list[tuple[str, str]], max_length: i
     return out
 
 
-def _spec_flops(model_dir: Path, sum_s: float, sum_s2: float, coef: float = 12) -> float:
-    """SPEC.md "FLOPs" written out on the model's config.json (independent of opd_cli.flops): SFT counts x per sample."""
+def _paper_flops(model_dir: Path, sum_s: float, sum_s2: float, coef: float = 12) -> float:
+    """The prefix-OPD paper's FLOPs (appendix B) written out on the model's config.json (independent of opd_cli.flops):
+    SFT counts x per sample."""
     c = json.loads((Path(model_dir) / "config.json").read_text())
     h, layers, n_q = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"]
     n_kv, d = c.get("num_key_value_heads") or n_q, c.get("head_dim") or h // n_q
@@ -92,9 +93,9 @@ def test_sft_smoke_metrics_flops_checkpoint(tiny_model_dirs: tuple[Path, Path], 
     assert sum(r["seq_tokens"] for r in rows) == sum(lens)
     assert sum(r["seq_tokens_sq"] for r in rows) == sum(n * n for n in lens)
     for r in rows:
-        assert r["flops_step"] == pytest.approx(_spec_flops(student, r["seq_tokens"], r["seq_tokens_sq"]), rel=1e-12)
+        assert r["flops_step"] == pytest.approx(_paper_flops(student, r["seq_tokens"], r["seq_tokens_sq"]), rel=1e-12)
     assert rows[-1]["flops_total"] == pytest.approx(
-        _spec_flops(student, sum(lens), sum(n * n for n in lens)), rel=1e-12
+        _paper_flops(student, sum(lens), sum(n * n for n in lens)), rel=1e-12
     )
 
     ckpts = list_checkpoints(out)
@@ -233,7 +234,7 @@ def test_sft_checkpoint_starts_opd_and_flops_agree(tiny_model_dirs: tuple[Path, 
     sft_run = run_sft(_cfg(student, tmp_path / "d.jsonl", tmp_path / "sft", steps=1, save_every=0))
     totals = run_totals(sft_run)
     (row,) = read_metrics(sft_run)
-    x = _spec_flops(student, row["seq_tokens"], row["seq_tokens_sq"])  # SFT: x per sample
+    x = _paper_flops(student, row["seq_tokens"], row["seq_tokens_sq"])  # SFT: x per sample
     assert totals.command == "sft-baseline" and totals.seq_tokens == row["seq_tokens"]
     assert totals.flops == pytest.approx(x, rel=1e-12) and row["flops_total"] == pytest.approx(x, rel=1e-12)
 
@@ -258,7 +259,7 @@ def test_sft_checkpoint_starts_opd_and_flops_agree(tiny_model_dirs: tuple[Path, 
     assert read_config(opd_run)["student"] == str(ckpt)
     (opd,) = read_metrics(opd_run)
     # OPD from the checkpoint: x/3 + x/3 + y/3 + x, x of the checkpoint (the student's shape), y of the teacher
-    x, y = (_spec_flops(d, opd["seq_tokens"], opd["seq_tokens_sq"]) for d in (ckpt, teacher))
+    x, y = (_paper_flops(d, opd["seq_tokens"], opd["seq_tokens_sq"]) for d in (ckpt, teacher))
     assert opd["step"] == 1 and opd["flops_total"] == pytest.approx(5 * x / 3 + y / 3, rel=1e-12)
 
 

@@ -4,7 +4,7 @@ Two sources of curves, written as one tidy table (docs/run-format.md, "Analyses"
 
 * ``checkpoint``: for each checkpoint, the student samples full-length rollouts (no prefix cap, so Fig. 5 can
   measure the KL *beyond* the training prefix L), the teacher scores them without gradient, and the sampled-token
-  reverse-KL estimate ``k_t = logp_S(x_t) - logp_T(x_t)`` (SPEC "The method", step 4) is averaged per
+  reverse-KL estimate ``k_t = logp_S(x_t) - logp_T(x_t)`` (the prefix-OPD paper §2.1, Eq. 1) is averaged per
   output-position bin [b*bin, (b+1)*bin).
 * ``logged``: the per-bin KL that ``opd train`` already logged on its own rollouts (``kl_bin_mean`` /
   ``kl_bin_count`` in metrics.jsonl) at chosen steps: Fig. 2 during full OPD, for free.

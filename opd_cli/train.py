@@ -386,8 +386,7 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     from opd_cli import trainer as trainer_mod
     from opd_cli.tracking import point_tensorboard, push_folder
 
-    Trainer = trainer_mod.make_trainer_class()
-    trainer = Trainer(
+    trainer = trainer_mod.OpdTrainer(  # looked up at call time: tests substitute a recording subclass
         model=student, teacher_model=teacher, args=args, train_dataset=dataset, processing_class=s_tok,
         opd=cfg, run=run, flops_fn=flops_fn, offsets=offsets, callbacks=callbacks, engine_dtype=name,
     )

@@ -25,6 +25,9 @@ On the HF path the rollout log-probs ``logp_old`` are the update's own log-probs
 the optimizer step, so the importance ratio is exactly 1 and a second no-grad student pass would compute the same
 numbers again (the paper's FLOPs count still charges that pass, x/3, as verl runs it). Sampling uses temperature 1,
 top-p 1, top-k off: the sampling distribution is the model's distribution.
+
+torch, transformers and trl are imported at the top: only :func:`opd_cli.train.run_train` imports this module, so
+the CLI stays free of them until a run starts.
 """
 
 from __future__ import annotations
@@ -35,418 +38,415 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import GenerationConfig, LogitsProcessorList
+from trl import DistillationTrainer
+from trl.models import unwrap_model_for_generation
+from trl.trainer.utils import pad
+
+from opd_cli import maths
+from opd_cli.generation import global_batch_sampling, rollout_seed
 from opd_cli.pg_opd import PG_SUMS
 
 METRIC_K = 16  # Rethinking-OPD metrics use k = 16
 
 
-def make_trainer_class():
-    """Build the DistillationTrainer subclass (TRL is imported only when training)."""
-    import torch
-    from transformers import GenerationConfig, LogitsProcessorList
-    from trl import DistillationTrainer
-    from trl.models import unwrap_model_for_generation
-    from trl.trainer.utils import pad
+class OpdTrainer(DistillationTrainer):
+    """``trl.DistillationTrainer`` with the overrides listed above; ``opd`` is the run's
+    :class:`opd_cli.train.TrainConfig` (typed Any: importing it here would make train.py and this module a cycle)."""
 
-    from opd_cli import maths
-    from opd_cli.generation import global_batch_sampling, rollout_seed
+    def __init__(self, *args: Any, opd: Any, run: Any, flops_fn: Any, offsets: dict[str, float],
+                 engine_dtype: str | None = None, **kwargs: Any):
+        self.opd = opd
+        self.run_dir = run
+        self.flops_fn = flops_fn
+        self.flops_total = offsets.get("flops_total", 0.0)
+        self.wall_offset = offsets.get("wall_time", 0.0)
+        self.progress = None
+        super().__init__(*args, **kwargs)
+        from opd_cli.sharding import prepare_teacher
 
-    class OpdTrainer(DistillationTrainer):
-        # opd: the run's opd_cli.train.TrainConfig (Any, not imported: train.py imports this module)
-        def __init__(self, *args: Any, opd: Any, run: Any, flops_fn: Any, offsets: dict[str, float],
-                     engine_dtype: str | None = None, **kwargs: Any):
-            self.opd = opd
-            self.run_dir = run
-            self.flops_fn = flops_fn
-            self.flops_total = offsets.get("flops_total", 0.0)
-            self.wall_offset = offsets.get("wall_time", 0.0)
-            self.progress = None
-            super().__init__(*args, **kwargs)
-            from opd_cli.sharding import prepare_teacher
+        if self.teacher_model is not None:  # None: a --teacher-server scores the rollouts
+            self.teacher_model = prepare_teacher(self)  # under FSDP TRL leaves it unsharded, where it was loaded
+            self.teacher_model.requires_grad_(False)
+        self.teacher_server = None
+        if opd.teacher_server:
+            from opd_cli.served_teacher import ServedTeacher
 
-            if self.teacher_model is not None:  # None: a --teacher-server scores the rollouts
-                self.teacher_model = prepare_teacher(self)  # under FSDP TRL leaves it unsharded, where it was loaded
-                self.teacher_model.requires_grad_(False)
-            self.teacher_server = None
-            if opd.teacher_server:
-                from opd_cli.served_teacher import ServedTeacher
+            self.teacher_server = ServedTeacher(opd.teacher_server, opd.teacher_topk, opd.vllm_timeout)
+        if opd.backend == "vllm":
+            from opd_cli.vllm_engine import rollout_engine
 
-                self.teacher_server = ServedTeacher(opd.teacher_server, opd.teacher_topk, opd.vllm_timeout)
-            if opd.backend == "vllm":
-                from opd_cli.vllm_engine import rollout_engine
+            self.use_vllm, self.vllm_mode, self._last_loaded_step = True, opd.vllm_mode, -1
+            self.vllm_generation = rollout_engine(self, engine_dtype)
+        # the adaptive schedule: its signal at every step so far (replayed from metrics.jsonl on resume), L per step
+        self._signal = [maths.adaptive_signal(r, opd.adaptive_signal) for r in run.read_metrics()] if opd.schedule == "adaptive" else []
+        self._adaptive = self._adaptive_lengths()
+        self._reset_acc()
+        self._t_start = None
 
-                self.use_vllm, self.vllm_mode, self._last_loaded_step = True, opd.vllm_mode, -1
-                self.vllm_generation = rollout_engine(self, engine_dtype)
-            # the adaptive schedule: its signal at every step so far (replayed from metrics.jsonl on resume), L per step
-            self._signal = [maths.adaptive_signal(r, opd.adaptive_signal) for r in run.read_metrics()] if opd.schedule == "adaptive" else []
-            self._adaptive = self._adaptive_lengths()
-            self._reset_acc()
-            self._t_start = None
+    def _adaptive_lengths(self) -> list[int] | None:
+        o = self.opd
+        if o.schedule != "adaptive":
+            return None
+        return maths.adaptive_prefix_lengths(self._signal, o.prefix_start, o.prefix_delta, o.max_new_tokens,
+                                             o.adaptive_ratio, o.adaptive_patience, o.adaptive_floor)
 
-        def _adaptive_lengths(self) -> list[int] | None:
-            o = self.opd
-            if o.schedule != "adaptive":
-                return None
-            return maths.adaptive_prefix_lengths(self._signal, o.prefix_start, o.prefix_delta, o.max_new_tokens,
-                                                 o.adaptive_ratio, o.adaptive_patience, o.adaptive_floor)
+    def prefix_len(self, step: int) -> int:
+        return self.opd.prefix_len(step, self._adaptive)
 
-        def prefix_len(self, step: int) -> int:
-            return self.opd.prefix_len(step, self._adaptive)
+    def gen_len(self, step: int) -> int:
+        return self.opd.gen_len(step, self._adaptive)
 
-        def gen_len(self, step: int) -> int:
-            return self.opd.gen_len(step, self._adaptive)
+    def _get_train_sampler(self, dataset: Any = None) -> Any:
+        if self.opd.rollout != "pg-opd":
+            return super()._get_train_sampler(dataset)
+        from opd_cli import pg_opd
 
-        def _get_train_sampler(self, dataset: Any = None) -> Any:
-            if self.opd.rollout != "pg-opd":
-                return super()._get_train_sampler(dataset)
+        return pg_opd.candidate_sampler(self, dataset if dataset is not None else self.train_dataset)
+
+    # ------------------------------------------------------------------ helpers
+    def _reset_acc(self) -> None:
+        nb = math.ceil(self.opd.max_gen_len() / self.opd.kl_bin)
+        dev = self.accelerator.device
+        self._acc: dict[str, Any] = {
+            "loss": torch.zeros((), device=dev, dtype=torch.float64),
+            "sums": torch.zeros(4, device=dev, dtype=torch.float64),  # kl over trained, trained, scored, overlap rows
+            "metrics": torch.zeros(len(maths.OVERLAP_KEYS), device=dev, dtype=torch.float64),
+            "bin_sum": torch.zeros(nb, device=dev, dtype=torch.float64),
+            "bin_cnt": torch.zeros(nb, device=dev, dtype=torch.float64),
+            "lens": [],
+            "clipped": [],
+            "seq": [],
+            "time_generate": 0.0,
+            "time_teacher": 0.0,
+            "pg": torch.zeros(len(PG_SUMS), device=dev, dtype=torch.float64),
+        }
+
+    def _step_index(self) -> int:
+        return int(self.state.global_step)
+
+    def _metrics_step(self) -> bool:
+        """The overlap metrics (full-vocabulary top-k) run on the first, every --metrics-every-th and last step."""
+        s, every = self._step_index(), self.opd.metrics_every
+        return every > 0 and (s % every == 0 or s == self.opd.steps - 1)
+
+    def _sync(self) -> None:
+        if self.accelerator.device.type == "cuda":  # phase timings must not charge queued kernels to the next phase
+            torch.cuda.synchronize()
+
+    def _hidden_BTH(self, model: Any, ids: torch.Tensor, attn: torch.Tensor, T: int) -> torch.Tensor:
+        """Last hidden states predicting the T completion tokens, with position ids that skip left padding
+        (generate numbers positions that way; a plain forward would shift the prompts of padded rows)."""
+        pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
+        out = model.base_model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
+        return out.last_hidden_state[:, -T - 1 : -1, :]
+
+    # ------------------------------------------------------------------ hook 1: generation
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
+        step = self._step_index()
+        self._sync()
+        t0 = time.perf_counter()
+        if self.opd.rollout == "pg-opd":
             from opd_cli import pg_opd
 
-            return pg_opd.candidate_sampler(self, dataset if dataset is not None else self.train_dataset)
+            completion_ids, self._rollout_logprobs = pg_opd.generate(self, prompt_ids, step)
+        else:
+            completion_ids, self._rollout_logprobs = self._sample(prompt_ids, step, self.gen_len(step))
+        self._acc["time_generate"] += time.perf_counter() - t0
+        return completion_ids
 
-        # ------------------------------------------------------------------ helpers
-        def _reset_acc(self) -> None:
-            nb = math.ceil(self.opd.max_gen_len() / self.opd.kl_bin)
-            dev = self.accelerator.device
-            self._acc: dict[str, Any] = {
-                "loss": torch.zeros((), device=dev, dtype=torch.float64),
-                "sums": torch.zeros(4, device=dev, dtype=torch.float64),  # kl over trained, trained, scored, overlap rows
-                "metrics": torch.zeros(len(maths.OVERLAP_KEYS), device=dev, dtype=torch.float64),
-                "bin_sum": torch.zeros(nb, device=dev, dtype=torch.float64),
-                "bin_cnt": torch.zeros(nb, device=dev, dtype=torch.float64),
-                "lens": [],
-                "clipped": [],
-                "seq": [],
-                "time_generate": 0.0,
-                "time_teacher": 0.0,
-                "pg": torch.zeros(len(PG_SUMS), device=dev, dtype=torch.float64),
-            }
+    def _sample(self, prompt_ids: list[list[int]], step: int, max_new: int, rows: list[int] | None = None,
+                global_rows: int | None = None, stage: int = 0) -> tuple[list[list[int]], list[list[float]] | None]:
+        """(completions, vLLM's sampled-token log-probs or None) of each prompt, at most ``max_new`` tokens.
 
-        def _step_index(self) -> int:
-            return int(self.state.global_step)
+        Every process must call it, with equally many prompts (vLLM gathers them; ZeRO-3 gathers weights).
+        ``rows``: the prompts' indices in the global batch of ``global_rows`` (default: this process's contiguous
+        slice), which fix each rollout's sampling noise on the HF path."""
+        if self.use_vllm:
+            if self.state.global_step != self._last_loaded_step:
+                self.vllm_generation.sync_weights()
+                self._last_loaded_step = self.state.global_step
+            self.vllm_generation.max_completion_length = max_new
+            self.vllm_generation.logprobs = 0  # keep the sampled token's log-prob (TRL discards it)
+            _, completion_ids, logprobs, _ = self.vllm_generation.generate(prompts=prompt_ids, images=None, num_generations=1)
+            return completion_ids, [[lp[0] for lp in seq] for seq in logprobs]
+        return self._generate_hf(prompt_ids, step, max_new, rows, global_rows, stage), None
 
-        def _metrics_step(self) -> bool:
-            """The overlap metrics (full-vocabulary top-k) run on the first, every --metrics-every-th and last step."""
-            s, every = self._step_index(), self.opd.metrics_every
-            return every > 0 and (s % every == 0 or s == self.opd.steps - 1)
+    def _generate_hf(self, prompt_ids: list[list[int]], step: int, gen_len: int, rows_idx: list[int] | None = None,
+                     global_rows: int | None = None, stage: int = 0) -> list[list[int]]:
+        """transformers ``generate`` with per-rollout seeds (see :func:`opd_cli.generation.rollout_seed`); returns completions cut
+        after their first EOS, like TRL's."""
+        device = self.accelerator.device
+        rows = [torch.tensor(p) for p in prompt_ids]
+        ids = pad(rows, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+        attn = pad([torch.ones_like(r) for r in rows], padding_value=0, padding_side="left").to(device)
+        first = self.accelerator.process_index * len(rows)  # each process holds one contiguous slice of the batch
+        sampling = global_batch_sampling(rollout_seed(self.opd.seed, step, stage),
+                                       slice(first, first + len(rows)) if rows_idx is None else rows_idx,
+                                       global_rows or len(rows) * self.accelerator.num_processes, device)
+        config = GenerationConfig(
+            max_new_tokens=gen_len, min_new_tokens=gen_len if self.opd.ignore_eos else None, do_sample=False,
+            eos_token_id=self.eos_token_ids, pad_token_id=self._tokenizer.pad_token_id, disable_compile=True,
+        )
+        with (
+            unwrap_model_for_generation(self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation) as model,
+            torch.no_grad(),
+            self._dist.summon_full_params(self.model_wrapped, recurse=False),
+            self.accelerator.autocast(),
+        ):
+            out = model.generate(input_ids=ids, attention_mask=attn, generation_config=config,
+                                 logits_processor=LogitsProcessorList([sampling]))
+        completions = out[:, ids.shape[1] :].cpu()
+        is_eos = torch.isin(completions, torch.tensor(self.eos_token_ids))
+        ends = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, completions.shape[1])
+        return [c[:n].tolist() for c, n in zip(completions, ends.tolist(), strict=True)]
 
-        def _sync(self) -> None:
-            if self.accelerator.device.type == "cuda":  # phase timings must not charge queued kernels to the next phase
-                torch.cuda.synchronize()
+    # ------------------------------------------------------------------ hook 2: the rollout batch
+    def _generate_and_score_completions(self, inputs):
+        """TRL's rollout and padding code, then what the loss needs besides the models: the trained-token mask,
+        vLLM's sampling log-probs, the sequence count. Both models run later, one micro-batch at a time."""
+        out = super()._generate_and_score_completions(inputs)
+        step = self._step_index()
+        L = self.prefix_len(step)
+        ids_BT, cmask_BT = out["completion_ids"], out["completion_mask"]
+        B, T = ids_BT.shape
+        lengths_B = cmask_BT.sum(1)
+        train_BT = maths.prefix_mask_BT(lengths_B, T, L)
+        if self.opd.loss_window:
+            a, b = self.opd.window
+            train_BT &= maths.window_mask_BT(lengths_B, T, a, b)
+        if self.opd.loss_tail:
+            train_BT &= maths.tail_mask_BT(lengths_B, T, self.opd.loss_tail)
+        if self.opd.rollout == "pg-opd":
+            from opd_cli import pg_opd
 
-        def _hidden_BTH(self, model: Any, ids: torch.Tensor, attn: torch.Tensor, T: int) -> torch.Tensor:
-            """Last hidden states predicting the T completion tokens, with position ids that skip left padding
-            (generate numbers positions that way; a plain forward would shift the prompts of padded rows)."""
-            pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
-            out = model.base_model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
-            return out.last_hidden_state[:, -T - 1 : -1, :]
-
-        # ------------------------------------------------------------------ hook 1: generation
-        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
-            step = self._step_index()
-            self._sync()
+            train_BT, out["loss_weight"] = pg_opd.loss_mask_and_weights(self, train_BT)
+        out["train_mask"] = train_BT
+        if self.teacher_server is not None:  # the teacher's log-probs of this process's rollouts, in one request
             t0 = time.perf_counter()
-            if self.opd.rollout == "pg-opd":
-                from opd_cli import pg_opd
-
-                completion_ids, self._rollout_logprobs = pg_opd.generate(self, prompt_ids, step)
-            else:
-                completion_ids, self._rollout_logprobs = self._sample(prompt_ids, step, self.gen_len(step))
-            self._acc["time_generate"] += time.perf_counter() - t0
-            return completion_ids
-
-        def _sample(self, prompt_ids: list[list[int]], step: int, max_new: int, rows: list[int] | None = None,
-                    global_rows: int | None = None, stage: int = 0) -> tuple[list[list[int]], list[list[float]] | None]:
-            """(completions, vLLM's sampled-token log-probs or None) of each prompt, at most ``max_new`` tokens.
-
-            Every process must call it, with equally many prompts (vLLM gathers them; ZeRO-3 gathers weights).
-            ``rows``: the prompts' indices in the global batch of ``global_rows`` (default: this process's contiguous
-            slice), which fix each rollout's sampling noise on the HF path."""
-            if self.use_vllm:
-                if self.state.global_step != self._last_loaded_step:
-                    self.vllm_generation.sync_weights()
-                    self._last_loaded_step = self.state.global_step
-                self.vllm_generation.max_completion_length = max_new
-                self.vllm_generation.logprobs = 0  # keep the sampled token's log-prob (TRL discards it)
-                _, completion_ids, logprobs, _ = self.vllm_generation.generate(prompts=prompt_ids, images=None, num_generations=1)
-                return completion_ids, [[lp[0] for lp in seq] for seq in logprobs]
-            return self._generate_hf(prompt_ids, step, max_new, rows, global_rows, stage), None
-
-        def _generate_hf(self, prompt_ids: list[list[int]], step: int, gen_len: int, rows_idx: list[int] | None = None,
-                         global_rows: int | None = None, stage: int = 0) -> list[list[int]]:
-            """transformers ``generate`` with per-rollout seeds (see :func:`opd_cli.generation.rollout_seed`); returns completions cut
-            after their first EOS, like TRL's."""
-            device = self.accelerator.device
-            rows = [torch.tensor(p) for p in prompt_ids]
-            ids = pad(rows, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
-            attn = pad([torch.ones_like(r) for r in rows], padding_value=0, padding_side="left").to(device)
-            first = self.accelerator.process_index * len(rows)  # each process holds one contiguous slice of the batch
-            sampling = global_batch_sampling(rollout_seed(self.opd.seed, step, stage),
-                                           slice(first, first + len(rows)) if rows_idx is None else rows_idx,
-                                           global_rows or len(rows) * self.accelerator.num_processes, device)
-            config = GenerationConfig(
-                max_new_tokens=gen_len, min_new_tokens=gen_len if self.opd.ignore_eos else None, do_sample=False,
-                eos_token_id=self.eos_token_ids, pad_token_id=self._tokenizer.pad_token_id, disable_compile=True,
-            )
-            with (
-                unwrap_model_for_generation(self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation) as model,
-                torch.no_grad(),
-                self._dist.summon_full_params(self.model_wrapped, recurse=False),
-                self.accelerator.autocast(),
-            ):
-                out = model.generate(input_ids=ids, attention_mask=attn, generation_config=config,
-                                     logits_processor=LogitsProcessorList([sampling]))
-            completions = out[:, ids.shape[1] :].cpu()
-            is_eos = torch.isin(completions, torch.tensor(self.eos_token_ids))
-            ends = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, completions.shape[1])
-            return [c[:n].tolist() for c, n in zip(completions, ends.tolist(), strict=True)]
-
-        # ------------------------------------------------------------------ hook 2: the rollout batch
-        def _generate_and_score_completions(self, inputs):
-            """TRL's rollout and padding code, then what the loss needs besides the models: the trained-token mask,
-            vLLM's sampling log-probs, the sequence count. Both models run later, one micro-batch at a time."""
-            out = super()._generate_and_score_completions(inputs)
-            step = self._step_index()
-            L = self.prefix_len(step)
-            ids_BT, cmask_BT = out["completion_ids"], out["completion_mask"]
-            B, T = ids_BT.shape
-            lengths_B = cmask_BT.sum(1)
-            train_BT = maths.prefix_mask_BT(lengths_B, T, L)
-            if self.opd.loss_window:
-                a, b = self.opd.window
-                train_BT &= maths.window_mask_BT(lengths_B, T, a, b)
-            if self.opd.loss_tail:
-                train_BT &= maths.tail_mask_BT(lengths_B, T, self.opd.loss_tail)
-            if self.opd.rollout == "pg-opd":
-                from opd_cli import pg_opd
-
-                train_BT, out["loss_weight"] = pg_opd.loss_mask_and_weights(self, train_BT)
-            out["train_mask"] = train_BT
-            if self.teacher_server is not None:  # the teacher's log-probs of this process's rollouts, in one request
-                t0 = time.perf_counter()
-                out.update(self.teacher_server.score(out["prompt_ids"], out["prompt_mask"], ids_BT, cmask_BT))
-                self._acc["time_teacher"] += time.perf_counter() - t0
-            if self._rollout_logprobs is not None:  # vLLM: the log-probs it sampled with (importance ratio != 1)
-                lp = torch.zeros(B, T, device=ids_BT.device)
-                for i, seq in enumerate(self._rollout_logprobs):
-                    vals = [x if x is not None else 0.0 for x in seq][:T]
-                    lp[i, : len(vals)] = torch.tensor(vals, device=ids_BT.device)
-                out["old_logp"] = lp
-            # The paper sums over tokens and averages over sequences: normalise by the global rollout count, not
-            # by TRL's completion-token count.
-            out["num_items_in_batch"] = self.accelerator.gather(torch.tensor(float(B), device=ids_BT.device)).sum()
-
-            acc = self._acc
-            gen_len = self.gen_len(step)
-            last = ids_BT.gather(1, (lengths_B - 1).clamp(min=0)[:, None]).squeeze(1)
-            ended = torch.isin(last, torch.tensor(self.eos_token_ids, device=ids_BT.device)) & (lengths_B > 0)
-            acc["lens"].append(lengths_B.double())
-            acc["clipped"].append(((~ended) & (lengths_B >= gen_len)).double())
-            acc["seq"].append((out["prompt_mask"].sum(1) + lengths_B).double())
-            acc["prefix_len"] = L
-            return out
-
-        # ------------------------------------------------------------------ hook 3: scoring + loss, per micro-batch
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            inputs = _trim_padding(inputs)
-            # Per-process divisor: DDP averages gradients over processes, so divide by (sequences / processes).
-            P = self.accelerator.num_processes
-            n = inputs["num_items_in_batch"].clamp(min=1.0) / P
-            unwrapped = self.accelerator.unwrap_model(model)
-            # Through the wrapper's forward (DDP hooks, FSDP/ZeRO-3 gathers), which skips accelerate's autocast patch
-            with self.accelerator.autocast():
-                loss = self._forward_redirection(model, unwrapped, self._opd_loss, unwrapped, inputs, n)
-            self._acc["loss"] += loss.detach().double() / P  # the processes' losses sum to P x the global loss
-            return (loss, None) if return_outputs else loss
-
-        def _opd_loss(self, student, inputs, n):
-            ids_BT, valid_BT, train_BT = inputs["completion_ids"], inputs["completion_mask"].bool(), inputs["train_mask"]
-            B, T = ids_BT.shape
-            ids = torch.cat([inputs["prompt_ids"], ids_BT], 1)
-            attn = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
-            h_s = self._hidden_BTH(student, ids, attn, T)
-            rows = B * self.opd.chunk  # rows per head call: the logits of a (B, chunk, V) block at a time
-            y_N, tr_N = ids_BT[valid_BT], train_BT[valid_BT]
-            # --pg-select weight: each rollout's loss weighted by its probe overlap (the metrics stay unweighted)
-            w_BT = train_BT * inputs["loss_weight"][:, None] if "loss_weight" in inputs else train_BT
-            hs_N, s_head = h_s[valid_BT], student.get_output_embeddings()
-            h_t, t_head, logq_N, ent_q_N = self._teacher_scores(inputs, ids, attn, valid_BT, y_N, rows)
-            ht_N = h_t[valid_BT] if h_t is not None else None
-
-            if self.opd.loss == "sampled":
-                logp_N, ent_p_N = maths.map_rows(maths.head_logprobs_N, hs_N, s_head, y_N, rows)
-                old_N = inputs["old_logp"][valid_BT] if "old_logp" in inputs else logp_N.detach()
-                loss = maths.sampled_loss(logp_N, old_N, logq_N, w_BT[valid_BT], n)
-            else:
-                with torch.no_grad():
-                    logp_N, ent_p_N = maths.map_rows(maths.head_logprobs_N, hs_N.detach(), s_head, y_N, rows)
-                old_N = inputs["old_logp"][valid_BT] if "old_logp" in inputs else logp_N
-                if self.opd.loss == "full":  # TRL's fused reverse KL (beta = 1), (N, V) logits never materialised
-                    from trl.trainer.distillation_trainer import _chunked_divergence_loss
-
-                    from opd_cli.sharding import gathered_heads
-
-                    with gathered_heads(s_head, t_head):  # ZeRO-3: the kernel's input must have the head's shape
-                        loss, _, _ = _chunked_divergence_loss(h_s, h_t, s_head.weight, t_head.weight, train_BT.int(), 1.0,
-                                                              num_items_in_batch=n, student_lm_head_bias=s_head.bias,
-                                                              teacher_lm_head_bias=t_head.bias)
-                else:
-                    div_BT = maths.map_chunks_T(
-                        lambda hs, ht: maths.divergence_BT(s_head(hs), t_head(ht), "topk", self.opd.topk, self.opd.topk_support),
-                        h_s, h_t, chunk=self.opd.chunk,
-                    )
-                    loss = maths.sum_over_seqs(div_BT, w_BT.to(div_BT.dtype), n)
-            with torch.no_grad():
-                served = (inputs["teacher_top_ids"], inputs["teacher_top_logp"]) if self.teacher_server is not None else None
-                self._accumulate(old_N.detach(), logq_N, ent_p_N, ent_q_N,
-                                 tr_N, valid_BT, hs_N, ht_N, s_head, t_head, served)
-            return loss
-
-        def _teacher_scores(self, inputs, ids, attn, valid_BT, y_N, rows):
-            """(h_t, t_head, log q(y), H(q)) of the teacher on the micro-batch's completion tokens: a local forward,
-            or the --teacher-server's log-probs sent with the rollouts (no hidden states, head or entropy then)."""
-            if self.teacher_server is not None:
-                return None, None, inputs["teacher_logp"][valid_BT], None
-            self._sync()
-            t0 = time.perf_counter()
-            self.teacher_model.eval()
-            teacher = self.accelerator.unwrap_model(self.teacher_model)
-            T = valid_BT.shape[1]
-            with torch.no_grad():
-                h_t = self._forward_redirection(self.teacher_model, teacher, self._hidden_BTH, teacher, ids, attn, T)
-                t_head = teacher.get_output_embeddings()
-                logq_N, ent_q_N = maths.map_rows(maths.head_logprobs_N, h_t[valid_BT], t_head, y_N, rows)
-            self._sync()
+            out.update(self.teacher_server.score(out["prompt_ids"], out["prompt_mask"], ids_BT, cmask_BT))
             self._acc["time_teacher"] += time.perf_counter() - t0
-            return h_t, t_head, logq_N, ent_q_N
+        if self._rollout_logprobs is not None:  # vLLM: the log-probs it sampled with (importance ratio != 1)
+            lp = torch.zeros(B, T, device=ids_BT.device)
+            for i, seq in enumerate(self._rollout_logprobs):
+                vals = [x if x is not None else 0.0 for x in seq][:T]
+                lp[i, : len(vals)] = torch.tensor(vals, device=ids_BT.device)
+            out["old_logp"] = lp
+        # The paper sums over tokens and averages over sequences: normalise by the global rollout count, not
+        # by TRL's completion-token count.
+        out["num_items_in_batch"] = self.accelerator.gather(torch.tensor(float(B), device=ids_BT.device)).sum()
 
-        def _accumulate(self, old_N, logq_N, ent_p_N, ent_q_N, tr_N, valid_BT, hs_N, ht_N, s_head, t_head,
-                        served=None) -> None:
-            """Step accumulators (local; gathered at log time): KL over trained tokens and per position bin over all
-            scored tokens, entropies every step, the overlap metrics on metric steps, one row chunk at a time."""
-            acc, keys = self._acc, maths.OVERLAP_KEYS
-            kl_N = maths.kl_estimate_BT(old_N, logq_N).double()
-            tm = tr_N.double()
-            acc["sums"][0] += (kl_N * tm).sum()
-            acc["sums"][1] += tm.sum()
-            acc["sums"][2] += tr_N.numel()
-            ent_p = ent_p_N.double()
-            acc["metrics"][keys.index("entropy_student")] += (ent_p * tm).sum()
-            if ent_q_N is not None:  # a served teacher sends its top-k only, not its entropy
-                ent_q = ent_q_N.double()
-                acc["metrics"][keys.index("entropy_teacher")] += (ent_q * tm).sum()
-                acc["metrics"][keys.index("entropy_gap")] += ((ent_q - ent_p).abs() * tm).sum()
-            B, T = valid_BT.shape
-            pos_N = torch.arange(T, device=valid_BT.device).expand(B, T)[valid_BT]
-            bins_N = (pos_N // self.opd.kl_bin).clamp(max=acc["bin_sum"].numel() - 1)
-            acc["bin_sum"].index_add_(0, bins_N, kl_N)
-            acc["bin_cnt"].index_add_(0, bins_N, torch.ones_like(kl_N))
-            if not self._metrics_step():
-                return
-            k = METRIC_K  # capped at V inside (a ZeRO-3 head's weight has no rows outside its gather)
-            hs_M = hs_N[tr_N]
-            rows = self.opd.chunk * valid_BT.shape[0]
-            for i in range(0, hs_M.shape[0], rows):
-                if served is not None:  # the teacher's top-k as the server sent it
-                    top_ids, top_logp = (x[valid_BT][tr_N][i : i + rows] for x in served)
-                    m = maths.overlap_metrics_vs_topk_N(hs_M[i : i + rows], s_head, top_ids, top_logp, k)
-                else:
-                    m = maths.overlap_metrics_from_hidden_N(hs_M[i : i + rows], s_head, ht_N[tr_N][i : i + rows], t_head, k)
-                for key, v in m.items():
-                    acc["metrics"][keys.index(key)] += v.double().sum()
-            acc["sums"][3] += hs_M.shape[0]
+        acc = self._acc
+        gen_len = self.gen_len(step)
+        last = ids_BT.gather(1, (lengths_B - 1).clamp(min=0)[:, None]).squeeze(1)
+        ended = torch.isin(last, torch.tensor(self.eos_token_ids, device=ids_BT.device)) & (lengths_B > 0)
+        acc["lens"].append(lengths_B.double())
+        acc["clipped"].append(((~ended) & (lengths_B >= gen_len)).double())
+        acc["seq"].append((out["prompt_mask"].sum(1) + lengths_B).double())
+        acc["prefix_len"] = L
+        return out
 
-        # ------------------------------------------------------------------ hook 4: metrics + checkpoints
-        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            if "grad_norm" in logs and "train_runtime" not in logs:  # the once-per-optimizer-step log
-                from opd_cli.tracking import tracker_scalars
+    # ------------------------------------------------------------------ hook 3: scoring + loss, per micro-batch
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = _trim_padding(inputs)
+        # Per-process divisor: DDP averages gradients over processes, so divide by (sequences / processes).
+        P = self.accelerator.num_processes
+        n = inputs["num_items_in_batch"].clamp(min=1.0) / P
+        unwrapped = self.accelerator.unwrap_model(model)
+        # Through the wrapper's forward (DDP hooks, FSDP/ZeRO-3 gathers), which skips accelerate's autocast patch
+        with self.accelerator.autocast():
+            loss = self._forward_redirection(model, unwrapped, self._opd_loss, unwrapped, inputs, n)
+        self._acc["loss"] += loss.detach().double() / P  # the processes' losses sum to P x the global loss
+        return (loss, None) if return_outputs else loss
 
-                logs = {**logs, **tracker_scalars(self._write_metrics(logs))}  # trackers see metrics.jsonl's names
-            super().log(logs, start_time)
+    def _opd_loss(self, student, inputs, n):
+        ids_BT, valid_BT, train_BT = inputs["completion_ids"], inputs["completion_mask"].bool(), inputs["train_mask"]
+        B, T = ids_BT.shape
+        ids = torch.cat([inputs["prompt_ids"], ids_BT], 1)
+        attn = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+        h_s = self._hidden_BTH(student, ids, attn, T)
+        rows = B * self.opd.chunk  # rows per head call: the logits of a (B, chunk, V) block at a time
+        y_N, tr_N = ids_BT[valid_BT], train_BT[valid_BT]
+        # --pg-select weight: each rollout's loss weighted by its probe overlap (the metrics stay unweighted)
+        w_BT = train_BT * inputs["loss_weight"][:, None] if "loss_weight" in inputs else train_BT
+        hs_N, s_head = h_s[valid_BT], student.get_output_embeddings()
+        h_t, t_head, logq_N, ent_q_N = self._teacher_scores(inputs, ids, attn, valid_BT, y_N, rows)
+        ht_N = h_t[valid_BT] if h_t is not None else None
 
-        def _write_metrics(self, logs: dict[str, float]) -> dict[str, Any]:
-            acc, g = self._acc, self.accelerator
-            now = time.perf_counter()
-            time_step = now - (self._t_start or now)
-            self._t_start = now
-            loss = g.gather(acc["loss"][None]).sum().item()
-            sums = g.gather(acc["sums"][None]).sum(0)
-            met = g.gather(acc["metrics"][None]).sum(0)
-            bsum = g.gather(acc["bin_sum"][None]).sum(0)
-            bcnt = g.gather(acc["bin_cnt"][None]).sum(0)
-            lens = g.gather(torch.cat(acc["lens"])) if acc["lens"] else torch.zeros(1)
-            clipped = g.gather(torch.cat(acc["clipped"])) if acc["clipped"] else torch.zeros(1)
-            seq = g.gather(torch.cat(acc["seq"])) if acc["seq"] else torch.zeros(1)
-            times = g.gather(torch.tensor([acc["time_generate"], acc["time_teacher"]], device=g.device, dtype=torch.float64)[None]).max(0).values
-            n_tr, n_ov = sums[1].item(), sums[3].item()
-            sum_s, sum_s2 = seq.sum().item(), (seq**2).sum().item()
-            pg = g.gather(acc["pg"][None]).sum(0).tolist()  # PG-OPD's counts (zeros otherwise)
-            flops_step = self.flops_fn(sum_s, sum_s2, *pg[-2:])  # + PG-OPD's probe forwards
-            self.flops_total += flops_step
-            nz = torch.nonzero(bcnt).flatten()
-            nb = int(nz[-1].item()) + 1 if nz.numel() else 0
-            rec: dict[str, Any] = {
-                "step": int(self.state.global_step),
-                "prefix_len": int(acc.get("prefix_len", self.prefix_len(self.state.global_step - 1))),
-                "loss": loss,
-                "kl": sums[0].item() / n_tr if n_tr else None,
-                "kl_bin_size": self.opd.kl_bin,
-                "kl_bin_mean": [(s / c if c else None) for s, c in zip(bsum[:nb].tolist(), bcnt[:nb].tolist(), strict=True)],
-                "kl_bin_count": [int(c) for c in bcnt[:nb].tolist()],
-                "rollout_len_mean": lens.mean().item(),
-                "rollout_len_min": int(lens.min().item()),
-                "rollout_len_max": int(lens.max().item()),
-                "clipped_frac": clipped.mean().item(),
-                "tokens_generated": int(lens.sum().item()),
-                "tokens_scored": int(sums[2].item()),
-                "tokens_trained": int(n_tr),
-                "seq_tokens": int(sum_s),
-                "seq_tokens_sq": int(sum_s2),
-                "flops_step": flops_step,
-                "flops_total": self.flops_total,
-                "time_generate": times[0].item(),
-                "time_teacher": times[1].item(),
-                "time_update": max(time_step - times[0].item() - times[1].item(), 0.0),
-                "time_step": time_step,
-                "wall_time": self.wall_offset + (now - self._t0),
-                "lr": logs.get("learning_rate"),
-                "grad_norm": logs.get("grad_norm"),
-            }
-            for i, key in enumerate(maths.OVERLAP_KEYS):
-                count = n_tr if key.startswith("entropy") else n_ov  # overlap metrics: metric steps only
-                rec[key] = met[i].item() / count if count else None
-            if self.teacher_server is not None:
-                rec["entropy_teacher"] = rec["entropy_gap"] = None  # not sent by a served teacher
-            if self.opd.rollout == "pg-opd":
-                from opd_cli import pg_opd
+        if self.opd.loss == "sampled":
+            logp_N, ent_p_N = maths.map_rows(maths.head_logprobs_N, hs_N, s_head, y_N, rows)
+            old_N = inputs["old_logp"][valid_BT] if "old_logp" in inputs else logp_N.detach()
+            loss = maths.sampled_loss(logp_N, old_N, logq_N, w_BT[valid_BT], n)
+        else:
+            with torch.no_grad():
+                logp_N, ent_p_N = maths.map_rows(maths.head_logprobs_N, hs_N.detach(), s_head, y_N, rows)
+            old_N = inputs["old_logp"][valid_BT] if "old_logp" in inputs else logp_N
+            if self.opd.loss == "full":  # TRL's fused reverse KL (beta = 1), (N, V) logits never materialised
+                from trl.trainer.distillation_trainer import _chunked_divergence_loss
 
-                rec.update(pg_opd.step_metrics(pg))
-            if self.opd.schedule == "adaptive":  # every process computes the same L from the gathered KL
-                self._signal.append(maths.adaptive_signal(rec, self.opd.adaptive_signal))
-                self._adaptive = self._adaptive_lengths()
-            if g.is_main_process:
-                self.run_dir.log(rec)
-                if self.progress is not None:
-                    self.progress(rec)
-            self._reset_acc()
-            return rec
+                from opd_cli.sharding import gathered_heads
 
-        def train(self, *args, **kwargs):
-            self._t0 = self._t_start = time.perf_counter()
-            return super().train(*args, **kwargs)
+                with gathered_heads(s_head, t_head):  # ZeRO-3: the kernel's input must have the head's shape
+                    loss, _, _ = _chunked_divergence_loss(h_s, h_t, s_head.weight, t_head.weight, train_BT.int(), 1.0,
+                                                          num_items_in_batch=n, student_lm_head_bias=s_head.bias,
+                                                          teacher_lm_head_bias=t_head.bias)
+            else:
+                div_BT = maths.map_chunks_T(
+                    lambda hs, ht: maths.divergence_BT(s_head(hs), t_head(ht), "topk", self.opd.topk, self.opd.topk_support),
+                    h_s, h_t, chunk=self.opd.chunk,
+                )
+                loss = maths.sum_over_seqs(div_BT, w_BT.to(div_BT.dtype), n)
+        with torch.no_grad():
+            served = (inputs["teacher_top_ids"], inputs["teacher_top_logp"]) if self.teacher_server is not None else None
+            self._accumulate(old_N.detach(), logq_N, ent_p_N, ent_q_N,
+                             tr_N, valid_BT, hs_N, ht_N, s_head, t_head, served)
+        return loss
 
-        def _save_checkpoint(self, model, trial):
-            super()._save_checkpoint(model, trial)
-            step = int(self.state.global_step)
-            src = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
-            self.accelerator.wait_for_everyone()  # every rank has written its files (RNG states, shards)
-            if self.accelerator.is_main_process:
-                state = {"step": step, "prefix_len": self.prefix_len(step - 1), "next_prefix_len": self.prefix_len(step),
-                         "flops_total": self.flops_total}
-                (src / "opd_state.json").write_text(json.dumps(state, indent=2) + "\n")
-                self.run_dir.commit(src, step)
-            self.accelerator.wait_for_everyone()
+    def _teacher_scores(self, inputs, ids, attn, valid_BT, y_N, rows):
+        """(h_t, t_head, log q(y), H(q)) of the teacher on the micro-batch's completion tokens: a local forward,
+        or the --teacher-server's log-probs sent with the rollouts (no hidden states, head or entropy then)."""
+        if self.teacher_server is not None:
+            return None, None, inputs["teacher_logp"][valid_BT], None
+        self._sync()
+        t0 = time.perf_counter()
+        self.teacher_model.eval()
+        teacher = self.accelerator.unwrap_model(self.teacher_model)
+        T = valid_BT.shape[1]
+        with torch.no_grad():
+            h_t = self._forward_redirection(self.teacher_model, teacher, self._hidden_BTH, teacher, ids, attn, T)
+            t_head = teacher.get_output_embeddings()
+            logq_N, ent_q_N = maths.map_rows(maths.head_logprobs_N, h_t[valid_BT], t_head, y_N, rows)
+        self._sync()
+        self._acc["time_teacher"] += time.perf_counter() - t0
+        return h_t, t_head, logq_N, ent_q_N
 
-    return OpdTrainer
+    def _accumulate(self, old_N, logq_N, ent_p_N, ent_q_N, tr_N, valid_BT, hs_N, ht_N, s_head, t_head,
+                    served=None) -> None:
+        """Step accumulators (local; gathered at log time): KL over trained tokens and per position bin over all
+        scored tokens, entropies every step, the overlap metrics on metric steps, one row chunk at a time."""
+        acc, keys = self._acc, maths.OVERLAP_KEYS
+        kl_N = maths.kl_estimate_BT(old_N, logq_N).double()
+        tm = tr_N.double()
+        acc["sums"][0] += (kl_N * tm).sum()
+        acc["sums"][1] += tm.sum()
+        acc["sums"][2] += tr_N.numel()
+        ent_p = ent_p_N.double()
+        acc["metrics"][keys.index("entropy_student")] += (ent_p * tm).sum()
+        if ent_q_N is not None:  # a served teacher sends its top-k only, not its entropy
+            ent_q = ent_q_N.double()
+            acc["metrics"][keys.index("entropy_teacher")] += (ent_q * tm).sum()
+            acc["metrics"][keys.index("entropy_gap")] += ((ent_q - ent_p).abs() * tm).sum()
+        B, T = valid_BT.shape
+        pos_N = torch.arange(T, device=valid_BT.device).expand(B, T)[valid_BT]
+        bins_N = (pos_N // self.opd.kl_bin).clamp(max=acc["bin_sum"].numel() - 1)
+        acc["bin_sum"].index_add_(0, bins_N, kl_N)
+        acc["bin_cnt"].index_add_(0, bins_N, torch.ones_like(kl_N))
+        if not self._metrics_step():
+            return
+        k = METRIC_K  # capped at V inside (a ZeRO-3 head's weight has no rows outside its gather)
+        hs_M = hs_N[tr_N]
+        rows = self.opd.chunk * valid_BT.shape[0]
+        for i in range(0, hs_M.shape[0], rows):
+            if served is not None:  # the teacher's top-k as the server sent it
+                top_ids, top_logp = (x[valid_BT][tr_N][i : i + rows] for x in served)
+                m = maths.overlap_metrics_vs_topk_N(hs_M[i : i + rows], s_head, top_ids, top_logp, k)
+            else:
+                m = maths.overlap_metrics_from_hidden_N(hs_M[i : i + rows], s_head, ht_N[tr_N][i : i + rows], t_head, k)
+            for key, v in m.items():
+                acc["metrics"][keys.index(key)] += v.double().sum()
+        acc["sums"][3] += hs_M.shape[0]
+
+    # ------------------------------------------------------------------ hook 4: metrics + checkpoints
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "grad_norm" in logs and "train_runtime" not in logs:  # the once-per-optimizer-step log
+            from opd_cli.tracking import tracker_scalars
+
+            logs = {**logs, **tracker_scalars(self._write_metrics(logs))}  # trackers see metrics.jsonl's names
+        super().log(logs, start_time)
+
+    def _write_metrics(self, logs: dict[str, float]) -> dict[str, Any]:
+        acc, g = self._acc, self.accelerator
+        now = time.perf_counter()
+        time_step = now - (self._t_start or now)
+        self._t_start = now
+        loss = g.gather(acc["loss"][None]).sum().item()
+        sums = g.gather(acc["sums"][None]).sum(0)
+        met = g.gather(acc["metrics"][None]).sum(0)
+        bsum = g.gather(acc["bin_sum"][None]).sum(0)
+        bcnt = g.gather(acc["bin_cnt"][None]).sum(0)
+        lens = g.gather(torch.cat(acc["lens"])) if acc["lens"] else torch.zeros(1)
+        clipped = g.gather(torch.cat(acc["clipped"])) if acc["clipped"] else torch.zeros(1)
+        seq = g.gather(torch.cat(acc["seq"])) if acc["seq"] else torch.zeros(1)
+        times = g.gather(torch.tensor([acc["time_generate"], acc["time_teacher"]], device=g.device, dtype=torch.float64)[None]).max(0).values
+        n_tr, n_ov = sums[1].item(), sums[3].item()
+        sum_s, sum_s2 = seq.sum().item(), (seq**2).sum().item()
+        pg = g.gather(acc["pg"][None]).sum(0).tolist()  # PG-OPD's counts (zeros otherwise)
+        flops_step = self.flops_fn(sum_s, sum_s2, *pg[-2:])  # + PG-OPD's probe forwards
+        self.flops_total += flops_step
+        nz = torch.nonzero(bcnt).flatten()
+        nb = int(nz[-1].item()) + 1 if nz.numel() else 0
+        rec: dict[str, Any] = {
+            "step": int(self.state.global_step),
+            "prefix_len": int(acc.get("prefix_len", self.prefix_len(self.state.global_step - 1))),
+            "loss": loss,
+            "kl": sums[0].item() / n_tr if n_tr else None,
+            "kl_bin_size": self.opd.kl_bin,
+            "kl_bin_mean": [(s / c if c else None) for s, c in zip(bsum[:nb].tolist(), bcnt[:nb].tolist(), strict=True)],
+            "kl_bin_count": [int(c) for c in bcnt[:nb].tolist()],
+            "rollout_len_mean": lens.mean().item(),
+            "rollout_len_min": int(lens.min().item()),
+            "rollout_len_max": int(lens.max().item()),
+            "clipped_frac": clipped.mean().item(),
+            "tokens_generated": int(lens.sum().item()),
+            "tokens_scored": int(sums[2].item()),
+            "tokens_trained": int(n_tr),
+            "seq_tokens": int(sum_s),
+            "seq_tokens_sq": int(sum_s2),
+            "flops_step": flops_step,
+            "flops_total": self.flops_total,
+            "time_generate": times[0].item(),
+            "time_teacher": times[1].item(),
+            "time_update": max(time_step - times[0].item() - times[1].item(), 0.0),
+            "time_step": time_step,
+            "wall_time": self.wall_offset + (now - self._t0),
+            "lr": logs.get("learning_rate"),
+            "grad_norm": logs.get("grad_norm"),
+        }
+        for i, key in enumerate(maths.OVERLAP_KEYS):
+            count = n_tr if key.startswith("entropy") else n_ov  # overlap metrics: metric steps only
+            rec[key] = met[i].item() / count if count else None
+        if self.teacher_server is not None:
+            rec["entropy_teacher"] = rec["entropy_gap"] = None  # not sent by a served teacher
+        if self.opd.rollout == "pg-opd":
+            from opd_cli import pg_opd
+
+            rec.update(pg_opd.step_metrics(pg))
+        if self.opd.schedule == "adaptive":  # every process computes the same L from the gathered KL
+            self._signal.append(maths.adaptive_signal(rec, self.opd.adaptive_signal))
+            self._adaptive = self._adaptive_lengths()
+        if g.is_main_process:
+            self.run_dir.log(rec)
+            if self.progress is not None:
+                self.progress(rec)
+        self._reset_acc()
+        return rec
+
+    def train(self, *args, **kwargs):
+        self._t0 = self._t_start = time.perf_counter()
+        return super().train(*args, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        step = int(self.state.global_step)
+        src = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
+        self.accelerator.wait_for_everyone()  # every rank has written its files (RNG states, shards)
+        if self.accelerator.is_main_process:
+            state = {"step": step, "prefix_len": self.prefix_len(step - 1), "next_prefix_len": self.prefix_len(step),
+                     "flops_total": self.flops_total}
+            (src / "opd_state.json").write_text(json.dumps(state, indent=2) + "\n")
+            self.run_dir.commit(src, step)
+        self.accelerator.wait_for_everyone()
 
 
 def _trim_padding(inputs: dict[str, Any]) -> dict[str, Any]:

@@ -72,30 +72,23 @@ def record_placement() -> None:
     forward."""
     import opd_cli.trainer as trainer_mod
 
-    real = trainer_mod.make_trainer_class
+    class Recording(trainer_mod.OpdTrainer):
+        def _sample(self, *args, **kwargs):
+            out = super()._sample(*args, **kwargs)
+            _reshard(self.model_wrapped)
+            return out
 
-    def recording():
-        base = real()
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            path = Path(self.run_dir.path) / f"placement_{self.accelerator.process_index}.json"
+            if not path.exists():
+                _reshard(self.model_wrapped)  # at rest: a forward gathers some units and may leave them gathered
+                _reshard(self.teacher_model)
+                rec = {"device": str(self.accelerator.device), "student": placement(self.model_wrapped),
+                       "teacher": placement(self.teacher_model)}
+                path.write_text(json.dumps(rec, indent=1))
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
-        class Recording(base):
-            def _sample(self, *args, **kwargs):
-                out = super()._sample(*args, **kwargs)
-                _reshard(self.model_wrapped)
-                return out
-
-            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-                path = Path(self.run_dir.path) / f"placement_{self.accelerator.process_index}.json"
-                if not path.exists():
-                    _reshard(self.model_wrapped)  # at rest: a forward gathers some units and may leave them gathered
-                    _reshard(self.teacher_model)
-                    rec = {"device": str(self.accelerator.device), "student": placement(self.model_wrapped),
-                           "teacher": placement(self.teacher_model)}
-                    path.write_text(json.dumps(rec, indent=1))
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-        return Recording
-
-    trainer_mod.make_trainer_class = recording
+    trainer_mod.OpdTrainer = Recording
 
 
 def _reshard(model) -> None:

@@ -204,33 +204,28 @@ def test_zero3_heads_are_gathered_wherever_they_are_read(untied_dirs, prompts_fi
     from opd_cli import pg_opd
 
     seen: dict = {}
-    real = trainer_mod.make_trainer_class
+    class Checked(trainer_mod.OpdTrainer):
+        def _prepare_inputs(self, generation_batch):
+            inputs, model = super()._prepare_inputs(generation_batch), self.model_wrapped
+            if not seen:
+                prompts = [r[m.bool()].tolist() for r, m in zip(inputs["prompt_ids"], inputs["prompt_mask"], strict=True)]
+                comps = [r[m.bool()].tolist() for r, m in zip(inputs["completion_ids"], inputs["completion_mask"], strict=True)]
+                heads = (model.get_output_embeddings(), self.teacher_model.get_output_embeddings())
+                seen["plain"] = (*_loss_grads_metrics(self, model, inputs), pg_opd.probe_overlap(self, prompts, comps))
+                z3 = Zero3Heads(*heads)
+                try:
+                    with pytest.MonkeyPatch.context() as mp:
+                        mp.setattr(trl_utils, "maybe_gather_lm_head_ctx", z3.gather)
+                        mp.setattr(chunked_divergence, "maybe_gather_lm_head_ctx", z3.gather)
+                        every = lambda: z3.gather(*(h.weight for h in heads))  # noqa: E731
+                        seen["zero3"] = (*_loss_grads_metrics(self, model, inputs, every),
+                                         pg_opd.probe_overlap(self, prompts, comps))
+                        seen["empty"] = heads[1].weight.numel() == 0
+                finally:
+                    z3.close()
+            return inputs
 
-    def recording():
-        class Checked(real()):
-            def _prepare_inputs(self, generation_batch):
-                inputs, model = super()._prepare_inputs(generation_batch), self.model_wrapped
-                if not seen:
-                    prompts = [r[m.bool()].tolist() for r, m in zip(inputs["prompt_ids"], inputs["prompt_mask"], strict=True)]
-                    comps = [r[m.bool()].tolist() for r, m in zip(inputs["completion_ids"], inputs["completion_mask"], strict=True)]
-                    heads = (model.get_output_embeddings(), self.teacher_model.get_output_embeddings())
-                    seen["plain"] = (*_loss_grads_metrics(self, model, inputs), pg_opd.probe_overlap(self, prompts, comps))
-                    z3 = Zero3Heads(*heads)
-                    try:
-                        with pytest.MonkeyPatch.context() as mp:
-                            mp.setattr(trl_utils, "maybe_gather_lm_head_ctx", z3.gather)
-                            mp.setattr(chunked_divergence, "maybe_gather_lm_head_ctx", z3.gather)
-                            every = lambda: z3.gather(*(h.weight for h in heads))  # noqa: E731
-                            seen["zero3"] = (*_loss_grads_metrics(self, model, inputs, every),
-                                             pg_opd.probe_overlap(self, prompts, comps))
-                            seen["empty"] = heads[1].weight.numel() == 0
-                    finally:
-                        z3.close()
-                return inputs
-
-        return Checked
-
-    monkeypatch.setattr(trainer_mod, "make_trainer_class", recording)
+    monkeypatch.setattr(trainer_mod, "OpdTrainer", Checked)
     from opd_cli.config import build_config
     from opd_cli.train import TrainConfig, run_train
 

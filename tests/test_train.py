@@ -282,26 +282,19 @@ def test_compute_loss_and_gradient_match_the_maths_reference(tiny_model_dirs, pr
     from opd_cli import maths
 
     seen: dict = {}
-    real = trainer_mod.make_trainer_class
+    class Recording(trainer_mod.OpdTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            seen.setdefault("inputs", {k: v.detach().clone() for k, v in inputs.items() if torch.is_tensor(v)})
+            seen.setdefault("loss", float(loss.detach()))
+            return loss
 
-    def recording():
-        base = real()
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            out = super().training_step(model, inputs, num_items_in_batch)
+            seen.setdefault("grads", {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+            return out
 
-        class Recording(base):
-            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-                loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-                seen.setdefault("inputs", {k: v.detach().clone() for k, v in inputs.items() if torch.is_tensor(v)})
-                seen.setdefault("loss", float(loss.detach()))
-                return loss
-
-            def training_step(self, model, inputs, num_items_in_batch=None):
-                out = super().training_step(model, inputs, num_items_in_batch)
-                seen.setdefault("grads", {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
-                return out
-
-        return Recording
-
-    monkeypatch.setattr(trainer_mod, "make_trainer_class", recording)
+    monkeypatch.setattr(trainer_mod, "OpdTrainer", Recording)
     _train(tiny_model_dirs, prompts_file, tmp_path / "run", steps=1, batch_size=4, micro_batch_size=4, loss_window="2:6", metrics_every=0)
 
     student_dir, teacher_dir = tiny_model_dirs

@@ -136,19 +136,14 @@ def recorded(monkeypatch):
     import opd_cli.trainer as trainer_mod
 
     seen: list[tuple[int, dict, float]] = []
-    real = trainer_mod.make_trainer_class
+    class Recording(trainer_mod.OpdTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            batch = {k: v.detach().cpu().clone() for k, v in inputs.items() if torch.is_tensor(v)}
+            seen.append((int(self.state.global_step) + 1, batch, float(loss)))
+            return loss
 
-    def recording():
-        class Recording(real()):
-            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-                loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-                batch = {k: v.detach().cpu().clone() for k, v in inputs.items() if torch.is_tensor(v)}
-                seen.append((int(self.state.global_step) + 1, batch, float(loss)))
-                return loss
-
-        return Recording
-
-    monkeypatch.setattr(trainer_mod, "make_trainer_class", recording)
+    monkeypatch.setattr(trainer_mod, "OpdTrainer", Recording)
     return seen
 
 

@@ -368,13 +368,13 @@ def test_a_teacher_server_that_dies_is_one_line_and_the_run_resumes(models, prom
 
     cfg = dict(student=str(models[0]), teacher=str(models[1]), data=str(prompts_file), steps=3, batch_size=4,
                micro_batch_size=4, max_new_tokens=12, save_every=1, teacher_server=server.url, output_dir=str(tmp_path / "run"))
-    with pytest.raises(OpdError, match=f"the teacher server at {server.url} stopped answering") as err:
-        run_train(build_config(TrainConfig, None, cfg), callbacks=[KillAfterFirstCheckpoint()])
-    assert "\n" not in str(err.value) and "--if-exists resume" in str(err.value)
-    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [1]
-    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1]
-    server.start()
     try:
+        with pytest.raises(OpdError, match=f"the teacher server at {server.url} stopped answering") as err:
+            run_train(build_config(TrainConfig, None, cfg), callbacks=[KillAfterFirstCheckpoint()])
+        assert "\n" not in str(err.value) and "--if-exists resume" in str(err.value)
+        assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [1]
+        assert [r["step"] for r in read_metrics(tmp_path / "run")] == [1]
+        server.start()
         run_train(build_config(TrainConfig, None, {**cfg, "if_exists": "resume"}))
     finally:
         server.stop()

@@ -412,7 +412,11 @@ def test_default_root_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("OPD_TOY_DIR", str(tmp_path / "w"))
     assert default_root() == tmp_path / "w"
     monkeypatch.delenv("OPD_TOY_DIR")
-    assert default_root() == Path("~/.cache/opd/toy").expanduser()
+    from opd_cli.toy import world
+
+    assert default_root() == world.SHIPPED  # the world shipped with opd
+    monkeypatch.setattr(world, "SHIPPED", tmp_path / "not-shipped")
+    assert default_root() == Path("~/.cache/opd/toy").expanduser()  # an install without it
 
 
 def test_build_config_checks_and_recipe(tmp_path):

@@ -27,7 +27,7 @@ from opd_cli.toy.world import ToyWorld, default_root, invalid_reason, load_world
 class ToyBuildConfig:
     command = "toy build"
 
-    root: str = field("", help="Cache folder of the world ('' = $OPD_TOY_DIR or ~/.cache/opd/toy).")
+    root: str = field("", help="Folder of the world ('' = $OPD_TOY_DIR, else the world shipped with opd; --rebuild then builds over it).")
     seed: int = field(0, help="Seed of the splits and the models; a failed teacher retries with seed + 1000*attempt.")
     rebuild: bool = field(False, help="Build even when a valid world with these settings is cached (false = reuse it).")
     train_size: int = field(20000, help="Training problems (count).")

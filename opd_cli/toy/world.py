@@ -43,10 +43,17 @@ def run_toy_student(config: dict[str, Any], run: Path | str) -> str:
     return which
 
 
+SHIPPED = Path(__file__).resolve().parent / "world"  # the world built once and shipped with opd (package data)
+CACHE = Path("~/.cache/opd/toy").expanduser()
+
+
 def default_root() -> Path:
-    """``$OPD_TOY_DIR`` if set, else ``~/.cache/opd/toy``."""
+    """``$OPD_TOY_DIR`` if set, else the world shipped with opd (the same files on every machine), else
+    ``~/.cache/opd/toy`` (an install without the shipped world)."""
     env = os.environ.get("OPD_TOY_DIR")
-    return Path(env).expanduser() if env else Path("~/.cache/opd/toy").expanduser()
+    if env:
+        return Path(env).expanduser()
+    return SHIPPED if (SHIPPED / MANIFEST).is_file() else CACHE
 
 
 @dataclass

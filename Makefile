@@ -64,7 +64,7 @@ OPD_LRS := 1e-3 3e-4 1e-4 3e-5
 # run outputs are never intermediate files: make must not delete them after a chained build
 .SECONDARY:
 
-.PHONY: toy toy-world toy-base toy-train toy-sft toy-fig2 toy-fig3 toy-fig4 toy-fig5 toy-fig6 toy-fig7 toy-table12 \
+.PHONY: toy toy-seeds toy-world toy-base toy-train toy-sft toy-fig2 toy-fig3 toy-fig4 toy-fig5 toy-fig6 toy-fig7 toy-table12 \
         toy-table3 toy-overlap toy-paper toy-paper-all toy-pgopd toy-adaptive toy-rethinking toy-rethinking-runs
 
 toy-world: $(STAMP)  ## build (or check) the toy world: tokenizer, data, teacher, two plan-weak students
@@ -81,10 +81,29 @@ toy: toy-world  ## the main job on the toy world: the student before, after pref
 	$(TOY_MAKE) $(TOY_QUICK_RUNS)
 	$(OPD) plot main-table runs/eval-toy-quick-student runs/train-toy-quick-prefix runs/train-toy-quick-full \
 	    --in-domain toy -o runs/toy-quick
+	@echo "One training seed (0). Over training seeds 0, 1, 2 the README measured (make toy-seeds):"
+	@cat $(TOY_FIG)/seeds/seed-spread.md
 
 runs/train-toy-quick-%/eval/best.json: | toy-world
 	$(OPD) train --recipe recipes/train-toy-$*.yaml --name toy-quick-$* --steps 30 --save-every 30 --if-exists resume
 	$(OPD) eval --run runs/train-toy-quick-$* $(TOY_TEST)
+
+# `make toy-seeds`: make toy's two runs again with training seeds 1 and 2 (runs/train-toy-quick-<method>-s<seed>),
+# and the mean and standard deviation of the three seeds' test accuracy (the spread `make toy` quotes)
+TOY_SEEDS := 1 2
+TOY_SEED_RUNS := $(foreach m,prefix full,runs/train-toy-quick-$(m)/eval/best.json \
+                   $(foreach s,$(TOY_SEEDS),runs/train-toy-quick-$(m)-s$(s)/eval/best.json))
+define TOY_SEED_RULE
+runs/train-toy-quick-$(1)-s%/eval/best.json: | toy-world
+	$$(OPD) train --recipe recipes/train-toy-$(1).yaml --name toy-quick-$(1)-s$$* --seed $$* --steps 30 --save-every 30 \
+	    --if-exists resume
+	$$(OPD) eval --run runs/train-toy-quick-$(1)-s$$* $$(TOY_TEST)
+endef
+$(foreach m,prefix full,$(eval $(call TOY_SEED_RULE,$(m))))
+
+toy-seeds: toy-world  ## make toy's runs over training seeds 0, 1, 2: mean +- sd of the test accuracy
+	$(TOY_MAKE) runs/eval-toy-quick-student/eval/toy.json $(TOY_SEED_RUNS)
+	$(BIN)/python analysis/seed_spread.py runs/train-toy-quick-prefix runs/train-toy-quick-full -o $(TOY_FIG)/seeds
 
 runs/eval-toy-quick-student/eval/toy.json: | toy-world
 	$(OPD) eval --toy-model student --output-dir runs/eval-toy-quick-student $(TOY_TEST)

@@ -1,5 +1,5 @@
 """The toy world shipped with opd (opd_cli/toy/world/): intact, built by this code with its default settings, the
-default of every command, and with two students of two sizes under the teacher."""
+default of every command, and with two students of two sizes under the teacher, the compact one the weaker."""
 
 from __future__ import annotations
 
@@ -42,10 +42,31 @@ def test_commands_use_the_shipped_world_by_default(monkeypatch):
 
 def test_the_two_students_are_two_sizes_below_the_teacher(manifest):
     """The compact student has fewer layers, a narrower body and 2.5x fewer parameters than the larger one, and fits
-    the same SFT data less well (higher final loss). Its test accuracy at temperature 1 is not lower in this world
-    (20.5 % against 18.0 % on 200 problems, within sampling error): only the teacher is checked to be far above both."""
+    the same SFT data less well (higher final loss); the teacher is far above both (the build's one-sample test
+    accuracies; which student is weaker needs more samples than that, see the next test)."""
     large, small, teacher = manifest["student"], manifest["student_small"], manifest["teacher"]
     assert small["params"] < large["params"] < teacher["params"]
     assert small["shape"]["layers"] < large["shape"]["layers"] and small["shape"]["hidden"] < large["shape"]["hidden"]
     assert small["final_loss"] > large["final_loss"]
     assert teacher["test_acc"] > 2 * max(small["test_acc"], large["test_acc"])
+
+
+def test_the_compact_student_is_the_weaker_one(tmp_path):
+    """Both students on the shipped world's test split, 4 samples per problem at temperature 1 (800 answers each):
+    the compact student answers fewer correctly. The build's own figure (one sample each, 200 answers: 20.5 % against
+    18.0 %) is too noisy to tell; with 8 samples (`opd eval --toy-model student [--toy-student small] --benchmark toy
+    --samples 8`) they were 13.1 % against 18.6 %, standard errors 1.0 and 1.1."""
+    from typer.testing import CliRunner
+
+    from opd_cli.cli import app
+
+    acc = {}
+    for which in ("large", "small"):
+        out = tmp_path / which
+        r = CliRunner().invoke(app, ["eval", "--toy-model", "student", "--toy-student", which, "--benchmark", "toy",
+                                     "--samples", "4", "--max-new-tokens", "192", "--batch-size", "100", "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        acc[which] = json.loads((out / "eval" / "toy.json").read_text())
+    assert acc["small"]["num_problems"] == acc["large"]["num_problems"] == 200
+    gap = acc["large"]["mean_acc"] - acc["small"]["mean_acc"]
+    assert gap > 2 * (acc["large"]["stderr"] ** 2 + acc["small"]["stderr"] ** 2) ** 0.5, acc

@@ -188,6 +188,24 @@ def test_colocated_rollouts_follow_the_weights_and_give_the_hf_loss(models, prom
     assert len({round(r["loss"], 6) for r in rows}) == 3  # lr 1e-2: every step trains on other rollouts
 
 
+def test_colocated_rollouts_on_the_toy_world(tmp_path, recorded):
+    """The shipped toy world's teacher and larger student, its training prompts and prefix recipe's length (L = 10):
+    three colocated vLLM steps whose rollouts come from the synced weights and give the HF path's loss."""
+    from opd_cli.config import build_config
+    from opd_cli.toy.build import toy_model_paths
+    from opd_cli.train import TrainConfig, run_train
+
+    student, teacher = toy_model_paths("large")
+    cfg = build_config(TrainConfig, Path(__file__).resolve().parents[1] / "recipes" / "train-toy-prefix.yaml",
+                       dict(steps=3, batch_size=8, micro_batch_size=4, save_every=1, lr=1e-3, output_dir=str(tmp_path / "run"),
+                            backend="vllm", dtype="float32", limit=64))
+    run_train(cfg)
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["prefix_len"] == 10 for r in rows)
+    assert all(r["rollout_len_max"] <= 10 for r in rows)
+    check_rollouts_came_from_synced_weights(recorded, tmp_path / "run", student, teacher)
+
+
 def test_server_mode_syncs_the_weights_after_every_step(models, prompts_file, tmp_path, recorded):
     server = Server(models[0], tmp_path / "server.log").start()
     try:

@@ -91,7 +91,8 @@ def _parameters(command: str, cls: type) -> list[inspect.Parameter]:
         decls = [f"{flag}/--no-{flag[2:]}"] if tp is bool and "/" not in flag else [flag]
         decls += [SHORT[f.name]] if f.name in SHORT else []
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[tp],
-                                        default=typer.Option(None, *decls, help=_help(cls, f.name))))
+                                        default=typer.Option(None, *decls, help=_help(cls, f.name),
+                                                             rich_help_panel=f.metadata.get("panel"))))
     return params
 
 

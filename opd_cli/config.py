@@ -1,7 +1,8 @@
 """Typed configs: defaults < recipe YAML < command-line flags, checked on construction.
 
 Every command has one dataclass. Each field carries ``metadata={"help": ...}`` that states its unit and its
-"off" value; ``__post_init__`` raises :class:`OpdError` for values that cannot work.
+"off" value (and, where a command groups its options, ``"panel"``: the ``--help`` panel it is listed in);
+``__post_init__`` raises :class:`OpdError` for values that cannot work.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from opd_cli.errors import OpdError
 C = TypeVar("C")
 
 
-def field(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
-    """A dataclass field with a help string (unit and off value)."""
+def field(default: Any = dataclasses.MISSING, help: str = "", panel: str | None = None, **kwargs: Any) -> Any:
+    """A dataclass field with a help string (unit and off value) and, optionally, the ``--help`` panel that lists
+    its flag (``metadata["panel"]``, Typer's ``rich_help_panel``; None = the command's plain Options panel)."""
+    metadata = {"help": help} if panel is None else {"help": help, "panel": panel}
     if isinstance(default, (list, dict)):
         value = default
-        return dataclasses.field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kwargs)
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:

@@ -188,3 +188,32 @@ def test_every_config_field_has_its_flag_with_the_fields_help() -> None:
 
     res = CliRunner().invoke(cli.app, ["flops", "--model", "qwen3-8b", "--lengths", "1024", "--attn-coef", "6.0"])
     assert res.exit_code == 0 and "Invalid value" not in res.output, res.output
+
+
+def test_train_help_groups_every_flag_in_its_panel() -> None:
+    """`opd train --help` lists its ~70 flags in panels (Typer's rich_help_panel, from each field's ``panel``):
+    every TrainConfig field names one of train.PANELS, the panels are shown in that order, and each field's flag is
+    printed inside its own panel's box, not another's."""
+    import dataclasses
+    import re
+
+    from opd_cli import train
+
+    fields = dataclasses.fields(train.TrainConfig)
+    unpanelled = [f.name for f in fields if f.metadata.get("panel") not in train.PANELS]
+    assert not unpanelled, f"TrainConfig fields in no panel of train.PANELS: {unpanelled}"
+    assert {f.metadata["panel"] for f in fields} == set(train.PANELS)  # no panel is left empty
+
+    r = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    # each box opens with a line '╭─ Title ───╮'; the flags of a panel are the '--x' words up to the next box
+    boxes = re.split(r"^╭─ (.+?) ─+╮$", r.stdout, flags=re.MULTILINE)
+    shown = dict(zip(boxes[1::2], boxes[2::2], strict=True))
+    assert list(shown) == ["Options", *train.PANELS], list(shown)
+    flags = {title: set(re.findall(r"│ (--[a-z0-9-]+)", body)) for title, body in shown.items()}
+    assert flags["Options"] == {"--recipe", "--help"}
+    for f in fields:
+        flag = "--" + f.name.replace("_", "-")
+        where = [title for title, fl in flags.items() if flag in fl]
+        assert where == [f.metadata["panel"]], (f.name, where)
+    assert sum(len(fl) for fl in flags.values()) == len(fields) + 2

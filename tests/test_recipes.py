@@ -28,14 +28,19 @@ RECIPES = sorted(p for p in (Path(__file__).resolve().parents[1] / "recipes").gl
 EXTRA: dict[str, dict] = {"eval-paper.yaml": {"run": "runs/train-paper-8b-prefix512"}}
 
 
+def _reraise(name: str) -> None:
+    """walk_packages' onerror: called inside its ``except`` block, so a bare raise re-raises the import error."""
+    raise
+
+
 def config_classes() -> dict[str, type]:
-    """command name -> config dataclass, from every module of opd_cli."""
+    """command name -> config dataclass, from every module of opd_cli.
+
+    A module that fails to import fails the test with its own error (not "no config dataclass with command = ..."):
+    walk_packages would otherwise skip a package whose import raises ImportError."""
     found: dict[str, type] = {}
-    for info in pkgutil.walk_packages(opd_cli.__path__, "opd_cli."):
-        try:
-            mod = importlib.import_module(info.name)
-        except Exception:  # a module another engineer is mid-way through must not hide every recipe
-            continue
+    for info in pkgutil.walk_packages(opd_cli.__path__, "opd_cli.", onerror=_reraise):
+        mod = importlib.import_module(info.name)
         for obj in vars(mod).values():
             cmd = getattr(obj, "command", None)
             if isinstance(obj, type) and dataclasses.is_dataclass(obj) and isinstance(cmd, str) and obj.__module__ == mod.__name__:

@@ -102,7 +102,8 @@ def _help(cls: type, name: str) -> str:
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     default = field_default(f)
     shown = default not in (None, "", [], {}) and default is not dataclasses.MISSING
-    return f"{f.metadata.get('help', '')} [default: {default}]" if shown else f.metadata.get("help", "")
+    # escaped: Typer renders help as rich markup, where a bare [default: x] is a tag and vanishes
+    return f"{f.metadata.get('help', '')} \\[default: {default}]" if shown else f.metadata.get("help", "")
 
 
 def config_command(group: typer.Typer, command: str, module: str, config_cls: str, run_fn: str, doc: str) -> None:

@@ -217,3 +217,14 @@ def test_train_help_groups_every_flag_in_its_panel() -> None:
         where = [title for title, fl in flags.items() if flag in fl]
         assert where == [f.metadata["panel"]], (f.name, where)
     assert sum(len(fl) for fl in flags.values()) == len(fields) + 2
+
+
+def test_help_shows_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--help` prints each option's default (Typer's rich markup would swallow an unescaped [default: x])."""
+    monkeypatch.setenv("COLUMNS", "200")
+    r = runner.invoke(app, ["eval", "--help"])
+    assert r.exit_code == 0
+    line = next(x for x in r.output.splitlines() if "--samples " in x)
+    assert "[default: 4]" in line, line
+    line = next(x for x in runner.invoke(app, ["train", "--help"]).output.splitlines() if "--vllm-port" in x)
+    assert "[default: 8000]" in line, line

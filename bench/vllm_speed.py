@@ -13,6 +13,7 @@ Parts:
   teacher   ``opd train`` for ``--steps`` steps with the teacher loaded locally, then with the same teacher served by
             ``vllm serve`` (--teacher-server), same rollouts (HF, seeded): mean time per step and in the teacher, over
             the steps after the first.
+Both sides run on a CUDA GPU where there is one (float32 everywhere), else on the CPU.
 Every side runs in its own subprocess. The machines are shared and noisy: read the ratios.
 """
 
@@ -67,11 +68,12 @@ def time_hf(model: Path, batch: int, tokens: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    lm = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32).eval()
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # where vLLM runs too
+    lm = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32).eval().to(dev)
     prompts = prompt_ids(model, batch)
     width = max(map(len, prompts))
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-    attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=dev)
+    attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
     times = []
     for _ in range(2):
         t0 = time.perf_counter()

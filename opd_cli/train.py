@@ -279,8 +279,6 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     ``callbacks``: extra ``transformers.TrainerCallback`` objects (loggers, profilers, benchmarks' timers).
     """
     from opd_cli.models import check_same_vocab, load_tokenizer
-    from opd_cli.runs import open_run
-    from opd_cli.tracking import TRACKING_FIELDS
 
     toy = cfg.student is None
     if toy:
@@ -311,22 +309,9 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
           f"--batch-size {cfg.batch_size} must be a multiple of --micro-batch-size x processes = {cfg.micro_batch_size * world_size}")
     grad_accum = cfg.batch_size // (cfg.micro_batch_size * world_size)
 
-    out = cfg.resolved_output_dir()
-    if state.is_main_process:
-        run = open_run(out, cfg.if_exists, cfg, compare_ignore=("output_dir", *TRACKING_FIELDS))  # a moved run folder still resumes
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        from opd_cli.runs import RunDir
-
-        run = RunDir(out, resumed=cfg.if_exists == "resume")
-
-    state.wait_for_everyone()
-    last = run.resume_point(write=state.is_main_process)
+    run, last = _open_run_folder(cfg, state)
     resume_from, offsets = (str(last[1]), last[2]) if last else (None, {})
     tmp_root = run.checkpoints / ".tmp"
-    if state.is_main_process and tmp_root.exists():
-        shutil.rmtree(tmp_root, ignore_errors=True)  # half-written checkpoints of a killed run
-    state.wait_for_everyone()
     if last is not None and last[0] >= cfg.steps:  # killed after its last checkpoint: only final/ is missing
         if state.is_main_process:
             _final_from_checkpoint(last[1], run.path)
@@ -336,11 +321,9 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     import torch
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
-    from trl import DistillationConfig
 
     from opd_cli.models import load_model, resolve_device, resolve_dtype
     from opd_cli.prompts import build_prompt
-    from opd_cli.tracking import training_args
 
     prompts = [build_prompt(s_tok, q, template=cfg.template, think=cfg.think, teacher_tokenizer=t_tok) for q in questions]
     dataset = Dataset.from_dict({"prompt": prompts})
@@ -360,7 +343,78 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
         check_same_vocab(s_tok, t_tok, student, teacher)
     s_tok.padding_side = "left"
 
-    args = DistillationConfig(
+    args = _distillation_args(cfg, tmp_root, grad_accum, device, precision, mixed)
+    from opd_cli import trainer as trainer_mod
+    from opd_cli.tracking import point_tensorboard
+
+    trainer = trainer_mod.OpdTrainer(  # looked up at call time: tests substitute a recording subclass
+        model=student, teacher_model=teacher, args=args, train_dataset=dataset, processing_class=s_tok,
+        opd=cfg, run=run, flops_fn=flops_fn, offsets=offsets, callbacks=callbacks, engine_dtype=name,
+    )
+    trainer.remove_callback(PrinterCallback)
+    point_tensorboard(trainer, run.path)
+    stop = None
+    if state.is_main_process:
+        trainer.progress, stop = _progress(cfg.steps, last[0] if last else 0)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        if stop is not None:
+            stop()
+    _save_final(cfg, trainer, run, s_tok, state.is_main_process)
+    state.wait_for_everyone()
+    return run.path
+
+
+def _save_final(cfg: TrainConfig, trainer: Any, run: Any, tokenizer: Any, main: bool) -> None:
+    """final/ = the trained student and its tokenizer (whole even when FSDP checkpoints are sharded), swapped in at
+    once; pushed to the Hub with --push-to-hub. Every process takes part in the save."""
+    from opd_cli.sharding import full_state_dict
+    from opd_cli.tracking import push_folder
+
+    if main:
+        shutil.rmtree(run.path / ".vllm-sync", ignore_errors=True)  # the disk weight sync's copy for the server
+    final = run.path / "final"
+    tmp_final = run.path / ".final.tmp"
+    with full_state_dict(trainer):
+        trainer.save_model(str(tmp_final))
+    if main:
+        tokenizer.save_pretrained(str(tmp_final))
+        swap_in(tmp_final, final)
+        if cfg.push_to_hub:
+            logger.info(f"pushed {final} to {push_folder(final, cfg.hub_model_id, f'opd train {cfg.name}: {cfg.steps} steps')}")
+
+
+def _open_run_folder(cfg: TrainConfig, state: Any) -> tuple[Any, Any]:
+    """(the run folder, its last complete checkpoint or None): opened (or refused) on the main process, where an
+    existing folder is resumed or kept unless asked; half-written checkpoints of a killed run are dropped."""
+    from opd_cli.runs import RunDir, open_run
+    from opd_cli.tracking import TRACKING_FIELDS
+
+    out = cfg.resolved_output_dir()
+    if state.is_main_process:
+        run = open_run(out, cfg.if_exists, cfg, compare_ignore=("output_dir", *TRACKING_FIELDS))  # a moved run folder still resumes
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        run = RunDir(out, resumed=cfg.if_exists == "resume")
+    state.wait_for_everyone()
+    last = run.resume_point(write=state.is_main_process)
+    tmp_root = run.checkpoints / ".tmp"
+    if state.is_main_process and tmp_root.exists():
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    state.wait_for_everyone()
+    return run, last
+
+
+def _distillation_args(cfg: TrainConfig, tmp_root: Path, grad_accum: int, device: str, precision: Any, mixed: bool) -> Any:
+    """TRL's ``DistillationConfig`` for opd's trainer: opd's optimizer, schedule, checkpointing and sampling settings
+    (temperature 1, top-p 1, top-k off: the model's own distribution); checkpoints go to ``tmp_root`` first."""
+    import torch
+    from trl import DistillationConfig
+
+    from opd_cli.tracking import training_args
+
+    return DistillationConfig(
         output_dir=str(tmp_root),
         per_device_train_batch_size=cfg.micro_batch_size,
         gradient_accumulation_steps=grad_accum,
@@ -395,38 +449,6 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
         remove_unused_columns=False,
         save_only_model=False,
     )
-    from opd_cli import trainer as trainer_mod
-    from opd_cli.tracking import point_tensorboard, push_folder
-
-    trainer = trainer_mod.OpdTrainer(  # looked up at call time: tests substitute a recording subclass
-        model=student, teacher_model=teacher, args=args, train_dataset=dataset, processing_class=s_tok,
-        opd=cfg, run=run, flops_fn=flops_fn, offsets=offsets, callbacks=callbacks, engine_dtype=name,
-    )
-    trainer.remove_callback(PrinterCallback)
-    point_tensorboard(trainer, run.path)
-    stop = None
-    if state.is_main_process:
-        trainer.progress, stop = _progress(cfg.steps, last[0] if last else 0)
-    try:
-        trainer.train(resume_from_checkpoint=resume_from)
-    finally:
-        if stop is not None:
-            stop()
-    if state.is_main_process:
-        shutil.rmtree(run.path / ".vllm-sync", ignore_errors=True)  # the disk weight sync's copy for the server
-    final = run.path / "final"
-    tmp_final = run.path / ".final.tmp"
-    from opd_cli.sharding import full_state_dict
-
-    with full_state_dict(trainer):  # whole even when FSDP checkpoints are sharded
-        trainer.save_model(str(tmp_final))
-    if state.is_main_process:
-        s_tok.save_pretrained(str(tmp_final))
-        swap_in(tmp_final, final)
-        if cfg.push_to_hub:
-            logger.info(f"pushed {final} to {push_folder(final, cfg.hub_model_id, f'opd train {cfg.name}: {cfg.steps} steps')}")
-    state.wait_for_everyone()
-    return run.path
 
 
 def _final_from_checkpoint(ckpt: Path, run_path: Path) -> None:

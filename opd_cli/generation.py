@@ -214,10 +214,11 @@ def check_vllm_model(model: str) -> None:
 
 def _vllm_cause(err: BaseException) -> str:
     """The root cause of a failed engine start in one line (vLLM's own error names only the dead engine)."""
+    from opd_cli.models import _first_line
+
     while err.__cause__ is not None or err.__context__ is not None:
         err = err.__cause__ or err.__context__  # type: ignore[assignment]
-    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return text[:240]
+    return _first_line(err)
 
 
 def weight_files(model: str) -> list[str]:

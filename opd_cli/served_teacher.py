@@ -16,11 +16,7 @@ from typing import Any
 import torch
 
 from opd_cli.errors import OpdError
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines() or [type(err).__name__])[0][:300]
+from opd_cli.models import _first_line
 
 
 class ServedTeacher:

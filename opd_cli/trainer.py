@@ -168,7 +168,6 @@ class OpdTrainer(DistillationTrainer):
                 self.vllm_generation.sync_weights()
                 self._last_loaded_step = self.state.global_step
             self.vllm_generation.max_completion_length = max_new
-            self.vllm_generation.logprobs = 0  # keep the sampled token's log-prob (TRL discards it)
             _, completion_ids, logprobs, _ = self.vllm_generation.generate(prompts=prompt_ids, images=None, num_generations=1)
             return completion_ids, [[lp[0] for lp in seq] for seq in logprobs]
         return self._generate_hf(prompt_ids, step, max_new, rows, global_rows, stage), None

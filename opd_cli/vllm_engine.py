@@ -28,7 +28,7 @@ from opd_cli.errors import OpdError  # noqa: E402
 
 SERVE_HINT = {
     "student": "start it with: VLLM_SERVER_DEV_MODE=1 vllm serve <student> --host H --port P (README, 'Rollouts with vLLM')",
-    "teacher": "start it with: vllm serve <teacher> --host H --port P --max-logprobs K (README, 'A served teacher')",
+    "teacher": "start it with: vllm serve <teacher> --host H --port P --max-logprobs K (README, 'Rollouts with vLLM')",
 }
 
 
@@ -48,11 +48,6 @@ def connect(base_url: str, timeout: float, what: str, role: str = "student") -> 
         return VLLMClient(base_url=base_url, connection_timeout=timeout)
     except (ConnectionError, requests.RequestException):
         raise OpdError(f"no vLLM server answers at {base_url} (waited {timeout:g} s) for the {what}: {SERVE_HINT[role]}") from None
-
-
-def reload_weights(runner: Any, named_params: Any) -> None:
-    """Load ``(name, tensor)`` pairs into a vLLM model runner as one layerwise reload (checkpoint names)."""
-    runner.reload_weights(weights_iterator=named_params, is_checkpoint_format=True)
 
 
 class RolloutEngine(VLLMGeneration):
@@ -125,7 +120,8 @@ class RolloutEngine(VLLMGeneration):
                 self.llm.wake_up(tags=["weights"])
                 self._llm_weights_sleeping = False
             runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
-            reload_weights(runner, self._iter_named_params())
+            # one layerwise reload of every (name, tensor), in checkpoint names
+            runner.reload_weights(weights_iterator=self._iter_named_params(), is_checkpoint_format=True)
             self.llm.reset_prefix_cache()
         elif self.weight_sync == "disk":
             self._sync_through_disk()
@@ -137,8 +133,11 @@ class RolloutEngine(VLLMGeneration):
         server reload them from there, then drop its prefix cache (computed with the old weights)."""
         from safetensors.torch import save_file
 
-        tensors = {name: p.detach().to("cpu", copy=True).contiguous() for name, p in self._iter_named_params()}
-        if self.accelerator.is_main_process:
+        if not self.accelerator.is_main_process:
+            for _ in self._iter_named_params():  # take part in the gathers; only the main process writes
+                pass
+        else:
+            tensors = {name: p.detach().to("cpu", copy=True).contiguous() for name, p in self._iter_named_params()}
             folder = Path(self.sync_dir or "").resolve()
             folder.mkdir(parents=True, exist_ok=True)
             tmp = folder / "model.safetensors.partial"
@@ -155,9 +154,6 @@ def rollout_engine(trainer: Any, dtype: str | None) -> RolloutEngine:
     """The student's vLLM engine for an ``OpdTrainer`` (its ``opd`` config: mode, server address, memory, sleep,
     ``--ignore-eos``); sampling is the model's own distribution (temperature 1, top-p 1, top-k off)."""
     cfg, args, acc = trainer.opd, trainer.args, trainer.accelerator
-    server = cfg.vllm_mode == "server"
-    if cfg.vllm_sleep and (server or acc.device.type != "cuda"):
-        raise OpdError("--vllm-sleep offloads a colocated engine's GPU memory: use it with --vllm-mode colocate on a GPU")
     return RolloutEngine(
         model=trainer.model, accelerator=acc, processing_class=trainer.processing_class, mode=cfg.vllm_mode,
         server_host=cfg.vllm_host, server_port=cfg.vllm_port, server_timeout=cfg.vllm_timeout,
@@ -177,6 +173,8 @@ def preflight(cfg: Any, student: str) -> None:
     student's server (server mode) and the teacher's server answer within ``--vllm-timeout``."""
     from opd_cli.generation import check_vllm_model
 
+    if cfg.backend == "vllm" and cfg.vllm_sleep and (cfg.vllm_mode == "server" or _device().type != "cuda"):
+        raise OpdError("--vllm-sleep offloads a colocated engine's GPU memory: use it with --vllm-mode colocate on a GPU")
     if cfg.backend == "vllm" and cfg.vllm_mode == "colocate":
         check_vllm_model(student)
     if cfg.backend == "vllm" and cfg.vllm_mode == "server":

@@ -449,3 +449,11 @@ def test_losses_that_need_the_whole_teacher_are_refused_with_a_server(models, pr
         line = one_line_exit_2(["train", "--student", str(student), "--teacher", str(teacher), "--data", str(prompts_file),
                                 "--teacher-server", "http://127.0.0.1:1", "--loss", loss], tmp_path)
         assert f"--loss {loss} needs the teacher's whole distribution" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="--vllm-sleep is valid on a GPU")
+def test_sleep_mode_without_a_gpu_is_one_line(models, prompts_file, tmp_path):
+    student, teacher = models
+    line = one_line_exit_2(["train", "--student", str(student), "--teacher", str(teacher), "--data", str(prompts_file),
+                            "--backend", "vllm", "--vllm-sleep"], tmp_path)
+    assert "--vllm-sleep offloads a colocated engine's GPU memory" in line

@@ -64,6 +64,19 @@ OPD_LRS := 1e-3 3e-4 1e-4 3e-5
 # run outputs are never intermediate files: make must not delete them after a chained build
 .SECONDARY:
 
+# Training seeds. Every training run of toy-paper, toy-pgopd and toy-adaptive is made once per seed in TOY_SEEDS:
+# seed 0 in runs/<run>, seed k in runs/<run>-s<k> (same recipe, --seed k). `opd plot` treats the <run>-s<k> folders
+# beside a run as its other seeds: tables show mean ± sd over them, curves the mean with a ± sd band. Analyses that
+# train nothing (probes, KL by position, base evaluations) are made once. TOY_SEEDS=0 gives the one-seed tables.
+TOY_SEEDS ?= 0 1 2
+# $(call seeded,runs/train-toy-full{s}/eval/best.json): that path once per seed ({s} = '' for seed 0, -s<k> else)
+seeded = $(foreach s,$(TOY_SEEDS),$(subst {s},$(if $(filter 0,$(s)),,-s$(s)),$(1)))
+# a run name without its seed suffix, and its seed: toy-full-s2 -> toy-full, 2; toy-full -> toy-full, 0
+seed_of = $(firstword $(foreach s,1 2 3 4 5 6 7 8 9,$(if $(filter %-s$(s),$(1)),$(s))) 0)
+unseeded = $(patsubst %-s$(call seed_of,$(1)),%,$(1))
+# the flags that make a seed-k run of a recipe (none for seed 0: the recipe's own config, unchanged)
+seed_flags = $(if $(filter-out 0,$(call seed_of,$(1))),--seed $(call seed_of,$(1)) --name $(1))
+
 .PHONY: toy toy-seeds toy-world toy-base toy-train toy-sft toy-fig2 toy-fig3 toy-fig4 toy-fig5 toy-fig6 toy-fig7 toy-table12 \
         toy-table3 toy-overlap toy-paper toy-paper-all toy-pgopd toy-adaptive toy-rethinking toy-rethinking-runs
 
@@ -120,34 +133,41 @@ toy-base: runs/eval-toy-student/eval/toy-ood.json runs/eval-toy-student-small/ev
           runs/eval-toy-teacher/eval/toy-ood.json  ## base rows: the toy students and teacher
 
 runs/train-%/final/config.json: | toy-world
-	$(OPD) train --recipe recipes/train-$*.yaml --if-exists resume
+	$(OPD) train --recipe recipes/train-$(call unseeded,$*).yaml $(call seed_flags,$*) --if-exists resume
 
 runs/train-toy-small-%/final/config.json: | toy-world
-	$(OPD) train --recipe recipes/train-toy-$*.yaml --toy-student small --name toy-small-$* --if-exists resume
+	$(OPD) train --recipe recipes/train-toy-$(call unseeded,$*).yaml --toy-student small --name toy-small-$* \
+	    $(if $(filter-out 0,$(call seed_of,$*)),--seed $(call seed_of,$*)) --if-exists resume
 
 runs/train-%/eval/best.json: runs/train-%/final/config.json
 	$(OPD) eval --run runs/train-$* --initial $(TOY_EVAL)
 
-toy-train: $(foreach r,$(TOY_RUNS) $(TOY_SMALL_RUNS),runs/train-$(r)/eval/best.json)  ## OPD runs of Tables 1-2 (full, prefix 5/10/20, schedule; both students), evaluated
+toy-train: $(foreach r,$(TOY_RUNS) $(TOY_SMALL_RUNS),$(call seeded,runs/train-$(r){s}/eval/best.json))  ## OPD runs of Tables 1-2 (full, prefix 5/10/20, schedule; both students), evaluated
 
-runs/sft-baseline-toy/final.done: | toy-world
-	$(OPD) sft-baseline --recipe recipes/sft-toy.yaml --if-exists resume
-	$(OPD) eval --run runs/sft-baseline-toy --initial $(TOY_EVAL)
-	touch $@
+# SFT runs, per seed: $(1) = the folder's seed suffix ('' or -s<k>), $(2) = the seed
+define SFT_RULES
+runs/sft-baseline-toy$(1)/final.done: | toy-world
+	$$(OPD) sft-baseline --recipe recipes/sft-toy.yaml $(if $(1),--seed $(2) --name toy$(1)) --if-exists resume
+	$$(OPD) eval --run runs/sft-baseline-toy$(1) --initial $$(TOY_EVAL)
+	touch $$@
 
-runs/sft-baseline-toy-small/final.done: | toy-world
-	$(OPD) sft-baseline --recipe recipes/sft-toy.yaml --toy-student small --name toy-small \
-	    --output-dir runs/sft-baseline-toy-small --if-exists resume
-	$(OPD) eval --run runs/sft-baseline-toy-small --initial $(TOY_EVAL)
-	touch $@
+runs/sft-baseline-toy-small$(1)/final.done: | toy-world
+	$$(OPD) sft-baseline --recipe recipes/sft-toy.yaml --toy-student small --name toy-small$(1) $(if $(1),--seed $(2)) \
+	    --output-dir runs/sft-baseline-toy-small$(1) --if-exists resume
+	$$(OPD) eval --run runs/sft-baseline-toy-small$(1) --initial $$(TOY_EVAL)
+	touch $$@
 
-runs/sft-toy-prefix-lr%/final.done: | toy-world
-	$(OPD) sft-baseline --recipe recipes/sft-toy-prefix.yaml --lr $* --name toy-prefix-lr$* \
-	    --output-dir runs/sft-toy-prefix-lr$* --if-exists resume
-	$(OPD) eval --run runs/sft-toy-prefix-lr$* --initial $(TOY_EVAL)
-	touch $@
+runs/sft-toy-prefix-lr%$(1)/final.done: | toy-world
+	$$(OPD) sft-baseline --recipe recipes/sft-toy-prefix.yaml --lr $$* --name toy-prefix-lr$$*$(1) $(if $(1),--seed $(2)) \
+	    --output-dir runs/sft-toy-prefix-lr$$*$(1) --if-exists resume
+	$$(OPD) eval --run runs/sft-toy-prefix-lr$$*$(1) --initial $$(TOY_EVAL)
+	touch $$@
+endef
+$(eval $(call SFT_RULES,,0))
+$(foreach s,1 2 3 4 5 6 7 8 9,$(eval $(call SFT_RULES,-s$(s),$(s))))
 
-toy-sft: runs/sft-baseline-toy/final.done runs/sft-baseline-toy-small/final.done $(foreach lr,$(SFT_LRS),runs/sft-toy-prefix-lr$(lr)/final.done)  ## SFT rows and prefix SFT (Fig. 6)
+toy-sft: $(call seeded,runs/sft-baseline-toy{s}/final.done runs/sft-baseline-toy-small{s}/final.done) \
+         $(foreach lr,$(SFT_LRS),$(call seeded,runs/sft-toy-prefix-lr$(lr){s}/final.done))  ## SFT rows and prefix SFT (Fig. 6)
 
 toy-table12: toy-base toy-train toy-sft  ## Tables 1-2: accuracies, FLOPs, hours (markdown + CSV), compact and larger student
 	$(OPD) plot main-table runs/eval-toy-student-small $(foreach r,$(TOY_SMALL_RUNS),runs/train-$(r)) \
@@ -174,18 +194,27 @@ toy-fig4: toy-train  ## Fig. 4: training FLOPs vs dev accuracy over checkpoints 
 	$(OPD) plot compute-vs-acc $(foreach r,$(TOY_RUNS),runs/train-$(r)) -o $(TOY_FIG)
 	$(OPD) plot compute-vs-acc $(foreach r,$(TOY_SMALL_RUNS),runs/train-$(r)) -o $(TOY_FIG)/small
 
-toy-fig6: toy-sft runs/train-toy-prefix/eval/best.json  ## Fig. 6: prefix SFT at several learning rates vs prefix OPD
+toy-fig6: toy-sft $(call seeded,runs/train-toy-prefix{s}/eval/best.json)  ## Fig. 6: prefix SFT at several learning rates vs prefix OPD
 	$(OPD) plot sft-prefix $(foreach lr,$(SFT_LRS),runs/sft-toy-prefix-lr$(lr)) runs/train-toy-prefix -o $(TOY_FIG)
 
 runs/train-toy-prefix-lr%/eval/best.json: | toy-world
-	$(OPD) train --recipe recipes/train-toy-prefix.yaml --lr $* --steps 30 --name toy-prefix-lr$* --if-exists resume
+	$(OPD) train --recipe recipes/train-toy-prefix.yaml --lr $(call unseeded,$*) --steps 30 --name toy-prefix-lr$* \
+	    $(if $(filter-out 0,$(call seed_of,$*)),--seed $(call seed_of,$*)) --if-exists resume
 	$(OPD) eval --run runs/train-toy-prefix-lr$* --initial $(TOY_EVAL)
 
-toy-fig7: $(foreach lr,$(OPD_LRS),runs/train-toy-prefix-lr$(lr)/eval/best.json)  ## Fig. 7 / Table 4: prefix OPD learning-rate sweep
+toy-fig7: $(foreach lr,$(OPD_LRS),$(call seeded,runs/train-toy-prefix-lr$(lr){s}/eval/best.json))  ## Fig. 7 / Table 4: prefix OPD learning-rate sweep
 	$(OPD) plot lr-sweep $(foreach lr,$(OPD_LRS),runs/train-toy-prefix-lr$(lr)) -o $(TOY_FIG)
 
-toy-table3: runs/train-toy-full/eval/best.json runs/train-toy-prefix/eval/best.json  ## Table 3: loss-window ablation (references adopted from the main runs)
-	$(OPD) window-ablation --recipe recipes/window-ablation-toy.yaml
+# the window ablation, per seed ($(1) = '' or -s<k>, $(2) = the seed): its references are that seed's main runs
+define WINDOW_RULE
+runs/window-ablation-toy$(1)/table.csv: runs/train-toy-full$(1)/eval/best.json runs/train-toy-prefix$(1)/eval/best.json
+	$$(OPD) window-ablation --recipe recipes/window-ablation-toy.yaml $(if $(1),--set steps=30 --set seed=$(2) \
+	    --reference-runs runs/train-toy-full$(1) --reference-runs runs/train-toy-prefix$(1) -o runs/window-ablation-toy$(1))
+endef
+$(eval $(call WINDOW_RULE,,0))
+$(foreach s,1 2 3 4 5 6 7 8 9,$(eval $(call WINDOW_RULE,-s$(s),$(s))))
+
+toy-table3: $(call seeded,runs/window-ablation-toy{s}/table.csv)  ## Table 3: loss-window ablation (references adopted from the main runs)
 	$(OPD) plot window-ablation runs/window-ablation-toy -o $(TOY_FIG)
 
 toy-overlap: runs/train-toy-full/final/config.json runs/train-toy-prefix/final/config.json  ## Rethinking-OPD overlap dynamics
@@ -198,7 +227,7 @@ TOY_JOBS ?= 2
 TOY_MAKE = $(if $(filter 1,$(TOY_JOBS)),,OMP_NUM_THREADS=1) $(MAKE) --no-print-directory -j$(TOY_JOBS) --output-sync=target
 toy-paper: toy-world  ## every toy figure and table (resumable; TOY_JOBS=2 steps at a time)
 	# the longest chain first: the window ablation's references (full OPD, prefix 10), then the ablation beside the rest
-	$(TOY_MAKE) runs/train-toy-full/eval/best.json runs/train-toy-prefix/eval/best.json
+	$(TOY_MAKE) $(call seeded,runs/train-toy-full{s}/eval/best.json runs/train-toy-prefix{s}/eval/best.json)
 	$(TOY_MAKE) toy-paper-all
 	@echo "figures and tables in $(TOY_FIG)/"
 
@@ -209,14 +238,14 @@ toy-paper-all: toy-table3 toy-table12 toy-fig2 toy-fig3 toy-fig4 toy-fig5 toy-fi
 # accuracy over checkpoints against training FLOPs and wall time (Fig. 4 style), and the main table. The reference
 # runs are the ones of Tables 1-2 (made here if missing).
 TOY_PG_RUNS := toy-full toy-prefix toy-pgopd toy-pgopd-all toy-pgopd-weight
-toy-pgopd: toy-base $(foreach r,$(TOY_PG_RUNS),runs/train-$(r)/eval/best.json)  ## PG-OPD vs full and prefix OPD, with its two ablations (continue all, overlap as weight)
+toy-pgopd: toy-base $(foreach r,$(TOY_PG_RUNS),$(call seeded,runs/train-$(r){s}/eval/best.json))  ## PG-OPD vs full and prefix OPD, with its two ablations (continue all, overlap as weight)
 	$(OPD) plot compute-vs-acc $(foreach r,$(TOY_PG_RUNS),runs/train-$(r)) -o $(TOY_FIG)/pgopd
 	$(OPD) plot compute-vs-acc $(foreach r,$(TOY_PG_RUNS),runs/train-$(r)) --x-axis wall -o $(TOY_FIG)/pgopd
 	$(OPD) plot main-table runs/eval-toy-student $(foreach r,$(TOY_PG_RUNS),runs/train-$(r)) \
 	    --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)/pgopd
 
 TOY_AD_RUNS := toy-full toy-schedule toy-adaptive
-toy-adaptive: toy-base $(foreach r,$(TOY_AD_RUNS) $(patsubst toy-%,toy-small-%,$(TOY_AD_RUNS)),runs/train-$(r)/eval/best.json)  ## the adaptive prefix schedule vs the linear one and full OPD (both students)
+toy-adaptive: toy-base $(foreach r,$(TOY_AD_RUNS) $(patsubst toy-%,toy-small-%,$(TOY_AD_RUNS)),$(call seeded,runs/train-$(r){s}/eval/best.json))  ## the adaptive prefix schedule vs the linear one and full OPD (both students)
 	$(OPD) plot compute-vs-acc $(foreach r,$(TOY_AD_RUNS),runs/train-$(r)) -o $(TOY_FIG)/adaptive
 	$(OPD) plot compute-vs-acc $(foreach r,$(TOY_AD_RUNS),runs/train-$(patsubst toy-%,toy-small-%,$(r))) -o $(TOY_FIG)/small/adaptive
 	$(OPD) plot main-table runs/eval-toy-student $(foreach r,$(TOY_AD_RUNS),runs/train-$(r)) \

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opd_cli.config import check, field
+from opd_cli.core.config import check, field
 
 KINDS = (
     "kl-position",
@@ -40,6 +40,10 @@ class PlotConfig:
     x_axis: str = field("flops", help="compute-vs-acc, sft-prefix: x axis, flops | wall (training wall time) | step.")
     match_acc: float = field(
         -1.0, help="lr-sweep: dev accuracy to match for OOD (0..1); -1 = the best level every run reaches."
+    )
+    seeds: bool = field(
+        True, help="main-table, compute-vs-acc, sft-prefix, lr-sweep, window-ablation: the folders <run>-s<k> beside "
+                   "a run are its training seeds k: mean ± sd in tables, a ± sd band on curves; --no-seeds: each alone."
     )
     metric: str = field("kl", help="position-profile: the kl-by-position profile to draw, kl | entropy-student | "
                                    "entropy-teacher | overlap.")

@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opd_cli.errors import OpdError
+from opd_cli.core.errors import OpdError
+from opd_cli.core.table_io import write_csv
 from opd_cli.plot.draw import PlotResult, _panels, axes_data, save
 from opd_cli.plot.read import collect, dev_curve, eval_scores, flops_at, label, metrics_by_step, read_csv
-from opd_cli.table_io import write_csv
+from opd_cli.plot.seeds import band, collect_seeds, label_with_seeds, mean_curve, mean_sd
 
 if TYPE_CHECKING:
     from opd_cli.plot.config import PlotConfig
@@ -100,7 +101,7 @@ def plot_teacher_prefix(cfg: PlotConfig, out: Path) -> PlotResult:
     """Accuracy vs prefix length L. A teacher-prefix run (Fig. 3): the student continues, the flat lines are the
     student alone (L = 0) and the teacher's own solutions. A student-prefix run (``prefix_from: student``,
     Rethinking-OPD Fig. 11b): the teacher continues, the flat lines are the teacher alone and the student's own."""
-    from opd_cli.runs import read_config
+    from opd_cli.core.runs import read_config
 
     runs = collect(cfg, _probe, needs="probe.csv")
     fig, axes = _panels(1, 6)
@@ -138,35 +139,41 @@ def plot_teacher_prefix(cfg: PlotConfig, out: Path) -> PlotResult:
 
 
 def _run_label(run: Path, with_lr: bool) -> str:
-    from opd_cli.runs import read_config
+    from opd_cli.core.runs import read_config
 
     name, lr = label(run), read_config(run).get("lr")
     return f"{name} (lr={lr})" if with_lr and lr is not None and "lr" not in name else name
 
 
-def _acc_points(run: Path, cfg: PlotConfig, x_axis: str) -> tuple[str, list[float], list[float]]:
-    """Dev accuracy over evaluated checkpoints against cumulative FLOPs or training wall time (step 0 left out: log
-    axis) or steps."""
+def _acc_points(run: Path, cfg: PlotConfig, x_axis: str) -> tuple[str, dict[int, tuple[float, float]]]:
+    """Dev accuracy at each evaluated checkpoint, ``{step: (x, acc)}``, x = cumulative FLOPs or training wall time
+    (step 0 left out: log axis) or the step."""
     bench, scores = dev_curve(run, cfg)
     if x_axis in X_TOTALS:
         steps = [s for s in scores if s > 0]
         f = flops_at(run, steps, X_TOTALS[x_axis])
-        return bench, [f[s] for s in steps], [scores[s] for s in steps]
-    return bench, [float(s) for s in scores], list(scores.values())
+        return bench, {s: (f[s], scores[s]) for s in steps}
+    return bench, {s: (float(s), acc) for s, acc in scores.items()}
 
 
 def _acc_plot(cfg: PlotConfig, out: Path, stem: str, x_axis: str, title: str, with_lr: bool) -> PlotResult:
-    runs = collect(cfg, lambda run: _acc_points(run, cfg, x_axis))
+    """One line per method: over its seeds, the mean accuracy at the mean x of each step every seed reached, with a
+    ± sd band."""
+    runs = collect_seeds(cfg, lambda run: _acc_points(run, cfg, x_axis))
     fig, axes = _panels(1, 6)
     ax = axes[0]
-    for run, (_, xs, ys) in runs:
-        ax.plot(xs, ys, marker="o", label=_run_label(run, with_lr))
+    for run, seeds in runs:
+        xs = mean_curve([{s: x for s, (x, _) in points.items()} for _, points in seeds])
+        ys = mean_curve([{s: y for s, (_, y) in points.items()} for _, points in seeds])
+        means, sds = [m for m, _ in ys.values()], [sd for _, sd in ys.values()]
+        ax.plot([m for m, _ in xs.values()], means, marker="o", label=label_with_seeds(_run_label(run, with_lr), len(seeds)))
+        band(ax, [m for m, _ in xs.values()], means, sds)
     if x_axis in X_TOTALS:
         from matplotlib.ticker import NullFormatter
 
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones overlap
-    benches = sorted({b for _, (b, _, _) in runs})
+    benches = sorted({b for _, seeds in runs for b, _ in seeds})
     ax.set(
         xlabel={"flops": "cumulative training FLOPs", "wall": "training wall time (s)"}.get(x_axis, "step"),
         ylabel=f"{'/'.join(benches)} Mean Acc",
@@ -186,20 +193,23 @@ def plot_sft_prefix(cfg: PlotConfig, out: Path) -> PlotResult:
 
 
 def plot_lr_sweep(cfg: PlotConfig, out: Path) -> PlotResult:
-    """Dev accuracy over steps per lr, and OOD accuracy at the checkpoint whose dev accuracy is closest to a level."""
-    curves = dict(collect(cfg, lambda run: dev_curve(run, cfg)))
-    target = cfg.match_acc if cfg.match_acc >= 0 else min(max(s.values()) for _, s in curves.values())
+    """Dev accuracy over steps per lr, and OOD accuracy at the checkpoint whose dev accuracy is closest to a level;
+    over seeds, the mean curve picks the checkpoint and the OOD accuracy is the seeds' mean there."""
+    groups = collect_seeds(cfg, lambda run: (dev_curve(run, cfg)[1], {b: eval_scores(run, b) for b in cfg.ood}))
+    curves = {run: {s: m for s, (m, _) in mean_curve([dev for dev, _ in seeds]).items()} for run, seeds in groups}
+    target = cfg.match_acc if cfg.match_acc >= 0 else min(max(s.values()) for s in curves.values())
     fig, axes = _panels(2, 5.5)
     rows: list[dict[str, Any]] = []
-    for run, (_, scores) in curves.items():
-        name = _run_label(run, with_lr=True)
+    for run, seeds in groups:
+        scores = curves[run]
+        name = label_with_seeds(_run_label(run, with_lr=True), len(seeds))
         axes[0].plot(list(scores), list(scores.values()), marker="o", label=name)
         step = min(scores, key=lambda s: (abs(scores[s] - target), s))  # earliest of equally close checkpoints
         row: dict[str, Any] = {"method": name, "step": step, "dev_acc": scores[step]}
         for b in cfg.ood:
-            ood = eval_scores(run, b)
-            if step in ood:
-                row[b] = ood[step]
+            ood = [oods[b][step] for _, oods in seeds if step in oods[b]]
+            if ood:
+                row[b] = mean_sd(ood)[0]
         rows.append(row)
     axes[0].axhline(target, ls=":", color="grey")
     axes[0].set(xlabel="step", ylabel="dev Mean Acc", title="learning-rate sweep")

@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opd_cli.errors import OpdError
+from opd_cli.core.errors import OpdError
+from opd_cli.core.runs import step_folder
+from opd_cli.core.table_io import markdown_table, write_csv
 from opd_cli.plot.draw import PlotResult, _panels, axes_data, save
-from opd_cli.plot.read import best_info, collect, label, metrics_by_step, read_csv
-from opd_cli.runs import step_folder
-from opd_cli.table_io import markdown_table, write_csv
+from opd_cli.plot.read import best_info, label, metrics_by_step, read_csv
+from opd_cli.plot.seeds import band, collect_seeds, mean_sd, percent
 
 if TYPE_CHECKING:
     from opd_cli.plot.config import PlotConfig
@@ -28,36 +29,45 @@ def _table_csv(run: Path) -> list[dict[str, str]]:
 
 
 def plot_window_ablation(cfg: PlotConfig, out: Path) -> PlotResult:
-    rows = [r for _, rs in collect(cfg, _table_csv, needs="table.csv") for r in rs]
-    methods: dict[str, dict[int, float]] = {}
-    for r in rows:
-        key = r["method"] if r.get("window") in (None, "", r["method"]) else f"{r['method']} [{r['window']}]"
-        methods.setdefault(key, {})[int(float(r["step"]))] = float(r["dev_acc"])
+    """Dev accuracy per method and window over steps; over an ablation's seeds (``<ablation>-s<k>`` folders) the
+    mean ± sd."""
+    values: dict[str, dict[int, list[float]]] = {}
+    for _, seeds in collect_seeds(cfg, _table_csv, needs="table.csv"):
+        for rows in seeds:
+            for r in rows:
+                key = r["method"] if r.get("window") in (None, "", r["method"]) else f"{r['method']} [{r['window']}]"
+                values.setdefault(key, {}).setdefault(int(float(r["step"])), []).append(float(r["dev_acc"]))
+    methods = {name: {s: mean_sd(v) for s, v in sorted(sc.items())} for name, sc in values.items()}
     steps = sorted({s for v in methods.values() for s in v})
+    most = max(n for sc in methods.values() for _, _, n in sc.values())
     fig, axes = _panels(1, 6)
     for name, sc in methods.items():
-        axes[0].plot(sorted(sc), [sc[s] for s in sorted(sc)], marker="o", label=name)
+        xs, means, sds = list(sc), [m for m, _, _ in sc.values()], [sd for _, sd, _ in sc.values()]
+        axes[0].plot(xs, means, marker="o", label=name)
+        band(axes[0], xs, means, sds)
     axes[0].set(xlabel="step", ylabel="dev Mean Acc", title="window ablation")
     axes[0].legend(fontsize=8)
     md = markdown_table(
         ["method", *[f"step {s}" for s in steps]],
-        [[name, *[f"{100 * sc[s]:.1f}" if s in sc else "-" for s in steps]] for name, sc in methods.items()],
+        [[name, *[percent(*sc[s][:2]) if s in sc else "-" for s in steps]] for name, sc in methods.items()],
     )
+    if most > 1:
+        md = f"Dev Mean Acc, mean ± standard deviation over {most} training seeds.\n\n{md}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "window-ablation.md").write_text(md)
     paths = save(fig, out, "window-ablation") + [out / "window-ablation.md"]
     return PlotResult(paths, {"acc": axes_data(axes[0]), "markdown": md})
 
 
-def _mark(values: dict[str, float | None]) -> dict[str, str]:
-    """Best in bold, second best underlined (ties share the mark), in percent."""
+def _mark(values: dict[str, float | None], sds: dict[str, float | None] | None = None) -> dict[str, str]:
+    """Best in bold, second best underlined (ties share the mark), in percent, with ``± sd`` where there is one."""
     present = sorted({v for v in values.values() if v is not None}, reverse=True)
     out = {}
     for k, v in values.items():
         if v is None:
             out[k] = "-"
             continue
-        text = f"{100 * v:.1f}"
+        text = percent(v, (sds or {}).get(k))
         if len(present) > 1 and v == present[0]:
             text = f"**{text}**"
         elif len(present) > 2 and v == present[1]:
@@ -94,17 +104,38 @@ def main_table_row(run: Path) -> dict[str, Any]:
     }
 
 
+TABLE_KEYS = ("method", "seeds", "best_step", "flops", "hours")
+
+
+def over_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One method's main-table row over its seeds: each benchmark's mean and ``<benchmark>_sd``, the seeds' best
+    steps (one number when they agree, else ``30/50/80``), and the mean FLOPs and hours."""
+    steps = [r["best_step"] for r in rows]
+    out: dict[str, Any] = {
+        "method": rows[0]["method"],
+        "seeds": len(rows),
+        "best_step": steps[0] if len(set(steps)) == 1 else "/".join("-" if s is None else str(s) for s in steps),
+    }
+    for bench in dict.fromkeys(k for r in rows for k in r if k not in TABLE_KEYS):
+        out[bench], out[f"{bench}_sd"], _ = mean_sd(r.get(bench) for r in rows)
+    out["flops"] = mean_sd(r["flops"] for r in rows)[0]
+    out["hours"] = mean_sd(r["hours"] for r in rows)[0]
+    return out
+
+
 def plot_main_table(cfg: PlotConfig, out: Path) -> PlotResult:
-    rows = [r for _, r in collect(cfg, main_table_row)]
-    present = {k for r in rows for k in r} - {"method", "best_step", "flops", "hours"}
+    rows = [over_seeds(rs) for _, rs in collect_seeds(cfg, main_table_row)]
+    multi = any(r["seeds"] > 1 for r in rows)
+    present = {k for r in rows for k in r if not k.endswith("_sd")} - set(TABLE_KEYS)
     known = [b for b in cfg.in_domain if b in present] + [b for b in cfg.ood if b in present]
     benches = known + sorted(present - set(known))
-    rows = [{k: r.get(k) for k in ["method", "best_step", *benches, "flops", "hours"]} for r in rows]
-    marks = {b: _mark({r["method"]: r[b] for r in rows}) for b in benches}
-    header = ["method", "best step", *[f"{b} (OOD)" if b in cfg.ood else b for b in benches], "FLOPs", "hours"]
+    marks = {b: _mark({r["method"]: r[b] for r in rows}, {r["method"]: r[f"{b}_sd"] for r in rows}) for b in benches}
+    header = ["method", *(["seeds"] if multi else []), "best step",
+              *[f"{b} (OOD)" if b in cfg.ood else b for b in benches], "FLOPs", "hours"]
     md_rows = [
         [
             r["method"],
+            *([str(r["seeds"])] if multi else []),
             "-" if r["best_step"] is None else str(r["best_step"]),
             *[marks[b][r["method"]] for b in benches],
             "-" if r["flops"] is None else f"{r['flops']:.2g}",
@@ -113,6 +144,12 @@ def plot_main_table(cfg: PlotConfig, out: Path) -> PlotResult:
         for r in rows
     ]
     md = markdown_table(header, md_rows)
+    if multi:
+        md = f"Mean ± standard deviation over training seeds (the seeds column: how many).\n\n{md}"
+        columns = ["method", "seeds", "best_step", *benches, *[f"{b}_sd" for b in benches], "flops", "hours"]
+    else:
+        columns = ["method", "best_step", *benches, "flops", "hours"]
+    rows = [{k: r.get(k) for k in columns} for r in rows]
     out.mkdir(parents=True, exist_ok=True)
     (out / "main-table.md").write_text(md)
     paths = [write_csv(rows, out / "main-table.csv"), out / "main-table.md"]

@@ -74,9 +74,10 @@ def step_timer(device: str, times: list[float]):
 
 
 def one_opd(a: argparse.Namespace) -> dict:
-    from opd_cli.config import build_config
-    from opd_cli.runs import read_metrics
-    from opd_cli.train import TrainConfig, run_train
+    from opd_cli.core.config import build_config
+    from opd_cli.core.runs import read_metrics
+    from opd_cli.train.config import TrainConfig
+    from opd_cli.train.run import run_train
 
     out = Path(a.work) / f"opd-b{a.batch}-L{a.L}-T{a.full}"
     cfg = build_config(TrainConfig, None, dict(
@@ -99,8 +100,8 @@ def one_trl(a: argparse.Namespace) -> dict:
     from trl import DistillationConfig, DistillationTrainer
 
     from opd_cli import data
-    from opd_cli.models import load_model, load_tokenizer
-    from opd_cli.prompts import build_prompt
+    from opd_cli.core.models import load_model, load_tokenizer
+    from opd_cli.core.prompts import build_prompt
 
     tok = load_tokenizer(a.student)
     tok.padding_side = "left"

@@ -86,7 +86,7 @@ def time_hf(model: Path, batch: int, tokens: int) -> dict:
 
 
 def time_vllm(model: Path, batch: int, tokens: int) -> dict:
-    from opd_cli.generation import load_vllm
+    from opd_cli.core.generation import load_vllm
 
     t0 = time.perf_counter()
     llm = load_vllm(str(model), dtype="float32")

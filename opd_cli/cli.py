@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import typer
 
-from opd_cli.errors import OpdError
+from opd_cli.core.errors import OpdError
 
 app = typer.Typer(
     name="opd",
@@ -37,17 +37,18 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 
 def dispatch(module: str, config_cls: str, run_fn: str, recipe: Optional[Path], options: dict[str, Any]) -> Any:
-    """Build ``config_cls`` from defaults < recipe < options, print it, and call ``module.run_fn(cfg)``.
+    """Build ``module.config_cls`` from defaults < recipe < options, print it, and call ``run_fn(cfg)``
+    (``run_fn`` = ``"package.module:function"``, imported only now: the config modules import no torch).
 
     An :class:`OpdError` becomes one red line on stderr and exit code 2 (``opd --debug`` shows the traceback).
     """
     try:
-        from opd_cli.config import build_config
+        from opd_cli.core.config import build_config
 
-        mod = importlib.import_module(module)
         overrides = {k: v for k, v in options.items() if k != "recipe"}
-        cfg = build_config(getattr(mod, config_cls), recipe, overrides)
-        return getattr(mod, run_fn)(cfg)
+        cfg = build_config(getattr(importlib.import_module(module), config_cls), recipe, overrides)
+        run_module, _, run_name = run_fn.partition(":")
+        return getattr(importlib.import_module(run_module), run_name)(cfg)
     except OpdError as err:
         if _STATE["debug"]:
             raise
@@ -97,7 +98,7 @@ def _parameters(command: str, cls: type) -> list[inspect.Parameter]:
 
 
 def _help(cls: type, name: str) -> str:
-    from opd_cli.config import field_default
+    from opd_cli.core.config import field_default
 
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     default = field_default(f)
@@ -108,7 +109,7 @@ def _help(cls: type, name: str) -> str:
 
 def config_command(group: typer.Typer, command: str, module: str, config_cls: str, run_fn: str, doc: str) -> None:
     """Register ``command`` (help ``doc``) on ``group``: one option per field of ``module.config_cls``, then
-    ``module.run_fn(cfg)``."""
+    ``run_fn(cfg)`` (``"package.module:function"``)."""
     cls = getattr(importlib.import_module(module), config_cls)
 
     def run(**options: Any) -> Any:
@@ -123,25 +124,28 @@ def config_command(group: typer.Typer, command: str, module: str, config_cls: st
     group.command(command)(run)
 
 
-# (group, command, module, config class, run function, help): every command of `opd`, registered below
+# (group, command, config module, config class, module:run function, help): every command of `opd`, registered below
 COMMANDS = (
-    (app, "train", "opd_cli.train", "TrainConfig", "run_train",
+    (app, "train", "opd_cli.train.config", "TrainConfig", "opd_cli.train.run:run_train",
      "Prefix on-policy distillation: the student samples L tokens, the teacher scores them, reverse KL is minimised."),
-    (app, "eval", "opd_cli.evaluate_run", "EvalConfig", "run_eval",
+    (app, "eval", "opd_cli.evaluate.config", "EvalConfig", "opd_cli.evaluate.run:run_eval",
      "Sample n answers per problem and grade them: Mean Acc@n, pass@k, lengths, truncation."),
-    (app, "flops", "opd_cli.flops", "FlopsConfig", "run_flops",
+    (app, "flops", "opd_cli.flops", "FlopsConfig", "opd_cli.flops:run_flops",
      "Training FLOPs (paper appendix B): per sequence of a model config, or totals and ratios of run folders."),
-    (app, "kl-by-position", "opd_cli.analyses.kl_by_position", "KlByPositionConfig", "run_kl_by_position",
+    (app, "kl-by-position", "opd_cli.analyses.kl_by_position", "KlByPositionConfig",
+     "opd_cli.analyses.kl_by_position:run_kl_by_position",
      "Reverse KL per output-position bin (Fig. 2/5): rollouts of checkpoints scored by the teacher, and logged KL."),
-    (app, "probe-teacher-prefix", "opd_cli.analyses.probe_teacher_prefix", "ProbeConfig", "run_probe",
+    (app, "probe-teacher-prefix", "opd_cli.analyses.probe_teacher_prefix", "ProbeConfig",
+     "opd_cli.analyses.probe_teacher_prefix:run_probe",
      "Teacher-prefix probe (Fig. 3): the untrained student continues from the first L tokens of teacher solutions."),
-    (app, "plot", "opd_cli.plot", "PlotConfig", "run_plot",
+    (app, "plot", "opd_cli.plot", "PlotConfig", "opd_cli.plot:run_plot",
      "Figures and tables of the paper from run folders: PNG + PDF, and CSV/markdown for tables."),
-    (app, "sft-baseline", "opd_cli.sft_baseline", "SftConfig", "run_sft",
+    (app, "sft-baseline", "opd_cli.sft_baseline", "SftConfig", "opd_cli.sft_baseline:run_sft",
      "Off-policy SFT on teacher responses (Tables 1-2 SFT rows, Fig. 6 with --max-length); a valid opd train --student."),
-    (app, "window-ablation", "opd_cli.window_ablation", "WindowAblationConfig", "run_window_ablation",
+    (app, "window-ablation", "opd_cli.window_ablation.config", "WindowAblationConfig",
+     "opd_cli.window_ablation.run:run_window_ablation",
      "Loss-window ablation (Table 3): one opd train run per window plus full and prefix references, then the table."),
-    (toy_app, "build", "opd_cli.toy.build", "ToyBuildConfig", "run_toy_build",
+    (toy_app, "build", "opd_cli.toy.build", "ToyBuildConfig", "opd_cli.toy.build:run_toy_build",
      "Build the toy world (tokenizer, splits, teacher, two plan-weak students) and report test accuracies."),
 )
 for _group, *_spec in COMMANDS:

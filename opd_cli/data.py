@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opd_cli.errors import OpdError
+from opd_cli.core.errors import OpdError
 
 ANSWER_TYPES = ("math", "choice")
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -203,7 +203,7 @@ def _pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, 
 def _answer_from(value: Any) -> str:
     text = str(value if value is not None else "").strip()
     if "\\boxed" in text:  # a full solution as the answer column: grade against its final boxed answer
-        from opd_cli.grading import boxed_content
+        from opd_cli.core.grading import boxed_content
 
         return boxed_content(text) or text
     return text
@@ -336,7 +336,7 @@ def openthoughts_problem(row: dict[str, Any], index: int) -> Problem:
     turns = row["conversations"]
     user = next((t["value"] for t in turns if t.get("from") in ("human", "user")), "")
     response = next((t["value"] for t in turns if t.get("from") in ("gpt", "assistant")), "")
-    from opd_cli.grading import boxed_content
+    from opd_cli.core.grading import boxed_content
 
     meta = {"response": response, **{k: row[k] for k in ("domain", "source", "difficulty") if k in row}}
     return Problem(str(row.get("id", index)), user, boxed_content(response) or "", "math", meta)

@@ -1,7 +1,7 @@
 """`opd flops`: training FLOPs of finished run folders, per sequence of a model config, or the paper's totals.
 
 Run folders are totalled from their logged ``seq_tokens`` and ``seq_tokens_sq`` (the formula is linear in both);
-the formula itself and ``ModelShape`` live in flops_formula.py (paper appendix B).
+the formula itself and ``ModelShape`` live in core/flops_formula.py (paper appendix B).
 Everything here is plain Python (no torch).
 """
 
@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opd_cli.config import check, field
-from opd_cli.errors import OpdError
-from opd_cli.flops_formula import ModelShape, flops, n_dense, opd_flops, sft_flops
-from opd_cli.log import logger
-from opd_cli.table_io import write_csv
+from opd_cli.core.config import check, field
+from opd_cli.core.errors import OpdError
+from opd_cli.core.flops_formula import ModelShape, flops, n_dense, opd_flops, sft_flops
+from opd_cli.core.log import logger
+from opd_cli.core.table_io import write_csv
 
 ATTN_COEFS = (6, 12)
 
@@ -87,7 +87,7 @@ def _toy_student_name(config: dict[str, Any]) -> str:
 def _resolve_model(name: Any, run: Path, what: str) -> ModelShape:
     why = ""
     if not name:
-        from opd_cli.runs import read_config
+        from opd_cli.core.runs import read_config
 
         config = read_config(run)
         if config.get("command") in ("train", "sft-baseline"):
@@ -108,7 +108,7 @@ def _resolve_model(name: Any, run: Path, what: str) -> ModelShape:
 
 def run_totals(run: str | Path, attn_coef: float = 12) -> RunTotals:
     """Training FLOPs of a finished run, recomputed from its logged ``seq_tokens`` and ``seq_tokens_sq``."""
-    from opd_cli.runs import read_config, read_metrics
+    from opd_cli.core.runs import read_config, read_metrics
 
     run = Path(run)
     if not (run / "config.yaml").is_file():
@@ -229,7 +229,7 @@ def paper_table(cfg: FlopsConfig) -> list[dict[str, Any]]:
 
 
 def runs_table(cfg: FlopsConfig) -> list[dict[str, Any]]:
-    from opd_cli.runs import iter_run_dirs
+    from opd_cli.core.runs import iter_run_dirs
 
     for p in cfg.runs:
         if not Path(p).exists():

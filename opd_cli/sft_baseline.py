@@ -1,7 +1,7 @@
 """`opd sft-baseline`: off-policy SFT on teacher responses with TRL's ``SFTTrainer`` (paper Tables 1-2, Fig. 6).
 
 The student imitates fixed teacher responses (prompt-completion format, loss on the completion only). The prompts
-are built by :func:`opd_cli.prompts.build_prompt`, exactly as ``opd train`` builds them, so an SFT checkpoint is a
+are built by :func:`opd_cli.core.prompts.build_prompt`, exactly as ``opd train`` builds them, so an SFT checkpoint is a
 valid ``opd train --student`` (off-policy cold start, Rethinking OPD §5.1). ``--max-length`` caps prompt +
 completion in tokens: 2048 is the paper's prefix SFT (Fig. 6). FLOPs: the paper's training FLOPs ``x`` per sample
 (appendix B, "FLOP Calculation Details"; no rollouts to count).
@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opd_cli.config import check, field
-from opd_cli.errors import OpdError
-from opd_cli.log import logger
-from opd_cli.runs import IF_EXISTS
+from opd_cli.core.config import check, field
+from opd_cli.core.errors import OpdError
+from opd_cli.core.log import logger
+from opd_cli.core.runs import IF_EXISTS
+from opd_cli.core.tracking import TRACKING_FIELDS, point_tensorboard, push_folder, tracker_scalars
 from opd_cli.toy.build import toy_model_paths
 from opd_cli.toy.world import check_toy_student
-from opd_cli.tracking import TRACKING_FIELDS, point_tensorboard, push_folder, tracker_scalars
 
 TEACHER_CACHE = "teacher_responses.jsonl"
 TRAINER_TMP = ".trainer"  # TRL writes checkpoint-N here; each is then committed as checkpoints/step_N
@@ -91,7 +91,7 @@ class SftConfig:
 
     def __post_init__(self) -> None:
         check(self.steps >= 1, f"--steps must be at least 1, got {self.steps}")
-        from opd_cli.tracking import check_hub, parse_report_to
+        from opd_cli.core.tracking import check_hub, parse_report_to
 
         self.report_to = parse_report_to(self.report_to)
         check_hub(self.push_to_hub, self.hub_model_id)
@@ -126,7 +126,7 @@ class SftConfig:
 # ------------------------------------------------------------------------------------------- data
 def strip_think(response: str) -> str:
     """Drop a leading ``<think>`` from a teacher response: the prompt already ends with it (build_prompt)."""
-    from opd_cli.prompts import THINK_OPEN
+    from opd_cli.core.prompts import THINK_OPEN
 
     text = response.lstrip()
     return text[len(THINK_OPEN) :].lstrip("\n") if text.startswith(THINK_OPEN) else response
@@ -166,9 +166,9 @@ def teacher_responses(cfg: SftConfig, problems: list[Any], run_dir: Path, teache
             logger.info(f"reusing {len(rows)} cached teacher responses from {cache}")
             return [(by_id[r["problem_id"]], r["response"]) for r in rows]
 
-    from opd_cli.generation import sample
-    from opd_cli.models import load_model, load_tokenizer
-    from opd_cli.prompts import build_prompt
+    from opd_cli.core.generation import sample
+    from opd_cli.core.models import load_model, load_tokenizer
+    from opd_cli.core.prompts import build_prompt
 
     tok = load_tokenizer(teacher_path, what="teacher")
     model = load_model(teacher_path, dtype=cfg.dtype, device=cfg.device, what="teacher")
@@ -191,14 +191,14 @@ def teacher_responses(cfg: SftConfig, problems: list[Any], run_dir: Path, teache
 
 
 def keep_correct(pairs: list[tuple[Any, str]]) -> list[tuple[Any, str]]:
-    from opd_cli.grading import grade
+    from opd_cli.core.grading import grade
 
     return [(p, r) for p, r in pairs if grade(p, r)[0]]
 
 
 def build_examples(tokenizer: Any, pairs: list[tuple[Any, str]], template: str, think: bool) -> list[dict[str, str]]:
     """TRL prompt-completion records: the OPD prompt text and the teacher's response (its leading <think> dropped)."""
-    from opd_cli.prompts import build_prompt
+    from opd_cli.core.prompts import build_prompt
 
     return [
         {"prompt": build_prompt(tokenizer, p.question, template=template, think=think), "completion": strip_think(r)}
@@ -209,7 +209,7 @@ def build_examples(tokenizer: Any, pairs: list[tuple[Any, str]], template: str, 
 # ---------------------------------------------------------------------------------------- metrics
 def sample_flops(shape: Any, seq_tokens: int, seq_tokens_sq: int, attn_coef: int) -> float:
     """SFT FLOPs of one step: the paper's ``F`` (appendix B) of the student on the trained sequences (``x`` per sample)."""
-    from opd_cli.flops_formula import flops_from_sums
+    from opd_cli.core.flops_formula import flops_from_sums
 
     return float(flops_from_sums(shape, seq_tokens, seq_tokens_sq, attn_coef))
 
@@ -277,8 +277,8 @@ def _make_callback(run: Any, model: Any, shape: Any, cfg: SftConfig, start: dict
 # -------------------------------------------------------------------------------------------- run
 def run_sft(cfg: SftConfig) -> Path:
     """Fine-tune the student on teacher responses; returns the run folder."""
-    from opd_cli.models import load_model, load_tokenizer, resolve_device
-    from opd_cli.runs import open_run
+    from opd_cli.core.models import load_model, load_tokenizer, resolve_device
+    from opd_cli.core.runs import open_run
 
     toy = cfg.student is None
     from opd_cli.data import load_problems
@@ -295,7 +295,7 @@ def run_sft(cfg: SftConfig) -> Path:
     out = Path(cfg.output_dir or f"runs/sft-baseline-{cfg.name}")
     cfg.output_dir = str(out)
 
-    from opd_cli.flops_formula import ModelShape
+    from opd_cli.core.flops_formula import ModelShape
 
     shape = ModelShape.from_source(cfg.student)  # fails early on a model the FLOPs formula cannot read
     # A finished run may be extended (--steps 1500 over 300) or saved more often; anything else must match.
@@ -348,7 +348,7 @@ def _build_trainer(cfg: SftConfig, model: Any, tok: Any, examples: list[dict[str
     from transformers.utils import logging as hf_logging
     from trl import SFTConfig, SFTTrainer
 
-    from opd_cli.tracking import training_args
+    from opd_cli.core.tracking import training_args
 
     procs = PartialState().num_processes
     check(

@@ -70,7 +70,7 @@ def record_placement() -> None:
     leave the student resharded after every rollout, as a vLLM rollout (which never runs the student's forward) or a
     backward leaves it: HF ``generate`` leaves some of its parameters gathered, which hides calls made outside its
     forward."""
-    import opd_cli.trainer as trainer_mod
+    import opd_cli.train.trainer as trainer_mod
 
     class Recording(trainer_mod.OpdTrainer):
         def _sample(self, *args, **kwargs):
@@ -118,8 +118,9 @@ def main(configs: list[str]) -> None:
     os.environ.update({**FSDP2_ENV, **{k: v for k, v in os.environ.items() if k.startswith("FSDP_")}})
     fsdp2_on_cpu()
     record_placement()
-    from opd_cli.config import build_config
-    from opd_cli.train import TrainConfig, run_train
+    from opd_cli.core.config import build_config
+    from opd_cli.train.config import TrainConfig
+    from opd_cli.train.run import run_train
 
     for c in map(json.loads, configs):
         if "kill_after" in c:  # {"kill_after": [src, dst, step]}

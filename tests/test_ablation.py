@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from opd_cli.errors import OpdError
-from opd_cli.window_ablation import expand_windows, parse_window
-from opd_cli.window_ablation_table import collect_table, write_table
+from opd_cli.core.errors import OpdError
+from opd_cli.window_ablation.config import parse_window
+from opd_cli.window_ablation.run import expand_windows
+from opd_cli.window_ablation.table import collect_table, write_table
 
 PAPER_WINDOWS = ["1024:2048", "2048:3072", "3072:4096", "tail:1024"]
 
@@ -39,8 +40,8 @@ def test_parse_window_rejects(spec: str, message: str) -> None:
 
 
 def test_expand_windows_paper_table3() -> None:
-    from opd_cli.config import build_config
-    from opd_cli.train import TrainConfig
+    from opd_cli.core.config import build_config
+    from opd_cli.train.config import TrainConfig
 
     base = {"command": "train", "steps": 30, "max_new_tokens": 4096, "prefix": "2048", "lr": 5e-5}
     runs = expand_windows(base, PAPER_WINDOWS, prefix_ref=1024)
@@ -99,8 +100,8 @@ def test_table_from_fake_runs(tmp_path: Path) -> None:
 @pytest.fixture()
 def tiny_ablation(tiny_model_dirs: tuple[Path, Path], tmp_path: Path):
     from opd_cli import data
-    from opd_cli.config import build_config
-    from opd_cli.window_ablation import WindowAblationConfig
+    from opd_cli.core.config import build_config
+    from opd_cli.window_ablation.config import WindowAblationConfig
 
     student, teacher = tiny_model_dirs
     prompts = tmp_path / "prompts.jsonl"
@@ -142,8 +143,8 @@ def tiny_ablation(tiny_model_dirs: tuple[Path, Path], tmp_path: Path):
 
 
 def test_window_ablation_smoke_and_reuse(tiny_ablation, capsys: pytest.CaptureFixture[str]) -> None:
-    from opd_cli.runs import list_checkpoints, read_config
-    from opd_cli.window_ablation import run_window_ablation
+    from opd_cli.core.runs import list_checkpoints, read_config
+    from opd_cli.window_ablation.run import run_window_ablation
 
     out = run_window_ablation(tiny_ablation())
     labels = ["full", "prefix-4", "window-2-6", "tail-3"]
@@ -197,11 +198,12 @@ def test_cli_bad_inputs(tmp_path: Path) -> None:
 def test_window_ablation_recipes_expand(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import yaml
 
-    from opd_cli.config import build_config
-    from opd_cli.window_ablation import WindowAblationConfig, plan_runs
+    from opd_cli.core.config import build_config
+    from opd_cli.window_ablation.config import WindowAblationConfig
+    from opd_cli.window_ablation.run import plan_runs
 
     monkeypatch.chdir(path.parents[1])  # recipes name their base train recipe relative to the repository root
-    monkeypatch.setattr("opd_cli.generation.vllm_available", lambda: True)  # paper recipes name --backend vllm
+    monkeypatch.setattr("opd_cli.core.generation.vllm_available", lambda: True)  # paper recipes name --backend vllm
     assert path.read_text().splitlines()[0].startswith("# opd window-ablation --recipe recipes/" + path.name)
     assert yaml.safe_load(path.read_text())["command"] == "window-ablation"
     cfg = build_config(WindowAblationConfig, path)
@@ -216,11 +218,11 @@ def test_reference_runs_stand_in_for_references(
     """A finished train run with the same settings and more steps is adopted (hard links, cut metrics), not retrained."""
     import dataclasses
 
-    from opd_cli.evaluate import EvalConfig
-    from opd_cli.evaluate_run import evaluate_run
-    from opd_cli.runs import list_checkpoints, read_config, read_metrics
-    from opd_cli.train import run_train
-    from opd_cli.window_ablation import plan_runs, run_window_ablation
+    from opd_cli.core.runs import list_checkpoints, read_config, read_metrics
+    from opd_cli.evaluate.config import EvalConfig
+    from opd_cli.evaluate.run import evaluate_run
+    from opd_cli.train.run import run_train
+    from opd_cli.window_ablation.run import plan_runs, run_window_ablation
 
     cfg = tiny_ablation()
     full_cfg = dict(plan_runs(cfg, tmp_path / "plan"))["full"]

@@ -11,8 +11,8 @@ from test_train import _train
 from typer.testing import CliRunner
 
 from opd_cli.cli import app
-from opd_cli.maths import adaptive_grows, adaptive_prefix_lengths, adaptive_signal
-from opd_cli.pg_opd import PG_KEYS, overlap_weights, select_candidates
+from opd_cli.core.maths import adaptive_grows, adaptive_prefix_lengths, adaptive_signal
+from opd_cli.train.pg_opd import PG_KEYS, overlap_weights, select_candidates
 
 TIMING = {"time_generate", "time_teacher", "time_update", "time_step", "wall_time"}
 
@@ -76,7 +76,7 @@ def test_adaptive_signal_reads_a_metrics_record() -> None:
 
 # ------------------------------------------------------------------------------------------ in the trainer
 def test_pg_opd_trains_two_steps_with_its_metrics_and_flops(tiny_model_dirs, prompts_file, tmp_path) -> None:
-    from opd_cli.flops_formula import ModelShape, opd_flops, probe_flops
+    from opd_cli.core.flops_formula import ModelShape, opd_flops, probe_flops
 
     rows = _train(tiny_model_dirs, prompts_file, tmp_path / "pg", steps=2, batch_size=8, micro_batch_size=4, max_new_tokens=16,
                   rollout="pg-opd", candidates=4, pg_prefix=6, probe_window=3, probe_topk=4, keep_per_prompt=1, keep_global=0.25)

@@ -1,4 +1,5 @@
-"""The shape of the package: no import cycles among the modules of ``opd_cli``.
+"""The shape of the package: no import cycles among the modules of ``opd_cli``, and ``opd_cli.core`` imports
+nothing of opd_cli outside it.
 
 Every ``import`` statement counts, wherever it sits: at the top, inside a function (a late import only hides a
 cycle until that function runs) and under ``if TYPE_CHECKING:`` (a reader still has to follow it). The implicit
@@ -115,11 +116,44 @@ def test_opd_cli_has_no_import_cycles() -> None:
     assert not found, "import cycles in opd_cli:\n" + "\n".join(" -> ".join(c) for c in found)
 
 
+def outside_core(graph: dict[str, set[str]], core: str = "opd_cli.core") -> dict[str, set[str]]:
+    """Module of ``core`` -> the modules outside ``core`` it imports (only those that import any)."""
+    inside = {m for m in graph if m == core or m.startswith(core + ".")}
+    return {m: out for m in sorted(inside) if (out := graph[m] - inside)}
+
+
+def test_core_imports_nothing_outside_core() -> None:
+    """The method and the shared machinery (``opd_cli.core``) build on nothing else of opd_cli: the commands, the toy
+    world, the problem sources, the analyses and the plots depend on core, never the other way round."""
+    graph = import_graph(PACKAGE)
+    assert {"opd_cli.core", "opd_cli.core.maths", "opd_cli.core.config"} <= set(graph)
+    found = outside_core(graph)
+    assert not found, "opd_cli.core imports modules outside it:\n" + "\n".join(
+        f"{m} -> {', '.join(sorted(out))}" for m, out in found.items())
+
+
+def test_outside_core_is_found(tmp_path: Path) -> None:
+    """A core module importing a command (at the top or inside a function) is reported; imports within core, and
+    the commands' imports of core, are not."""
+    pkg = tmp_path / "pkg"
+    (pkg / "core").mkdir(parents=True)
+    files = {
+        "__init__.py": "",
+        "cmd.py": "from pkg.core import a\n",
+        "core/__init__.py": "",
+        "core/a.py": "from pkg.core.b import x\n",
+        "core/b.py": "x = 1\ndef f():\n    from pkg import cmd\n",
+    }
+    for rel, text in files.items():
+        (pkg / rel).write_text(text)
+    assert outside_core(import_graph(pkg), core="pkg.core") == {"pkg.core.b": {"pkg.cmd"}}
+
+
 def test_the_graph_holds_every_kind_of_import() -> None:
     """Top-level, function-level and ``from opd_cli import x`` imports all become edges of the graph."""
     graph = import_graph(PACKAGE)
-    assert "opd_cli.evaluate" in graph["opd_cli.evaluate_run"]  # top level: from opd_cli.evaluate import ...
-    assert "opd_cli.trainer" in graph["opd_cli.train"]  # inside run_train: from opd_cli import trainer as trainer_mod
+    assert "opd_cli.evaluate.model" in graph["opd_cli.evaluate.run"]  # top level: from opd_cli.evaluate.model import ...
+    assert "opd_cli.train.trainer" in graph["opd_cli.train.run"]  # in run_train: from opd_cli.train import trainer as ...
     assert "opd_cli.toy.build" in graph["opd_cli.data"]  # inside a function: the toy world built on first use
     assert "opd_cli.plot.config" in graph["opd_cli.plot.curves"]  # under TYPE_CHECKING
     assert "opd_cli.toy.world" in graph["opd_cli.toy.build"] and "opd_cli.toy.build" not in graph["opd_cli.toy.world"]

@@ -92,8 +92,8 @@ def test_missing_column(tiny_model_dirs, data_file: Path) -> None:
 
 
 def test_vocab_mismatch(tiny_model_dirs, tmp_path: Path) -> None:
-    from opd_cli.errors import OpdError
-    from opd_cli.models import check_same_vocab, load_tokenizer
+    from opd_cli.core.errors import OpdError
+    from opd_cli.core.models import check_same_vocab, load_tokenizer
 
     student, teacher = tiny_model_dirs
     other = tmp_path / "other-teacher"
@@ -126,7 +126,7 @@ def test_unknown_backend() -> None:
 @pytest.mark.parametrize("command", ["eval", "train"])
 def test_vllm_requested_but_absent(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without vLLM (installed or not here), --backend vllm is one line that says how to install it."""
-    monkeypatch.setattr("opd_cli.generation.vllm_available", lambda: False)
+    monkeypatch.setattr("opd_cli.core.generation.vllm_available", lambda: False)
     line = bad([command, "--backend", "vllm"], "--backend vllm needs vLLM")
     assert "make install-vllm" in line and "opd-cli[vllm]" in line
 
@@ -197,7 +197,7 @@ def test_train_help_groups_every_flag_in_its_panel() -> None:
     import dataclasses
     import re
 
-    from opd_cli import train
+    from opd_cli.train import config as train
 
     fields = dataclasses.fields(train.TrainConfig)
     unpanelled = [f.name for f in fields if f.metadata.get("panel") not in train.PANELS]

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from opd_cli.config import build_config, dump_yaml, read_recipe
-from opd_cli.errors import OpdError
-from opd_cli.evaluate import EvalConfig
+from opd_cli.core.config import build_config, dump_yaml, read_recipe
+from opd_cli.core.errors import OpdError
+from opd_cli.evaluate.config import EvalConfig
 
 
 def recipe(tmp_path: Path, text: str) -> Path:

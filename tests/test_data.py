@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from opd_cli import data
+from opd_cli.core.errors import OpdError
 from opd_cli.data import Problem, load_benchmark, load_file, load_hub, register_source
-from opd_cli.errors import OpdError
 
 ROWS = [{"id": "a", "problem": "1+1?", "solution": r"so \boxed{2}", "level": 1},
         {"id": "b", "problem": "2+2?", "solution": r"\boxed{4}", "level": 2}]

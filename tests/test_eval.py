@@ -13,8 +13,9 @@ import yaml
 from typer.testing import CliRunner
 
 from opd_cli.cli import app
-from opd_cli.evaluate import EvalConfig, pass_at_k, pass_ks, summarize
-from opd_cli.evaluate_run import evaluate_run
+from opd_cli.evaluate.config import EvalConfig
+from opd_cli.evaluate.model import pass_at_k, pass_ks, summarize
+from opd_cli.evaluate.run import evaluate_run
 
 runner = CliRunner()
 
@@ -73,7 +74,7 @@ def read_samples(path: Path) -> list[dict]:
 def test_eval_end_to_end_summary_matches_samples(
     tiny_model_dirs, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("opd_cli.grading.grade", fake_grade)
+    monkeypatch.setattr("opd_cli.core.grading.grade", fake_grade)
     out = tmp_path / "out"
     args = [
         "eval",
@@ -144,10 +145,10 @@ def test_eval_defaults_to_the_toy_student(
 def test_evaluate_run_writes_best(
     tiny_model_dirs, tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from opd_cli.core.errors import OpdError
     from opd_cli.data import load_file
-    from opd_cli.errors import OpdError
 
-    monkeypatch.setattr("opd_cli.grading.grade", fake_grade)
+    monkeypatch.setattr("opd_cli.core.grading.grade", fake_grade)
     student, teacher = tiny_model_dirs
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -183,7 +184,7 @@ def test_best_benchmarks_run_only_at_the_best_checkpoint(
 ) -> None:
     import opd_cli.toy.build as build
 
-    monkeypatch.setattr("opd_cli.grading.grade", fake_grade)
+    monkeypatch.setattr("opd_cli.core.grading.grade", fake_grade)
     student, teacher = tiny_model_dirs
     # a toy-world run: its config names no student, so step 0 is the toy world's student
     monkeypatch.setattr(
@@ -236,10 +237,10 @@ def test_initial_and_step0_cache(
 ) -> None:
     """--initial adds step 0; a second run from the same student reuses its cached step-0 evaluation verbatim,
     while other settings (or a changed model file) evaluate again."""
-    import opd_cli.evaluate_run as ev
+    import opd_cli.evaluate.run as ev
     from opd_cli.data import load_file
 
-    monkeypatch.setattr("opd_cli.grading.grade", fake_grade)
+    monkeypatch.setattr("opd_cli.core.grading.grade", fake_grade)
     monkeypatch.setenv("OPD_EVAL_CACHE", str(tmp_path / "cache"))
     student = tmp_path / "student"
     shutil.copytree(tiny_model_dirs[0], student)
@@ -274,7 +275,7 @@ def test_initial_and_step0_cache(
     assert len(calls) == 5  # the model folder changed: evaluated again
     monkeypatch.setenv("OPD_EVAL_CACHE", "off")
     assert ev.eval_cache_dir() is None
-    from opd_cli.errors import OpdError
+    from opd_cli.core.errors import OpdError
 
     with pytest.raises(OpdError, match="--initial needs --run"):
         EvalConfig(initial=True)
@@ -296,9 +297,9 @@ def test_vllm_run_eval_reuses_one_engine(tmp_path: Path, monkeypatch: pytest.Mon
     loaded again for --best-benchmark."""
     from safetensors.torch import load_file
 
-    import opd_cli.generation as gen
+    import opd_cli.core.generation as gen
+    from opd_cli.core.generation import Sample
     from opd_cli.data import Problem, register_source
-    from opd_cli.generation import Sample
     from opd_cli.toy.tiny_qwen import save_random_model
     from opd_cli.toy.tokenizer import build_tokenizer
 
@@ -342,7 +343,7 @@ def test_vllm_run_eval_reuses_one_engine(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(gen, "vllm_available", lambda: True)
     monkeypatch.setattr(gen, "load_vllm", lambda model, **kw: FakeLLM(model))
     monkeypatch.setattr(gen, "_sample_vllm", fake_sample_vllm)
-    monkeypatch.setattr("opd_cli.grading.grade", lambda problem, text: (text == "right", None))
+    monkeypatch.setattr("opd_cli.core.grading.grade", lambda problem, text: (text == "right", None))
     monkeypatch.setenv("OPD_EVAL_CACHE", "off")
     register_source(
         "unit-eval-extra", lambda limit=None, seed=0: [Problem("e0", "start 1; apply by tag, mod 10: a+1", "2")]
@@ -375,8 +376,8 @@ def test_vllm_run_eval_reuses_one_engine(tmp_path: Path, monkeypatch: pytest.Mon
 def test_weight_files_and_their_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub
 
-    from opd_cli.errors import OpdError
-    from opd_cli.generation import load_vllm_weights, weight_files
+    from opd_cli.core.errors import OpdError
+    from opd_cli.core.generation import load_vllm_weights, weight_files
 
     single, sharded, empty = (tmp_path / n for n in ("single", "sharded", "empty"))
     for d in (single, sharded, empty):
@@ -415,8 +416,8 @@ def test_unknown_benchmark_is_one_line_before_the_config(flag, tmp_path: Path) -
 
 
 def test_summary_line_names_only_what_differs_from_the_defaults(tmp_path: Path) -> None:
-    from opd_cli.config import build_config, summary_line
-    from opd_cli.evaluate import EvalConfig
+    from opd_cli.core.config import build_config, summary_line
+    from opd_cli.evaluate.config import EvalConfig
 
     cfg = build_config(EvalConfig, None, {"benchmark": ["toy"], "samples": 2, "temperature": 1.0})
     assert (

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from opd_cli.cli import app
-from opd_cli.errors import OpdError
+from opd_cli.core.errors import OpdError
+from opd_cli.core.flops_formula import ModelShape, flops, flops_from_sums, n_dense, opd_flops, sft_flops, shipped_names
 from opd_cli.flops import FlopsConfig, run_flops, run_totals
-from opd_cli.flops_formula import ModelShape, flops, flops_from_sums, n_dense, opd_flops, sft_flops, shipped_names
 
 FIX = Path(__file__).parent / "fixtures"
 RUNS = FIX / "plot_runs"
@@ -44,7 +44,7 @@ def test_flops_needs_no_torch():
     code = (
         "import sys\n"
         "import opd_cli.flops\n"
-        "from opd_cli.flops_formula import ModelShape, flops\n"
+        "from opd_cli.core.flops_formula import ModelShape, flops\n"
         f"print(flops(ModelShape.from_source({str(TINY)!r}), [10, 20]), "
         "[m for m in ('torch', 'transformers', 'trl', 'vllm') if m in sys.modules])\n"
     )
@@ -190,7 +190,7 @@ def test_cli_lengths_and_errors():
     "recipe", sorted((Path(__file__).parents[1] / "recipes").glob("flops-*.yaml")), ids=lambda p: p.name
 )
 def test_flops_recipes_load_and_run(recipe):
-    from opd_cli.config import build_config
+    from opd_cli.core.config import build_config
 
     assert recipe.read_text().startswith("# opd flops --recipe")
     import yaml

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
+from opd_cli.core.grading import extract_choice, grade, grade_choice, grade_math, last_boxed
 from opd_cli.data import Problem
-from opd_cli.grading import extract_choice, grade, grade_choice, grade_math, last_boxed
 
 
 @pytest.mark.parametrize("pred", [r"\boxed{1/2}", r"\boxed{0.5}", r"\boxed{\frac{1}{2}}", r"so $x = \boxed{\dfrac12}$."])

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from opd_cli.analyses.position_table import bin_positions, logged_rows, rows_from_bins
 from opd_cli.cli import app
-from opd_cli.errors import OpdError
-from opd_cli.scoring import response_logprobs
+from opd_cli.core.errors import OpdError
+from opd_cli.core.scoring import response_logprobs
 
 PROBLEMS = [
     {"id": "p0", "question": "start 4; apply by tag, mod 10: b-2 a+7", "answer": "9"},
@@ -83,7 +83,7 @@ def test_logged_rows_reads_train_metrics_and_rejects_missing_steps(tmp_path):
 
 
 def test_response_logprobs_batched_equals_one_at_a_time(tiny_model_dirs):
-    from opd_cli.models import load_model
+    from opd_cli.core.models import load_model
 
     model = load_model(str(tiny_model_dirs[0]), "float32", "cpu")
     seqs = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15], [20, 21, 22, 23, 24, 25]]
@@ -213,7 +213,7 @@ def test_kl_by_position_run_without_checkpoints(tmp_path):
 @pytest.mark.parametrize("recipe", sorted((Path(__file__).parent.parent / "recipes").glob("kl-by-position-*.yaml")), ids=lambda p: p.name)
 def test_kl_by_position_recipes_load(recipe):
     from opd_cli.analyses.kl_by_position import KlByPositionConfig
-    from opd_cli.config import build_config
+    from opd_cli.core.config import build_config
 
     assert recipe.read_text().startswith(f"# opd kl-by-position --recipe recipes/{recipe.name}")
     cfg = build_config(KlByPositionConfig, recipe)
@@ -247,8 +247,8 @@ def test_auroc_equals_pairwise_count_on_many_ties():
 
 def test_grade_records_and_step_summary():
     from opd_cli.analyses.rollout_rewards import grade_records, step_summary
+    from opd_cli.core.generation import Sample
     from opd_cli.data import Problem
-    from opd_cli.generation import Sample
 
     problems = [Problem("a", "q", "9"), Problem("b", "q", "4")]
     groups = [[Sample("so \\boxed{9}", [1, 2], 2, False), Sample("\\boxed{8}", [1], 1, False)],
@@ -263,8 +263,8 @@ def test_grade_records_and_step_summary():
 
 
 def test_response_profiles_match_full_softmax(tiny_model_dirs):
-    from opd_cli.models import load_model
-    from opd_cli.scoring import response_profiles
+    from opd_cli.core.models import load_model
+    from opd_cli.core.scoring import response_profiles
 
     student, teacher = (load_model(str(d), "float32", "cpu") for d in tiny_model_dirs)
     seqs = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15], [20, 21, 22, 23, 24, 25]]
@@ -293,7 +293,7 @@ def test_rollout_bins_profiles_equal_a_direct_computation(tiny_model_dirs):
     """Every binned profile (KL, both entropies, top-16 overlap) and each rollout's reward, recomputed from the sampled
     tokens with the models' full softmax and plain per-bin averages."""
     from opd_cli.analyses.kl_by_position import KlByPositionConfig, rollout_bins
-    from opd_cli.models import load_model, load_tokenizer
+    from opd_cli.core.models import load_model, load_tokenizer
 
     student, teacher = (load_model(str(d), "float32", "cpu") for d in tiny_model_dirs)
     tok = load_tokenizer(str(tiny_model_dirs[0]))
@@ -337,7 +337,7 @@ def test_kl_by_position_metrics_and_grade_smoke(train_run, data_file, tmp_path, 
         calls.append((problem.id, text))
         return len(calls) % 2 == 1, problem.answer
 
-    monkeypatch.setattr("opd_cli.grading.grade", fake_grade)
+    monkeypatch.setattr("opd_cli.core.grading.grade", fake_grade)
     common = ["kl-by-position", "--run", str(train_run), "--checkpoint-steps", "0,2", "--steps", "1,2",
               "--data", str(data_file), "-n", "2", "--max-new-tokens", "8", "--bin", "4"]
     res = CliRunner().invoke(app, [*common, "-o", str(tmp_path / "plain")])

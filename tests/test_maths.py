@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from opd_cli import maths
-from opd_cli.train import TOPK_SUPPORTS
+from opd_cli.core import maths
+from opd_cli.train.config import TOPK_SUPPORTS
 
 
 def test_estimator_averages_to_exact_reverse_kl():

@@ -6,9 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from opd_cli.errors import OpdError
-from opd_cli.models import _check_source, check_same_vocab, load_model, load_tokenizer, resolve_device, resolve_dtype
-from opd_cli.prompts import THINK_OPEN, build_prompt
+from opd_cli.core.errors import OpdError
+from opd_cli.core.models import (
+    _check_source,
+    check_same_vocab,
+    load_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
+from opd_cli.core.prompts import THINK_OPEN, build_prompt
 
 
 def test_load_local_model_and_tokenizer(tiny_model_dirs) -> None:
@@ -66,7 +73,7 @@ def test_prompts(tiny_model_dirs) -> None:
 
 
 def test_sampling_shapes_and_prefix(tiny_model_dirs) -> None:
-    from opd_cli.generation import sample
+    from opd_cli.core.generation import sample
 
     tok = load_tokenizer(str(tiny_model_dirs[0]))
     model = load_model(str(tiny_model_dirs[0]))

@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from opd_cli.cli import app
-from opd_cli.errors import OpdError
+from opd_cli.core.errors import OpdError
 from opd_cli.plot import PlotConfig, run_plot
 from opd_cli.plot.curves import evenly_spaced
 

@@ -152,8 +152,8 @@ def test_probe_smoke_and_resume(tiny_model_dirs, data_file, tmp_path):
 def test_probe_grades_prefix_plus_continuation(tiny_model_dirs, data_file, tmp_path, monkeypatch):
     """With scripted generations: the teacher always writes the right answer, the student writes nothing. The
     student is then right exactly when the prefix holds the teacher's whole solution (margin 0, L >= L_r)."""
-    import opd_cli.generation as generation
-    from opd_cli.generation import Sample
+    import opd_cli.core.generation as generation
+    from opd_cli.core.generation import Sample
 
     answers = {p["question"]: p["answer"] for p in PROBLEMS}
 
@@ -183,7 +183,7 @@ def test_probe_grades_prefix_plus_continuation(tiny_model_dirs, data_file, tmp_p
 
 def test_probe_student_prefix_smoke_and_resume(tiny_model_dirs, data_file, tmp_path):
     """--prefix-from student: the student writes, the teacher continues; the run says so in every file."""
-    from opd_cli.models import load_tokenizer
+    from opd_cli.core.models import load_tokenizer
 
     student, teacher = map(str, tiny_model_dirs)
     out = tmp_path / "probe"
@@ -244,9 +244,9 @@ def test_probe_student_prefix_keeps_the_students_answer_out(tiny_model_dirs, dat
     """Scripted: the student boxes the right answer early and writes on; the teacher alone (L=0) answers right and
     otherwise writes nothing. Accuracy at L>0 must then be 0: the prefix stops before the student's </think>, even
     at L beyond the whole solution with no margin, where Fig. 3's rule would hand over the student's answer."""
-    import opd_cli.generation as generation
-    from opd_cli.generation import Sample
-    from opd_cli.models import load_tokenizer
+    import opd_cli.core.generation as generation
+    from opd_cli.core.generation import Sample
+    from opd_cli.core.models import load_tokenizer
 
     answers = {p["question"]: p["answer"] for p in PROBLEMS}
     calls = []  # (cap, hidden size of the model that sampled): the student is 32 wide, the teacher 48
@@ -306,7 +306,7 @@ def test_probe_bad_input(tmp_path, extra, message):
 @pytest.mark.parametrize("recipe", sorted((Path(__file__).parent.parent / "recipes").glob("probe-*.yaml")), ids=lambda p: p.name)
 def test_probe_recipes_load(recipe):
     from opd_cli.analyses.probe_teacher_prefix import ProbeConfig
-    from opd_cli.config import build_config
+    from opd_cli.core.config import build_config
 
     assert recipe.read_text().startswith(f"# opd probe-teacher-prefix --recipe recipes/{recipe.name}")
     cfg = build_config(ProbeConfig, recipe)

@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from opd_cli.cli import app
-from opd_cli.errors import OpdError
-from opd_cli.models import check_same_vocab, load_model, load_tokenizer
-from opd_cli.prompts import build_prompt
+from opd_cli.core.errors import OpdError
+from opd_cli.core.models import check_same_vocab, load_model, load_tokenizer
+from opd_cli.core.prompts import build_prompt
 from opd_cli.toy.tiny_qwen import QWEN3_VOCAB
 
 runner = CliRunner()

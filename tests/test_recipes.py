@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 import opd_cli
-from opd_cli.config import build_config
+from opd_cli.core.config import build_config
 
 # accelerate-*.yaml are `accelerate launch` configs, not opd recipes (tests/test_sharded.py loads them)
 RECIPES = sorted(p for p in (Path(__file__).resolve().parents[1] / "recipes").glob("*.y*ml") if not p.name.startswith("accelerate-"))
@@ -57,7 +57,7 @@ def test_recipes_exist() -> None:
 def vllm_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Recipes that name `backend: vllm` validate whether or not this machine has the vllm extra: the extra is
     checked when a command runs (tests/test_cli.py checks that message), the recipe's fields here."""
-    monkeypatch.setattr("opd_cli.generation.vllm_available", lambda: True)
+    monkeypatch.setattr("opd_cli.core.generation.vllm_available", lambda: True)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
@@ -70,7 +70,7 @@ def test_recipe_validates(path: Path, vllm_extra: None) -> None:
     assert data["command"] in classes, f"{path.name}: no config dataclass with command = {data['command']!r} in opd_cli"
     assert f"opd {data['command']} " in first + " ", f"{path.name}: the first line runs another command than `command:`"
     cfg = build_config(classes[data["command"]], path, EXTRA.get(path.name, {}))
-    from opd_cli.config import to_dict
+    from opd_cli.core.config import to_dict
 
     resolved = to_dict(cfg)
     differs = {k: (v, resolved.get(k)) for k, v in data.items() if resolved.get(k) != v and str(resolved.get(k)) != str(v)}
@@ -78,7 +78,7 @@ def test_recipe_validates(path: Path, vllm_extra: None) -> None:
 
 
 def test_paper_eval_settings(vllm_extra: None) -> None:
-    from opd_cli.evaluate import EvalConfig
+    from opd_cli.evaluate.config import EvalConfig
 
     cfg = build_config(EvalConfig, Path(__file__).resolve().parents[1] / "recipes" / "eval-paper.yaml", {"model": "m"})
     assert (cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.backend) == (1.0, 1.0, 16384, "vllm")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from opd_cli.config import build_config
+from opd_cli.core.config import build_config
 
 RECORDED = {
     "sampled": {"loss": -0.026403427124023438, "kl": -0.00792102813720703},
@@ -53,8 +53,9 @@ def test_loss_and_logged_kl_match_the_recorded_values(tiny_model_dirs, prompts_f
     again the same way and say in the commit message why they moved. A drift with no such change is a bug."""
     import torch
 
-    import opd_cli.trainer as trainer_mod
-    from opd_cli.train import TrainConfig, run_train
+    import opd_cli.train.trainer as trainer_mod
+    from opd_cli.train.config import TrainConfig
+    from opd_cli.train.run import run_train
 
     seen: dict = {}
 

@@ -28,7 +28,7 @@ def _expected_lengths(tok_dir: Path, pairs: list[tuple[str, str]], max_length: i
     """prompt + completion + eos tokens, computed independently of TRL, cut at max_length."""
     from transformers import AutoTokenizer
 
-    from opd_cli.prompts import build_prompt
+    from opd_cli.core.prompts import build_prompt
 
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     out = []
@@ -51,7 +51,7 @@ def _paper_flops(model_dir: Path, sum_s: float, sum_s2: float, coef: float = 12)
 
 
 def _cfg(student: Path, data: Path, out: Path, **kw):
-    from opd_cli.config import build_config
+    from opd_cli.core.config import build_config
     from opd_cli.sft_baseline import SftConfig
 
     base = dict(
@@ -76,7 +76,7 @@ def test_sft_smoke_metrics_flops_checkpoint(tiny_model_dirs: tuple[Path, Path], 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from opd_cli.runs import list_checkpoints, read_config, read_metrics
+    from opd_cli.core.runs import list_checkpoints, read_config, read_metrics
     from opd_cli.sft_baseline import run_sft
 
     student, _ = tiny_model_dirs
@@ -110,7 +110,7 @@ def test_sft_smoke_metrics_flops_checkpoint(tiny_model_dirs: tuple[Path, Path], 
 
 
 def test_prefix_sft_truncates(tiny_model_dirs: tuple[Path, Path], tmp_path: Path) -> None:
-    from opd_cli.runs import read_metrics
+    from opd_cli.core.runs import read_metrics
     from opd_cli.sft_baseline import run_sft
 
     student, _ = tiny_model_dirs
@@ -124,7 +124,7 @@ def test_prefix_sft_truncates(tiny_model_dirs: tuple[Path, Path], tmp_path: Path
 
 
 def test_sft_resume_extends_run(tiny_model_dirs: tuple[Path, Path], tmp_path: Path) -> None:
-    from opd_cli.runs import list_checkpoints, read_metrics
+    from opd_cli.core.runs import list_checkpoints, read_metrics
     from opd_cli.sft_baseline import run_sft
 
     student, _ = tiny_model_dirs
@@ -145,7 +145,7 @@ def test_sft_generate_with_teacher(tiny_model_dirs: tuple[Path, Path], tmp_path:
     examples (prompt + response, as written), not on the data file's own responses."""
     from itertools import combinations
 
-    from opd_cli.runs import read_metrics
+    from opd_cli.core.runs import read_metrics
     from opd_cli.sft_baseline import TEACHER_CACHE, run_sft
 
     student, teacher = tiny_model_dirs
@@ -203,7 +203,7 @@ def test_cli_bad_inputs(tmp_path: Path) -> None:
 def test_sft_recipes_load(path: Path) -> None:
     import yaml
 
-    from opd_cli.config import build_config
+    from opd_cli.core.config import build_config
     from opd_cli.sft_baseline import SftConfig
 
     first = path.read_text().splitlines()[0]
@@ -223,11 +223,12 @@ def test_sft_recipes_load(path: Path) -> None:
 def test_sft_checkpoint_starts_opd_and_flops_agree(tiny_model_dirs: tuple[Path, Path], tmp_path: Path) -> None:
     """Off-policy cold start (Rethinking OPD §5.1): the SFT checkpoint is a valid `opd train --student`; and
     `opd flops` recomputes the SFT run's logged total from its metrics."""
-    from opd_cli.config import build_config
+    from opd_cli.core.config import build_config
+    from opd_cli.core.runs import list_checkpoints, read_config, read_metrics
     from opd_cli.flops import run_totals
-    from opd_cli.runs import list_checkpoints, read_config, read_metrics
     from opd_cli.sft_baseline import run_sft
-    from opd_cli.train import TrainConfig, run_train
+    from opd_cli.train.config import TrainConfig
+    from opd_cli.train.run import run_train
 
     student, teacher = tiny_model_dirs
     _write_data(tmp_path / "d.jsonl")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from opd_cli.runs import list_checkpoints, read_metrics
+from opd_cli.core.runs import list_checkpoints, read_metrics
 
 LAUNCH = Path(__file__).with_name("sharded_launch.py")
 # what must agree with one process: rollouts exactly, every loss and metric to float summation order
@@ -52,8 +52,9 @@ def _launch(*items: dict, **env: str) -> None:
 
 
 def _one_process(cfg: dict) -> list[dict]:
-    from opd_cli.config import build_config
-    from opd_cli.train import TrainConfig, run_train
+    from opd_cli.core.config import build_config
+    from opd_cli.train.config import TrainConfig
+    from opd_cli.train.run import run_train
 
     run_train(build_config(TrainConfig, None, {**cfg, "micro_batch_size": 2 * cfg["micro_batch_size"]}))
     return read_metrics(cfg["output_dir"])
@@ -200,8 +201,8 @@ def test_zero3_heads_are_gathered_wherever_they_are_read(untied_dirs, prompts_fi
     import trl.kernels.chunked_divergence as chunked_divergence
     import trl.trainer.utils as trl_utils
 
-    import opd_cli.trainer as trainer_mod
-    from opd_cli import pg_opd
+    import opd_cli.train.trainer as trainer_mod
+    from opd_cli.train import pg_opd
 
     seen: dict = {}
     class Checked(trainer_mod.OpdTrainer):
@@ -226,8 +227,9 @@ def test_zero3_heads_are_gathered_wherever_they_are_read(untied_dirs, prompts_fi
             return inputs
 
     monkeypatch.setattr(trainer_mod, "OpdTrainer", Checked)
-    from opd_cli.config import build_config
-    from opd_cli.train import TrainConfig, run_train
+    from opd_cli.core.config import build_config
+    from opd_cli.train.config import TrainConfig
+    from opd_cli.train.run import run_train
 
     run_train(build_config(TrainConfig, None, _cfg(untied_dirs, prompts_file, tmp_path / "run", steps=1, save_every=0,
                                                      micro_batch_size=4, loss=loss, topk=4)))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from opd_cli.errors import OpdError
-from opd_cli.prompts import build_prompt
+from opd_cli.core.errors import OpdError
+from opd_cli.core.prompts import build_prompt
 from opd_cli.toy import task
 
 SIZES = {"train": 400, "dev": 50, "test": 50, "ood": 50}
@@ -386,7 +386,7 @@ def test_build_test_accuracy_grades_the_sampled_answers(toy_tokenizer_dir):
 
 
 def test_world_models_load_through_opd_models(tiny_world):
-    from opd_cli.models import check_same_vocab, load_model, load_tokenizer
+    from opd_cli.core.models import check_same_vocab, load_model, load_tokenizer
 
     ts, tt = load_tokenizer(str(tiny_world.student_dir)), load_tokenizer(str(tiny_world.teacher_dir))
     ms, mt = (
@@ -459,7 +459,7 @@ def test_default_root_follows_env(monkeypatch, tmp_path):
 
 
 def test_build_config_checks_and_recipe(tmp_path):
-    from opd_cli.config import build_config
+    from opd_cli.core.config import build_config
     from opd_cli.toy.build import ToyBuildConfig
 
     with pytest.raises(OpdError, match="teacher_steps"):
@@ -480,7 +480,7 @@ def test_toy_build_cli_runs_a_recipe(tiny_world, tmp_path):
     from typer.testing import CliRunner
 
     from opd_cli.cli import app
-    from opd_cli.config import to_dict
+    from opd_cli.core.config import to_dict
     from opd_cli.toy.build import ToyBuildConfig
 
     fields = to_dict(dataclasses.replace(ToyBuildConfig.miniature(tmp_path / "w"), teacher_steps=2, student_steps=2))

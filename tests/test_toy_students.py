@@ -18,7 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from opd_cli.cli import app
-from opd_cli.errors import OpdError
+from opd_cli.core.errors import OpdError
 
 runner = CliRunner()
 
@@ -69,7 +69,7 @@ def _stop_at_tokenizer(monkeypatch: pytest.MonkeyPatch) -> None:
     def load_tokenizer(path, *a, **k):
         raise Stop(str(path))
 
-    monkeypatch.setattr("opd_cli.models.load_tokenizer", load_tokenizer)
+    monkeypatch.setattr("opd_cli.core.models.load_tokenizer", load_tokenizer)
 
 
 # ------------------------------------------------------------------------------------- the world's seed
@@ -176,7 +176,7 @@ def test_eval_of_the_small_student(patched_world, seed1_world, tmp_path: Path, m
 
 
 def test_eval_run_step0_is_the_run_student(patched_world, seed1_world, tmp_path: Path) -> None:
-    from opd_cli.evaluate_run import initial_student
+    from opd_cli.evaluate.run import initial_student
 
     root = seed1_world.root
     for saved, want in (({"toy_student": "small"}, root / "student-small"), ({"toy_student": "large"}, root / "student"),
@@ -215,7 +215,8 @@ def test_analyses_resolve_the_small_student(patched_world, seed1_world, tmp_path
 
 
 def test_window_ablation_passes_the_student_through(tmp_path: Path) -> None:
-    from opd_cli.window_ablation import WindowAblationConfig, plan_runs
+    from opd_cli.window_ablation.config import WindowAblationConfig
+    from opd_cli.window_ablation.run import plan_runs
 
     def students(**kw) -> set[str]:
         cfg = WindowAblationConfig(windows=["4:8"], prefix_ref=4, **kw)
@@ -229,10 +230,10 @@ def test_window_ablation_passes_the_student_through(tmp_path: Path) -> None:
 
 def test_runs_saved_before_toy_student_stay_resumable(tmp_path: Path) -> None:
     """A config.yaml without toy_student reads as the default (large): resume and ablation reuse still match it."""
-    from opd_cli.config import to_dict
-    from opd_cli.runs import open_run
-    from opd_cli.train import TrainConfig
-    from opd_cli.window_ablation_reuse import _check_reusable, find_stand_in
+    from opd_cli.core.config import to_dict
+    from opd_cli.core.runs import open_run
+    from opd_cli.train.config import TrainConfig
+    from opd_cli.window_ablation.reuse import _check_reusable, find_stand_in
 
     run = tmp_path / "run"
     cfg = TrainConfig(output_dir=str(run), steps=2, save_every=1)
@@ -257,8 +258,8 @@ def test_runs_saved_before_toy_student_stay_resumable(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ flops
 def test_flops_costs_a_small_student_run_with_its_shape(seed1_world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from opd_cli.core.flops_formula import ModelShape, opd_flops
     from opd_cli.flops import run_totals
-    from opd_cli.flops_formula import ModelShape, opd_flops
 
     root = seed1_world.root
     monkeypatch.setenv("OPD_TOY_DIR", str(root))

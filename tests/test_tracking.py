@@ -10,14 +10,14 @@ import pytest
 from typer.testing import CliRunner
 
 from opd_cli.cli import app
-from opd_cli.config import build_config
-from opd_cli.runs import read_metrics
+from opd_cli.core.config import build_config
+from opd_cli.core.runs import read_metrics
 
 needs_tensorboard = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard (dev extra) not installed")
 
 
 def _train_cfg(tiny_model_dirs, prompts_file, out, **over):
-    from opd_cli.train import TrainConfig
+    from opd_cli.train.config import TrainConfig
 
     student, teacher = tiny_model_dirs
     base = dict(student=str(student), teacher=str(teacher), data=str(prompts_file), steps=2, batch_size=4, micro_batch_size=2,
@@ -53,7 +53,7 @@ def _scalars(folder: Path) -> dict[str, dict[int, float]]:
 
 @needs_tensorboard
 def test_train_reports_metrics_jsonl_names_to_tensorboard(tiny_model_dirs, prompts_file, tmp_path):
-    from opd_cli.train import run_train
+    from opd_cli.train.run import run_train
 
     out = tmp_path / "run"
     run_train(_train_cfg(tiny_model_dirs, prompts_file, out, report_to=["tensorboard"]))
@@ -76,7 +76,7 @@ def test_sft_reports_metrics_jsonl_names_to_tensorboard(tiny_model_dirs, tmp_pat
 
 
 def test_report_to_parsing():
-    from opd_cli.tracking import parse_report_to
+    from opd_cli.core.tracking import parse_report_to
 
     assert parse_report_to(None) == [] and parse_report_to(["none"]) == []
     if importlib.util.find_spec("tensorboard") is not None:
@@ -120,7 +120,7 @@ def test_push_to_hub_uploads_the_final_model(tiny_model_dirs, prompts_file, tmp_
     import huggingface_hub
 
     from opd_cli.sft_baseline import run_sft
-    from opd_cli.train import run_train
+    from opd_cli.train.run import run_train
 
     _FakeHub.calls = []
     monkeypatch.setattr(huggingface_hub, "HfApi", _FakeHub)

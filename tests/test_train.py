@@ -10,14 +10,14 @@ import pytest
 from typer.testing import CliRunner
 
 from opd_cli.cli import app
-from opd_cli.config import build_config
-from opd_cli.runs import list_checkpoints, read_metrics
+from opd_cli.core.config import build_config
+from opd_cli.core.runs import list_checkpoints, read_metrics
 
 TIMING = {"time_generate", "time_teacher", "time_update", "time_step", "wall_time"}
 
 
 def _cfg(tiny_model_dirs, prompts_file, out, **over):
-    from opd_cli.train import TrainConfig
+    from opd_cli.train.config import TrainConfig
 
     student, teacher = tiny_model_dirs
     base = dict(
@@ -29,7 +29,7 @@ def _cfg(tiny_model_dirs, prompts_file, out, **over):
 
 
 def _train(tiny_model_dirs, prompts_file, out, **over):
-    from opd_cli.train import run_train
+    from opd_cli.train.run import run_train
 
     run_train(_cfg(tiny_model_dirs, prompts_file, out, **over))
     return read_metrics(out)
@@ -46,7 +46,7 @@ def base_run(tiny_model_dirs, prompts_file, tmp_path_factory):
 
 
 def test_three_step_run_writes_every_metric(base_run):
-    from opd_cli.train import METRIC_KEYS
+    from opd_cli.train.config import METRIC_KEYS
 
     out, rows = base_run
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -257,7 +257,7 @@ def _peak_rss_mib(tiny_dirs, prompts_file, out, **over) -> float:
 
     cfg = dict(student=str(tiny_dirs[0]), teacher=str(tiny_dirs[1]), data=str(prompts_file), steps=1, save_every=0,
                max_new_tokens=16, kl_bin=4, device="cpu", output_dir=str(out), ignore_eos=True, **over)
-    code = ("import json, resource, sys; from opd_cli.config import build_config; from opd_cli.train import TrainConfig, run_train; "
+    code = ("import json, resource, sys; from opd_cli.core.config import build_config; from opd_cli.train.config import TrainConfig; from opd_cli.train.run import run_train; "
             "run_train(build_config(TrainConfig, None, json.loads(sys.argv[1]))); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
     res = subprocess.run([sys.executable, "-c", code, json.dumps(cfg)], capture_output=True, text=True,
@@ -282,8 +282,8 @@ def test_compute_loss_and_gradient_match_the_maths_reference(tiny_model_dirs, pr
     import torch
     from transformers import AutoModelForCausalLM
 
-    import opd_cli.trainer as trainer_mod
-    from opd_cli import maths
+    import opd_cli.train.trainer as trainer_mod
+    from opd_cli.core import maths
 
     seen: dict = {}
     class Recording(trainer_mod.OpdTrainer):

@@ -27,7 +27,7 @@ else:
 
 import torch  # noqa: E402
 
-from opd_cli.runs import list_checkpoints, read_metrics  # noqa: E402
+from opd_cli.core.runs import list_checkpoints, read_metrics  # noqa: E402
 
 LOGP_TOL = 2e-3  # vLLM's float32 kernels against an HF float32 forward, nats per token (measured: ~1e-5)
 MEM = 0.1  # share of the NUMA node (CPU) / GPU each engine reserves in these tests
@@ -133,7 +133,7 @@ def hf_logprobs(model_dir, batch) -> torch.Tensor:
 @pytest.fixture
 def recorded(monkeypatch):
     """Every micro-batch `compute_loss` receives, with its optimizer step (1-based) and the loss it returned."""
-    import opd_cli.trainer as trainer_mod
+    import opd_cli.train.trainer as trainer_mod
 
     seen: list[tuple[int, dict, float]] = []
     class Recording(trainer_mod.OpdTrainer):
@@ -148,8 +148,9 @@ def recorded(monkeypatch):
 
 
 def train(models, prompts_file, out, **over):
-    from opd_cli.config import build_config
-    from opd_cli.train import TrainConfig, run_train
+    from opd_cli.core.config import build_config
+    from opd_cli.train.config import TrainConfig
+    from opd_cli.train.run import run_train
 
     student, teacher = models
     base = dict(student=str(student), teacher=str(teacher), data=str(prompts_file), steps=3, batch_size=8,
@@ -164,7 +165,7 @@ def check_rollouts_came_from_synced_weights(seen, run, student, teacher) -> None
     """Each step's rollout log-probs (vLLM's, kept as logp_old) equal an HF forward of the weights that sampled
     them: the initial student at step 1, checkpoint k-1 at step k (so the engine got every update); and each
     micro-batch's loss equals the HF path's loss on the same completions (logp_old = the HF log-probs)."""
-    from opd_cli.maths import sampled_loss
+    from opd_cli.core.maths import sampled_loss
 
     sampled_by = {1: student, **{k + 1: path for k, path in list_checkpoints(run)}}
     steps = sorted({s for s, _, _ in seen})
@@ -191,9 +192,10 @@ def test_colocated_rollouts_follow_the_weights_and_give_the_hf_loss(models, prom
 def test_colocated_rollouts_on_the_toy_world(tmp_path, recorded):
     """The shipped toy world's teacher and larger student, its training prompts and prefix recipe's length (L = 10):
     three colocated vLLM steps whose rollouts come from the synced weights and give the HF path's loss."""
-    from opd_cli.config import build_config
+    from opd_cli.core.config import build_config
     from opd_cli.toy.build import toy_model_paths
-    from opd_cli.train import TrainConfig, run_train
+    from opd_cli.train.config import TrainConfig
+    from opd_cli.train.run import run_train
 
     student, teacher = toy_model_paths("large")
     cfg = build_config(TrainConfig, Path(__file__).resolve().parents[1] / "recipes" / "train-toy-prefix.yaml",
@@ -265,8 +267,8 @@ def test_eval_run_reloads_each_checkpoint_into_one_engine(models, prompts_file, 
     import yaml
 
     from opd_cli.data import load_file
-    from opd_cli.evaluate import EvalConfig
-    from opd_cli.evaluate_run import evaluate_run
+    from opd_cli.evaluate.config import EvalConfig
+    from opd_cli.evaluate.run import evaluate_run
     from opd_cli.toy.tiny_qwen import save_random_model
     from opd_cli.toy.tokenizer import build_tokenizer
 
@@ -332,7 +334,7 @@ def teacher_server(models, tmp_path_factory):
 
 
 def test_served_teacher_log_probs_equal_the_local_teachers(models, teacher_server):
-    from opd_cli.served_teacher import ServedTeacher
+    from opd_cli.core.served_teacher import ServedTeacher
 
     prompt = torch.tensor([[0, 0, 5, 6, 7], [9, 10, 11, 12, 13]])
     pmask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
@@ -373,7 +375,7 @@ def test_a_teacher_server_that_dies_is_one_line_and_the_run_resumes(models, prom
     do; with the server back, --if-exists resume finishes the run from that checkpoint."""
     from transformers import TrainerCallback
 
-    from opd_cli.errors import OpdError
+    from opd_cli.core.errors import OpdError
 
     server = Server(models[1], tmp_path / "server.log", "--max-logprobs", "16").start()
 
@@ -381,8 +383,9 @@ def test_a_teacher_server_that_dies_is_one_line_and_the_run_resumes(models, prom
         def on_save(self, args, state, control, **kwargs):
             server.stop(signal.SIGKILL)
 
-    from opd_cli.config import build_config
-    from opd_cli.train import TrainConfig, run_train
+    from opd_cli.core.config import build_config
+    from opd_cli.train.config import TrainConfig
+    from opd_cli.train.run import run_train
 
     cfg = dict(student=str(models[0]), teacher=str(models[1]), data=str(prompts_file), steps=3, batch_size=4,
                micro_batch_size=4, max_new_tokens=12, save_every=1, teacher_server=server.url, output_dir=str(tmp_path / "run"))

@@ -39,8 +39,8 @@ from opd_cli.analyses.position_table import (
     table_columns,
     write_table,
 )
-from opd_cli.config import check, field
-from opd_cli.errors import OpdError
+from opd_cli.core.config import check, field
+from opd_cli.core.errors import OpdError
 from opd_cli.toy.world import check_toy_student
 
 
@@ -109,7 +109,7 @@ class KlByPositionConfig:
 # ------------------------------------------------------------------------------------------- sources
 def resolve_checkpoints(cfg: KlByPositionConfig, run_cfg: dict) -> list[tuple[int, str]]:
     """(step, model path) for each curve to roll out."""
-    from opd_cli.runs import CKPT_PREFIX, list_checkpoints
+    from opd_cli.core.runs import CKPT_PREFIX, list_checkpoints
 
     if cfg.models:
         out = []
@@ -156,14 +156,14 @@ def rollout_bins(student: Any, teacher: Any, tokenizer: Any, prompts: list[str],
     counts, stats, the sampled groups of each prompt, each rollout's sequence-mean reward ``mean_t(logp_T - logp_S)``
     with None for a rollout without tokens). The student's log-probs are recomputed with one forward pass on the
     finished rollouts (at temperature 1 they are the sampling log-probs of training's ``logp_old``): by
-    :func:`~opd_cli.scoring.response_logprobs` for kl alone, by :func:`~opd_cli.scoring.response_profiles` (which
+    :func:`~opd_cli.core.scoring.response_logprobs` for kl alone, by :func:`~opd_cli.core.scoring.response_profiles` (which
     also gives the entropies and the overlap) when more metrics are asked for.
     """
     import torch
 
-    from opd_cli import maths
-    from opd_cli.generation import sample
-    from opd_cli.scoring import response_logprobs, response_profiles
+    from opd_cli.core import maths
+    from opd_cli.core.generation import sample
+    from opd_cli.core.scoring import response_logprobs, response_profiles
 
     groups = sample(student, tokenizer, prompts, n=cfg.samples, temperature=cfg.temperature, top_p=cfg.top_p,
                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed, progress=progress)
@@ -224,9 +224,9 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
     from rich.console import Console
 
     from opd_cli.analyses import rollout_rewards as rr
-    from opd_cli.config import summary_line
-    from opd_cli.log import progress_bar
-    from opd_cli.runs import open_run, read_config, read_metrics, write_json
+    from opd_cli.core.config import summary_line
+    from opd_cli.core.log import progress_bar
+    from opd_cli.core.runs import open_run, read_config, read_metrics, write_json
     from opd_cli.toy.build import toy_model_paths
 
     console = Console(stderr=True)
@@ -273,8 +273,8 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
         else:
             todo.append((step, path))
     if todo:
-        from opd_cli.models import check_same_vocab, load_model, load_tokenizer
-        from opd_cli.prompts import build_prompt
+        from opd_cli.core.models import check_same_vocab, load_model, load_tokenizer
+        from opd_cli.core.prompts import build_prompt
 
         if problems is None:
             problems, where = _problems(cfg, run_cfg)

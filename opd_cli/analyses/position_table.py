@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from opd_cli.errors import OpdError
+from opd_cli.core.errors import OpdError
 
 COLUMNS = ("source", "step", "bin_start", "bin_end", "mean_kl", "tokens")
 METRICS = ("kl", "entropy-student", "entropy-teacher", "overlap")
@@ -35,11 +35,11 @@ def bin_positions(values_BT: Any, mask_BT: Any, bin_size: int) -> tuple[list[flo
 
     Position t (0 = first response token) falls in bin ``t // bin_size``. Returns ``(means, counts)`` up to the
     last bin that holds a token; a bin with no tokens has mean None. The sums come from
-    :func:`opd_cli.maths.bin_by_position`, the same binning `opd train` logs with.
+    :func:`opd_cli.core.maths.bin_by_position`, the same binning `opd train` logs with.
     """
     import torch
 
-    from opd_cli import maths
+    from opd_cli.core import maths
 
     if bin_size < 1:
         raise ValueError(f"bin_size must be >= 1, got {bin_size}")
@@ -92,7 +92,7 @@ def span(steps: list[int]) -> str:
 
 def write_table(out: Path, rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> None:
     """``kl_by_position.csv`` and ``.json`` with ``columns`` (an extra metric is empty/null on logged rows)."""
-    from opd_cli.runs import write_json
+    from opd_cli.core.runs import write_json
 
     rows = [{c: r.get(c) for c in columns} for r in rows]
     with (out / "kl_by_position.csv").open("w", newline="") as f:

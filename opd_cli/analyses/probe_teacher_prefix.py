@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opd_cli.config import check, field
+from opd_cli.core.config import check, field
 from opd_cli.toy.world import check_toy_student
 
 COLUMNS = ("length", "mean_acc", "stderr", "n", "mean_prefix_tokens")
@@ -36,7 +36,7 @@ PREFIX_FROM = ("teacher", "student")
 TEACHER_FILE = "teacher_samples.jsonl"  # the writer's solutions: <writer>_samples.jsonl
 STUDENT_FILE = "student_samples.jsonl"
 SAMPLES_FILE = "samples.jsonl"
-ANSWER_MARKERS = ("</think>", "\\boxed", "\\fbox")  # what opd_cli.grading reads an answer from
+ANSWER_MARKERS = ("</think>", "\\boxed", "\\fbox")  # what opd_cli.core.grading reads an answer from
 
 
 @dataclass
@@ -180,12 +180,12 @@ def run_probe(cfg: ProbeConfig) -> list[dict]:
     """Written solutions, then the other model from each prefix length; write probe.csv and summary.json."""
     from rich.console import Console
 
-    from opd_cli.config import summary_line
+    from opd_cli.core.config import summary_line
+    from opd_cli.core.log import progress_bar
+    from opd_cli.core.models import check_same_vocab, load_tokenizer
+    from opd_cli.core.runs import open_run, write_json
     from opd_cli.data import load_problems
-    from opd_cli.evaluate import summarize
-    from opd_cli.log import progress_bar
-    from opd_cli.models import check_same_vocab, load_tokenizer
-    from opd_cli.runs import open_run, write_json
+    from opd_cli.evaluate.model import summarize
     from opd_cli.toy.build import toy_model_paths
 
     console = Console(stderr=True)
@@ -245,7 +245,7 @@ def run_probe(cfg: ProbeConfig) -> list[dict]:
 
 
 def _prompts(tokenizer: Any, problems: list[Any], cfg: ProbeConfig, teacher_tok: Any = None) -> list[str]:
-    from opd_cli.prompts import build_prompt
+    from opd_cli.core.prompts import build_prompt
 
     return [build_prompt(tokenizer, p.question, template=cfg.template, think=cfg.think, teacher_tokenizer=teacher_tok)
             for p in problems]
@@ -254,9 +254,9 @@ def _prompts(tokenizer: Any, problems: list[Any], cfg: ProbeConfig, teacher_tok:
 def _solutions(cfg: ProbeConfig, out: Path, problems: list[Any], paths: dict[str, str], toks: dict[str, Any],
                progress: Any, console: Any) -> dict[tuple[str, int], dict]:
     """n graded solutions per problem by the writer (``--prefix-from``), from the cache when it is complete."""
-    from opd_cli.generation import sample
-    from opd_cli.grading import grade
-    from opd_cli.models import load_model
+    from opd_cli.core.generation import sample
+    from opd_cli.core.grading import grade
+    from opd_cli.core.models import load_model
 
     me = cfg.writer
     cache = out / f"{me}_samples.jsonl"
@@ -293,10 +293,10 @@ def _solutions(cfg: ProbeConfig, out: Path, problems: list[Any], paths: dict[str
 def _continuation_rows(cfg: ProbeConfig, out: Path, problems: list[Any], paths: dict[str, str], toks: dict[str, Any],
                        written: dict[tuple[str, int], dict], progress: Any, console: Any) -> list[dict]:
     """One row per length (0 first): the continuing model goes on once from each written solution's prefix."""
-    from opd_cli.evaluate import summarize
-    from opd_cli.generation import sample
-    from opd_cli.grading import grade
-    from opd_cli.models import load_model
+    from opd_cli.core.generation import sample
+    from opd_cli.core.grading import grade
+    from opd_cli.core.models import load_model
+    from opd_cli.evaluate.model import summarize
 
     cache = out / SAMPLES_FILE
     done: dict[int, list[dict]] = {}

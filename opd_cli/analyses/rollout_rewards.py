@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from opd_cli.errors import OpdError
+from opd_cli.core.errors import OpdError
 
 RECORDS_FILE = "rollout_rewards.jsonl"
 AUROC_FILE = "reward_auroc.csv"
@@ -59,9 +59,9 @@ def check_answers(problems: Sequence[Any], where: str) -> None:
 
 def grade_records(step: int, problems: Sequence[Any], groups: Sequence[Sequence[Any]],
                   rewards: Sequence[Sequence[float | None]]) -> list[dict[str, Any]]:
-    """One record per rollout: ``groups[i][j]`` (an :class:`opd_cli.generation.Sample` of problem i) graded against
+    """One record per rollout: ``groups[i][j]`` (an :class:`opd_cli.core.generation.Sample` of problem i) graded against
     ``problems[i]``, with its sequence-mean reward ``rewards[i][j]`` (None for a rollout without tokens)."""
-    from opd_cli.grading import grade
+    from opd_cli.core.grading import grade
 
     records = []
     for prob, group, rews in zip(problems, groups, rewards, strict=True):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from opd_cli.log import logger
+from opd_cli.core.log import logger
 from opd_cli.plot.config import PlotConfig
 from opd_cli.plot.curves import (
     plot_compute_vs_acc,

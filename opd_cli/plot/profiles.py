@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opd_cli.analyses.rollout_rewards import RECORDS_FILE, auroc, read_records
-from opd_cli.errors import OpdError
+from opd_cli.core.errors import OpdError
+from opd_cli.core.table_io import write_csv
 from opd_cli.plot.curves import evenly_spaced
 from opd_cli.plot.draw import PlotResult, _panels, _plt, axes_data, save
 from opd_cli.plot.read import collect, label, read_csv
-from opd_cli.table_io import write_csv
 
 if TYPE_CHECKING:
     from opd_cli.plot.config import PlotConfig

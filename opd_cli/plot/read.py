@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opd_cli.errors import OpdError
-from opd_cli.log import logger
+from opd_cli.core.errors import OpdError
+from opd_cli.core.log import logger
 
 if TYPE_CHECKING:
     from opd_cli.plot.config import PlotConfig
@@ -62,7 +62,7 @@ def collect(cfg: PlotConfig, load: Callable[[Path], Any], needs: str = "") -> li
 def label(run: Path) -> str:
     """Method label: the config's ``name`` (an SFT run's prefixed with "sft"), a model evaluated without training
     as "base <model>", else the folder name; runs of the toy world's small student end in " (small)"."""
-    from opd_cli.runs import read_config
+    from opd_cli.core.runs import read_config
 
     config = read_config(run)
     small = " (small)" if config.get("toy_student") == "small" else ""
@@ -76,7 +76,7 @@ def label(run: Path) -> str:
 
 
 def metrics_by_step(run: Path) -> dict[int, dict[str, Any]]:
-    from opd_cli.runs import read_metrics
+    from opd_cli.core.runs import read_metrics
 
     out: dict[int, dict[str, Any]] = {}
     for r in read_metrics(run):

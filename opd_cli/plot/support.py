@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opd_cli.errors import OpdError
+from opd_cli.core.errors import OpdError
 from opd_cli.plot.draw import PlotResult, _panels, axes_data, save
 from opd_cli.plot.read import collect, dev_curve, label, metrics_by_step
 
@@ -38,7 +38,7 @@ def _load(run: Path, cfg: PlotConfig) -> tuple[str, dict[int, float], dict[int, 
 
 
 def _draw(cfg: PlotConfig, out: Path, stem: str, name: Any) -> PlotResult:
-    from opd_cli.runs import read_config
+    from opd_cli.core.runs import read_config
 
     runs = collect(cfg, lambda run: _load(run, cfg))
     fig, axes = _panels(1 + len(DYNAMICS), 4.0)

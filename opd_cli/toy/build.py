@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opd_cli.config import check, field
-from opd_cli.errors import OpdError
+from opd_cli.core.config import check, field
+from opd_cli.core.errors import OpdError
 from opd_cli.toy.world import ToyWorld, default_root, invalid_reason, load_world, write_manifest
 
 
@@ -104,9 +104,9 @@ def _sizes(cfg: ToyBuildConfig) -> dict[str, int]:
 
 
 def _test_accuracy(model: Any, tok: Any, records: list[dict[str, Any]], cfg: ToyBuildConfig, seed: int) -> float:
-    from opd_cli.generation import sample
-    from opd_cli.grading import math_accuracy
-    from opd_cli.prompts import build_prompt
+    from opd_cli.core.generation import sample
+    from opd_cli.core.grading import math_accuracy
+    from opd_cli.core.prompts import build_prompt
 
     prompts = [build_prompt(tok, r["question"]) for r in records]
     groups = sample(model, tok, prompts, n=1, max_new_tokens=cfg.max_new_tokens, batch_size=100, seed=seed)
@@ -232,7 +232,7 @@ def toy_model_paths(student: str = "large", console: Any = None) -> tuple[str, s
 
 
 def _build(cfg: ToyBuildConfig, root: Path, console: Any) -> Any:
-    from opd_cli.log import progress_bar
+    from opd_cli.core.log import progress_bar
     from opd_cli.toy.task import generate_splits, write_jsonl
     from opd_cli.toy.tiny_qwen import encode_pairs, save_model
     from opd_cli.toy.tokenizer import build_tokenizer
@@ -313,7 +313,7 @@ _SCHEDULE_FIELDS = ("teacher_steps", "teacher_min_steps", "check_every", "check_
 
 def _config_key(cfg: ToyBuildConfig) -> dict[str, Any]:
     """The fields that determine what gets built (not where, and not whether to rebuild)."""
-    from opd_cli.config import to_dict
+    from opd_cli.core.config import to_dict
 
     return {k: v for k, v in to_dict(cfg).items() if k not in ("root", "rebuild")}
 
@@ -322,7 +322,7 @@ def _same_world(built: Any, cfg: ToyBuildConfig) -> bool:
     """Whether a cached manifest's config matches ``cfg`` on every field except the teacher's schedule."""
     if not isinstance(built, dict):
         return False
-    from opd_cli.config import differing_keys
+    from opd_cli.core.config import differing_keys
 
     return not differing_keys(built, _config_key(cfg), _SCHEDULE_FIELDS)
 

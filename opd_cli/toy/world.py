@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opd_cli.errors import OpdError
+from opd_cli.core.errors import OpdError
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 3  # 2: two students (student-small/ beside student/); 3: single-token operations, arithmetic written out

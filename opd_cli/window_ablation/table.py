@@ -11,7 +11,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from opd_cli.runs import step_folder
+from opd_cli.core.runs import step_folder
 
 TABLE_COLUMNS = ("method", "window", "step", "dev_acc")
 

@@ -2,8 +2,8 @@
 
 ``kl-by-position`` scores student rollouts under the student and the teacher with :func:`response_logprobs`, or with
 :func:`response_profiles` when it also bins entropies or the top-k overlap; the toy world's build scores reference
-solutions with :func:`pad_right` and :func:`opd_cli.maths.token_logprobs_BT`.
-(Training scores its rollouts inside the trainer, one micro-batch at a time: :mod:`opd_cli.trainer`.)
+solutions with :func:`pad_right` and :func:`opd_cli.core.maths.token_logprobs_BT`.
+(Training scores its rollouts inside the trainer, one micro-batch at a time: :mod:`opd_cli.train.trainer`.)
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def response_logprobs(model: Any, sequences: list[list[int]], starts: list[int],
     """
     import torch
 
-    from opd_cli import maths
+    from opd_cli.core import maths
 
     ids, attn = pad_right(sequences, pad_id, next(model.parameters()).device)
     first = min(starts)
@@ -59,12 +59,12 @@ def response_profiles(student: Any, teacher: Any, sequences: list[list[int]], st
 
     Every response holds at least one token; both models sit on one device. One forward pass per model over the
     right-padded batch (as :func:`response_logprobs`); the heads then run on the response positions only, ``rows``
-    positions at a time, through TRL's chunked log-prob kernel (:func:`opd_cli.maths.head_logprobs_N`) and
-    :func:`opd_cli.maths.overlap_metrics_from_hidden_N`, so no (positions, V) logits exist at once.
+    positions at a time, through TRL's chunked log-prob kernel (:func:`opd_cli.core.maths.head_logprobs_N`) and
+    :func:`opd_cli.core.maths.overlap_metrics_from_hidden_N`, so no (positions, V) logits exist at once.
     """
     import torch
 
-    from opd_cli import maths
+    from opd_cli.core import maths
 
     dev = next(student.parameters()).device
     ids, attn = pad_right(sequences, pad_id, dev)

@@ -264,9 +264,9 @@ def overlap_metrics_from_hidden_N(
 
     Running log-sum-exps and running top-k sets (the student's, with the teacher's logits at those tokens, and the
     teacher's) are merged tile by tile, so no (N, V) tensor exists: memory is a few (N, vocab_chunk) tiles. ``k`` is
-    capped at V. Sharded heads are gathered first (:mod:`opd_cli.sharding`).
+    capped at V. Sharded heads are gathered first (:mod:`opd_cli.core.sharding`).
     """
-    from opd_cli.sharding import dense_head, gathered_heads
+    from opd_cli.core.sharding import dense_head, gathered_heads
 
     with gathered_heads(s_head, t_head):
         return _overlap_metrics(hs_NH, dense_head(s_head), ht_NH, dense_head(t_head), k, vocab_chunk)
@@ -321,7 +321,7 @@ def overlap_metrics_vs_topk_N(hs_NH: torch.Tensor, s_head: torch.nn.Module, t_id
     """:func:`overlap_metrics_from_hidden_N`'s keys against a teacher known only by its top tokens by rank
     (``t_ids``, ``t_logp``: (N, K), K >= k, as a vLLM server sends them): every quantity reads the teacher only on
     the overlap, which lies inside its top-k. The student's logits are built ``rows`` rows at a time."""
-    from opd_cli.sharding import dense_head, gathered_heads
+    from opd_cli.core.sharding import dense_head, gathered_heads
 
     if t_ids_NK.shape[-1] < k:
         raise ValueError(f"the teacher's top-{t_ids_NK.shape[-1]} cannot give top-{k} overlap metrics")
@@ -358,11 +358,11 @@ def head_logprobs_N(
     its backward recomputes each tile. Gradients flow to ``hidden`` and the head's weight and bias. ``vocab_chunk``
     (None = TRL's 32768 where its Triton kernels fold a tile in place, 8192 where the torch fallback allocates several
     temporaries per tile) is the tile width. A sharded head is gathered for the forward (ZeRO-3: the kernel's
-    backward gathers it again itself; FSDP2: once, :func:`opd_cli.sharding.dense_head`).
+    backward gathers it again itself; FSDP2: once, :func:`opd_cli.core.sharding.dense_head`).
     """
     from trl.kernels import ChunkedLogProbFunction
 
-    from opd_cli.sharding import dense_head, gathered_heads
+    from opd_cli.core.sharding import dense_head, gathered_heads
 
     if vocab_chunk is None:
         vocab_chunk = 32768 if hidden_NH.device.type in ("cuda", "xpu") else 8192

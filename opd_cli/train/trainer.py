@@ -4,29 +4,29 @@ The trainer overrides these methods of ``trl.DistillationTrainer`` (TRL 1.16) an
 
 - ``_generate_single_turn``: generation *stops* at this step's length (L, or the loss window's end). On the HF path
   each rollout's sampling noise is a function of (seed, step, its index in the global batch) only
-  (:func:`opd_cli.generation.rollout_seed`), so one process and N processes, or a resumed run, draw the same tokens; on the vLLM path
+  (:func:`opd_cli.core.generation.rollout_seed`), so one process and N processes, or a resumed run, draw the same tokens; on the vLLM path
   vLLM's sampled-token log-probs are kept instead of discarded. ``--rollout pg-opd`` generates in two stages with
-  a probe between them (:mod:`opd_cli.pg_opd`);
+  a probe between them (:mod:`opd_cli.train.pg_opd`);
 - ``_get_train_sampler``: with ``--rollout pg-opd``, each prompt ``--candidates`` times in a row;
 - ``_generate_and_score_completions``: after TRL's rollout/padding code, only the trained-token mask, vLLM's
   log-probs and ``num_items_in_batch`` = number of sequences (the paper sums over tokens). No model runs here;
 - ``compute_loss``: per micro-batch, like TRL's own loss: the student forward (with gradient), the teacher forward
   (through the forward redirection, so FSDP/ZeRO-3 gather their shards), per-token log-probs from TRL's chunked
-  log-prob kernel (no (micro-batch, T, V) logits), the ``sampled`` / ``full`` / ``topk`` loss from :mod:`opd_cli.maths`,
+  log-prob kernel (no (micro-batch, T, V) logits), the ``sampled`` / ``full`` / ``topk`` loss from :mod:`opd_cli.core.maths`,
   and the step's metrics. Memory is bounded by the micro-batch, not by the rollouts per step;
 - ``log`` and ``_save_checkpoint``: one metrics.jsonl line per optimizer step from our own accumulators (the
   trackers of ``--report-to`` get the same numbers), and checkpoints committed into ``checkpoints/step_XXXXXX`` once
   every rank has written its files;
 - ``train``: starts the step clock.
 
-``--schedule adaptive`` sets each step's L from the KL logged so far (:func:`opd_cli.maths.adaptive_prefix_lengths`).
+``--schedule adaptive`` sets each step's L from the KL logged so far (:func:`opd_cli.core.maths.adaptive_prefix_lengths`).
 
 On the HF path the rollout log-probs ``logp_old`` are the update's own log-probs, detached: weights only change at
 the optimizer step, so the importance ratio is exactly 1 and a second no-grad student pass would compute the same
 numbers again (the paper's FLOPs count still charges that pass, x/3, as verl runs it). Sampling uses temperature 1,
 top-p 1, top-k off: the sampling distribution is the model's distribution.
 
-torch, transformers and trl are imported at the top: only :func:`opd_cli.train.run_train` imports this module, so
+torch, transformers and trl are imported at the top: only :func:`opd_cli.train.run.run_train` imports this module, so
 the CLI stays free of them until a run starts.
 """
 
@@ -44,16 +44,16 @@ from trl import DistillationTrainer
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import pad
 
-from opd_cli import maths
-from opd_cli.generation import global_batch_sampling, rollout_seed
-from opd_cli.pg_opd import PG_SUMS
+from opd_cli.core import maths
+from opd_cli.core.generation import global_batch_sampling, rollout_seed
+from opd_cli.train.pg_opd import PG_SUMS
 
 METRIC_K = 16  # Rethinking-OPD metrics use k = 16
 
 
 class OpdTrainer(DistillationTrainer):
     """``trl.DistillationTrainer`` with the overrides listed above; ``opd`` is the run's
-    :class:`opd_cli.train.TrainConfig` (typed Any: importing it here would make train.py and this module a cycle)."""
+    :class:`opd_cli.train.config.TrainConfig` (typed Any: importing it here would make train/config.py and this module a cycle)."""
 
     def __init__(self, *args: Any, opd: Any, run: Any, flops_fn: Any, offsets: dict[str, float],
                  engine_dtype: str | None = None, **kwargs: Any):
@@ -64,18 +64,18 @@ class OpdTrainer(DistillationTrainer):
         self.wall_offset = offsets.get("wall_time", 0.0)
         self.progress = None
         super().__init__(*args, **kwargs)
-        from opd_cli.sharding import prepare_teacher
+        from opd_cli.core.sharding import prepare_teacher
 
         if self.teacher_model is not None:  # None: a --teacher-server scores the rollouts
             self.teacher_model = prepare_teacher(self)  # under FSDP TRL leaves it unsharded, where it was loaded
             self.teacher_model.requires_grad_(False)
         self.teacher_server = None
         if opd.teacher_server:
-            from opd_cli.served_teacher import ServedTeacher
+            from opd_cli.core.served_teacher import ServedTeacher
 
             self.teacher_server = ServedTeacher(opd.teacher_server, opd.teacher_topk, opd.vllm_timeout)
         if opd.backend == "vllm":
-            from opd_cli.vllm_engine import rollout_engine
+            from opd_cli.core.vllm_engine import rollout_engine
 
             self.use_vllm, self.vllm_mode, self._last_loaded_step = True, opd.vllm_mode, -1
             self.vllm_generation = rollout_engine(self, engine_dtype)
@@ -101,7 +101,7 @@ class OpdTrainer(DistillationTrainer):
     def _get_train_sampler(self, dataset: Any = None) -> Any:
         if self.opd.rollout != "pg-opd":
             return super()._get_train_sampler(dataset)
-        from opd_cli import pg_opd
+        from opd_cli.train import pg_opd
 
         return pg_opd.candidate_sampler(self, dataset if dataset is not None else self.train_dataset)
 
@@ -148,7 +148,7 @@ class OpdTrainer(DistillationTrainer):
         self._sync()
         t0 = time.perf_counter()
         if self.opd.rollout == "pg-opd":
-            from opd_cli import pg_opd
+            from opd_cli.train import pg_opd
 
             completion_ids, self._rollout_logprobs = pg_opd.generate(self, prompt_ids, step)
         else:
@@ -174,7 +174,7 @@ class OpdTrainer(DistillationTrainer):
 
     def _generate_hf(self, prompt_ids: list[list[int]], step: int, gen_len: int, rows_idx: list[int] | None = None,
                      global_rows: int | None = None, stage: int = 0) -> list[list[int]]:
-        """transformers ``generate`` with per-rollout seeds (see :func:`opd_cli.generation.rollout_seed`); returns completions cut
+        """transformers ``generate`` with per-rollout seeds (see :func:`opd_cli.core.generation.rollout_seed`); returns completions cut
         after their first EOS, like TRL's."""
         device = self.accelerator.device
         rows = [torch.tensor(p) for p in prompt_ids]
@@ -218,7 +218,7 @@ class OpdTrainer(DistillationTrainer):
         if self.opd.loss_tail:
             train_BT &= maths.tail_mask_BT(lengths_B, T, self.opd.loss_tail)
         if self.opd.rollout == "pg-opd":
-            from opd_cli import pg_opd
+            from opd_cli.train import pg_opd
 
             train_BT, out["loss_weight"] = pg_opd.loss_mask_and_weights(self, train_BT)
         out["train_mask"] = train_BT
@@ -284,7 +284,7 @@ class OpdTrainer(DistillationTrainer):
             if self.opd.loss == "full":  # TRL's fused reverse KL (beta = 1), (N, V) logits never materialised
                 from trl.trainer.distillation_trainer import _chunked_divergence_loss
 
-                from opd_cli.sharding import gathered_heads
+                from opd_cli.core.sharding import gathered_heads
 
                 with gathered_heads(s_head, t_head):  # ZeRO-3: the kernel's input must have the head's shape
                     loss, _, _ = _chunked_divergence_loss(h_s, h_t, s_head.weight, t_head.weight, train_BT.int(), 1.0,
@@ -359,7 +359,7 @@ class OpdTrainer(DistillationTrainer):
     # ------------------------------------------------------------------ hook 4: metrics + checkpoints
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "grad_norm" in logs and "train_runtime" not in logs:  # the once-per-optimizer-step log
-            from opd_cli.tracking import tracker_scalars
+            from opd_cli.core.tracking import tracker_scalars
 
             logs = {**logs, **tracker_scalars(self._write_metrics(logs))}  # trackers see metrics.jsonl's names
         super().log(logs, start_time)
@@ -418,7 +418,7 @@ class OpdTrainer(DistillationTrainer):
         if self.teacher_server is not None:
             rec["entropy_teacher"] = rec["entropy_gap"] = None  # not sent by a served teacher
         if self.opd.rollout == "pg-opd":
-            from opd_cli import pg_opd
+            from opd_cli.train import pg_opd
 
             rec.update(pg_opd.step_metrics(pg))
         if self.opd.schedule == "adaptive":  # every process computes the same L from the gathered KL

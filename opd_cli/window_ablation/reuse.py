@@ -10,15 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from opd_cli.errors import OpdError
-from opd_cli.runs import step_folder
-from opd_cli.tracking import TRACKING_FIELDS
+from opd_cli.core.errors import OpdError
+from opd_cli.core.runs import step_folder
+from opd_cli.core.tracking import TRACKING_FIELDS
 
 
 def _check_reusable(label: str, run_dir: Path, train_cfg: Any) -> None:
     """A complete run is reused only if it was trained with the same config (else results would be stale)."""
-    from opd_cli.config import differing_keys, to_dict, with_defaults
-    from opd_cli.runs import read_config
+    from opd_cli.core.config import differing_keys, to_dict, with_defaults
+    from opd_cli.core.runs import read_config
 
     saved = with_defaults(read_config(run_dir), train_cfg)
     diff = differing_keys(saved, to_dict(train_cfg), {"if_exists", "output_dir", *TRACKING_FIELDS}, only_now=True)
@@ -35,8 +35,8 @@ _STAND_IN_FREE = {"name", "output_dir", "if_exists", "steps", "save_every", *TRA
 
 def find_stand_in(tcfg: Any, candidates: list[str], eval_steps: list[int]) -> Path | None:
     """The first candidate run trained like ``tcfg`` for at least its steps, with checkpoints at every needed step."""
-    from opd_cli.config import differing_keys, to_dict, with_defaults
-    from opd_cli.runs import list_checkpoints, read_config
+    from opd_cli.core.config import differing_keys, to_dict, with_defaults
+    from opd_cli.core.runs import list_checkpoints, read_config
 
     want = to_dict(tcfg)
     need = {s for s in eval_steps if 0 < s <= tcfg.steps} | {tcfg.steps}
@@ -62,7 +62,7 @@ def adopt_run(src: Path, tcfg: Any, eval_steps: list[int], ecfg: Any, benchmark:
     import os
     import shutil
 
-    from opd_cli.runs import RunDir, list_checkpoints, read_metrics, write_json
+    from opd_cli.core.runs import RunDir, list_checkpoints, read_metrics, write_json
 
     dst = Path(tcfg.output_dir)
     tmp = dst.with_name(dst.name + ".adopting")

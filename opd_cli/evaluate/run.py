@@ -1,5 +1,5 @@
 """`opd eval` the command (:func:`run_eval`: a model, a run's checkpoints, or the toy world's student), built on
-:mod:`opd_cli.evaluate`'s one-model evaluation. ``opd eval --run``: the checkpoints of a training run, each on every
+:mod:`opd_cli.evaluate.model`'s one-model evaluation. ``opd eval --run``: the checkpoints of a training run, each on every
 benchmark, and the best one on a dev benchmark recorded in ``run/eval/best.json`` (docs/run-format.md); the further
 benchmarks at that best checkpoint; and the cache of step-0 evaluations (the initial student, shared by many runs).
 """
@@ -11,11 +11,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from opd_cli.config import dump_yaml, summary_line
+from opd_cli.core.config import dump_yaml, summary_line
+from opd_cli.core.errors import OpdError
+from opd_cli.core.runs import list_checkpoints, open_run, read_config, step_folder, write_json
 from opd_cli.data import Problem, load_problems
-from opd_cli.errors import OpdError
-from opd_cli.evaluate import (
-    EvalConfig,
+from opd_cli.evaluate.config import EvalConfig
+from opd_cli.evaluate.model import (
     checkpoint_loader,
     evaluate_model,
     finished_summary,
@@ -25,7 +26,6 @@ from opd_cli.evaluate import (
     resolve_benchmarks,
     toy_label,
 )
-from opd_cli.runs import list_checkpoints, open_run, read_config, step_folder, write_json
 from opd_cli.toy.build import toy_model_paths
 from opd_cli.toy.world import run_toy_student
 

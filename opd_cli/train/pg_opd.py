@@ -14,7 +14,7 @@ overlap does:
 
 Stopped candidates stay in the batch as prefix-length rollouts and train on their prefix tokens (the prefix OPD
 signal); ``--no-pg-train-stopped`` drops them from the loss. These are pure functions; the trainer
-(:mod:`opd_cli.trainer`) runs the two generation stages and the probe.
+(:mod:`opd_cli.train.trainer`) runs the two generation stages and the probe.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def overlap_weights(overlap: Sequence[float]) -> list[float]:
 def step_metrics(sums: Sequence[float]) -> dict[str, Any]:
     """metrics.jsonl's PG-OPD fields from a step's gathered :data:`PG_SUMS`: candidates generated, continued and
     stopped, the mean probe overlap of the kept and of the dropped ones, tokens per generation stage, and the probe
-    forwards' tokens and squared lengths (sum s, sum s^2: their FLOPs, :func:`opd_cli.flops_formula.probe_flops`)."""
+    forwards' tokens and squared lengths (sum s, sum s^2: their FLOPs, :func:`opd_cli.core.flops_formula.probe_flops`)."""
     d = dict(zip(PG_SUMS, sums, strict=True))
     return {
         "pg_candidates": int(d["candidates"]),
@@ -142,7 +142,7 @@ def probe_overlap(trainer: Any, prompt_ids: list[list[int]], comps: list[list[in
     One no-grad forward of each model over prompt + window, each through its wrapper's forward (TRL's forward
     redirection, as in the loss), so FSDP and ZeRO-3 gather their shards whatever ran before (HF ``generate``, a vLLM
     rollout, a backward); the top-k sets come from the LM heads one vocabulary tile at a time
-    (:func:`opd_cli.maths.overlap_metrics_from_hidden_N`). A candidate without a token scores 0.
+    (:func:`opd_cli.core.maths.overlap_metrics_from_hidden_N`). A candidate without a token scores 0.
     """
     import torch
     from trl.trainer.utils import pad
@@ -169,7 +169,7 @@ def _probe_ratios(trainer: Any, student: Any, ids: Any, attn: Any, valid: Any) -
     """The overlap ratio of every valid probe position (N,); runs inside the student wrapper's forward."""
     import torch
 
-    from opd_cli import maths
+    from opd_cli.core import maths
 
     T = valid.shape[1]
     teacher = trainer.accelerator.unwrap_model(trainer.teacher_model)

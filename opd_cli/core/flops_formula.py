@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opd_cli.config import check
-from opd_cli.errors import OpdError
+from opd_cli.core.config import check
+from opd_cli.core.errors import OpdError
 
-CONFIG_DIR = Path(__file__).parent / "model_configs"
+CONFIG_DIR = Path(__file__).parent.parent / "model_configs"  # opd_cli/model_configs
 REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
 

@@ -1,23 +1,15 @@
-"""`opd train`: prefix on-policy distillation on top of TRL's DistillationTrainer: the OPD loss of the prefix-OPD
-paper §2.1 ("On-policy Distillation"), the prefix and its linear schedule of §3 ("Methodology").
-
-This module holds the command: its options (:class:`TrainConfig`, one field per flag) and :func:`run_train`, which
-loads the prompts and models, opens or resumes the run folder, and runs the trainer of :mod:`opd_cli.trainer`
-(the ``trl.DistillationTrainer`` subclass that generates, scores and trains the prefix).
+"""`opd train`'s options: :class:`TrainConfig` (one field per flag), its panels and choices, and the keys of
+metrics.jsonl. No torch here: building a config and `opd train --help` must stay instant.
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from opd_cli.config import check, field
-from opd_cli.errors import OpdError
-from opd_cli.generation import check_backend
-from opd_cli.log import logger
-from opd_cli.runs import swap_in
+from opd_cli.core.config import check, field
+from opd_cli.core.errors import OpdError
+from opd_cli.core.generation import check_backend
 
 # the panels of `opd train --help`, in the order they are shown (Typer lists a panel where its first flag comes)
 RUN = "Run folder and tracking"
@@ -31,7 +23,7 @@ SERVED = "Served teacher"
 DEVICE = "Precision and device"
 PANELS = (RUN, MODELS, PREFIX, PG, LOSS, OPTIM, ROLLOUTS, SERVED, DEVICE)
 
-# the choices of TrainConfig's fields, here and not in maths.py: building a config must not import torch
+# the choices of TrainConfig's fields, here and not in core/maths.py: building a config must not import torch
 LOSSES = ("sampled", "full", "topk")
 TOPK_SUPPORTS = ("student", "overlap", "nonoverlap")
 SCHEDULES = ("none", "linear", "adaptive")
@@ -151,7 +143,7 @@ class TrainConfig:
         check(self.batch_size > 0 and self.micro_batch_size > 0, "--batch-size and --micro-batch-size must be > 0")
         check(self.batch_size % self.micro_batch_size == 0, f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size {self.micro_batch_size}")
         check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
-        from opd_cli.tracking import check_hub, parse_report_to
+        from opd_cli.core.tracking import check_hub, parse_report_to
 
         self.report_to = parse_report_to(self.report_to)
         check_hub(self.push_to_hub, self.hub_model_id)
@@ -168,7 +160,7 @@ class TrainConfig:
         check(not (self.prompts and self.data), "pass either --prompts or --data, not both")
 
     def _check_vllm(self) -> None:
-        from opd_cli.generation import WEIGHT_SYNCS
+        from opd_cli.core.generation import WEIGHT_SYNCS
 
         check(self.vllm_mode in VLLM_MODES, f"unknown --vllm-mode {self.vllm_mode!r}: use one of {', '.join(VLLM_MODES)}")
         check(self.vllm_weight_sync in WEIGHT_SYNCS, f"unknown --vllm-weight-sync {self.vllm_weight_sync!r}: use one of {', '.join(WEIGHT_SYNCS)}")
@@ -184,7 +176,7 @@ class TrainConfig:
         check(self.teacher_topk >= 1, f"--teacher-topk must be >= 1, got {self.teacher_topk}")
 
     def _check_pg_opd(self) -> None:
-        from opd_cli.pg_opd import PG_SELECT, ROLLOUTS
+        from opd_cli.train.pg_opd import PG_SELECT, ROLLOUTS
 
         check(self.rollout in ROLLOUTS, f"unknown --rollout {self.rollout!r}: use one of {', '.join(ROLLOUTS)}")
         if self.rollout != "pg-opd":
@@ -215,8 +207,8 @@ class TrainConfig:
 
     def prefix_len(self, step: int, adaptive: list[int] | None = None) -> int:
         """L for the rollouts of optimizer step ``step`` (0-based). The adaptive schedule's L depends on the run's
-        logged KL: ``adaptive`` = its L per step so far (:func:`opd_cli.maths.adaptive_prefix_lengths`)."""
-        from opd_cli.maths import prefix_length
+        logged KL: ``adaptive`` = its L per step so far (:func:`opd_cli.core.maths.adaptive_prefix_lengths`)."""
+        from opd_cli.core.maths import prefix_length
 
         if self.schedule == "adaptive":
             return adaptive[min(step, len(adaptive) - 1)] if adaptive else min(self.prefix_start, self.max_new_tokens)
@@ -235,230 +227,3 @@ class TrainConfig:
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else Path("runs") / f"train-{self.name}"
-
-
-# --------------------------------------------------------------------------------------------- run_train
-def _flops_fn(student: str, teacher: str, attn_coef: float):
-    """FLOPs of one step from its sequences' (sum s, sum s^2), plus PG-OPD's probe forwards' (sum, sum^2)."""
-    from opd_cli.flops_formula import ModelShape, opd_flops, probe_flops
-
-    s, t = ModelShape.from_source(student), ModelShape.from_source(teacher)
-    return lambda sum_s, sum_s2, probe_s=0.0, probe_s2=0.0: (opd_flops(s, t, sum_s, sum_s2, attn_coef)
-                                                             + probe_flops(s, t, probe_s, probe_s2, attn_coef))
-
-
-def _questions(cfg: TrainConfig, toy: bool) -> list[str]:
-    from opd_cli import data
-
-    # a 1.2 M-row source is sampled down to the prompts the run can use, never rendered whole
-    problems = data.load_problems(cfg.prompts or ("toy-train" if toy else "openthoughts3"), cfg.data, cfg.limit, cfg.seed,
-                                  needed=cfg.steps * cfg.batch_size, question_column=cfg.question_column)
-    return [p.question for p in problems]
-
-
-def _progress(total: int, start: int):
-    """A rich progress bar with step, L, loss and KL; returns (update_fn, stop_fn)."""
-    from rich.progress import TextColumn
-
-    from opd_cli.log import progress_bar
-
-    prog = progress_bar(None, TextColumn("{task.fields[info]}"))
-    task = prog.add_task("train", total=total, completed=start, info="")
-    prog.start()
-
-    def update(rec: dict[str, Any]) -> None:
-        kl = rec["kl"]
-        prog.update(task, completed=rec["step"], info=f"L={rec['prefix_len']} loss={rec['loss']:.4f} kl={kl if kl is None else round(kl, 4)}")
-
-    return update, prog.stop
-
-
-def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
-    """Train, writing runs/<name>/{config.yaml, metrics.jsonl, checkpoints/, final/}; returns the run folder.
-
-    ``callbacks``: extra ``transformers.TrainerCallback`` objects (loggers, profilers, benchmarks' timers).
-    """
-    from opd_cli.models import check_same_vocab, load_tokenizer
-
-    toy = cfg.student is None
-    if toy:
-        from opd_cli.toy.build import toy_model_paths
-
-        student_src, teacher_src = toy_model_paths(cfg.toy_student)
-    else:
-        student_src, teacher_src = str(cfg.student), str(cfg.teacher)
-
-    if cfg.backend == "vllm" or cfg.teacher_server:
-        from opd_cli.vllm_engine import preflight
-
-        preflight(cfg, student_src)  # model loadable, servers up: before the run folder is touched
-    s_tok = load_tokenizer(student_src, "student")
-    t_tok = load_tokenizer(teacher_src, "teacher")
-    check_same_vocab(s_tok, t_tok)
-    flops_fn = _flops_fn(student_src, teacher_src, cfg.attn_coef)
-    # max_new_tokens caps every response; an L beyond the model's context is a user error worth one line
-    questions = _questions(cfg, toy)
-
-    import torch
-    from accelerate import PartialState
-
-    # cpu=True lets torchrun / `accelerate launch --cpu` start a gloo process group (accelerate's MULTI_CPU)
-    state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
-    world_size = state.num_processes
-    check(cfg.batch_size % (cfg.micro_batch_size * world_size) == 0,
-          f"--batch-size {cfg.batch_size} must be a multiple of --micro-batch-size x processes = {cfg.micro_batch_size * world_size}")
-    grad_accum = cfg.batch_size // (cfg.micro_batch_size * world_size)
-
-    run, last = _open_run_folder(cfg, state)
-    resume_from, offsets = (str(last[1]), last[2]) if last else (None, {})
-    tmp_root = run.checkpoints / ".tmp"
-    if last is not None and last[0] >= cfg.steps:  # killed after its last checkpoint: only final/ is missing
-        if state.is_main_process:
-            _final_from_checkpoint(last[1], run.path)
-        state.wait_for_everyone()
-        return run.path
-
-    import torch
-    from datasets import Dataset
-    from transformers.trainer_callback import PrinterCallback
-
-    from opd_cli.models import load_model, resolve_device, resolve_dtype
-    from opd_cli.prompts import build_prompt
-
-    prompts = [build_prompt(s_tok, q, template=cfg.template, think=cfg.think, teacher_tokenizer=t_tok) for q in questions]
-    dataset = Dataset.from_dict({"prompt": prompts})
-
-    device = "cpu" if world_size > 1 and not torch.cuda.is_available() else resolve_device(cfg.device)
-    precision = resolve_dtype(cfg.dtype, device)
-    mixed = precision in (torch.bfloat16, torch.float16) and not cfg.pure_dtype
-    check(not (mixed and precision == torch.float16 and device == "cpu"),
-          "--dtype float16 mixed precision needs a CUDA GPU: use --dtype bfloat16 or float32 on CPU")
-    name = str(precision).removeprefix("torch.")
-    load_on = "cpu" if world_size > 1 else device
-    # mixed precision: fp32 master weights for the student (the optimizer updates them), the frozen teacher in half
-    student = load_model(student_src, "float32" if mixed else name, load_on, "student")
-    # a served teacher is asked over HTTP; --teacher then only names its tokenizer and shape (FLOPs)
-    teacher = None if cfg.teacher_server else load_model(teacher_src, name, load_on, "teacher")
-    if teacher is not None:
-        check_same_vocab(s_tok, t_tok, student, teacher)
-    s_tok.padding_side = "left"
-
-    args = _distillation_args(cfg, tmp_root, grad_accum, device, precision, mixed)
-    from opd_cli import trainer as trainer_mod
-    from opd_cli.tracking import point_tensorboard
-
-    trainer = trainer_mod.OpdTrainer(  # looked up at call time: tests substitute a recording subclass
-        model=student, teacher_model=teacher, args=args, train_dataset=dataset, processing_class=s_tok,
-        opd=cfg, run=run, flops_fn=flops_fn, offsets=offsets, callbacks=callbacks, engine_dtype=name,
-    )
-    trainer.remove_callback(PrinterCallback)
-    point_tensorboard(trainer, run.path)
-    stop = None
-    if state.is_main_process:
-        trainer.progress, stop = _progress(cfg.steps, last[0] if last else 0)
-    try:
-        trainer.train(resume_from_checkpoint=resume_from)
-    finally:
-        if stop is not None:
-            stop()
-    _save_final(cfg, trainer, run, s_tok, state.is_main_process)
-    state.wait_for_everyone()
-    return run.path
-
-
-def _save_final(cfg: TrainConfig, trainer: Any, run: Any, tokenizer: Any, main: bool) -> None:
-    """final/ = the trained student and its tokenizer (whole even when FSDP checkpoints are sharded), swapped in at
-    once; pushed to the Hub with --push-to-hub. Every process takes part in the save."""
-    from opd_cli.sharding import full_state_dict
-    from opd_cli.tracking import push_folder
-
-    if main:
-        shutil.rmtree(run.path / ".vllm-sync", ignore_errors=True)  # the disk weight sync's copy for the server
-    final = run.path / "final"
-    tmp_final = run.path / ".final.tmp"
-    with full_state_dict(trainer):
-        trainer.save_model(str(tmp_final))
-    if main:
-        tokenizer.save_pretrained(str(tmp_final))
-        swap_in(tmp_final, final)
-        if cfg.push_to_hub:
-            logger.info(f"pushed {final} to {push_folder(final, cfg.hub_model_id, f'opd train {cfg.name}: {cfg.steps} steps')}")
-
-
-def _open_run_folder(cfg: TrainConfig, state: Any) -> tuple[Any, Any]:
-    """(the run folder, its last complete checkpoint or None): opened (or refused) on the main process, where an
-    existing folder is resumed or kept unless asked; half-written checkpoints of a killed run are dropped."""
-    from opd_cli.runs import RunDir, open_run
-    from opd_cli.tracking import TRACKING_FIELDS
-
-    out = cfg.resolved_output_dir()
-    if state.is_main_process:
-        run = open_run(out, cfg.if_exists, cfg, compare_ignore=("output_dir", *TRACKING_FIELDS))  # a moved run folder still resumes
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        run = RunDir(out, resumed=cfg.if_exists == "resume")
-    state.wait_for_everyone()
-    last = run.resume_point(write=state.is_main_process)
-    tmp_root = run.checkpoints / ".tmp"
-    if state.is_main_process and tmp_root.exists():
-        shutil.rmtree(tmp_root, ignore_errors=True)
-    state.wait_for_everyone()
-    return run, last
-
-
-def _distillation_args(cfg: TrainConfig, tmp_root: Path, grad_accum: int, device: str, precision: Any, mixed: bool) -> Any:
-    """TRL's ``DistillationConfig`` for opd's trainer: opd's optimizer, schedule, checkpointing and sampling settings
-    (temperature 1, top-p 1, top-k off: the model's own distribution); checkpoints go to ``tmp_root`` first."""
-    import torch
-    from trl import DistillationConfig
-
-    from opd_cli.tracking import training_args
-
-    return DistillationConfig(
-        output_dir=str(tmp_root),
-        per_device_train_batch_size=cfg.micro_batch_size,
-        gradient_accumulation_steps=grad_accum,
-        learning_rate=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        max_steps=cfg.steps,
-        warmup_steps=cfg.warmup,
-        lr_scheduler_type="constant_with_warmup",
-        optim="adamw_torch",
-        logging_strategy="steps",
-        logging_steps=1,
-        save_strategy="steps" if cfg.save_every else "no",
-        save_steps=cfg.save_every or 1,
-        **training_args(cfg.report_to, cfg.name),
-        disable_tqdm=True,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        max_completion_length=cfg.max_gen_len(),
-        beta=1.0,
-        disable_dropout=True,
-        gradient_checkpointing=False,
-        bf16=mixed and precision == torch.bfloat16,
-        fp16=mixed and precision == torch.float16,
-        use_cpu=device == "cpu",
-        use_vllm=False,  # opd builds the rollout engine itself (opd_cli.vllm_engine), with TRL's generation class
-        vllm_mode=cfg.vllm_mode,
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
-        save_only_model=False,
-    )
-
-
-def _final_from_checkpoint(ckpt: Path, run_path: Path) -> None:
-    """final/ = the model and tokenizer files of a complete checkpoint (not its optimizer, scheduler or RNG state)."""
-    training_state = {"optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "opd_state.json", "COMPLETE"}
-    tmp = run_path / ".final.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    for f in ckpt.iterdir():
-        if f.is_file() and f.name not in training_state and not f.name.startswith("rng_state"):
-            shutil.copy2(f, tmp / f.name)
-    swap_in(tmp, run_path / "final")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from opd_cli.errors import OpdError
+from opd_cli.core.errors import OpdError
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from opd_cli.errors import OpdError
+from opd_cli.core.errors import OpdError
 
 C = TypeVar("C")
 

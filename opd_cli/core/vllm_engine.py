@@ -17,14 +17,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from opd_cli.generation import quiet_vllm
+from opd_cli.core.generation import quiet_vllm
 
 quiet_vllm()  # before TRL imports vLLM, which sets up its logging once
 
 import torch  # noqa: E402
 from trl.generation.vllm_generation import VLLMGeneration  # noqa: E402
 
-from opd_cli.errors import OpdError  # noqa: E402
+from opd_cli.core.errors import OpdError  # noqa: E402
 
 SERVE_HINT = {
     "student": "start it with: VLLM_SERVER_DEV_MODE=1 vllm serve <student> --host H --port P (README, 'Rollouts with vLLM')",
@@ -98,7 +98,7 @@ class RolloutEngine(VLLMGeneration):
         ensure_master_addr_port()
         on_cpu = acc.device.type == "cpu"
         if on_cpu:
-            from opd_cli.generation import cpu_kv_cache
+            from opd_cli.core.generation import cpu_kv_cache
 
             cpu_kv_cache()
         self.llm = LLM(
@@ -171,7 +171,7 @@ def rollout_engine(trainer: Any, dtype: str | None) -> RolloutEngine:
 def preflight(cfg: Any, student: str) -> None:
     """What `opd train` checks before its run folder is touched: vLLM can load the student (colocate), and the
     student's server (server mode) and the teacher's server answer within ``--vllm-timeout``."""
-    from opd_cli.generation import check_vllm_model
+    from opd_cli.core.generation import check_vllm_model
 
     if cfg.backend == "vllm" and cfg.vllm_sleep and (cfg.vllm_mode == "server" or _device().type != "cuda"):
         raise OpdError("--vllm-sleep offloads a colocated engine's GPU memory: use it with --vllm-mode colocate on a GPU")

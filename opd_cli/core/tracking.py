@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from opd_cli.config import check
+from opd_cli.core.config import check
 
 TRACKERS = ("tensorboard", "wandb", "trackio")
 # tracker -> packages of which one must be importable (transformers' own availability checks)

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from opd_cli.errors import OpdError
-from opd_cli.models import _first_line
+from opd_cli.core.errors import OpdError
+from opd_cli.core.models import _first_line
 
 
 class ServedTeacher:
@@ -26,7 +26,7 @@ class ServedTeacher:
         from requests.adapters import HTTPAdapter
         from urllib3.util.retry import Retry
 
-        from opd_cli.vllm_engine import connect
+        from opd_cli.core.vllm_engine import connect
 
         self.url, self.topk = url, topk
         self.client = connect(url, timeout, "teacher (--teacher-server)", role="teacher")

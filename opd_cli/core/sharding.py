@@ -10,7 +10,7 @@ gather hooks). opd uses three things outside one:
   :func:`gathered_heads` all-gathers ZeRO-3 partitions (TRL's ``maybe_gather_lm_head_ctx``); :func:`dense_head`
   turns FSDP2's DTensor weights into plain tensors, once per call rather than per vocabulary tile;
 - the student's backbone in PG-OPD's probe, which runs inside the student wrapper's forward
-  (:mod:`opd_cli.pg_opd`, through TRL's forward redirection) like the loss does.
+  (:mod:`opd_cli.train.pg_opd`, through TRL's forward redirection) like the loss does.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from opd_cli.config import differing_keys, dump_yaml, to_dict, with_defaults
-from opd_cli.errors import OpdError
+from opd_cli.core.config import differing_keys, dump_yaml, to_dict, with_defaults
+from opd_cli.core.errors import OpdError
 
 IF_EXISTS = ("raise", "resume", "overwrite")
 CKPT_PREFIX = "step_"

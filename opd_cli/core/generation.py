@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from opd_cli.errors import OpdError
+from opd_cli.core.errors import OpdError
 
 BACKENDS = ("hf", "vllm")
 WEIGHT_SYNCS = ("auto", "nccl", "disk")  # how `opd train --vllm-mode server` sends the student's weights (vllm_engine)
@@ -214,7 +214,7 @@ def check_vllm_model(model: str) -> None:
 
 def _vllm_cause(err: BaseException) -> str:
     """The root cause of a failed engine start in one line (vLLM's own error names only the dead engine)."""
-    from opd_cli.models import _first_line
+    from opd_cli.core.models import _first_line
 
     while err.__cause__ is not None or err.__context__ is not None:
         err = err.__cause__ or err.__context__  # type: ignore[assignment]

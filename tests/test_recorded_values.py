@@ -63,13 +63,13 @@ def test_loss_and_logged_kl_match_the_recorded_values(tiny_model_dirs, prompts_f
         def _prepare_inputs(self, generation_batch):
             inputs = super()._prepare_inputs(generation_batch)
             if not seen:
-                before = {k: v.clone() for k, v in self._acc.items() if torch.is_tensor(v)}
+                before = {k: v.clone() for k, v in self.metrics.acc.items() if torch.is_tensor(v)}
                 with torch.no_grad():
                     seen["loss"] = float(self.compute_loss(self.model_wrapped, _fixed_inputs()))
-                sums = self._acc["sums"] - before["sums"]
+                sums = self.metrics.acc["sums"] - before["sums"]
                 seen["kl"] = float(sums[0] / sums[1])
                 seen["trained"] = int(sums[1])
-                self._acc.update(before)  # the real step's metrics stay the real batch's
+                self.metrics.acc.update(before)  # the real step's metrics stay the real batch's
             return inputs
 
     monkeypatch.setattr(trainer_mod, "OpdTrainer", Recording)

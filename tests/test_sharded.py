@@ -180,14 +180,14 @@ def _loss_grads_metrics(trainer, model, inputs, during_backward=nullcontext):
     backward, which gathers itself) take over: only the gradient's shape needs the whole weight."""
     import torch
 
-    before = {k: v.clone() for k, v in trainer._acc.items() if torch.is_tensor(v)}
+    before = {k: v.clone() for k, v in trainer.metrics.acc.items() if torch.is_tensor(v)}
     model.zero_grad()
     loss = trainer.compute_loss(model, inputs)
     with during_backward():
         loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    added = {k: trainer._acc[k] - v for k, v in before.items()}
-    trainer._acc.update(before)
+    added = {k: trainer.metrics.acc[k] - v for k, v in before.items()}
+    trainer.metrics.acc.update(before)
     model.zero_grad()
     return float(loss), grads, added
 

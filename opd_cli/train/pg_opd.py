@@ -131,7 +131,7 @@ def generate(trainer: Any, prompt_ids: list[list[int]], step: int) -> tuple[list
     dropped = [x for x, k in zip(overlap, keep, strict=True) if not k]
     sums = (n, len(kept), len(dropped), sum(kept), sum(dropped), tokens_stage1, tokens_stage2,
             sum(probe_lens), sum(s * s for s in probe_lens))
-    trainer._acc["pg"] += torch.tensor(sums, device=acc.device, dtype=torch.float64)
+    trainer.metrics.add_pg(torch.tensor(sums, device=acc.device, dtype=torch.float64))
     return comps, logps
 
 

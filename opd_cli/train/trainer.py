@@ -14,9 +14,9 @@ The trainer overrides these methods of ``trl.DistillationTrainer`` (TRL 1.16) an
   (through the forward redirection, so FSDP/ZeRO-3 gather their shards), per-token log-probs from TRL's chunked
   log-prob kernel (no (micro-batch, T, V) logits), the ``sampled`` / ``full`` / ``topk`` loss from :mod:`opd_cli.core.maths`,
   and the step's metrics. Memory is bounded by the micro-batch, not by the rollouts per step;
-- ``log`` and ``_save_checkpoint``: one metrics.jsonl line per optimizer step from our own accumulators (the
-  trackers of ``--report-to`` get the same numbers), and checkpoints committed into ``checkpoints/step_XXXXXX`` once
-  every rank has written its files;
+- ``log`` and ``_save_checkpoint``: one metrics.jsonl line per optimizer step from our own accumulators
+  (:class:`opd_cli.train.step_metrics.StepMetrics`; the trackers of ``--report-to`` get the same numbers), and
+  checkpoints committed into ``checkpoints/step_XXXXXX`` once every rank has written its files;
 - ``train``: starts the step clock.
 
 ``--schedule adaptive`` sets each step's L from the KL logged so far (:func:`opd_cli.core.maths.adaptive_prefix_lengths`).
@@ -33,7 +33,6 @@ the CLI stays free of them until a run starts.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -46,9 +45,7 @@ from trl.trainer.utils import pad
 
 from opd_cli.core import maths
 from opd_cli.core.generation import global_batch_sampling, rollout_seed
-from opd_cli.train.pg_opd import PG_SUMS
-
-METRIC_K = 16  # Rethinking-OPD metrics use k = 16
+from opd_cli.train.step_metrics import StepMetrics
 
 
 class OpdTrainer(DistillationTrainer):
@@ -59,9 +56,6 @@ class OpdTrainer(DistillationTrainer):
                  engine_dtype: str | None = None, **kwargs: Any):
         self.opd = opd
         self.run_dir = run
-        self.flops_fn = flops_fn
-        self.flops_total = offsets.get("flops_total", 0.0)
-        self.wall_offset = offsets.get("wall_time", 0.0)
         self.progress = None
         super().__init__(*args, **kwargs)
         from opd_cli.core.sharding import prepare_teacher
@@ -82,8 +76,7 @@ class OpdTrainer(DistillationTrainer):
         # the adaptive schedule: its signal at every step so far (replayed from metrics.jsonl on resume), L per step
         self._signal = [maths.adaptive_signal(r, opd.adaptive_signal) for r in run.read_metrics()] if opd.schedule == "adaptive" else []
         self._adaptive = self._adaptive_lengths()
-        self._reset_acc()
-        self._t_start = None
+        self.metrics = StepMetrics(opd, self.accelerator.device, flops_fn, offsets)  # the step's accumulators
 
     def _adaptive_lengths(self) -> list[int] | None:
         o = self.opd
@@ -106,23 +99,6 @@ class OpdTrainer(DistillationTrainer):
         return pg_opd.candidate_sampler(self, dataset if dataset is not None else self.train_dataset)
 
     # ------------------------------------------------------------------ helpers
-    def _reset_acc(self) -> None:
-        nb = math.ceil(self.opd.max_gen_len() / self.opd.kl_bin)
-        dev = self.accelerator.device
-        self._acc: dict[str, Any] = {
-            "loss": torch.zeros((), device=dev, dtype=torch.float64),
-            "sums": torch.zeros(4, device=dev, dtype=torch.float64),  # kl over trained, trained, scored, overlap rows
-            "metrics": torch.zeros(len(maths.OVERLAP_KEYS), device=dev, dtype=torch.float64),
-            "bin_sum": torch.zeros(nb, device=dev, dtype=torch.float64),
-            "bin_cnt": torch.zeros(nb, device=dev, dtype=torch.float64),
-            "lens": [],
-            "clipped": [],
-            "seq": [],
-            "time_generate": 0.0,
-            "time_teacher": 0.0,
-            "pg": torch.zeros(len(PG_SUMS), device=dev, dtype=torch.float64),
-        }
-
     def _step_index(self) -> int:
         return int(self.state.global_step)
 
@@ -153,7 +129,7 @@ class OpdTrainer(DistillationTrainer):
             completion_ids, self._rollout_logprobs = pg_opd.generate(self, prompt_ids, step)
         else:
             completion_ids, self._rollout_logprobs = self._sample(prompt_ids, step, self.gen_len(step))
-        self._acc["time_generate"] += time.perf_counter() - t0
+        self.metrics.add_time("time_generate", time.perf_counter() - t0)
         return completion_ids
 
     def _sample(self, prompt_ids: list[list[int]], step: int, max_new: int, rows: list[int] | None = None,
@@ -225,7 +201,7 @@ class OpdTrainer(DistillationTrainer):
         if self.teacher_server is not None:  # the teacher's log-probs of this process's rollouts, in one request
             t0 = time.perf_counter()
             out.update(self.teacher_server.score(out["prompt_ids"], out["prompt_mask"], ids_BT, cmask_BT))
-            self._acc["time_teacher"] += time.perf_counter() - t0
+            self.metrics.add_time("time_teacher", time.perf_counter() - t0)
         if self._rollout_logprobs is not None:  # vLLM: the log-probs it sampled with (importance ratio != 1)
             lp = torch.zeros(B, T, device=ids_BT.device)
             for i, seq in enumerate(self._rollout_logprobs):
@@ -236,14 +212,10 @@ class OpdTrainer(DistillationTrainer):
         # by TRL's completion-token count.
         out["num_items_in_batch"] = self.accelerator.gather(torch.tensor(float(B), device=ids_BT.device)).sum()
 
-        acc = self._acc
         gen_len = self.gen_len(step)
         last = ids_BT.gather(1, (lengths_B - 1).clamp(min=0)[:, None]).squeeze(1)
         ended = torch.isin(last, torch.tensor(self.eos_token_ids, device=ids_BT.device)) & (lengths_B > 0)
-        acc["lens"].append(lengths_B.double())
-        acc["clipped"].append(((~ended) & (lengths_B >= gen_len)).double())
-        acc["seq"].append((out["prompt_mask"].sum(1) + lengths_B).double())
-        acc["prefix_len"] = L
+        self.metrics.add_rollouts(lengths_B, (~ended) & (lengths_B >= gen_len), out["prompt_mask"].sum(1) + lengths_B, L)
         return out
 
     # ------------------------------------------------------------------ hook 3: scoring + loss, per micro-batch
@@ -256,7 +228,7 @@ class OpdTrainer(DistillationTrainer):
         # Through the wrapper's forward (DDP hooks, FSDP/ZeRO-3 gathers), which skips accelerate's autocast patch
         with self.accelerator.autocast():
             loss = self._forward_redirection(model, unwrapped, self._opd_loss, unwrapped, inputs, n)
-        self._acc["loss"] += loss.detach().double() / P  # the processes' losses sum to P x the global loss
+        self.metrics.add_loss(loss.detach().double() / P)  # the processes' losses sum to P x the global loss
         return (loss, None) if return_outputs else loss
 
     def _opd_loss(self, student, inputs, n):
@@ -298,8 +270,8 @@ class OpdTrainer(DistillationTrainer):
                 loss = maths.sum_over_seqs(div_BT, w_BT.to(div_BT.dtype), n)
         with torch.no_grad():
             served = (inputs["teacher_top_ids"], inputs["teacher_top_logp"]) if self.teacher_server is not None else None
-            self._accumulate(old_N.detach(), logq_N, ent_p_N, ent_q_N,
-                             tr_N, valid_BT, hs_N, ht_N, s_head, t_head, served)
+            self.metrics.add_tokens(old_N.detach(), logq_N, ent_p_N, ent_q_N, tr_N, valid_BT, hs_N, ht_N, s_head, t_head,
+                                    served, metrics_step=self._metrics_step())
         return loss
 
     def _teacher_scores(self, inputs, ids, attn, valid_BT, y_N, rows):
@@ -317,44 +289,8 @@ class OpdTrainer(DistillationTrainer):
             t_head = teacher.get_output_embeddings()
             logq_N, ent_q_N = maths.map_rows(maths.head_logprobs_N, h_t[valid_BT], t_head, y_N, rows)
         self._sync()
-        self._acc["time_teacher"] += time.perf_counter() - t0
+        self.metrics.add_time("time_teacher", time.perf_counter() - t0)
         return h_t, t_head, logq_N, ent_q_N
-
-    def _accumulate(self, old_N, logq_N, ent_p_N, ent_q_N, tr_N, valid_BT, hs_N, ht_N, s_head, t_head,
-                    served=None) -> None:
-        """Step accumulators (local; gathered at log time): KL over trained tokens and per position bin over all
-        scored tokens, entropies every step, the overlap metrics on metric steps, one row chunk at a time."""
-        acc, keys = self._acc, maths.OVERLAP_KEYS
-        kl_N = maths.kl_estimate_BT(old_N, logq_N).double()
-        tm = tr_N.double()
-        acc["sums"][0] += (kl_N * tm).sum()
-        acc["sums"][1] += tm.sum()
-        acc["sums"][2] += tr_N.numel()
-        ent_p = ent_p_N.double()
-        acc["metrics"][keys.index("entropy_student")] += (ent_p * tm).sum()
-        if ent_q_N is not None:  # a served teacher sends its top-k only, not its entropy
-            ent_q = ent_q_N.double()
-            acc["metrics"][keys.index("entropy_teacher")] += (ent_q * tm).sum()
-            acc["metrics"][keys.index("entropy_gap")] += ((ent_q - ent_p).abs() * tm).sum()
-        B, T = valid_BT.shape
-        pos_N = torch.arange(T, device=valid_BT.device).expand(B, T)[valid_BT]
-        bins_N = (pos_N // self.opd.kl_bin).clamp(max=acc["bin_sum"].numel() - 1)
-        acc["bin_sum"].index_add_(0, bins_N, kl_N)
-        acc["bin_cnt"].index_add_(0, bins_N, torch.ones_like(kl_N))
-        if not self._metrics_step():
-            return
-        k = METRIC_K  # capped at V inside (a ZeRO-3 head's weight has no rows outside its gather)
-        hs_M = hs_N[tr_N]
-        rows = self.opd.chunk * valid_BT.shape[0]
-        for i in range(0, hs_M.shape[0], rows):
-            if served is not None:  # the teacher's top-k as the server sent it
-                top_ids, top_logp = (x[valid_BT][tr_N][i : i + rows] for x in served)
-                m = maths.overlap_metrics_vs_topk_N(hs_M[i : i + rows], s_head, top_ids, top_logp, k)
-            else:
-                m = maths.overlap_metrics_from_hidden_N(hs_M[i : i + rows], s_head, ht_N[tr_N][i : i + rows], t_head, k)
-            for key, v in m.items():
-                acc["metrics"][keys.index(key)] += v.double().sum()
-        acc["sums"][3] += hs_M.shape[0]
 
     # ------------------------------------------------------------------ hook 4: metrics + checkpoints
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -365,74 +301,19 @@ class OpdTrainer(DistillationTrainer):
         super().log(logs, start_time)
 
     def _write_metrics(self, logs: dict[str, float]) -> dict[str, Any]:
-        acc, g = self._acc, self.accelerator
-        now = time.perf_counter()
-        time_step = now - (self._t_start or now)
-        self._t_start = now
-        loss = g.gather(acc["loss"][None]).sum().item()
-        sums = g.gather(acc["sums"][None]).sum(0)
-        met = g.gather(acc["metrics"][None]).sum(0)
-        bsum = g.gather(acc["bin_sum"][None]).sum(0)
-        bcnt = g.gather(acc["bin_cnt"][None]).sum(0)
-        lens = g.gather(torch.cat(acc["lens"])) if acc["lens"] else torch.zeros(1)
-        clipped = g.gather(torch.cat(acc["clipped"])) if acc["clipped"] else torch.zeros(1)
-        seq = g.gather(torch.cat(acc["seq"])) if acc["seq"] else torch.zeros(1)
-        times = g.gather(torch.tensor([acc["time_generate"], acc["time_teacher"]], device=g.device, dtype=torch.float64)[None]).max(0).values
-        n_tr, n_ov = sums[1].item(), sums[3].item()
-        sum_s, sum_s2 = seq.sum().item(), (seq**2).sum().item()
-        pg = g.gather(acc["pg"][None]).sum(0).tolist()  # PG-OPD's counts (zeros otherwise)
-        flops_step = self.flops_fn(sum_s, sum_s2, *pg[-2:])  # + PG-OPD's probe forwards
-        self.flops_total += flops_step
-        nz = torch.nonzero(bcnt).flatten()
-        nb = int(nz[-1].item()) + 1 if nz.numel() else 0
-        rec: dict[str, Any] = {
-            "step": int(self.state.global_step),
-            "prefix_len": int(acc.get("prefix_len", self.prefix_len(self.state.global_step - 1))),
-            "loss": loss,
-            "kl": sums[0].item() / n_tr if n_tr else None,
-            "kl_bin_size": self.opd.kl_bin,
-            "kl_bin_mean": [(s / c if c else None) for s, c in zip(bsum[:nb].tolist(), bcnt[:nb].tolist(), strict=True)],
-            "kl_bin_count": [int(c) for c in bcnt[:nb].tolist()],
-            "rollout_len_mean": lens.mean().item(),
-            "rollout_len_min": int(lens.min().item()),
-            "rollout_len_max": int(lens.max().item()),
-            "clipped_frac": clipped.mean().item(),
-            "tokens_generated": int(lens.sum().item()),
-            "tokens_scored": int(sums[2].item()),
-            "tokens_trained": int(n_tr),
-            "seq_tokens": int(sum_s),
-            "seq_tokens_sq": int(sum_s2),
-            "flops_step": flops_step,
-            "flops_total": self.flops_total,
-            "time_generate": times[0].item(),
-            "time_teacher": times[1].item(),
-            "time_update": max(time_step - times[0].item() - times[1].item(), 0.0),
-            "time_step": time_step,
-            "wall_time": self.wall_offset + (now - self._t0),
-            "lr": logs.get("learning_rate"),
-            "grad_norm": logs.get("grad_norm"),
-        }
-        for i, key in enumerate(maths.OVERLAP_KEYS):
-            count = n_tr if key.startswith("entropy") else n_ov  # overlap metrics: metric steps only
-            rec[key] = met[i].item() / count if count else None
-        if self.teacher_server is not None:
-            rec["entropy_teacher"] = rec["entropy_gap"] = None  # not sent by a served teacher
-        if self.opd.rollout == "pg-opd":
-            from opd_cli.train import pg_opd
-
-            rec.update(pg_opd.step_metrics(pg))
+        step = int(self.state.global_step)
+        rec = self.metrics.record(self.accelerator, logs, step, self.prefix_len(step - 1), self.teacher_server is not None)
         if self.opd.schedule == "adaptive":  # every process computes the same L from the gathered KL
             self._signal.append(maths.adaptive_signal(rec, self.opd.adaptive_signal))
             self._adaptive = self._adaptive_lengths()
-        if g.is_main_process:
+        if self.accelerator.is_main_process:
             self.run_dir.log(rec)
             if self.progress is not None:
                 self.progress(rec)
-        self._reset_acc()
         return rec
 
     def train(self, *args, **kwargs):
-        self._t0 = self._t_start = time.perf_counter()
+        self.metrics.start_clock()
         return super().train(*args, **kwargs)
 
     def _save_checkpoint(self, model, trial):
@@ -442,7 +323,7 @@ class OpdTrainer(DistillationTrainer):
         self.accelerator.wait_for_everyone()  # every rank has written its files (RNG states, shards)
         if self.accelerator.is_main_process:
             state = {"step": step, "prefix_len": self.prefix_len(step - 1), "next_prefix_len": self.prefix_len(step),
-                     "flops_total": self.flops_total}
+                     "flops_total": self.metrics.flops_total}
             (src / "opd_state.json").write_text(json.dumps(state, indent=2) + "\n")
             self.run_dir.commit(src, step)
         self.accelerator.wait_for_everyone()

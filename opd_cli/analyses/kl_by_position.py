@@ -263,18 +263,9 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
     # --if-exists resume: checkpoints already rolled out (same step, same model) are kept, not sampled again
     done = _finished(run.path) if run.resumed else {}
     old_records = rr.read_records(run.path / rr.RECORDS_FILE) if run.resumed and cfg.grade else []
-    todo = []
-    for step, path in ckpts:
-        if step in done and done[step][0].get("model") == path:
-            summary["checkpoints"][str(step)] = done[step][0]
-            rows += done[step][1]
-            records += [r for r in old_records if int(r["step"]) == step]
-            console.print(f"  step {step}: reusing the rollouts in {run.path}")
-        else:
-            todo.append((step, path))
+    todo = _reuse_finished(ckpts, done, old_records, summary, rows, records, run.path, console)
     if todo:
-        from opd_cli.core.models import check_same_vocab, load_model, load_tokenizer
-        from opd_cli.core.prompts import build_prompt
+        from opd_cli.core.models import load_model, load_tokenizer
 
         if problems is None:
             problems, where = _problems(cfg, run_cfg)
@@ -285,28 +276,10 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
                        max_new_tokens=cfg.max_new_tokens, source_prompts=where)
         with progress_bar(console) as progress:
             for step, path in todo:
-                t0 = time.time()
-                tok = load_tokenizer(path, "checkpoint")
-                student = load_model(path, cfg.dtype, cfg.device, "checkpoint")
-                check_same_vocab(tok, teacher_tok, student, teacher)
-                prompts = [build_prompt(tok, p.question, template=cfg.template, think=cfg.think,
-                                        teacher_tokenizer=teacher_tok) for p in problems]
-                task = progress.add_task(f"step {step}: rollouts", total=len(prompts) * cfg.samples)
-                means, counts, stats, groups, rewards = rollout_bins(student, teacher, tok, prompts, cfg,
-                                                                     lambda k, t=task: progress.advance(t, k))
-                rows += rows_from_bins("checkpoint", step, cfg.bin, means["mean_kl"], counts,
-                                       {c: means[c] for c in extra_cols})
-                line = ""
-                if cfg.grade:
-                    graded = rr.grade_records(step, problems, groups, rewards)
-                    records += graded
-                    g = rr.step_summary(step, graded)
-                    stats.update({k: g[k] for k in ("accuracy", "auroc", "mean_reward_correct", "mean_reward_incorrect")})
-                    line = f", accuracy {g['accuracy']:.3f}, reward AUROC {'n/a' if g['auroc'] is None else round(g['auroc'], 3)}"
-                summary["checkpoints"][str(step)] = {"model": path, **stats, "seconds": round(time.time() - t0, 2)}
-                console.print(f"  step {step}: {stats['rollouts']} rollouts, {stats['tokens']} tokens, "
-                              f"mean KL {stats['mean_kl'] if stats['mean_kl'] is None else round(stats['mean_kl'], 4)}{line}")
-                del student
+                new_rows, graded, summary["checkpoints"][str(step)] = _roll_out_checkpoint(
+                    cfg, step, path, teacher, teacher_tok, problems, extra_cols, progress, console)
+                rows += new_rows
+                records += graded
                 # written after every checkpoint, so a killed run resumes from the last finished one
                 write_table(run.path, rows, columns)
                 if cfg.grade:
@@ -320,6 +293,53 @@ def run_kl_by_position(cfg: KlByPositionConfig) -> list[dict]:
     console.print(f"wrote {run.path / 'kl_by_position.csv'} ({len(rows)} rows)"
                   + (f" and {run.path / rr.AUROC_FILE}" if cfg.grade else ""))
     return rows
+
+
+def _reuse_finished(ckpts: list[tuple[int, str]], done: dict, old_records: list[dict], summary: dict, rows: list[dict],
+                    records: list[dict], out: Path, console: Any) -> list[tuple[int, str]]:
+    """--if-exists resume: the checkpoints already rolled out (same step, same model) go into ``summary``, ``rows``
+    and ``records`` as they were; returns the (step, path) still to roll out."""
+    todo = []
+    for step, path in ckpts:
+        if step in done and done[step][0].get("model") == path:
+            summary["checkpoints"][str(step)] = done[step][0]
+            rows += done[step][1]
+            records += [r for r in old_records if int(r["step"]) == step]
+            console.print(f"  step {step}: reusing the rollouts in {out}")
+        else:
+            todo.append((step, path))
+    return todo
+
+
+def _roll_out_checkpoint(cfg: KlByPositionConfig, step: int, path: str, teacher: Any, teacher_tok: Any,
+                         problems: list, extra_cols: list[str], progress: Any, console: Any) -> tuple[list, list, dict]:
+    """One checkpoint rolled out, scored by the teacher and binned (graded with --grade): (its table rows, its
+    graded records, its summary entry)."""
+    from opd_cli.analyses import rollout_rewards as rr
+    from opd_cli.core.models import check_same_vocab, load_model, load_tokenizer
+    from opd_cli.core.prompts import build_prompt
+
+    t0 = time.time()
+    tok = load_tokenizer(path, "checkpoint")
+    student = load_model(path, cfg.dtype, cfg.device, "checkpoint")
+    check_same_vocab(tok, teacher_tok, student, teacher)
+    prompts = [build_prompt(tok, p.question, template=cfg.template, think=cfg.think,
+                            teacher_tokenizer=teacher_tok) for p in problems]
+    task = progress.add_task(f"step {step}: rollouts", total=len(prompts) * cfg.samples)
+    means, counts, stats, groups, rewards = rollout_bins(student, teacher, tok, prompts, cfg,
+                                                         lambda k, t=task: progress.advance(t, k))
+    rows = rows_from_bins("checkpoint", step, cfg.bin, means["mean_kl"], counts, {c: means[c] for c in extra_cols})
+    line, graded = "", []
+    if cfg.grade:
+        graded = rr.grade_records(step, problems, groups, rewards)
+        g = rr.step_summary(step, graded)
+        stats.update({k: g[k] for k in ("accuracy", "auroc", "mean_reward_correct", "mean_reward_incorrect")})
+        line = f", accuracy {g['accuracy']:.3f}, reward AUROC {'n/a' if g['auroc'] is None else round(g['auroc'], 3)}"
+    entry = {"model": path, **stats, "seconds": round(time.time() - t0, 2)}
+    console.print(f"  step {step}: {stats['rollouts']} rollouts, {stats['tokens']} tokens, "
+                  f"mean KL {stats['mean_kl'] if stats['mean_kl'] is None else round(stats['mean_kl'], 4)}{line}")
+    del student
+    return rows, graded, entry
 
 
 def _problems(cfg: KlByPositionConfig, run_cfg: dict) -> tuple[list, str]:

@@ -62,13 +62,7 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     from opd_cli.core.models import check_same_vocab, load_tokenizer
 
     toy = cfg.student is None
-    if toy:
-        from opd_cli.toy.build import toy_model_paths
-
-        student_src, teacher_src = toy_model_paths(cfg.toy_student)
-    else:
-        student_src, teacher_src = str(cfg.student), str(cfg.teacher)
-
+    student_src, teacher_src = _model_sources(cfg)
     if cfg.backend == "vllm" or cfg.teacher_server:
         from opd_cli.core.vllm_engine import preflight
 
@@ -103,25 +97,12 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
 
-    from opd_cli.core.models import load_model, resolve_device, resolve_dtype
     from opd_cli.core.prompts import build_prompt
 
     prompts = [build_prompt(s_tok, q, template=cfg.template, think=cfg.think, teacher_tokenizer=t_tok) for q in questions]
     dataset = Dataset.from_dict({"prompt": prompts})
 
-    device = "cpu" if world_size > 1 and not torch.cuda.is_available() else resolve_device(cfg.device)
-    precision = resolve_dtype(cfg.dtype, device)
-    mixed = precision in (torch.bfloat16, torch.float16) and not cfg.pure_dtype
-    check(not (mixed and precision == torch.float16 and device == "cpu"),
-          "--dtype float16 mixed precision needs a CUDA GPU: use --dtype bfloat16 or float32 on CPU")
-    name = str(precision).removeprefix("torch.")
-    load_on = "cpu" if world_size > 1 else device
-    # mixed precision: fp32 master weights for the student (the optimizer updates them), the frozen teacher in half
-    student = load_model(student_src, "float32" if mixed else name, load_on, "student")
-    # a served teacher is asked over HTTP; --teacher then only names its tokenizer and shape (FLOPs)
-    teacher = None if cfg.teacher_server else load_model(teacher_src, name, load_on, "teacher")
-    if teacher is not None:
-        check_same_vocab(s_tok, t_tok, student, teacher)
+    device, precision, mixed, name, student, teacher = _load_models(cfg, student_src, teacher_src, s_tok, t_tok, world_size)
     s_tok.padding_side = "left"
 
     args = _distillation_args(cfg, tmp_root, grad_accum, device, precision, mixed)
@@ -145,6 +126,38 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     _save_final(cfg, trainer, run, s_tok, state.is_main_process)
     state.wait_for_everyone()
     return run.path
+
+
+def _model_sources(cfg: TrainConfig) -> tuple[str, str]:
+    """(student, teacher) as given, or the toy world's (built on first use) without --student/--teacher."""
+    if cfg.student is None:
+        from opd_cli.toy.build import toy_model_paths
+
+        return toy_model_paths(cfg.toy_student)
+    return str(cfg.student), str(cfg.teacher)
+
+
+def _load_models(cfg: TrainConfig, student_src: str, teacher_src: str, s_tok: Any, t_tok: Any, world_size: int) -> tuple:
+    """(device, precision, mixed, dtype name, student, teacher): the device and precision of the run and both models
+    loaded in them (teacher None with --teacher-server)."""
+    import torch
+
+    from opd_cli.core.models import check_same_vocab, load_model, resolve_device, resolve_dtype
+
+    device = "cpu" if world_size > 1 and not torch.cuda.is_available() else resolve_device(cfg.device)
+    precision = resolve_dtype(cfg.dtype, device)
+    mixed = precision in (torch.bfloat16, torch.float16) and not cfg.pure_dtype
+    check(not (mixed and precision == torch.float16 and device == "cpu"),
+          "--dtype float16 mixed precision needs a CUDA GPU: use --dtype bfloat16 or float32 on CPU")
+    name = str(precision).removeprefix("torch.")
+    load_on = "cpu" if world_size > 1 else device
+    # mixed precision: fp32 master weights for the student (the optimizer updates them), the frozen teacher in half
+    student = load_model(student_src, "float32" if mixed else name, load_on, "student")
+    # a served teacher is asked over HTTP; --teacher then only names its tokenizer and shape (FLOPs)
+    teacher = None if cfg.teacher_server else load_model(teacher_src, name, load_on, "teacher")
+    if teacher is not None:
+        check_same_vocab(s_tok, t_tok, student, teacher)
+    return device, precision, mixed, name, student, teacher
 
 
 def _save_final(cfg: TrainConfig, trainer: Any, run: Any, tokenizer: Any, main: bool) -> None:

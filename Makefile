@@ -147,7 +147,8 @@ toy-train: $(foreach r,$(TOY_RUNS) $(TOY_SMALL_RUNS),$(call seeded,runs/train-$(
 # SFT runs, per seed: $(1) = the folder's seed suffix ('' or -s<k>), $(2) = the seed
 define SFT_RULES
 runs/sft-baseline-toy$(1)/final.done: | toy-world
-	$$(OPD) sft-baseline --recipe recipes/sft-toy.yaml $(if $(1),--seed $(2) --name toy$(1)) --if-exists resume
+	$$(OPD) sft-baseline --recipe recipes/sft-toy.yaml $(if $(1),--seed $(2) --name toy$(1) \
+	    --output-dir runs/sft-baseline-toy$(1)) --if-exists resume
 	$$(OPD) eval --run runs/sft-baseline-toy$(1) --initial $$(TOY_EVAL)
 	touch $$@
 

@@ -104,6 +104,7 @@ def sample(
     if backend == "vllm":
         return _sample_vllm(model, tokenizer, prompts, n, temperature, top_p, max_new_tokens, seed, progress, prefixes)
     import torch
+    from trl.trainer.utils import pad as trl_pad
 
     torch.manual_seed(seed)
     ids, pre_lens = _encode(tokenizer, prompts, prefixes)
@@ -119,16 +120,15 @@ def sample(
     for start in range(0, len(jobs), max(1, batch_size)):
         chunk = jobs[start : start + batch_size]
         seqs = [ids[i] for i, _ in chunk]
-        width = max(len(s) for s in seqs)
-        input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=device)
-        attn = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+        input_ids = trl_pad([torch.tensor(s) for s in seqs], padding_value=pad, padding_side="left").to(device)
+        attn = trl_pad([torch.ones(len(s), dtype=torch.long) for s in seqs], padding_side="left").to(device)
         with torch.no_grad():
             gen = model.generate(
                 input_ids=input_ids, attention_mask=attn, max_new_tokens=max_new_tokens, pad_token_id=pad,
                 eos_token_id=sorted(eos), **gen_kwargs,
             )
         for row, (i, j) in enumerate(chunk):
-            out[i][j] = _finish(tokenizer, gen[row, width:].tolist(), eos, pre_lens[i])
+            out[i][j] = _finish(tokenizer, gen[row, input_ids.shape[1] :].tolist(), eos, pre_lens[i])
         if progress is not None:
             progress(len(chunk))
     return out  # type: ignore[return-value]

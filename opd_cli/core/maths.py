@@ -369,7 +369,11 @@ def head_logprobs_N(
     outputs = ("entropy",) if entropy else ()
     with gathered_heads(head):
         weight, bias = dense_head(head)
-        logp_N, ent_N, *_ = ChunkedLogProbFunction.apply(hidden_NH, weight, bias, ids_N, 1.0, vocab_chunk, None, 1.0, outputs)
+        # autograd.Function.apply takes no keywords; in forward's order: hidden, weight, bias, targets,
+        # temperature, chunk_size, final_logit_softcapping, logit_scale, outputs
+        logp_N, ent_N, *_ = ChunkedLogProbFunction.apply(
+            hidden_NH, weight, bias, ids_N, 1.0, vocab_chunk, None, 1.0, outputs
+        )
     return logp_N, ent_N
 
 

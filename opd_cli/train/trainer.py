@@ -259,9 +259,12 @@ class OpdTrainer(DistillationTrainer):
                 from opd_cli.core.sharding import gathered_heads
 
                 with gathered_heads(s_head, t_head):  # ZeRO-3: the kernel's input must have the head's shape
-                    loss, _, _ = _chunked_divergence_loss(h_s, h_t, s_head.weight, t_head.weight, train_BT.int(), 1.0,
-                                                          num_items_in_batch=n, student_lm_head_bias=s_head.bias,
-                                                          teacher_lm_head_bias=t_head.bias)
+                    loss, _, _ = _chunked_divergence_loss(
+                        student_hidden_states=h_s, teacher_hidden_states=h_t,
+                        student_lm_head_weight=s_head.weight, teacher_lm_head_weight=t_head.weight,
+                        completion_mask=train_BT.int(), beta=1.0, num_items_in_batch=n,
+                        student_lm_head_bias=s_head.bias, teacher_lm_head_bias=t_head.bias,
+                    )
             else:
                 div_BT = maths.map_chunks_T(
                     lambda hs, ht: maths.divergence_BT(s_head(hs), t_head(ht), "topk", self.opd.topk, self.opd.topk_support),

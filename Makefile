@@ -103,9 +103,7 @@ runs/train-toy-quick-%/eval/best.json: | toy-world
 
 # `make toy-seeds`: make toy's two runs again with training seeds 1 and 2 (runs/train-toy-quick-<method>-s<seed>),
 # and the mean and standard deviation of the three seeds' test accuracy (the spread `make toy` quotes)
-TOY_SEEDS := 1 2
-TOY_SEED_RUNS := $(foreach m,prefix full,runs/train-toy-quick-$(m)/eval/best.json \
-                   $(foreach s,$(TOY_SEEDS),runs/train-toy-quick-$(m)-s$(s)/eval/best.json))
+TOY_SEED_RUNS := $(foreach m,prefix full,$(call seeded,runs/train-toy-quick-$(m){s}/eval/best.json))
 define TOY_SEED_RULE
 runs/train-toy-quick-$(1)-s%/eval/best.json: | toy-world
 	$$(OPD) train --recipe recipes/train-toy-$(1).yaml --name toy-quick-$(1)-s$$* --seed $$* --steps 30 --save-every 30 \

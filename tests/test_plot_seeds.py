@@ -79,6 +79,12 @@ def test_main_table_over_seeds(tmp_path, seeded):
     assert "| opd_prefix | 1 | 4 | **40.0** |" in md  # the same mean: both marked best
 
 
+def test_a_benchmark_one_row_lacks_is_a_dash(tmp_path, seeded):
+    (seeded / "base" / "eval" / "toy-ood.json").unlink()  # the base row was evaluated on toy only
+    res = plot(tmp_path, "main-table", [seeded / "base", seeded / "opd_full"])
+    assert "| base | 1 | - | 10.0 | - |" in res.data["markdown"]
+
+
 def test_a_folder_of_runs_folds_seed_folders_into_their_run(tmp_path, seeded):
     res = plot(tmp_path, "main-table", [seeded])
     assert [r["method"] for r in res.data["rows"]] == ["base", "OPD full", "opd_prefix"]

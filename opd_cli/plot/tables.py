@@ -129,7 +129,8 @@ def plot_main_table(cfg: PlotConfig, out: Path) -> PlotResult:
     present = {k for r in rows for k in r if not k.endswith("_sd")} - set(TABLE_KEYS)
     known = [b for b in cfg.in_domain if b in present] + [b for b in cfg.ood if b in present]
     benches = known + sorted(present - set(known))
-    marks = {b: _mark({r["method"]: r[b] for r in rows}, {r["method"]: r[f"{b}_sd"] for r in rows}) for b in benches}
+    marks = {b: _mark({r["method"]: r.get(b) for r in rows}, {r["method"]: r.get(f"{b}_sd") for r in rows})
+             for b in benches}
     header = ["method", *(["seeds"] if multi else []), "best step",
               *[f"{b} (OOD)" if b in cfg.ood else b for b in benches], "FLOPs", "hours"]
     md_rows = [

@@ -54,6 +54,8 @@ def main() -> None:
     p.add_argument("--reference", required=True, help="the method to compare against (its label in the table)")
     p.add_argument("--benchmark", default="toy", help="the accuracy column (default: toy, the test split)")
     args = p.parse_args()
+    if not args.table.is_file():
+        raise SystemExit(f"error: {args.table} does not exist: draw it with `opd plot main-table ... -o FOLDER` first")
     with args.table.open(newline="") as f:
         rows = list(csv.DictReader(f))
     print(f"| method | {args.benchmark} | vs {args.reference} | beyond 2 SE | share of its gain | FLOPs ratio |")

@@ -35,7 +35,9 @@ def plot_window_ablation(cfg: PlotConfig, out: Path) -> PlotResult:
     for _, seeds in collect_seeds(cfg, _table_csv, needs="table.csv"):
         for rows in seeds:
             for r in rows:
-                key = r["method"] if r.get("window") in (None, "", r["method"]) else f"{r['method']} [{r['window']}]"
+                window = r.get("window") or ""
+                key = r["method"] if window in ("", r["method"]) else f"{r['method']} {window}" if window.startswith(
+                    "[") else f"{r['method']} [{window}]"
                 values.setdefault(key, {}).setdefault(int(float(r["step"])), []).append(float(r["dev_acc"]))
     methods = {name: {s: mean_sd(v) for s, v in sorted(sc.items())} for name, sc in values.items()}
     steps = sorted({s for v in methods.values() for s in v})

@@ -224,7 +224,7 @@ toy-overlap: runs/train-toy-full/final/config.json runs/train-toy-prefix/final/c
 # threads). --output-sync prints each step's output in one piece when it ends.
 TOY_JOBS ?= 2
 TOY_MAKE = $(if $(filter 1,$(TOY_JOBS)),,OMP_NUM_THREADS=1) $(MAKE) --no-print-directory -j$(TOY_JOBS) --output-sync=target
-toy-paper: toy-world  ## every toy figure and table (resumable; TOY_JOBS=2 steps at a time)
+toy-paper: toy-world  ## every toy figure and table over training seeds TOY_SEEDS (0 1 2; resumable; TOY_JOBS=2 steps at a time)
 	# the longest chain first: the window ablation's references (full OPD, prefix 10), then the ablation beside the rest
 	$(TOY_MAKE) $(call seeded,runs/train-toy-full{s}/eval/best.json runs/train-toy-prefix{s}/eval/best.json)
 	$(TOY_MAKE) toy-paper-all

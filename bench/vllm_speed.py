@@ -112,7 +112,7 @@ def free_port() -> int:
 
 
 def serve(model: Path, port: int, log: Path) -> subprocess.Popen:
-    """The README's CPU command for a served teacher."""
+    """The CPU command for a served teacher in docs/vllm.md."""
     import requests
 
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",

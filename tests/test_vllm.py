@@ -3,7 +3,7 @@
 build; without vLLM they are skipped (and `make test-vllm` refuses to run without it).
 
 The models are tiny random Qwen3s on the toy tokenizer, with attention heads of 32 (the smallest head vLLM's CPU
-kernels take), and the prompts are toy training problems. Every server is started the way the README tells users.
+kernels take), and the prompts are toy training problems. Every server is started the way docs/vllm.md tells users.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def free_port() -> int:
 
 
 def serve_command(model: Path, port: int, *extra: str) -> list[str]:
-    """The README's server command for a CPU (vLLM's CPU build has no working `vllm` script, so its module)."""
+    """The server command for a CPU in docs/vllm.md (vLLM's CPU build has no working `vllm` script, so its module)."""
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",
             "--port", str(port), "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", str(MEM), *extra]
 

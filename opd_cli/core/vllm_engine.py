@@ -27,8 +27,8 @@ from trl.generation.vllm_generation import VLLMGeneration  # noqa: E402
 from opd_cli.core.errors import OpdError  # noqa: E402
 
 SERVE_HINT = {
-    "student": "start it with: VLLM_SERVER_DEV_MODE=1 vllm serve <student> --host H --port P (README, 'Rollouts with vLLM')",
-    "teacher": "start it with: vllm serve <teacher> --host H --port P --max-logprobs K (README, 'Rollouts with vLLM')",
+    "student": "start it with: VLLM_SERVER_DEV_MODE=1 vllm serve <student> --host H --port P (docs/vllm.md)",
+    "teacher": "start it with: vllm serve <teacher> --host H --port P --max-logprobs K (docs/vllm.md)",
 }
 
 

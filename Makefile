@@ -74,8 +74,10 @@ seeded = $(foreach s,$(TOY_SEEDS),$(subst {s},$(if $(filter 0,$(s)),,-s$(s)),$(1
 # a run name without its seed suffix, and its seed: toy-full-s2 -> toy-full, 2; toy-full -> toy-full, 0
 seed_of = $(firstword $(foreach s,1 2 3 4 5 6 7 8 9,$(if $(filter %-s$(s),$(1)),$(s))) 0)
 unseeded = $(patsubst %-s$(call seed_of,$(1)),%,$(1))
-# the flags that make a seed-k run of a recipe (none for seed 0: the recipe's own config, unchanged)
-seed_flags = $(if $(filter-out 0,$(call seed_of,$(1))),--seed $(call seed_of,$(1)) --name $(1))
+# the flags that make a seed-k run of a recipe (none for seed 0: the recipe's own config, unchanged); seed_flag
+# without --name, for rules that name the run themselves
+seed_flag = $(if $(filter-out 0,$(call seed_of,$(1))),--seed $(call seed_of,$(1)))
+seed_flags = $(call seed_flag,$(1)) $(if $(call seed_flag,$(1)),--name $(1))
 
 .PHONY: toy toy-seeds toy-world toy-base toy-train toy-sft toy-fig2 toy-fig3 toy-fig4 toy-fig5 toy-fig6 toy-fig7 toy-table12 \
         toy-table3 toy-overlap toy-paper toy-paper-all toy-pgopd toy-adaptive toy-rethinking toy-rethinking-runs
@@ -135,7 +137,7 @@ runs/train-%/final/config.json: | toy-world
 
 runs/train-toy-small-%/final/config.json: | toy-world
 	$(OPD) train --recipe recipes/train-toy-$(call unseeded,$*).yaml --toy-student small --name toy-small-$* \
-	    $(if $(filter-out 0,$(call seed_of,$*)),--seed $(call seed_of,$*)) --if-exists resume
+	    $(call seed_flag,$*) --if-exists resume
 
 runs/train-%/eval/best.json: runs/train-%/final/config.json
 	$(OPD) eval --run runs/train-$* --initial $(TOY_EVAL)
@@ -198,7 +200,7 @@ toy-fig6: toy-sft $(call seeded,runs/train-toy-prefix{s}/eval/best.json)  ## Fig
 
 runs/train-toy-prefix-lr%/eval/best.json: | toy-world
 	$(OPD) train --recipe recipes/train-toy-prefix.yaml --lr $(call unseeded,$*) --steps 30 --name toy-prefix-lr$* \
-	    $(if $(filter-out 0,$(call seed_of,$*)),--seed $(call seed_of,$*)) --if-exists resume
+	    $(call seed_flag,$*) --if-exists resume
 	$(OPD) eval --run runs/train-toy-prefix-lr$* --initial $(TOY_EVAL)
 
 toy-fig7: $(foreach lr,$(OPD_LRS),$(call seeded,runs/train-toy-prefix-lr$(lr){s}/eval/best.json))  ## Fig. 7 / Table 4: prefix OPD learning-rate sweep

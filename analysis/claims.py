@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import sys
 from pathlib import Path
 
 
@@ -48,6 +49,12 @@ def compare(rows: list[dict[str, str]], reference: str, benchmark: str) -> list[
     return out
 
 
+def _fail(message: str) -> None:
+    """Bad input: one line on stderr, exit 2 (as opd's own commands)."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("table", type=Path, help="main-table.csv written by `opd plot main-table`")
@@ -55,12 +62,16 @@ def main() -> None:
     p.add_argument("--benchmark", default="toy", help="the accuracy column (default: toy, the test split)")
     args = p.parse_args()
     if not args.table.is_file():
-        raise SystemExit(f"error: {args.table} does not exist: draw it with `opd plot main-table ... -o FOLDER` first")
+        _fail(f"error: {args.table} does not exist: draw it with `opd plot main-table ... -o FOLDER` first")
     with args.table.open(newline="") as f:
         rows = list(csv.DictReader(f))
+    try:
+        found = compare(rows, args.reference, args.benchmark)
+    except SystemExit as err:
+        _fail(str(err))
     print(f"| method | {args.benchmark} | vs {args.reference} | beyond 2 SE | share of its gain | FLOPs ratio |")
     print("|---|---:|---:|---|---:|---:|")
-    for c in compare(rows, args.reference, args.benchmark):
+    for c in found:
         beyond = "-" if c["beyond"] is None else ("yes" if c["beyond"] else "no")
         gain = "-" if c["gain_share"] is None else f"{100 * c['gain_share']:.0f} %"
         ratio = "-" if c["flops_ratio"] is None else f"{c['flops_ratio']:.2f}"

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
+
+from opd_cli.plot.seeds import SEED_SUFFIX, mean_sd, seed_folders
 
 
 def seed_runs(run: Path) -> dict[int, Path]:
-    """{seed: folder}: ``run`` (seed 0) and the ``<run>-s<seed>`` folders beside it that have an evaluation."""
-    found = {0: run} if (run / "eval" / "best.json").is_file() else {}
-    for other in sorted(run.parent.glob(f"{run.name}-s*")):
-        tail = other.name[len(run.name) + 2 :]
-        if tail.isdigit() and (other / "eval" / "best.json").is_file():
-            found[int(tail)] = other
+    """{seed: folder}: ``run`` (seed 0) and the ``<run>-s<k>`` run folders beside it that have an evaluation."""
+    found = {}
+    for folder in seed_folders(run):
+        m = SEED_SUFFIX.search(folder.name) if folder != run else None
+        if (folder / "eval" / "best.json").is_file():
+            found[int(m.group(1)) if m else 0] = folder
     return found
 
 
@@ -38,8 +39,8 @@ def spread(runs: list[Path], benchmark: str) -> list[dict]:
         if not accs:
             raise SystemExit(f"error: {run} has no evaluated seed (eval/best.json): run `make toy-seeds` first")
         values = list(accs.values())
-        rows.append({"run": run.name.removeprefix("train-"), "seeds": list(accs), "acc": values,
-                     "mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else None})
+        mean, sd, _ = mean_sd(values)
+        rows.append({"run": run.name.removeprefix("train-"), "seeds": list(accs), "acc": values, "mean": mean, "sd": sd})
     return rows
 
 

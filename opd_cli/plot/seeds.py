@@ -44,7 +44,8 @@ def collect_seeds(cfg: PlotConfig, load: Callable[[Path], Any], needs: str = "")
     bases: list[Path] = []
     for run, _ in runs:
         m = SEED_SUFFIX.search(run.name)
-        base = run.with_name(run.name[: m.start()]) if m and run.with_name(run.name[: m.start()]) in loaded else run
+        base = run.with_name(run.name[: m.start()]) if m else run
+        base = base if base in loaded else run  # a seed folder joins its run only when that run is listed too
         if base not in bases:
             bases.append(base)
     out = []

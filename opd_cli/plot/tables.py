@@ -28,6 +28,14 @@ def _table_csv(run: Path) -> list[dict[str, str]]:
     return rows
 
 
+def _window_key(row: dict[str, str]) -> str:
+    """The method, with its window where that says more (``OPD window [10, 40)``; a bare ``A:B`` gets brackets)."""
+    window = row.get("window") or ""
+    if window in ("", row["method"]):
+        return row["method"]
+    return f"{row['method']} {window if window.startswith('[') else f'[{window}]'}"
+
+
 def plot_window_ablation(cfg: PlotConfig, out: Path) -> PlotResult:
     """Dev accuracy per method and window over steps; over an ablation's seeds (``<ablation>-s<k>`` folders) the
     mean ± sd."""
@@ -35,10 +43,7 @@ def plot_window_ablation(cfg: PlotConfig, out: Path) -> PlotResult:
     for _, seeds in collect_seeds(cfg, _table_csv, needs="table.csv"):
         for rows in seeds:
             for r in rows:
-                window = r.get("window") or ""
-                key = r["method"] if window in ("", r["method"]) else f"{r['method']} {window}" if window.startswith(
-                    "[") else f"{r['method']} [{window}]"
-                values.setdefault(key, {}).setdefault(int(float(r["step"])), []).append(float(r["dev_acc"]))
+                values.setdefault(_window_key(r), {}).setdefault(int(float(r["step"])), []).append(float(r["dev_acc"]))
     methods = {name: {s: mean_sd(v) for s, v in sorted(sc.items())} for name, sc in values.items()}
     steps = sorted({s for v in methods.values() for s in v})
     most = max(n for sc in methods.values() for _, _, n in sc.values())

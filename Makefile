@@ -255,24 +255,37 @@ toy-adaptive: toy-base $(foreach r,$(TOY_AD_RUNS) $(patsubst toy-%,toy-small-%,$
 	    --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)/small/adaptive
 
 # Rethinking OPD's experiments on the toy world (recipes/train-toy-rethink-*.yaml: 30 steps each, dev accuracy at
-# steps 0/10/20/30), their figures in analysis/toy/rethinking/. Resumable; TOY_JOBS runs at a time.
+# steps 0/10/20/30), their figures in analysis/toy/rethinking/. Every training run (and the cold start's SFT) is made
+# once per seed in TOY_SEEDS, named as in toy-paper; the KL-by-position and student-prefix probes once. Resumable;
+# TOY_JOBS runs at a time.
 TOY_DIR = $(shell $(BIN)/python -c "from opd_cli.toy.world import default_root; print(default_root())")
 RETHINK := sampled topk-student topk-overlap topk-nonoverlap k1 k4 k64 coldstart nothink small weak-teacher
 RETHINK_FIG := $(TOY_FIG)/rethinking
 RETHINK_EVAL := --benchmark toy-dev --dev-benchmark toy-dev --limit 100 --samples 4 --max-new-tokens 192 \
                 --batch-size 100 --if-exists resume
-RETHINK_ARGS_coldstart = --student runs/sft-baseline-toy-coldstart/checkpoints/step_000040 --teacher $(TOY_DIR)/teacher
+# a run name's seed suffix: '' for seed 0, -s<k> for seed k
+seed_suffix = $(if $(call seed_flag,$(1)),-s$(call seed_of,$(1)))
+# per-experiment flags, given the seed suffix: the cold start begins from that seed's SFT checkpoint
+RETHINK_ARGS_coldstart = --student runs/sft-baseline-toy-coldstart$(1)/checkpoints/step_000040 --teacher $(TOY_DIR)/teacher
 RETHINK_ARGS_weak-teacher = --student $(TOY_DIR)/student-small --teacher $(TOY_DIR)/student
 
 runs/train-toy-rethink-%/rethink.done: | toy-world
-	$(OPD) train --recipe recipes/train-toy-rethink-$*.yaml $(RETHINK_ARGS_$*) --if-exists resume
+	$(OPD) train --recipe recipes/train-toy-rethink-$(call unseeded,$*).yaml \
+	    $(call RETHINK_ARGS_$(call unseeded,$*),$(call seed_suffix,$*)) $(call seed_flags,toy-rethink-$*) --if-exists resume
 	$(OPD) eval --run runs/train-toy-rethink-$* --initial $(RETHINK_EVAL)
 	touch $@
 
 runs/train-toy-rethink-coldstart/rethink.done: runs/sft-baseline-toy-coldstart/sft.done
+$(foreach s,1 2 3 4 5 6 7 8 9,$(eval runs/train-toy-rethink-coldstart-s$(s)/rethink.done: \
+    runs/sft-baseline-toy-coldstart-s$(s)/sft.done))
 
 runs/sft-baseline-toy-coldstart/sft.done: | toy-world
 	$(OPD) sft-baseline --recipe recipes/sft-toy-coldstart.yaml --if-exists resume
+	touch $@
+
+runs/sft-baseline-toy-coldstart-s%/sft.done: | toy-world
+	$(OPD) sft-baseline --recipe recipes/sft-toy-coldstart.yaml --seed $* --name toy-coldstart-s$* \
+	    --output-dir runs/sft-baseline-toy-coldstart-s$* --if-exists resume
 	touch $@
 
 runs/kl-by-position-toy-rethink/rethink.done: runs/train-toy-rethink-sampled/rethink.done
@@ -283,7 +296,7 @@ runs/probe-student-prefix-toy/rethink.done: | toy-world
 	$(OPD) probe-teacher-prefix --recipe recipes/probe-toy-student-prefix.yaml --if-exists resume
 	touch $@
 
-toy-rethinking-runs: $(foreach r,$(RETHINK),runs/train-toy-rethink-$(r)/rethink.done) \
+toy-rethinking-runs: $(foreach r,$(RETHINK),$(call seeded,runs/train-toy-rethink-$(r){s}/rethink.done)) \
                      runs/kl-by-position-toy-rethink/rethink.done runs/probe-student-prefix-toy/rethink.done
 
 toy-rethinking: toy-world  ## Rethinking OPD on the toy world: top-k supports and sizes, cold start, template, two teachers (resumable)

@@ -129,3 +129,23 @@ def test_window_ablation_over_seeds(tmp_path):
     sd = 100 * statistics.stdev([0.2, 0.3])
     assert f"| full | 25.0 ± {sd:.1f} | 35.0 ± {sd:.1f} |" in md
     assert res.data["acc"]["full"]["y"] == pytest.approx([0.25, 0.35])
+
+
+def test_dynamics_over_seeds_draws_means_and_tabulates_them(tmp_path, seeded):
+    # seed 1's overlap ratio is 0.1 above seed 0's at every step, seed 2's 0.2 above
+    for seed in (1, 2):
+        f = seeded / f"opd_full-s{seed}" / "metrics.jsonl"
+        rows = [json.loads(line) for line in f.read_text().splitlines()]
+        f.write_text("".join(json.dumps({**r, "overlap_ratio": r["overlap_ratio"] + 0.1 * seed}) + "\n" for r in rows))
+    base = {r["step"]: r["overlap_ratio"] for r in map(json.loads, (RUNS / "opd_full" / "metrics.jsonl").read_text().splitlines())}
+    res = plot(tmp_path, "dynamics", [seeded / "opd_full", seeded / "opd_prefix"])
+    ratio = res.data["overlap_ratio"]["OPD full (3 seeds)"]
+    assert ratio["y"] == pytest.approx([base[int(s)] + 0.1 for s in ratio["x"]])
+    acc = res.data["acc"]["OPD full (3 seeds)"]
+    assert acc["y"][1:] == pytest.approx([statistics.mean(TOY[s][step] for s in TOY) for step in (2, 4)])
+    row = res.data["rows"][0]
+    assert row["seeds"] == 3 and row["overlap_ratio_sd"] == pytest.approx(0.1)
+    assert row["acc_step_4_sd"] == pytest.approx(statistics.stdev([0.45, 0.35, 0.4]))
+    md = (tmp_path / "out" / "dynamics.md").read_text()
+    assert "over up to 3 training seeds" in md and "| OPD full (3 seeds) | 3 |" in md and "| opd_prefix | 1 |" in md
+    assert (tmp_path / "out" / "dynamics.csv").is_file()

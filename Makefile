@@ -299,7 +299,7 @@ runs/probe-student-prefix-toy/rethink.done: | toy-world
 toy-rethinking-runs: $(foreach r,$(RETHINK),$(call seeded,runs/train-toy-rethink-$(r){s}/rethink.done)) \
                      runs/kl-by-position-toy-rethink/rethink.done runs/probe-student-prefix-toy/rethink.done
 
-toy-rethinking: toy-world  ## Rethinking OPD on the toy world: top-k supports and sizes, cold start, template, two teachers (resumable)
+toy-rethinking: toy-world  ## Rethinking OPD on the toy world over training seeds TOY_SEEDS: top-k supports and sizes, cold start, template, two teachers (resumable)
 	$(TOY_MAKE) toy-rethinking-runs
 	$(OPD) plot topk-support $(foreach r,sampled topk-student topk-overlap topk-nonoverlap,runs/train-toy-rethink-$(r)) -o $(RETHINK_FIG)/fig7
 	$(OPD) plot topk-support $(foreach r,sampled k1 k4 topk-student k64,runs/train-toy-rethink-$(r)) -o $(RETHINK_FIG)/fig15

@@ -491,7 +491,8 @@ def test_toy_build_cli_runs_a_recipe(tiny_world, tmp_path):
     assert result.exit_code == 0, result.output
     m = json.loads((tmp_path / "w" / "manifest.json").read_text())
     assert (m["teacher"]["steps"], m["student"]["steps"], m["config"]["train_size"]) == (2, 2, fields["train_size"])
-    assert f"test accuracy at temperature 1: teacher {m['teacher']['test_acc']:.1%}" in result.output
+    assert "one sample per test problem (temperature 1; too few to rank the students):" in result.output
+    assert f"  teacher {m['teacher']['test_acc']:.1%}   student (large) {m['student']['test_acc']:.1%}" in result.output
     again = runner.invoke(app, ["toy", "build", "--recipe", str(recipe), "--reuse"])
     assert again.exit_code == 0 and "reused" in again.output
     bad = runner.invoke(app, ["toy", "build", "--recipe", str(recipe), "--min-teacher-acc", "2"])

@@ -332,6 +332,7 @@ def _report(console: Any, world: Any, reused: bool) -> None:
     how = "reused cached" if reused else f"built in {m.get('build_seconds', '?')} s:"
     console.print(
         f"toy world {how} {world.root}\n"
-        f"  test accuracy at temperature 1: teacher {m['teacher']['test_acc']:.1%}   "
-        f"student (large) {m['student']['test_acc']:.1%}   student (small) {m.get('student_small', {}).get('test_acc', float('nan')):.1%}"
+        f"  one sample per test problem (temperature 1; too few to rank the students):\n"
+        f"  teacher {m['teacher']['test_acc']:.1%}   student (large) {m['student']['test_acc']:.1%}   "
+        f"student (small) {m.get('student_small', {}).get('test_acc', float('nan')):.1%}"
     )

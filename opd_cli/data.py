@@ -16,7 +16,7 @@ from typing import Any
 
 from opd_cli.core.errors import OpdError
 
-ANSWER_TYPES = ("math", "choice")
+ANSWER_TYPES = ("math", "choice", "short")
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 CHOICE_INSTRUCTION = "Answer with the letter of the correct option only, within \\boxed{}, e.g. \\boxed{A}."
 QUESTION_COLUMNS = ("question", "problem", "prompt", "Question", "Problem", "input", "query")
@@ -27,7 +27,8 @@ LETTERS = "ABCDEFGHIJ"
 
 @dataclass
 class Problem:
-    """One question with its gold answer. ``answer_type``: ``math`` (graded by math-verify) or ``choice`` (a letter)."""
+    """One question with its gold answer. ``answer_type``: ``math`` (graded by math-verify), ``choice`` (a letter) or
+    ``short`` (a one-word answer named in the first sentence)."""
 
     id: str
     question: str
@@ -410,3 +411,21 @@ def _toy_loader(split: str) -> Loader:
 
 for _name, _split in TOY_SPLITS.items():
     register_source(_name, _toy_loader(_split))
+
+
+# ------------------------------------------------------------------------------------------ real-model world
+def _real_loader(split: str) -> Loader:
+    def load(limit: int | None = None, seed: int = 0) -> list[Problem]:
+        from opd_cli.real.world import read_split  # the world `opd real build` made; one line when it is missing
+
+        rows = read_split(split)[: limit or None]
+        keep = ("id", "question", "answer", "answer_type")
+        return [Problem(str(r["id"]), str(r["question"]), str(r["answer"]), str(r.get("answer_type") or "short"),
+                        {k: v for k, v in r.items() if k not in keep}) for r in rows]
+
+    return load
+
+
+REAL_SPLITS = {"real": "test", "real-dev": "dev", "real-ood": "ood", "real-train": "train"}
+for _name, _split in REAL_SPLITS.items():
+    register_source(_name, _real_loader(_split))

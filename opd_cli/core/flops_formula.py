@@ -78,8 +78,11 @@ class ModelShape:
 
     @classmethod
     def from_source(cls, source: str | Path) -> ModelShape:
-        """A shipped name (``qwen3-8b``), a folder with config.json, a config.json file, or a hub id."""
-        src = str(source).strip()
+        """A shipped name (``qwen3-8b``), a folder with config.json, a config.json file, a hub id, or ``real:<name>``
+        (a model of the real-model world)."""
+        from opd_cli.core.models import resolve_source
+
+        src = resolve_source(str(source).strip())
         check(src != "", "empty model config: pass a shipped name (e.g. qwen3-8b), a folder, a config.json or a hub id")
         path = Path(src).expanduser()
         if path.is_dir():

@@ -141,6 +141,9 @@ def load_vllm(model: str, dtype: str = "auto", seed: int = 0, max_model_len: int
     (VLLM_CPU_KVCACHE_SPACE); on a GPU it takes ``gpu_memory_utilization`` of its memory (default 0.9)."""
     check_backend("vllm")
     quiet_vllm()
+    from opd_cli.core.models import resolve_source
+
+    model = resolve_source(model)
     check_vllm_model(model)
     cpu_kv_cache()
     import os
@@ -190,7 +193,9 @@ def check_vllm_model(model: str) -> None:
     import json
     from pathlib import Path
 
-    config_file = Path(model).expanduser() / "config.json"
+    from opd_cli.core.models import resolve_source
+
+    config_file = Path(resolve_source(model)).expanduser() / "config.json"
     if not config_file.is_file():
         return  # a hub id: vLLM itself fetches and checks it
     cfg = json.loads(config_file.read_text())

@@ -1,5 +1,5 @@
 """Grading sampled answers: math by math-verify (parse + symbolic verify of the final boxed answer), multiple
-choice by the letter. The prefix-OPD paper does not say how it grades: a maintained verifier, not hand-written
+choice by the letter, short free-text answers (the real-model task) by the gold word in the first sentence. The prefix-OPD paper does not say how it grades: a maintained verifier, not hand-written
 regexes, is this project's choice.
 
 math-verify's own timeouts use ``signal.alarm``, which only works in the main thread; from any other thread we
@@ -11,6 +11,7 @@ group by brace matching (math-verify would merge every boxed group of a response
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from functools import lru_cache
 from typing import Any
@@ -142,10 +143,36 @@ def grade_choice(text: str, gold_letter: str) -> tuple[bool, str | None]:
     return (letter is not None and letter == str(gold_letter).strip().upper()), letter
 
 
+# a sentence ends at . ! or ? before whitespace and a capital, digit or quote (so "the U.S. is" does not end one),
+# at the end of the text, or at a line break
+_SENTENCE_END = re.compile(r"[.!?](?=\s+[A-Z0-9\"'(]|\s*$)|\n")
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a response's answer region (after ``</think>`` when it has one), stripped."""
+    region = answer_region(text).strip()
+    m = _SENTENCE_END.search(region)
+    return (region[: m.start()] if m else region).strip()
+
+
+def grade_short(text: str, gold: str) -> tuple[bool, str | None]:
+    """(correct, the sentence graded) for a one-word answer: right when the first sentence of the response names
+    the gold (``|`` separates accepted spellings) as a whole word, ignoring case: "The capital of France is Paris."
+    against ``Paris``. Only the first sentence counts, so a list of guesses or a late correction is wrong."""
+    sentence = first_sentence(text)
+    for alt in str(gold).split("|"):
+        alt = alt.strip()
+        if alt and re.search(r"(?<![\w-])" + re.escape(alt) + r"(?![\w-])", sentence, re.IGNORECASE):
+            return True, sentence
+    return False, sentence
+
+
 def grade(problem: Any, text: str) -> tuple[bool, str | None]:
     """Grade ``text`` against a :class:`opd_cli.data.Problem` by its ``answer_type``."""
     if problem.answer_type == "choice":
         return grade_choice(text, problem.answer)
+    if problem.answer_type == "short":
+        return grade_short(text, problem.answer)
     return grade_math(text, problem.answer)
 
 

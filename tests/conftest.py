@@ -20,7 +20,7 @@ def _vllm_tests_collectable() -> bool:
 
 # without vLLM the vLLM tests are not even imported (the default suite deselects them anyway); make test-vllm
 # sets OPD_REQUIRE_VLLM=1, so there a missing vLLM fails instead
-collect_ignore = [] if _vllm_tests_collectable() else ["test_vllm.py"]
+collect_ignore = [] if _vllm_tests_collectable() else ["test_vllm.py", "test_real_vllm.py"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -9,9 +9,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from real_gguf import SHAPE, write_tiny_gguf
 
 from opd_cli.core.errors import OpdError
-from real_gguf import SHAPE, write_tiny_gguf
 
 
 @pytest.fixture(scope="session")
@@ -199,7 +199,6 @@ def test_number_words():
 ])
 def test_grade_short(text, gold, ok):
     from opd_cli.core.grading import grade
-
     from opd_cli.data import Problem
 
     assert grade(Problem("x", "q", gold, "short"), text)[0] is ok

@@ -25,7 +25,7 @@ from opd_cli.core.config import build_config
 # accelerate-*.yaml are `accelerate launch` configs, not opd recipes (tests/test_sharded.py loads them)
 RECIPES = sorted(p for p in (Path(__file__).resolve().parents[1] / "recipes").glob("*.y*ml") if not p.name.startswith("accelerate-"))
 # recipe file name -> flags it is always run with (what the command line would add)
-EXTRA: dict[str, dict] = {"eval-paper.yaml": {"run": "runs/train-paper-8b-prefix512"}}
+EXTRA: dict[str, dict] = {"eval-paper.yaml": {"run": "runs/train-paper-8b-prefix512"}, "eval-real.yaml": {"run": "runs/train-real-prefix"}}
 
 
 def _reraise(name: str) -> None:

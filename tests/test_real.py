@@ -226,3 +226,58 @@ def test_train_and_eval_run_on_the_real_world(real_dir, tmp_path):
                                                  template="chat", think=False, device="cpu")))
     res = json.loads(next((run / "eval").rglob("real-dev.json")).read_text())
     assert res["num_problems"] == 4 and res["n"] == 2 and 0 <= res["mean_acc"] <= 1
+    from opd_cli.core.flops_formula import ModelShape, opd_flops
+    from opd_cli.flops import run_totals
+
+    totals = run_totals(run)  # the run's config names real:student / real:teacher: FLOPs read their configs
+    s, t = ModelShape.from_source("real:student"), ModelShape.from_source("real:teacher")
+    assert totals.student == "real:student" and totals.flops == opd_flops(s, t, totals.seq_tokens, totals.seq_tokens_sq, 12)
+
+
+def test_every_analysis_runs_on_the_real_world(real_dir, tmp_path):
+    """The real-model recipes of the paper's analyses, shrunk to a few problems and tokens, on the miniature world:
+    the teacher-prefix probe (Fig. 3), KL by position (Fig. 2), the SFT baseline with the teacher's own answers,
+    the window ablation (Table 3) and their plots; each writes the file its figure or table is made from."""
+    import csv
+
+    from opd_cli.analyses.kl_by_position import KlByPositionConfig, run_kl_by_position
+    from opd_cli.analyses.probe_teacher_prefix import ProbeConfig, run_probe
+    from opd_cli.core.config import build_config
+    from opd_cli.plot import PlotConfig, run_plot
+    from opd_cli.sft_baseline import SftConfig, run_sft
+    from opd_cli.train.config import TrainConfig
+    from opd_cli.train.run import run_train
+    from opd_cli.window_ablation.config import WindowAblationConfig
+    from opd_cli.window_ablation.run import run_window_ablation
+
+    R = Path("recipes")
+    rows = run_probe(build_config(ProbeConfig, R / "probe-real.yaml", dict(
+        limit=3, samples=1, lengths=[2, 4], teacher_max_new_tokens=6, max_new_tokens=6, output_dir=str(tmp_path / "probe"),
+        device="cpu")))
+    assert [r["length"] for r in rows] == [0, 2, 4]
+    assert (tmp_path / "probe" / "probe.csv").is_file()
+
+    run = tmp_path / "full"
+    run_train(build_config(TrainConfig, R / "train-real-full.yaml", dict(
+        steps=2, batch_size=2, micro_batch_size=2, max_new_tokens=6, save_every=1, kl_bin=2, output_dir=str(run), device="cpu")))
+    run_kl_by_position(build_config(KlByPositionConfig, R / "kl-by-position-real-full.yaml", dict(
+        run=str(run), steps=[1, 2], limit=2, samples=1, max_new_tokens=6, bin=2, output_dir=str(tmp_path / "kl"), device="cpu")))
+    with open(tmp_path / "kl" / "kl_by_position.csv") as f:
+        kl = list(csv.DictReader(f))
+    assert {r["step"] for r in kl} >= {"0", "1", "2"} and all(float(r["mean_kl"]) == float(r["mean_kl"]) for r in kl)
+
+    sft = tmp_path / "sft"
+    run_sft(build_config(SftConfig, R / "sft-real.yaml", dict(
+        steps=2, save_every=1, batch_size=2, micro_batch_size=2, limit=4, teacher_max_new_tokens=6, output_dir=str(sft), device="cpu")))
+    assert (sft / "metrics.jsonl").is_file() and any(sft.rglob("model.safetensors"))
+
+    abl = tmp_path / "abl"
+    run_window_ablation(build_config(WindowAblationConfig, R / "window-ablation-real.yaml", dict(
+        overrides=["steps=2", "batch_size=2", "micro_batch_size=2", "max_new_tokens=6", "save_every=1", "device=cpu"],
+        windows=["2:4"], prefix_ref=2, reference_runs=[], eval_steps=[2], eval_limit=2, eval_samples=1,
+        eval_max_new_tokens=6, output_dir=str(abl))))
+    with open(abl / "table.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 3  # full, prefix 2, window [2, 4)
+    done = run_plot(build_config(PlotConfig, None, dict(kind="teacher-prefix", runs=[str(tmp_path / "probe")], output_dir=str(tmp_path / "fig3"))))
+    assert any(p.suffix == ".png" for p in done.paths)

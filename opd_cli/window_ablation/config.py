@@ -53,6 +53,7 @@ class WindowAblationConfig:
         0, help="Response cap at evaluation in tokens (0 = the eval default: no training cap)."
     )
     eval_batch_size: int = field(0, help="Sequences per generate call at evaluation (0 = the eval default).")
+    eval_temperature: float = field(1.0, help="Sampling temperature at evaluation (the paper: 1.0).")
     skip_eval: bool = field(False, help="Train only; the table then shows the evaluations already on disk.")
     output_dir: str = field("runs/window-ablation", help="Ablation folder: runs/<label>/, table.csv, table.md.")
     if_exists: str = field(

@@ -130,7 +130,7 @@ def train_all(planned: list[tuple[str, Any]], cfg: WindowAblationConfig | None =
                 from opd_cli.evaluate.config import EvalConfig
 
                 adopt_run(
-                    src, tcfg, cfg.eval_steps, build_config(EvalConfig, None, _eval_overrides(cfg)), cfg.dev_benchmark
+                    src, tcfg, cfg.eval_steps, build_config(EvalConfig, None, _eval_overrides(cfg, tcfg)), cfg.dev_benchmark
                 )
                 logger.info(f"[{label}] adopted the first {tcfg.steps} steps of {src} (same settings): not retrained")
                 status[label] = "adopted"
@@ -165,7 +165,9 @@ def evaluate_all(cfg: WindowAblationConfig, planned: list[tuple[str, Any]]) -> N
     from opd_cli.evaluate.config import EvalConfig
     from opd_cli.evaluate.run import evaluate_run
 
-    ecfg = build_config(EvalConfig, None, _eval_overrides(cfg))
+    if not planned:
+        return
+    ecfg = build_config(EvalConfig, None, _eval_overrides(cfg, planned[0][1]))
     for label, tcfg in planned:
         run_dir = Path(tcfg.output_dir)
         available = {s for s, _ in list_checkpoints(run_dir)} | {0}
@@ -186,8 +188,11 @@ def evaluate_all(cfg: WindowAblationConfig, planned: list[tuple[str, Any]]) -> N
             )
 
 
-def _eval_overrides(cfg: WindowAblationConfig) -> dict[str, Any]:
-    kw: dict[str, Any] = {"samples": cfg.eval_samples, "limit": cfg.eval_limit, "if_exists": "resume"}
+def _eval_overrides(cfg: WindowAblationConfig, tcfg: Any) -> dict[str, Any]:
+    """The dev evaluation's settings: the ablation's eval_* fields, and the prompts the runs trained on (the
+    training config's template and <think>)."""
+    kw: dict[str, Any] = {"samples": cfg.eval_samples, "limit": cfg.eval_limit, "temperature": cfg.eval_temperature,
+                          "template": tcfg.template, "think": tcfg.think, "if_exists": "resume"}
     if cfg.eval_max_new_tokens:
         kw["max_new_tokens"] = cfg.eval_max_new_tokens
     if cfg.eval_batch_size:

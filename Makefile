@@ -333,7 +333,8 @@ real-base: runs/eval-real-student/eval/real-ood.json runs/eval-real-teacher/eval
 
 # seed k of a method in runs/train-real-<method>-s<k> (seed 0: runs/train-real-<method>)
 runs/train-real-%/eval/best.json: | real-world
-	$(OPD) train --recipe recipes/train-real-$(call unseeded,$*).yaml $(call seed_flags,$*) --steps $(REAL_STEPS) \
+	$(OPD) train --recipe recipes/train-real-$(call unseeded,$*).yaml $(call seed_flag,$*) \
+	    $(if $(call seed_flag,$*),--name real-$*) --steps $(REAL_STEPS) \
 	    --save-every $(REAL_STEPS) --if-exists resume
 	$(OPD) eval --run runs/train-real-$* --dev-benchmark real $(REAL_TEST)
 

@@ -282,7 +282,10 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
         table.add_column(k, justify="left" if k in ("model", "run", "command", "student", "teacher") else "right")
     for r in rows:
         table.add_row(*[_fmt(v) for v in r.values()])
-    Console().print(table)
+    import sys
+
+    # a log or a pipe (make's output) has no width: rich would cut every column to fit 80 characters
+    Console(width=None if sys.stdout.isatty() else 220).print(table)
 
 
 def run_flops(cfg: FlopsConfig) -> list[dict[str, Any]]:

@@ -281,3 +281,29 @@ def test_every_analysis_runs_on_the_real_world(real_dir, tmp_path):
     assert len(table) == 3  # full, prefix 2, window [2, 4)
     done = run_plot(build_config(PlotConfig, None, dict(kind="teacher-prefix", runs=[str(tmp_path / "probe")], output_dir=str(tmp_path / "fig3"))))
     assert any(p.suffix == ".png" for p in done.paths)
+
+
+def test_make_real_seeds_evaluates_the_folders_its_runs_write():
+    """`make -n real-seeds`: each `opd train` is followed by an `opd eval --run` of the folder that training run
+    writes (runs/train-<name>, the name from --name or the recipe), and seed k's folder is the seed-0 folder's
+    name plus -s<k>, which is how `opd plot` finds a run's seeds."""
+    import re
+    import shutil
+    import subprocess
+
+    import yaml
+
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    out = subprocess.run(["make", "-nB", "--no-print-directory", "real-seeds", "REAL_SEEDS=0 1 2"],
+                         capture_output=True, text=True, check=True).stdout.replace("\\\n", " ")
+    lines = [ln for ln in out.splitlines() if " train --recipe " in ln or " eval --run " in ln]
+    pairs = list(zip(lines[::2], lines[1::2], strict=True))
+    assert len(pairs) == 6
+    for train, ev in pairs:
+        recipe = re.search(r"--recipe (\S+)", train).group(1)
+        name = (re.search(r"--name (\S+)", train) or [None, yaml.safe_load(Path(recipe).read_text())["name"]])[1]
+        seed = re.search(r"--seed (\d+)", train)
+        base = yaml.safe_load(Path(recipe).read_text())["name"]
+        assert name == (f"{base}-s{seed.group(1)}" if seed else base), train
+        assert re.search(r"--run (\S+)", ev).group(1) == f"runs/train-{name}", (train, ev)

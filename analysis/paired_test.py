@@ -1,0 +1,94 @@
+"""Two methods on the same problems: the difference of their accuracies, a 95 % bootstrap interval and a paired
+sign-flip permutation test over problems (no distributional assumption, exact up to Monte-Carlo error).
+
+    .venv/bin/python analysis/paired_test.py runs/train-real-prefix runs/train-real-full --benchmark real
+
+Each argument is a run folder (its evaluated checkpoint: eval/best.json's step) or an `opd eval --model` folder
+(eval/<benchmark>.samples.jsonl). A run's training seeds (<run>-s<k> folders beside it) are pooled: a problem's
+accuracy is the mean over every seed's samples of it. Both sides must hold the same problems. The seeds' own spread
+(the sd of the seed means) is printed too: the test is over problems, which it holds fixed, not over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import statistics
+import sys
+from pathlib import Path
+
+
+def _samples_file(folder: Path, benchmark: str) -> Path:
+    best = folder / "eval" / "best.json"
+    if best.is_file():
+        step = int(json.loads(best.read_text())["best_step"])
+        return folder / "eval" / f"step_{step:06d}" / f"{benchmark}.samples.jsonl"
+    return folder / "eval" / f"{benchmark}.samples.jsonl"
+
+
+def seed_folders(run: Path) -> list[Path]:
+    """The run and its <run>-s<k> seed folders, seed order."""
+    extra = sorted((p for p in run.parent.glob(run.name + "-s*") if re.fullmatch(re.escape(run.name) + r"-s\d+", p.name)),
+                   key=lambda p: int(p.name.rsplit("-s", 1)[1]))
+    return [run, *extra]
+
+
+def per_problem(folder: Path, benchmark: str) -> dict[str, list[bool]]:
+    f = _samples_file(folder, benchmark)
+    if not f.is_file():
+        raise SystemExit(f"error: {f} does not exist: evaluate {folder} on {benchmark} first")
+    out: dict[str, list[bool]] = {}
+    for line in f.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            out.setdefault(r["problem_id"], []).append(bool(r["correct"]))
+    return out
+
+
+def pooled(run: Path, benchmark: str) -> tuple[dict[str, float], list[float]]:
+    """(problem -> accuracy over all seeds' samples, each seed's mean accuracy)."""
+    seeds = [per_problem(f, benchmark) for f in seed_folders(run)]
+    keys = set(seeds[0])
+    if any(set(s) != keys for s in seeds):
+        raise SystemExit(f"error: the seeds of {run} were evaluated on different problems of {benchmark}")
+    acc = {k: sum(sum(s[k]) for s in seeds) / sum(len(s[k]) for s in seeds) for k in keys}
+    means = [sum(sum(v) / len(v) for v in s.values()) / len(s) for s in seeds]
+    return acc, means
+
+
+def compare(a: Path, b: Path, benchmark: str, rounds: int = 10000, seed: int = 0) -> dict[str, float]:
+    acc_a, seeds_a = pooled(a, benchmark)
+    acc_b, seeds_b = pooled(b, benchmark)
+    if set(acc_a) != set(acc_b):
+        raise SystemExit(f"error: {a} and {b} were evaluated on different problems of {benchmark}")
+    keys = sorted(acc_a)
+    d = [acc_a[k] - acc_b[k] for k in keys]
+    n, diff = len(d), sum(d) / len(d)
+    rng = random.Random(seed)
+    boot = sorted(sum(rng.choice(d) for _ in range(n)) / n for _ in range(rounds))
+    extreme = sum(abs(sum(x if rng.random() < 0.5 else -x for x in d)) >= abs(sum(d)) - 1e-12 for _ in range(rounds))
+    return {"a": statistics.mean(seeds_a), "a_sd": statistics.stdev(seeds_a) if len(seeds_a) > 1 else 0.0,
+            "b": statistics.mean(seeds_b), "b_sd": statistics.stdev(seeds_b) if len(seeds_b) > 1 else 0.0,
+            "seeds_a": len(seeds_a), "seeds_b": len(seeds_b), "problems": n, "diff": diff,
+            "lo": boot[int(0.025 * rounds)], "hi": boot[int(0.975 * rounds) - 1], "p": (extreme + 1) / (rounds + 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("a", type=Path)
+    ap.add_argument("b", type=Path)
+    ap.add_argument("--benchmark", required=True)
+    ap.add_argument("--rounds", type=int, default=10000)
+    args = ap.parse_args(argv)
+    r = compare(args.a, args.b, args.benchmark, args.rounds)
+    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    print(f"{args.benchmark}: {args.a.name} {pct(r['a'])} ± {pct(r['a_sd'])} ({r['seeds_a']} seeds) vs {args.b.name} "
+          f"{pct(r['b'])} ± {pct(r['b_sd'])} ({r['seeds_b']}); difference {pct(r['diff'])} points, 95 % interval "
+          f"[{pct(r['lo'])}, {pct(r['hi'])}], paired permutation p = {r['p']:.3g} over {r['problems']} problems")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""analysis/paired_test.py: the difference, its interval and the paired permutation p on made-up evaluations."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "analysis"))
+import paired_test  # noqa: E402
+
+
+def _eval(folder: Path, correct: list[list[bool]], step: int | None = None) -> Path:
+    sub = folder / "eval" / (f"step_{step:06d}" if step is not None else "")
+    sub.mkdir(parents=True)
+    if step is not None:
+        (folder / "eval" / "best.json").write_text(json.dumps({"best_step": step}))
+    lines = [json.dumps({"problem_id": f"p{i}", "sample": j, "correct": c}) for i, row in enumerate(correct) for j, c in enumerate(row)]
+    (sub / "b.samples.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_a_method_right_where_the_other_is_wrong(tmp_path):
+    a = _eval(tmp_path / "run-a", [[True, True]] * 20, step=40)
+    _eval(tmp_path / "run-a-s1", [[True, False]] * 20, step=40)  # a seed: pooled per problem, 0.75
+    b = _eval(tmp_path / "base", [[False, False]] * 20)
+    r = paired_test.compare(a, b, "b", rounds=2000)
+    assert r["seeds_a"] == 2 and r["a"] == pytest.approx(0.75) and r["a_sd"] == pytest.approx(0.3535534, rel=1e-6)
+    assert r["diff"] == pytest.approx(0.75) and r["lo"] == r["hi"] == pytest.approx(0.75)
+    assert r["p"] < 0.001  # every one of 20 paired differences positive: 2 / 2^20 of the sign flips are as extreme
+
+
+def test_the_same_answers_give_no_difference(tmp_path):
+    rows = [[i % 2 == 0, i % 3 == 0] for i in range(30)]
+    r = paired_test.compare(_eval(tmp_path / "x", rows), _eval(tmp_path / "y", rows), "b", rounds=500)
+    assert r["diff"] == 0 and r["p"] == 1.0
+
+
+def test_other_problems_are_refused(tmp_path):
+    with pytest.raises(SystemExit, match="different problems"):
+        paired_test.compare(_eval(tmp_path / "x", [[True]] * 3), _eval(tmp_path / "y", [[True]] * 4), "b")

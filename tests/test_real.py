@@ -283,10 +283,12 @@ def test_every_analysis_runs_on_the_real_world(real_dir, tmp_path):
     assert any(p.suffix == ".png" for p in done.paths)
 
 
-def test_make_real_seeds_evaluates_the_folders_its_runs_write():
-    """`make -n real-seeds`: each `opd train` is followed by an `opd eval --run` of the folder that training run
-    writes (runs/train-<name>, the name from --name or the recipe), and seed k's folder is the seed-0 folder's
-    name plus -s<k>, which is how `opd plot` finds a run's seeds."""
+@pytest.mark.parametrize("target", ["real", "real-seeds", "real-paper"])
+def test_make_real_targets_read_the_folders_their_runs_write(target):
+    """`make -nB <target>` with seeds 0, 1, 2: each `opd train` / `opd sft-baseline` is followed by an
+    `opd eval --run` of the folder that run writes (runs/train-<name>, the name from --name or the recipe; SFT's
+    --output-dir); seed k's folder is seed 0's name plus -s<k> (how `opd plot` finds a run's seeds); and every
+    folder the tables and plots read is one that some command of the target writes."""
     import re
     import shutil
     import subprocess
@@ -295,15 +297,27 @@ def test_make_real_seeds_evaluates_the_folders_its_runs_write():
 
     if shutil.which("make") is None:
         pytest.skip("needs make")
-    out = subprocess.run(["make", "-nB", "--no-print-directory", "real-seeds", "REAL_SEEDS=0 1 2"],
+    out = subprocess.run(["make", "-nB", "--no-print-directory", target, "REAL_SEEDS=0 1 2"],
                          capture_output=True, text=True, check=True).stdout.replace("\\\n", " ")
-    lines = [ln for ln in out.splitlines() if " train --recipe " in ln or " eval --run " in ln]
-    pairs = list(zip(lines[::2], lines[1::2], strict=True))
-    assert len(pairs) == 6
-    for train, ev in pairs:
-        recipe = re.search(r"--recipe (\S+)", train).group(1)
-        name = (re.search(r"--name (\S+)", train) or [None, yaml.safe_load(Path(recipe).read_text())["name"]])[1]
-        seed = re.search(r"--seed (\d+)", train)
-        base = yaml.safe_load(Path(recipe).read_text())["name"]
-        assert name == (f"{base}-s{seed.group(1)}" if seed else base), train
-        assert re.search(r"--run (\S+)", ev).group(1) == f"runs/train-{name}", (train, ev)
+    lines = [ln for ln in out.splitlines() if "/opd " in ln]
+    written = set()
+    for i, line in enumerate(lines):
+        if " train --recipe " not in line and " sft-baseline --recipe " not in line:
+            if " eval --model " in line:
+                written.add(re.search(r"--output-dir (\S+)", line).group(1))
+            continue
+        recipe = yaml.safe_load(Path(re.search(r"--recipe (\S+)", line).group(1)).read_text())
+        name = (re.search(r"--name (\S+)", line) or [None, recipe["name"]])[1]
+        seed = re.search(r"--seed (\d+)", line)
+        if seed:
+            assert name.endswith(f"-s{seed.group(1)}"), line
+        sft = " sft-baseline " in line
+        folder = re.search(r"--output-dir (\S+)", line).group(1) if sft else f"runs/train-{name}"
+        assert not sft or folder == f"runs/sft-baseline-{name}", line
+        assert re.search(r"--run (\S+)", lines[i + 1]).group(1) == folder, (line, lines[i + 1])
+        written.add(folder)
+    assert len([f for f in written if f.startswith("runs/train-")]) == {"real": 2, "real-seeds": 6, "real-paper": 15}[target]
+    for line in lines:
+        if " plot main-table " in line or " plot compute-vs-acc " in line:
+            read = re.findall(r"(runs/\S+)", line.split(" -o ")[0])
+            assert read and set(read) <= written, (line, set(read) - written)

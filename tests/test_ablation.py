@@ -209,7 +209,9 @@ def test_window_ablation_recipes_expand(path: Path, monkeypatch: pytest.MonkeyPa
     cfg = build_config(WindowAblationConfig, path)
     planned = plan_runs(cfg, Path("/nonexistent/ablation"))  # every run is a valid TrainConfig
     assert len(planned) == len(cfg.windows) + 2
-    assert all(t.steps == 30 for _, t in planned)
+    steps = int(next(o for o in cfg.overrides if o.startswith("steps=")).split("=")[1])  # 30 (toy, paper), 40 (real)
+    assert steps in (30, 40) and all(t.steps == steps for _, t in planned)
+    assert max(cfg.eval_steps) == steps  # the table's last column is the runs' last step
 
 
 def test_reference_runs_stand_in_for_references(

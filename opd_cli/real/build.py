@@ -196,6 +196,7 @@ def save_model(model: Any, tok: Any, folder: Path) -> None:
 
 
 def _build(cfg: RealBuildConfig, root: Path, console: Any) -> Any:
+    from opd_cli.core.runs import swap_in
     from opd_cli.real.task import write_splits
     from opd_cli.real.world import load_world, write_manifest
 
@@ -222,12 +223,7 @@ def _build(cfg: RealBuildConfig, root: Path, console: Any) -> Any:
                 "student": {**shape(student), "dropped_layers": list(cfg.dropped)}, "sizes": sizes,
                 "build_seconds": round(time.time() - t0, 1)}
     write_manifest(work, manifest)
-    old = root.with_name(root.name + ".old")
-    if root.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        root.rename(old)
-    work.rename(root)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(work, root)
     return load_world(root, check_hashes=True)
 
 

@@ -14,14 +14,13 @@ models ``real:teacher`` and ``real:student`` and the splits ``real-train``, ``re
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from opd_cli.core.errors import OpdError
 from opd_cli.core.models import real_root
-from opd_cli.toy.world import hash_files, sha256
+from opd_cli.toy import world as toy_world  # the manifest and hash helpers both worlds share
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -47,11 +46,7 @@ class RealWorld:
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Hash the folder's files into ``manifest`` and write it atomically (the last step of a build)."""
-    full = {**manifest, "format_version": FORMAT_VERSION, "files": hash_files(root)}
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(full, indent=2) + "\n")
-    os.replace(tmp, root / MANIFEST)
-    return full
+    return toy_world.write_manifest(root, manifest, version=FORMAT_VERSION)
 
 
 def invalid_reason(root: Path, check_hashes: bool = True) -> str | None:
@@ -69,13 +64,7 @@ def invalid_reason(root: Path, check_hashes: bool = True) -> str | None:
     missing = [rel for rel in NEEDED if rel not in files]
     if missing:
         return f"{mpath} does not list {missing[0]}"
-    for rel, digest in files.items():
-        p = root / rel
-        if not p.is_file():
-            return f"{p} is missing"
-        if check_hashes and sha256(p) != digest:
-            return f"{p} does not match its hash in the manifest (modified or corrupt)"
-    return None
+    return toy_world.listed_files_reason(root, files, check_hashes)
 
 
 def load_world(root: Path | str | None = None, check_hashes: bool = False) -> RealWorld:

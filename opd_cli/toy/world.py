@@ -106,10 +106,11 @@ def hash_files(root: Path) -> dict[str, str]:
     }
 
 
-def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Hash the folder's files into ``manifest`` and write it atomically (the last step of a build)."""
+def write_manifest(root: Path, manifest: dict[str, Any], version: int = FORMAT_VERSION) -> dict[str, Any]:
+    """Hash the folder's files into ``manifest`` and write it atomically (the last step of a build); ``version``:
+    the world's format version (the real-model world has its own)."""
     root = Path(root)
-    full = {**manifest, "format_version": FORMAT_VERSION, "files": hash_files(root)}
+    full = {**manifest, "format_version": version, "files": hash_files(root)}
     tmp = root / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(full, indent=2) + "\n")
     os.replace(tmp, root / MANIFEST)
@@ -136,6 +137,11 @@ def invalid_reason(root: Path, check_hashes: bool = True) -> str | None:
     for rel in needed:
         if rel not in files:
             return f"{mpath} does not list {rel}"
+    return listed_files_reason(root, files, check_hashes)
+
+
+def listed_files_reason(root: Path, files: dict[str, str], check_hashes: bool = True) -> str | None:
+    """Why the files a manifest lists (relative path -> sha256) are not all there and intact, or None."""
     for rel, digest in files.items():
         p = root / rel
         if not p.is_file():

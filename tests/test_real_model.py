@@ -98,29 +98,14 @@ def test_recorded_loss_and_kl_of_the_real_models(world, tmp_path, monkeypatch):
     How RECORDED was made: 2026-12-04, CPU, float32, the project's venv, by running this test with None values and
     copying what the failing assertion printed. Update only for a change meant to move them (tests/test_recorded_values.py
     says when)."""
-    import torch
+    from test_recorded_values import record_fixed_batch
 
-    import opd_cli.train.trainer as trainer_mod
     from opd_cli.core.config import build_config
     from opd_cli.train.config import TrainConfig
     from opd_cli.train.run import run_train
 
     monkeypatch.setenv("OPD_REAL_DIR", str(world.root))
-    seen: dict = {}
-
-    class Recording(trainer_mod.OpdTrainer):
-        def _prepare_inputs(self, generation_batch):
-            inputs = super()._prepare_inputs(generation_batch)
-            if not seen:
-                before = {k: v.clone() for k, v in self.metrics.acc.items() if torch.is_tensor(v)}
-                with torch.no_grad():
-                    seen["loss"] = float(self.compute_loss(self.model_wrapped, _fixed_inputs(self.processing_class)))
-                sums = self.metrics.acc["sums"] - before["sums"]
-                seen["kl"] = float(sums[0] / sums[1])
-                self.metrics.acc.update(before)
-            return inputs
-
-    monkeypatch.setattr(trainer_mod, "OpdTrainer", Recording)
+    seen = record_fixed_batch(monkeypatch, _fixed_inputs)
     run_train(build_config(TrainConfig, "recipes/train-real-prefix.yaml", dict(
         steps=1, batch_size=2, micro_batch_size=2, prefix="4", max_new_tokens=8, save_every=0,
         output_dir=str(tmp_path / "run"), device="cpu", metrics_every=0)))

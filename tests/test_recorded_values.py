@@ -39,6 +39,33 @@ def _fixed_inputs():
     }
 
 
+def record_fixed_batch(monkeypatch, make_inputs) -> dict:
+    """Make `opd train`'s trainer, before its first step, score the micro-batch ``make_inputs(tokenizer)``: fills the
+    returned dict with the loss compute_loss gives, the KL the step would log (mean over trained tokens) and the
+    trained-token count, and leaves the real step's metrics as they were (tests/test_real_model.py uses it too)."""
+    import torch
+
+    import opd_cli.train.trainer as trainer_mod
+
+    seen: dict = {}
+
+    class Recording(trainer_mod.OpdTrainer):
+        def _prepare_inputs(self, generation_batch):
+            inputs = super()._prepare_inputs(generation_batch)
+            if not seen:
+                before = {k: v.clone() for k, v in self.metrics.acc.items() if torch.is_tensor(v)}
+                with torch.no_grad():
+                    seen["loss"] = float(self.compute_loss(self.model_wrapped, make_inputs(self.processing_class)))
+                sums = self.metrics.acc["sums"] - before["sums"]
+                seen["kl"] = float(sums[0] / sums[1])
+                seen["trained"] = int(sums[1])
+                self.metrics.acc.update(before)  # the real step's metrics stay the real batch's
+            return inputs
+
+    monkeypatch.setattr(trainer_mod, "OpdTrainer", Recording)
+    return seen
+
+
 @pytest.mark.parametrize("loss", ["sampled", "full", "topk"])
 def test_loss_and_logged_kl_match_the_recorded_values(tiny_model_dirs, prompts_file, tmp_path, monkeypatch, loss):
     """The trainer built by `opd train` (tiny random student seed 1, teacher seed 2, from conftest) scores the
@@ -51,28 +78,11 @@ def test_loss_and_logged_kl_match_the_recorded_values(tiny_model_dirs, prompts_f
     When to update: only for a change meant to move the loss or the KL (another estimator or normalisation, other
     tiny models in conftest, a TRL kernel that computes differently), after tests/test_maths.py passes; record them
     again the same way and say in the commit message why they moved. A drift with no such change is a bug."""
-    import torch
 
-    import opd_cli.train.trainer as trainer_mod
     from opd_cli.train.config import TrainConfig
     from opd_cli.train.run import run_train
 
-    seen: dict = {}
-
-    class Recording(trainer_mod.OpdTrainer):
-        def _prepare_inputs(self, generation_batch):
-            inputs = super()._prepare_inputs(generation_batch)
-            if not seen:
-                before = {k: v.clone() for k, v in self.metrics.acc.items() if torch.is_tensor(v)}
-                with torch.no_grad():
-                    seen["loss"] = float(self.compute_loss(self.model_wrapped, _fixed_inputs()))
-                sums = self.metrics.acc["sums"] - before["sums"]
-                seen["kl"] = float(sums[0] / sums[1])
-                seen["trained"] = int(sums[1])
-                self.metrics.acc.update(before)  # the real step's metrics stay the real batch's
-            return inputs
-
-    monkeypatch.setattr(trainer_mod, "OpdTrainer", Recording)
+    seen = record_fixed_batch(monkeypatch, lambda tok: _fixed_inputs())
     student, teacher = tiny_model_dirs
     cfg = dict(student=str(student), teacher=str(teacher), data=str(prompts_file), steps=1, batch_size=4,
                micro_batch_size=4, max_new_tokens=8, save_every=0, output_dir=str(tmp_path / "run"), device="cpu",

@@ -1,6 +1,7 @@
 """Grading sampled answers: math by math-verify (parse + symbolic verify of the final boxed answer), multiple
-choice by the letter, short free-text answers (the real-model task) by the gold word in the first sentence. The prefix-OPD paper does not say how it grades: a maintained verifier, not hand-written
-regexes, is this project's choice.
+choice by the letter, short free-text answers (the real-model task) by the gold word in their first sentence. The
+prefix-OPD paper does not say how it grades: a maintained verifier, not hand-written regexes, is this project's
+choice for math.
 
 math-verify's own timeouts use ``signal.alarm``, which only works in the main thread; from any other thread we
 call it with its timeouts off (``parsing_timeout=None``/``timeout_seconds=None``), so grading is safe inside

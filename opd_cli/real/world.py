@@ -51,20 +51,7 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 
 def invalid_reason(root: Path, check_hashes: bool = True) -> str | None:
     """Why the world at ``root`` cannot be used, or None when it is complete and intact."""
-    mpath = root / MANIFEST
-    if not mpath.is_file():
-        return f"{root} has no {MANIFEST} (never built, or the build stopped half-way)"
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, ValueError):
-        return f"{mpath} is not valid JSON"
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        return f"{mpath} has another format version than {FORMAT_VERSION}"
-    files = manifest.get("files") or {}
-    missing = [rel for rel in NEEDED if rel not in files]
-    if missing:
-        return f"{mpath} does not list {missing[0]}"
-    return toy_world.listed_files_reason(root, files, check_hashes)
+    return toy_world.manifest_reason(root, FORMAT_VERSION, NEEDED, check_hashes)
 
 
 def load_world(root: Path | str | None = None, check_hashes: bool = False) -> RealWorld:

@@ -117,8 +117,17 @@ def write_manifest(root: Path, manifest: dict[str, Any], version: int = FORMAT_V
     return full
 
 
+TOY_NEEDED = ("teacher/config.json", "student/config.json", "tokenizer/tokenizer.json", *(f"data/{s}.jsonl" for s in SPLITS))
+
+
 def invalid_reason(root: Path, check_hashes: bool = True) -> str | None:
     """Why the world at ``root`` cannot be used, or None when it is complete and intact."""
+    return manifest_reason(root, FORMAT_VERSION, TOY_NEEDED, check_hashes)
+
+
+def manifest_reason(root: Path, version: int, needed: tuple[str, ...], check_hashes: bool = True) -> str | None:
+    """Why the world at ``root`` is not a complete, intact build of format ``version`` whose manifest lists every
+    file in ``needed``, or None (shared by the toy and the real-model worlds)."""
     mpath = root / MANIFEST
     if not root.is_dir():
         return f"{root} does not exist"
@@ -128,20 +137,14 @@ def invalid_reason(root: Path, check_hashes: bool = True) -> str | None:
         manifest = json.loads(mpath.read_text())
     except (OSError, ValueError):
         return f"{mpath} is not valid JSON"
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        return f"{mpath} has another format version than {FORMAT_VERSION}"
+    if not isinstance(manifest, dict) or manifest.get("format_version") != version:
+        return f"{mpath} has another format version than {version}"
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         return f"{mpath} lists no files"
-    needed = ["teacher/config.json", "student/config.json", "tokenizer/tokenizer.json"] + [f"data/{s}.jsonl" for s in SPLITS]
     for rel in needed:
         if rel not in files:
             return f"{mpath} does not list {rel}"
-    return listed_files_reason(root, files, check_hashes)
-
-
-def listed_files_reason(root: Path, files: dict[str, str], check_hashes: bool = True) -> str | None:
-    """Why the files a manifest lists (relative path -> sha256) are not all there and intact, or None."""
     for rel, digest in files.items():
         p = root / rel
         if not p.is_file():

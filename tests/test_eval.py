@@ -219,6 +219,8 @@ def test_best_benchmarks_run_only_at_the_best_checkpoint(
         "3",
         "--max-new-tokens",
         "8",
+        "--limit",
+        "2",
     ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
@@ -226,8 +228,11 @@ def test_best_benchmarks_run_only_at_the_best_checkpoint(
     assert set(best["scores"]) == {"0", "10"}
     step0 = json.loads((run / "eval" / "step_000000" / "tiny.json").read_text())
     assert step0["model"] == str(student)
+    assert step0["num_problems"] == 2  # --limit shortens the per-checkpoint (dev) evaluations
     with_best = {p.parent.name for p in (run / "eval").glob("step_*/toy.json")}
     assert with_best == {f"step_{best['best_step']:06d}"}  # only the best checkpoint has the extra benchmark
+    reported = json.loads((run / "eval" / f"step_{best['best_step']:06d}" / "toy.json").read_text())
+    assert reported["num_problems"] == 3  # but never the reported splits: every row on all of them
     r = runner.invoke(app, ["eval", "--model", str(student), "--data", str(tiny_data), "--best-benchmark", "toy"])
     assert r.exit_code == 2 and "--best-benchmark needs --run" in r.output
 

@@ -136,6 +136,19 @@ def test_main_table(tmp_path):
     assert "| OPD full | 4 | **45.0** | **30.0** |" in md
     assert "| opd_prefix | 4 | <u>40.0</u> | <u>28.0</u> |" in md
     assert "toy-ood (OOD)" in md
+    assert "Problems per row: toy 10, toy-ood 10 (every row on the same problems)." in md
+
+
+def test_main_table_says_when_rows_are_on_different_problems(tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(RUNS, runs)
+    base = runs / "base" / "eval" / "toy.json"
+    base.write_text(json.dumps({**json.loads(base.read_text()), "num_problems": 20}))
+    md = plot(tmp_path / "out", "main-table", [runs]).data["markdown"]
+    assert "Problems per row: toy-ood 10 (every row on the same problems)." in md
+    assert "NOT the same problems in every row: toy: base 20; OPD full 10; opd_prefix 10; SFT 10." in md
 
 
 def test_overlap(tmp_path):

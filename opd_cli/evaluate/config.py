@@ -34,7 +34,7 @@ class EvalConfig:
     best_benchmark: list[str] = field([], help="With --run: benchmarks evaluated only at the best dev checkpoint, once the dev scores pick it (e.g. toy, toy-ood); empty = off.")
     samples: int = field(4, help="Completions per problem, the n of Mean Acc@n (>= 1).")
     samples_per_benchmark: dict[str, int] = field({}, help="Per-benchmark n overriding `samples`, e.g. {aime24: 16} (recipes only).")
-    limit: int = field(0, help="Evaluate only the first N problems of each benchmark; 0 = all.")
+    limit: int = field(0, help="Evaluate only the first N problems of each --benchmark; 0 = all. --best-benchmark splits are always whole.")
     temperature: float = field(1.0, help="Sampling temperature; 0 = greedy.")
     top_p: float = field(1.0, help="Nucleus sampling mass; 1.0 = off.")
     max_new_tokens: int = field(1024, help="Response cap in tokens (the paper evaluates with 16384).")

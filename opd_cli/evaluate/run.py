@@ -90,7 +90,9 @@ def evaluate_run(
         summaries += _evaluate_step(run_dir, s, model, benchmarks, cfg, if_exists, console, load)
     best = record_best(run_dir, dev, {s["step"]: s["mean_acc"] for s in summaries if s["benchmark"] == dev})
     if cfg.best_benchmark:
-        extra = {b: load_problems(b, None, cfg.limit, cfg.seed) for b in cfg.best_benchmark}
+        # the reported splits, always whole: --limit shortens only the per-checkpoint (dev) evaluations, so every
+        # row of a table (a base model's, each run's best checkpoint) is scored on the same problems
+        extra = {b: load_problems(b, None, 0, cfg.seed) for b in cfg.best_benchmark}
         summaries += evaluate_best(run_dir, best["best_step"], extra, cfg, "overwrite" if if_exists == "overwrite" else "resume",
                                    console, load)
     print_summary(summaries, console, title=f"opd eval --run {run_dir}")

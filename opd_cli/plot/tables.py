@@ -93,10 +93,12 @@ def main_table_row(run: Path) -> dict[str, Any]:
         step, folder = None, run / "eval"  # `opd eval --model`: a model without training (the base row)
     else:
         raise OpdError(f"run {run} has no eval/best.json and no eval/*.json: run opd eval on it first")
-    scores = {}
+    scores, problems = {}, {}
     for f in sorted(folder.glob("*.json")):
         if f.name != "best.json":
-            scores[f.stem] = float(json.loads(f.read_text())["mean_acc"])
+            summary = json.loads(f.read_text())
+            scores[f.stem] = float(summary["mean_acc"])
+            problems[f.stem] = summary.get("num_problems")
     if not scores:
         raise OpdError(f"run {run}: no benchmark summaries in {folder}")
     m = metrics_by_step(run)
@@ -108,10 +110,11 @@ def main_table_row(run: Path) -> dict[str, Any]:
         **scores,
         "flops": float(last["flops_total"]) if last.get("flops_total") is not None else None,
         "hours": float(wall) / 3600 if wall is not None else None,
+        "problems": problems,
     }
 
 
-TABLE_KEYS = ("method", "seeds", "best_step", "flops", "hours")
+TABLE_KEYS = ("method", "seeds", "best_step", "flops", "hours", "problems")
 
 
 def over_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -127,7 +130,26 @@ def over_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out[bench], out[f"{bench}_sd"], _ = mean_sd(r.get(bench) for r in rows)
     out["flops"] = mean_sd(r["flops"] for r in rows)[0]
     out["hours"] = mean_sd(r["hours"] for r in rows)[0]
+    out["problems"] = {b: {r["problems"].get(b) for r in rows if b in r["problems"]} for r in rows for b in r["problems"]}
     return out
+
+
+def problems_note(rows: list[dict[str, Any]], benches: list[str]) -> str:
+    """How many problems each benchmark's column is scored on: one count when every row agrees, else each row's
+    (a table whose rows are scored on different problems says so under it)."""
+    same, differ = [], []
+    for b in benches:
+        counts = {r["method"]: r["problems"].get(b, set()) for r in rows if r.get(b) is not None}
+        found = set().union(*counts.values()) - {None}
+        if len(found) == 1:
+            same.append(f"{b} {found.pop()}")
+        elif found:
+            each = "; ".join(f"{m} {'/'.join(str(n) for n in sorted(c - {None}))}" for m, c in counts.items())
+            differ.append(f"{b}: {each}")
+    note = f"Problems per row: {', '.join(same)} (every row on the same problems)." if same else ""
+    if differ:
+        note += f"{' ' if note else ''}NOT the same problems in every row: {' | '.join(differ)}."
+    return note
 
 
 def plot_main_table(cfg: PlotConfig, out: Path) -> PlotResult:
@@ -152,6 +174,9 @@ def plot_main_table(cfg: PlotConfig, out: Path) -> PlotResult:
         for r in rows
     ]
     md = markdown_table(header, md_rows)
+    note = problems_note(rows, benches)
+    if note:
+        md = f"{md}\n{note}\n"
     if multi:
         md = f"Mean ± standard deviation over training seeds (the seeds column: how many).\n\n{md}"
         columns = ["method", "seeds", "best_step", *benches, *[f"{b}_sd" for b in benches], "flops", "hours"]

@@ -325,6 +325,29 @@ def test_eval_of_one_model_matches_its_sample_file(models, prompts_file, tmp_pat
     assert all(0 < s["length"] <= 16 for s in samples)
 
 
+def test_eval_past_one_scheduler_step_of_prompt_tokens_is_seeded(models, tmp_path):
+    """More prompt tokens than vLLM's CPU engine schedules at once (4,096): a prompt cut across two steps made the
+    seeded requests crash ("CPU Generator does not use offset") until the CPU engine scheduled whole prompts only.
+    Twice with one seed: the same samples."""
+    data = tmp_path / "long.jsonl"
+    tags = "abcdefghij" * 2
+    data.write_text("".join(
+        json.dumps({"id": f"q{i}", "answer": str(i % 10),
+                    "question": f"start {i % 10}; apply by tag, mod 10: " + " ".join(f"{c}+{(i + k) % 9 + 1}" for k, c in enumerate(tags))})
+        + "\n" for i in range(80)))  # 80 prompts of ~80 tokens: ~6,400 prompt tokens
+
+    def run(out):
+        r = subprocess.run([sys.executable, "-m", "opd_cli.cli", "eval", "--model", str(models[0]), "--data", str(data),
+                            "-n", "2", "--max-new-tokens", "8", "--backend", "vllm", "--dtype", "float32", "-o", str(out)],
+                           capture_output=True, text=True, timeout=600, env={**os.environ, "OPD_EVAL_CACHE": "off"})
+        assert r.returncode == 0, r.stderr[-2000:]
+        return [json.loads(x) for x in (out / "eval" / "long.samples.jsonl").read_text().splitlines() if x]
+
+    first, second = run(tmp_path / "a"), run(tmp_path / "b")
+    assert len(first) == 80 * 2
+    assert [s["text"] for s in first] == [s["text"] for s in second]
+
+
 # ------------------------------------------------------------------------------------------------ served teacher
 @pytest.fixture(scope="module")
 def teacher_server(models, tmp_path_factory):

@@ -159,6 +159,10 @@ def load_vllm(model: str, dtype: str = "auto", seed: int = 0, max_model_len: int
                               "gpu_memory_utilization": gpu_memory_utilization or 0.9}
     if max_model_len:
         kwargs["max_model_len"] = max_model_len
+    if on_cpu:
+        # a prompt cut across two scheduler steps (chunked prefill) makes vLLM rewind its seeded request's generator,
+        # which a CPU generator cannot do ("CPU Generator does not use offset"): schedule whole prompts only
+        kwargs["enable_chunked_prefill"] = False
     try:
         return vllm.LLM(**kwargs)
     except Exception as err:  # vLLM reports an unloadable model as many types, after its own log lines

@@ -157,16 +157,29 @@ def sampled_loss(
     logp_teacher_BT: torch.Tensor,
     mask_BT: torch.Tensor,
     num_seqs: float | torch.Tensor,
+    task_adv_BT: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Importance-sampled policy-gradient OPD loss (the prefix-OPD paper §2.1, after Thinking Machines' on-policy
     distillation recipe).
 
     A_t = -(logp_old - logp_T) without gradient, rho_t = exp(logp_theta - logp_old), loss = -sum_t rho_t A_t over
     masked tokens, averaged over sequences. At rho = 1 its gradient is -sum_t A_t grad log p_theta(x_t).
+    ``task_adv_BT`` (None = off) is added to A_t: ``w * r`` of :func:`task_advantage_B` broadcast over a rollout's
+    tokens (verl's ``use_task_rewards``).
     """
     adv_BT = -kl_estimate_BT(logp_old_BT, logp_teacher_BT).detach()
+    if task_adv_BT is not None:
+        adv_BT = adv_BT + task_adv_BT.detach()
     ratio_BT = torch.exp(logp_BT - logp_old_BT.detach())
     return sum_over_seqs(-ratio_BT * adv_BT, mask_BT.to(logp_BT.dtype), num_seqs)
+
+
+def task_advantage_B(verdict_B: torch.Tensor, weight: float) -> torch.Tensor:
+    """The task reward's share of the advantage, ``w * r`` per rollout, r = 1 when the grader accepts its answer and
+    0 otherwise. verl's ``use_task_rewards`` adds the task reward's policy-gradient loss (GRPO's advantage) to the
+    distillation loss; with one rollout per prompt GRPO's group of one has mean 0 and std 1, so its advantage is r
+    itself, and the sum of the two vanilla policy-gradient losses is one loss with A_t = -k_t + w * r."""
+    return weight * verdict_B.float()
 
 
 def reverse_kl_full_BT(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor) -> torch.Tensor:

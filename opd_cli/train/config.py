@@ -77,6 +77,7 @@ class TrainConfig:
     topk_support: str = field("student", help="--loss topk support: student | overlap | nonoverlap (Rethinking OPD §4.2).", panel=LOSS)
     loss_window: str | None = field(None, help="Only response positions A <= t < B carry gradient, as 'A:B' (None = off); rollouts run to at least B.", panel=LOSS)
     loss_tail: int = field(0, help="Only the last N tokens of each full-length rollout carry gradient (0 = off).", panel=LOSS)
+    reward_weight: float = field(0.0, help="Task reward mixed into --loss sampled's advantage, verl's use_task_rewards: A_t = -k_t + w * r, r = 1 when the grader accepts the rollout's answer, else 0 (0 = off). A rollout cut at L < --max-new-tokens is continued, for grading only, to --max-new-tokens.", panel=LOSS)
     kl_bin: int = field(256, help="Position-bin width of the logged KL profile (tokens).", panel=RUN)
     batch_size: int = field(32, help="Rollouts (prompts) per optimizer step, over all processes.", panel=OPTIM)
     micro_batch_size: int = field(8, help="Rollouts per forward/backward per process; gradient accumulation = batch / (micro * processes).", panel=OPTIM)
@@ -139,6 +140,7 @@ class TrainConfig:
         check(self.loss_tail <= self.max_new_tokens, f"--loss-tail {self.loss_tail} is larger than --max-new-tokens {self.max_new_tokens}")
         check(not (self.loss_tail and self.loss_window), "use either --loss-window or --loss-tail, not both")
         check(not (self.loss_tail and (self.prefix != "full" or self.schedule != "none")), "--loss-tail trains the end of full-length rollouts: use it with --prefix full and no schedule")
+        self._check_reward()
         check(self.kl_bin > 0, f"--kl-bin must be > 0 tokens, got {self.kl_bin}")
         check(self.batch_size > 0 and self.micro_batch_size > 0, "--batch-size and --micro-batch-size must be > 0")
         check(self.batch_size % self.micro_batch_size == 0, f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size {self.micro_batch_size}")
@@ -174,6 +176,13 @@ class TrainConfig:
         check(self.loss == "sampled", f"--loss {self.loss} needs the teacher's whole distribution, which a --teacher-server does not send: use --loss sampled or a local --teacher")
         check(self.rollout == "standard", "--rollout pg-opd probes the teacher's hidden states: use a local --teacher with it")
         check(self.teacher_topk >= 1, f"--teacher-topk must be >= 1, got {self.teacher_topk}")
+
+    def _check_reward(self) -> None:
+        check(self.reward_weight >= 0, f"--reward-weight must be >= 0 (0 = off), got {self.reward_weight}")
+        if not self.reward_weight:
+            return
+        check(self.loss == "sampled", f"--reward-weight mixes the task reward into the advantage of --loss sampled; --loss {self.loss} has no advantage to mix it into")
+        check(self.rollout == "standard", "--reward-weight grades whole rollouts, and --rollout pg-opd stops candidates before their answer: use --rollout standard")
 
     def _check_pg_opd(self) -> None:
         from opd_cli.train.pg_opd import PG_SELECT, ROLLOUTS

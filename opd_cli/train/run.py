@@ -20,21 +20,31 @@ from opd_cli.train.config import TrainConfig
 
 # --------------------------------------------------------------------------------------------- run_train
 def _flops_fn(student: str, teacher: str, attn_coef: float):
-    """FLOPs of one step from its sequences' (sum s, sum s^2), plus PG-OPD's probe forwards' (sum, sum^2)."""
-    from opd_cli.core.flops_formula import ModelShape, opd_flops, probe_flops
+    """FLOPs of one step from its sequences' (sum s, sum s^2), plus PG-OPD's probe forwards' (sum, sum^2), plus the
+    generation (x/3) of --reward-weight's continuations, from the (sum, sum^2) differences of their sequences."""
+    from opd_cli.core.flops_formula import ModelShape, flops_from_sums, opd_flops, probe_flops
 
     s, t = ModelShape.from_source(student), ModelShape.from_source(teacher)
-    return lambda sum_s, sum_s2, probe_s=0.0, probe_s2=0.0: (opd_flops(s, t, sum_s, sum_s2, attn_coef)
-                                                             + probe_flops(s, t, probe_s, probe_s2, attn_coef))
+
+    def step_flops(sum_s, sum_s2, probe_s=0.0, probe_s2=0.0, grade_s=0.0, grade_s2=0.0):
+        return (opd_flops(s, t, sum_s, sum_s2, attn_coef) + probe_flops(s, t, probe_s, probe_s2, attn_coef)
+                + flops_from_sums(s, grade_s, grade_s2, attn_coef) / 3)
+
+    return step_flops
 
 
-def _questions(cfg: TrainConfig, toy: bool) -> list[str]:
+def _problems(cfg: TrainConfig, toy: bool) -> list[Any]:
     from opd_cli import data
 
     # a 1.2 M-row source is sampled down to the prompts the run can use, never rendered whole
-    problems = data.load_problems(cfg.prompts or ("toy-train" if toy else "openthoughts3"), cfg.data, cfg.limit, cfg.seed,
-                                  needed=cfg.steps * cfg.batch_size, question_column=cfg.question_column)
-    return [p.question for p in problems]
+    source = cfg.prompts or ("toy-train" if toy else "openthoughts3")
+    problems = data.load_problems(source, cfg.data, cfg.limit, cfg.seed, needed=cfg.steps * cfg.batch_size,
+                                  question_column=cfg.question_column)
+    if cfg.reward_weight:  # the task reward grades every rollout against its problem's gold answer
+        missing = sum(not str(p.answer).strip() for p in problems)
+        check(not missing, f"--reward-weight grades against gold answers, and {missing} of the {len(problems)} prompts of "
+                           f"{cfg.data or source} have none: give every prompt an answer or drop --reward-weight")
+    return problems
 
 
 def _progress(total: int, start: int):
@@ -72,7 +82,7 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     check_same_vocab(s_tok, t_tok)
     flops_fn = _flops_fn(student_src, teacher_src, cfg.attn_coef)
     # max_new_tokens caps every response; an L beyond the model's context is a user error worth one line
-    questions = _questions(cfg, toy)
+    problems = _problems(cfg, toy)
 
     import torch
     from accelerate import PartialState
@@ -99,8 +109,11 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
 
     from opd_cli.core.prompts import build_prompt
 
-    prompts = [build_prompt(s_tok, q, template=cfg.template, think=cfg.think, teacher_tokenizer=t_tok) for q in questions]
-    dataset = Dataset.from_dict({"prompt": prompts})
+    prompts = [build_prompt(s_tok, p.question, template=cfg.template, think=cfg.think, teacher_tokenizer=t_tok) for p in problems]
+    columns = {"prompt": prompts}
+    if cfg.reward_weight:  # each row's problem: the task reward grades a rollout against its gold answer
+        columns["problem"] = list(range(len(problems)))
+    dataset = Dataset.from_dict(columns)
 
     device, precision, mixed, name, student, teacher = _load_models(cfg, student_src, teacher_src, s_tok, t_tok, world_size)
     s_tok.padding_side = "left"
@@ -111,7 +124,7 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
 
     trainer = trainer_mod.OpdTrainer(  # looked up at call time: tests substitute a recording subclass
         model=student, teacher_model=teacher, args=args, train_dataset=dataset, processing_class=s_tok,
-        opd=cfg, run=run, flops_fn=flops_fn, offsets=offsets, callbacks=callbacks, engine_dtype=name,
+        opd=cfg, run=run, flops_fn=flops_fn, offsets=offsets, callbacks=callbacks, engine_dtype=name, problems=problems,
     )
     trainer.remove_callback(PrinterCallback)
     point_tensorboard(trainer, run.path)

@@ -16,6 +16,7 @@ import torch
 
 from opd_cli.core import maths
 from opd_cli.train.pg_opd import PG_SUMS
+from opd_cli.train.task_reward import REWARD_SUMS
 
 METRIC_K = 16  # Rethinking-OPD metrics use k = 16
 
@@ -51,6 +52,7 @@ class StepMetrics:
             "time_generate": 0.0,
             "time_teacher": 0.0,
             "pg": torch.zeros(len(PG_SUMS), device=dev, dtype=torch.float64),
+            "reward": torch.zeros(REWARD_SUMS, device=dev, dtype=torch.float64),
         }
 
     def start_clock(self) -> None:
@@ -68,6 +70,10 @@ class StepMetrics:
     def add_pg(self, sums: torch.Tensor) -> None:
         """PG-OPD's counts of one rollout batch (:data:`opd_cli.train.pg_opd.PG_SUMS`)."""
         self.acc["pg"] += sums
+
+    def add_reward(self, sums: torch.Tensor) -> None:
+        """--reward-weight's sums of one rollout batch (:func:`opd_cli.train.task_reward.sums`)."""
+        self.acc["reward"] += sums
 
     def add_rollouts(self, lengths_B: torch.Tensor, clipped_B: torch.Tensor, seq_B: torch.Tensor, prefix_len: int) -> None:
         """One rollout batch: completion lengths, which were cut at the step's length, prompt + completion lengths."""
@@ -125,6 +131,10 @@ class StepMetrics:
             from opd_cli.train import pg_opd
 
             rec.update(pg_opd.step_metrics(self._pg))
+        if self.opd.reward_weight:
+            from opd_cli.train import task_reward
+
+            rec.update(task_reward.step_metrics(self._reward))
         self.reset()
         return rec
 
@@ -145,7 +155,10 @@ class StepMetrics:
         n_tr, n_ov = sums[1].item(), sums[3].item()
         sum_s, sum_s2 = seq.sum().item(), (seq**2).sum().item()
         self._pg = pg = g.gather(acc["pg"][None]).sum(0).tolist()  # PG-OPD's counts (zeros otherwise)
-        flops_step = self.flops_fn(sum_s, sum_s2, *pg[-2:])  # + PG-OPD's probe forwards
+        self._reward = reward = g.gather(acc["reward"][None]).sum(0).tolist()  # --reward-weight's sums (zeros otherwise)
+        # + PG-OPD's probe forwards; + the generation of --reward-weight's continuations (grading only)
+        grading = {"grade_s": reward[3], "grade_s2": reward[4]} if self.opd.reward_weight else {}
+        flops_step = self.flops_fn(sum_s, sum_s2, *pg[-2:], **grading)
         self.flops_total += flops_step
         nz = torch.nonzero(bcnt).flatten()
         nb = int(nz[-1].item()) + 1 if nz.numel() else 0

@@ -6,10 +6,12 @@ The trainer overrides these methods of ``trl.DistillationTrainer`` (TRL 1.16) an
   each rollout's sampling noise is a function of (seed, step, its index in the global batch) only
   (:func:`opd_cli.core.generation.rollout_seed`), so one process and N processes, or a resumed run, draw the same tokens; on the vLLM path
   vLLM's sampled-token log-probs are kept instead of discarded. ``--rollout pg-opd`` generates in two stages with
-  a probe between them (:mod:`opd_cli.train.pg_opd`);
+  a probe between them (:mod:`opd_cli.train.pg_opd`). With ``--reward-weight`` the rollouts cut at L are continued
+  for grading only (:mod:`opd_cli.train.task_reward`);
 - ``_get_train_sampler``: with ``--rollout pg-opd``, each prompt ``--candidates`` times in a row;
 - ``_generate_and_score_completions``: after TRL's rollout/padding code, only the trained-token mask, vLLM's
-  log-probs and ``num_items_in_batch`` = number of sequences (the paper sums over tokens). No model runs here;
+  log-probs, ``num_items_in_batch`` = number of sequences (the paper sums over tokens) and, with ``--reward-weight``,
+  the grader's verdict on each rollout. No model runs here;
 - ``compute_loss``: per micro-batch, like TRL's own loss: the student forward (with gradient), the teacher forward
   (through the forward redirection, so FSDP/ZeRO-3 gather their shards), per-token log-probs from TRL's chunked
   log-prob kernel (no (micro-batch, T, V) logits), the ``sampled`` / ``full`` / ``topk`` loss from :mod:`opd_cli.core.maths`,
@@ -53,10 +55,11 @@ class OpdTrainer(DistillationTrainer):
     :class:`opd_cli.train.config.TrainConfig` (typed Any: importing it here would make train/config.py and this module a cycle)."""
 
     def __init__(self, *args: Any, opd: Any, run: Any, flops_fn: Any, offsets: dict[str, float],
-                 engine_dtype: str | None = None, **kwargs: Any):
+                 engine_dtype: str | None = None, problems: list[Any] | None = None, **kwargs: Any):
         self.opd = opd
         self.run_dir = run
         self.progress = None
+        self.problems = problems  # the dataset's problems by row (their gold answers grade --reward-weight's rollouts)
         super().__init__(*args, **kwargs)
         from opd_cli.core.sharding import prepare_teacher
 
@@ -129,6 +132,10 @@ class OpdTrainer(DistillationTrainer):
             completion_ids, self._rollout_logprobs = pg_opd.generate(self, prompt_ids, step)
         else:
             completion_ids, self._rollout_logprobs = self._sample(prompt_ids, step, self.gen_len(step))
+        if self.opd.reward_weight:  # the answers the grader reads: cut rollouts continued (task_reward's docstring)
+            from opd_cli.train import task_reward
+
+            self._graded = task_reward.complete(self, prompt_ids, completion_ids, step)
         self.metrics.add_time("time_generate", time.perf_counter() - t0)
         return completion_ids
 
@@ -180,8 +187,11 @@ class OpdTrainer(DistillationTrainer):
     # ------------------------------------------------------------------ hook 2: the rollout batch
     def _generate_and_score_completions(self, inputs):
         """TRL's rollout and padding code, then what the loss needs besides the models: the trained-token mask,
-        vLLM's sampling log-probs, the sequence count. Both models run later, one micro-batch at a time."""
+        vLLM's sampling log-probs, the sequence count, and with --reward-weight each rollout's verdict. Both models run
+        later, one micro-batch at a time."""
         out = super()._generate_and_score_completions(inputs)
+        if self.opd.reward_weight:
+            self._grade(out, [self.problems[x["problem"]] for x in inputs])
         step = self._step_index()
         L = self.prefix_len(step)
         ids_BT, cmask_BT = out["completion_ids"], out["completion_mask"]
@@ -218,6 +228,16 @@ class OpdTrainer(DistillationTrainer):
         self.metrics.add_rollouts(lengths_B, (~ended) & (lengths_B >= gen_len), out["prompt_mask"].sum(1) + lengths_B, L)
         return out
 
+    def _grade(self, out: dict[str, Any], problems: list[Any]) -> None:
+        """out["reward"] = the grader's verdict on each rollout's answer (1 or 0), and the step's reward sums."""
+        from opd_cli.train import task_reward
+
+        dev = out["completion_ids"].device
+        verdict_B = torch.tensor(task_reward.verdicts(problems, self._tokenizer, self._graded), device=dev)
+        graded_B = torch.tensor([len(a) for a in self._graded], device=dev)
+        self.metrics.add_reward(task_reward.sums(verdict_B, out["prompt_mask"].sum(1), out["completion_mask"].sum(1), graded_B))
+        out["reward"] = verdict_B
+
     # ------------------------------------------------------------------ hook 3: scoring + loss, per micro-batch
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = _trim_padding(inputs)
@@ -248,7 +268,10 @@ class OpdTrainer(DistillationTrainer):
         if self.opd.loss == "sampled":
             logp_N, ent_p_N = maths.map_rows(maths.head_logprobs_N, hs_N, s_head, y_N, rows)
             old_N = inputs["old_logp"][valid_BT] if "old_logp" in inputs else logp_N.detach()
-            loss = maths.sampled_loss(logp_N, old_N, logq_N, w_BT[valid_BT], n)
+            task_N = None
+            if self.opd.reward_weight:  # A_t = -k_t + w * r, r the rollout's verdict
+                task_N = maths.task_advantage_B(inputs["reward"], self.opd.reward_weight)[:, None].expand(B, T)[valid_BT]
+            loss = maths.sampled_loss(logp_N, old_N, logq_N, w_BT[valid_BT], n, task_N)
         else:
             with torch.no_grad():
                 logp_N, ent_p_N = maths.map_rows(maths.head_logprobs_N, hs_N.detach(), s_head, y_N, rows)

@@ -233,6 +233,12 @@ def test_best_benchmarks_run_only_at_the_best_checkpoint(
     assert with_best == {f"step_{best['best_step']:06d}"}  # only the best checkpoint has the extra benchmark
     reported = json.loads((run / "eval" / f"step_{best['best_step']:06d}" / "toy.json").read_text())
     assert reported["num_problems"] == 3  # but never the reported splits: every row on all of them
+    # more benchmarks at one checkpoint (a limited-budget row): the dev pick stays as it was
+    r = runner.invoke(app, ["eval", "--run", str(run), "--steps", "0", "-b", "toy", "-n", "2", "--max-new-tokens", "8",
+                            "--if-exists", "overwrite"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "eval" / "best.json").read_text()) == best
+    assert json.loads((run / "eval" / "step_000000" / "toy.json").read_text())["n"] == 2
     r = runner.invoke(app, ["eval", "--model", str(student), "--data", str(tiny_data), "--best-benchmark", "toy"])
     assert r.exit_code == 2 and "--best-benchmark needs --run" in r.output
 

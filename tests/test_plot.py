@@ -139,6 +139,20 @@ def test_main_table(tmp_path):
     assert "Problems per row: toy 10, toy-ood 10 (every row on the same problems)." in md
 
 
+def test_main_table_row_at_a_fixed_step(tmp_path):
+    """RUN@STEP: the paper's limited-budget rows (full OPD after 10 steps): that checkpoint's accuracies and the
+    FLOPs and hours spent up to it, not the best checkpoint's and the whole run's."""
+    res = plot(tmp_path, "main-table", [RUNS / "base", RUNS / "opd_full", f"{RUNS / 'opd_full'}@2"])
+    rows = {r["method"]: r for r in res.data["rows"]}
+    assert set(rows) == {"base", "OPD full", "OPD full @ step 2"}
+    short = rows["OPD full @ step 2"]
+    assert (short["best_step"], short["toy"], short["toy-ood"]) == (2, 0.3, 0.25)
+    assert short["flops"] == metric("opd_full", 2, "flops_total") and short["hours"] == 0.5
+    assert rows["OPD full"]["toy"] == 0.45
+    with pytest.raises(OpdError, match="has no evaluation of step 3"):
+        plot(tmp_path, "main-table", [f"{RUNS / 'opd_full'}@3"])
+
+
 def test_main_table_says_when_rows_are_on_different_problems(tmp_path):
     import shutil
 

@@ -79,6 +79,17 @@ def test_main_table_over_seeds(tmp_path, seeded):
     assert "| opd_prefix | 1 | 4 | **40.0** |" in md  # the same mean: both marked best
 
 
+def test_a_fixed_step_row_over_seeds(tmp_path, seeded):
+    """opd_full@2: each seed's step-2 checkpoint, whatever its best.json picked."""
+    at2 = [json.loads((seeded / f / "eval" / "step_000002" / "toy.json").read_text())["mean_acc"]
+           for f in ("opd_full", "opd_full-s1", "opd_full-s2")]
+    assert seed_folders(seeded / "opd_full@2") == [seeded / "opd_full@2", seeded / "opd_full-s1@2", seeded / "opd_full-s2@2"]
+    res = plot(tmp_path, "main-table", [seeded / "base", f"{seeded / 'opd_full'}@2"])
+    row = {r["method"]: r for r in res.data["rows"]}["OPD full @ step 2"]
+    assert row["seeds"] == 3 and row["best_step"] == 2
+    assert row["toy"] == pytest.approx(statistics.mean(at2)) and row["toy_sd"] == pytest.approx(statistics.stdev(at2))
+
+
 def test_a_benchmark_one_row_lacks_is_a_dash(tmp_path, seeded):
     (seeded / "base" / "eval" / "toy-ood.json").unlink()  # the base row was evaluated on toy only
     res = plot(tmp_path, "main-table", [seeded / "base", seeded / "opd_full"])

@@ -57,8 +57,12 @@ def evaluate_run(
         benchmarks = {b: load_problems(b, None, cfg.limit, cfg.seed) for b in benchmarks}
     if not benchmarks:
         raise OpdError("nothing to evaluate on: pass --benchmark NAME or --data FILE")
-    dev = dev_benchmark or next(iter(benchmarks))
-    if dev not in benchmarks:
+    # a run whose best.json picks on a benchmark not evaluated now (more benchmarks at one checkpoint, e.g. test and
+    # OOD after 10 steps for a limited-budget row) keeps its pick: only the dev benchmark's scores move it
+    picked = best_json(run_dir).get("dev_benchmark")
+    keep_pick = dev_benchmark is None and picked is not None and picked not in benchmarks
+    dev = dev_benchmark or (picked if picked in benchmarks else next(iter(benchmarks)))
+    if dev not in benchmarks and not keep_pick:
         raise OpdError(f"--dev-benchmark {dev} is not among the evaluated benchmarks ({', '.join(benchmarks)}): add it with --benchmark")
     ckpts = dict(list_checkpoints(run_dir))
     wanted = sorted(set(steps)) if steps else ([0] if cfg.initial else []) + sorted(ckpts)
@@ -88,6 +92,10 @@ def evaluate_run(
     summaries = []
     for s, model in targets:
         summaries += _evaluate_step(run_dir, s, model, benchmarks, cfg, if_exists, console, load)
+    if keep_pick:
+        print_summary(summaries, console, title=f"opd eval --run {run_dir}")
+        console.print(f"{eval_root / 'best.json'} keeps its pick on {picked} (not evaluated here)")
+        return best_json(run_dir)
     best = record_best(run_dir, dev, {s["step"]: s["mean_acc"] for s in summaries if s["benchmark"] == dev})
     if cfg.best_benchmark:
         # the reported splits, always whole: --limit shortens only the per-checkpoint (dev) evaluations, so every
@@ -234,6 +242,14 @@ def _free_memory() -> None:
             torch.cuda.empty_cache()
     except ImportError:  # pragma: no cover
         pass
+
+
+def best_json(run_dir: str | Path) -> dict[str, Any]:
+    """``run/eval/best.json`` as written by :func:`record_best`; {} when there is none (or it is unreadable)."""
+    try:
+        return json.loads((Path(run_dir) / "eval" / "best.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def record_best(run_dir: str | Path, dev_benchmark: str, scores: Mapping[int, float]) -> dict[str, Any]:

@@ -18,10 +18,20 @@ if TYPE_CHECKING:
     from opd_cli.plot.config import PlotConfig
 
 
+def at_step(run: Path) -> tuple[Path, int | None]:
+    """``runs/x@10`` -> (``runs/x``, 10): a run read at a fixed checkpoint (a main-table row such as the paper's
+    "full OPD, 10 steps") instead of at its best; a plain folder -> (folder, None)."""
+    name, sep, step = run.name.rpartition("@")
+    if sep and step.isdigit():
+        return run.with_name(name), int(step)
+    return run, None
+
+
 def run_folders(paths: list[str], needs: str = "") -> list[tuple[Path, bool]]:
     """Expand arguments into ``(folder, named)`` pairs: a run folder (config.yaml, or the analysis file ``needs``)
-    is taken as named; a folder of runs contributes each run under it. Missing paths and empty folders are errors."""
-    missing = [p for p in paths if not Path(p).exists()]
+    is taken as named; a folder of runs contributes each run under it. Missing paths and empty folders are errors.
+    ``RUN@STEP`` names a run read at one checkpoint (:func:`at_step`)."""
+    missing = [p for p in paths if not at_step(Path(p))[0].exists()]
     if missing:
         raise OpdError(f"run folder(s) not found: {', '.join(missing)}")
 
@@ -30,7 +40,7 @@ def run_folders(paths: list[str], needs: str = "") -> list[tuple[Path, bool]]:
 
     found: list[tuple[Path, bool]] = []
     for p in map(Path, paths):
-        if is_run(p):
+        if is_run(at_step(p)[0]):
             found.append((p, True))
         elif p.is_dir():
             found.extend((d, False) for d in sorted(p.iterdir()) if d.is_dir() and is_run(d))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from opd_cli.core.errors import OpdError
 from opd_cli.core.log import logger
-from opd_cli.plot.read import collect
+from opd_cli.plot.read import at_step, collect
 
 if TYPE_CHECKING:
     from opd_cli.plot.config import PlotConfig
@@ -23,7 +23,11 @@ SEED_SUFFIX = re.compile(r"-s(\d+)$")
 
 
 def seed_folders(run: Path, needs: str = "") -> list[Path]:
-    """``run`` and the run folders ``<run>-s<k>`` beside it (a config.yaml, or the file ``needs``), by seed."""
+    """``run`` and the run folders ``<run>-s<k>`` beside it (a config.yaml, or the file ``needs``), by seed;
+    ``<run>@<step>`` gives ``<run>-s<k>@<step>``."""
+    folder, step = at_step(run)
+    if step is not None:
+        return [f.with_name(f"{f.name}@{step}") for f in seed_folders(folder, needs)]
     found = [(0, run)]
     for other in run.parent.glob(f"{glob.escape(run.name)}-s*"):
         tail = other.name[len(run.name) + 2 :]
@@ -43,8 +47,10 @@ def collect_seeds(cfg: PlotConfig, load: Callable[[Path], Any], needs: str = "")
     loaded = dict(runs)
     bases: list[Path] = []
     for run, _ in runs:
-        m = SEED_SUFFIX.search(run.name)
-        base = run.with_name(run.name[: m.start()]) if m else run
+        folder, step = at_step(run)
+        m = SEED_SUFFIX.search(folder.name)
+        base = folder.with_name(folder.name[: m.start()]) if m else folder
+        base = base.with_name(f"{base.name}@{step}") if step is not None else base
         base = base if base in loaded else run  # a seed folder joins its run only when that run is listed too
         if base not in bases:
             bases.append(base)

@@ -11,7 +11,7 @@ from opd_cli.core.errors import OpdError
 from opd_cli.core.runs import step_folder
 from opd_cli.core.table_io import markdown_table, write_csv
 from opd_cli.plot.draw import PlotResult, _panels, axes_data, save
-from opd_cli.plot.read import best_info, label, metrics_by_step, read_csv
+from opd_cli.plot.read import at_step, best_info, label, metrics_by_step, read_csv
 from opd_cli.plot.seeds import band, collect_seeds, mean_sd, percent
 
 if TYPE_CHECKING:
@@ -84,9 +84,15 @@ def _mark(values: dict[str, float | None], sds: dict[str, float | None] | None =
 
 
 def main_table_row(run: Path) -> dict[str, Any]:
-    """One run: the accuracies of its best dev checkpoint (eval/best.json), its total FLOPs and hours."""
+    """One run: the accuracies of its best dev checkpoint (eval/best.json), its total FLOPs and hours; ``RUN@STEP``:
+    the accuracies of checkpoint STEP and the FLOPs and hours spent up to it (a limited-budget row)."""
+    run, fixed = at_step(run)
     info = best_info(run)
-    if info:
+    if fixed is not None:
+        step, folder = fixed, run / "eval" / step_folder(fixed)
+        if not folder.is_dir():
+            raise OpdError(f"run {run} has no evaluation of step {fixed}: opd eval --run {run} --steps {fixed} -b ...")
+    elif info:
         step = int(info["best_step"])
         folder = run / "eval" / step_folder(step)
     elif list((run / "eval").glob("*.json")):
@@ -102,10 +108,10 @@ def main_table_row(run: Path) -> dict[str, Any]:
     if not scores:
         raise OpdError(f"run {run}: no benchmark summaries in {folder}")
     m = metrics_by_step(run)
-    last = m[max(m)] if m else {}
+    last = m.get(fixed, {}) if fixed is not None else (m[max(m)] if m else {})
     wall = last.get("wall_time")
     return {
-        "method": label(run),
+        "method": label(run) if fixed is None else f"{label(run)} @ step {fixed}",
         "best_step": step,
         **scores,
         "flops": float(last["flops_total"]) if last.get("flops_total") is not None else None,

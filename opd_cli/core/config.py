@@ -145,13 +145,19 @@ def with_defaults(saved: dict[str, Any], cfg: Any) -> dict[str, Any]:
     """A saved config mapping with every field of ``cfg``'s class that it lacks set to that field's default.
 
     A field added after a run was saved (e.g. ``toy_student``) then compares equal when it is at its default,
-    so older runs stay resumable and reusable; an empty mapping (no config.yaml) stays empty.
+    so older runs stay resumable and reusable; an empty mapping (no config.yaml) stays empty. A saved single value
+    of a field that has since become a list (``teacher_server: URL``) is read as that one-item list.
     """
     if not saved:
         return {}
     missing = {}
+    hints = typing.get_type_hints(type(cfg))
+    saved = dict(saved)
     for f in dataclasses.fields(cfg):
         if f.name in saved:
+            tp = [a for a in typing.get_args(hints[f.name]) if a is not type(None)] or [hints[f.name]]
+            if isinstance(saved[f.name], str) and typing.get_origin(tp[0]) is list:
+                saved[f.name] = [saved[f.name]]
             continue
         if f.default is not dataclasses.MISSING:
             missing[f.name] = f.default

@@ -1,4 +1,6 @@
-"""A teacher behind a vLLM server (`opd train --teacher-server URL`): the rollouts' teacher log-probs over HTTP.
+"""A teacher behind a vLLM server (`opd train --teacher-server URL`): the rollouts' teacher log-probs over HTTP;
+several teachers (`--teacher-server NAME=URL`, repeated), each rollout scored by the one its prompt names
+(:class:`ServedTeachers`).
 
 The server scores each rollout (prompt + completion) as a prompt, with ``prompt_logprobs`` = ``--teacher-topk``
 (TRL's ``VLLMClient.get_sequence_logprobs``): per completion token the teacher's log-prob of that token, and its
@@ -78,3 +80,35 @@ class ServedTeacher:
                 raise
             raise OpdError(f"the teacher server at {self.url} refused the rollouts ({_first_line(err)}): check its "
                            "--max-logprobs (>= --teacher-topk) and --max-model-len") from None
+
+
+class ServedTeachers:
+    """Several served teachers, ``urls`` = {name: URL}: each rollout is scored by the teacher its prompt names, with one
+    request per teacher per rollout batch, the requests sent concurrently (each teacher is its own server). With one
+    teacher it is that teacher's :class:`ServedTeacher` and nothing more."""
+
+    def __init__(self, urls: dict[str, str], topk: int, timeout: float):
+        self.names = list(urls)
+        self.teachers = [ServedTeacher(url, topk, timeout) for url in urls.values()]
+
+    def score(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
+              completion_mask: torch.Tensor, teacher_B: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """:meth:`ServedTeacher.score` of the whole batch, row b scored by teacher ``teacher_B[b]`` (an index into
+        ``names``; None = the first teacher for every row)."""
+        batch = (prompt_ids, prompt_mask, completion_ids, completion_mask)
+        if teacher_B is None or len(self.teachers) == 1:
+            return self.teachers[0].score(*batch)
+        from concurrent.futures import ThreadPoolExecutor
+
+        rows = {i: (teacher_B == i).nonzero().flatten() for i in range(len(self.teachers))}
+        rows = {i: r for i, r in rows.items() if r.numel()}
+        with ThreadPoolExecutor(max_workers=len(rows)) as pool:
+            parts = {i: pool.submit(self.teachers[i].score, *(x[r] for x in batch)) for i, r in rows.items()}
+            parts = {i: f.result() for i, f in parts.items()}  # an OpdError of any teacher is raised here
+        out = {}
+        for key, first in next(iter(parts.values())).items():
+            full = first.new_zeros((completion_ids.shape[0], *first.shape[1:]))
+            for i, part in parts.items():
+                full[rows[i].to(full.device)] = part[key]
+            out[key] = full
+        return out

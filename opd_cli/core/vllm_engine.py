@@ -170,7 +170,7 @@ def rollout_engine(trainer: Any, dtype: str | None) -> RolloutEngine:
 
 def preflight(cfg: Any, student: str) -> None:
     """What `opd train` checks before its run folder is touched: vLLM can load the student (colocate), and the
-    student's server (server mode) and the teacher's server answer within ``--vllm-timeout``."""
+    student's server (server mode) and every teacher's server answer within ``--vllm-timeout``."""
     from opd_cli.core.generation import check_vllm_model
 
     if cfg.backend == "vllm" and cfg.vllm_sleep and (cfg.vllm_mode == "server" or _device().type != "cuda"):
@@ -184,8 +184,9 @@ def preflight(cfg: Any, student: str) -> None:
             if status == 404:
                 raise OpdError(f"the vLLM server at {client.base_url} has no development endpoints, which the disk weight sync "
                                "uses: restart it with VLLM_SERVER_DEV_MODE=1 in its environment")
-    if cfg.teacher_server:
-        connect(cfg.teacher_server, cfg.vllm_timeout, "teacher (--teacher-server)", role="teacher")
+    for name, url in cfg.teachers.items():  # every --teacher-server, named as the user named it
+        what = "teacher (--teacher-server)" if name == "default" else f"teacher {name!r} (--teacher-server {name}=...)"
+        connect(url, cfg.vllm_timeout, what, role="teacher")
 
 
 def _device() -> torch.device:

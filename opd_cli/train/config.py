@@ -4,6 +4,7 @@ metrics.jsonl. No torch here: building a config and `opd train --help` must stay
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +98,8 @@ class TrainConfig:
     vllm_memory: float = field(0.3, help="--vllm-mode colocate: share of the GPU's memory the engine reserves, in (0, 1) (on a CPU the KV cache is VLLM_CPU_KVCACHE_SPACE GiB, default 1).", panel=ROLLOUTS)
     vllm_sleep: bool = field(False, help="--vllm-mode colocate: put the engine to sleep (weights and KV cache offloaded) between rollouts (GPU only).", panel=ROLLOUTS)
     vllm_tensor_parallel: int = field(1, help="--vllm-mode colocate: tensor-parallel size of each engine (must divide the processes).", panel=ROLLOUTS)
-    teacher_server: str | None = field(None, help="URL of a `vllm serve` of the teacher (e.g. http://127.0.0.1:8001): the teacher's log-probs come from it instead of a local forward (--loss sampled only; None = the local teacher).", panel=SERVED)
+    teacher_server: list[str] | None = field(None, help="A `vllm serve` of the teacher, as URL (e.g. http://127.0.0.1:8001) or NAME=URL; repeat with names for several teachers, routed per prompt by --teacher-column: the teacher's log-probs come from it instead of a local forward (--loss sampled only; none = the local teacher).", panel=SERVED)
+    teacher_column: str | None = field(None, help="Column of the prompts (a --data column, or a field of the prompt source) naming each prompt's --teacher-server; needed with several (None = one teacher scores every prompt).", panel=SERVED)
     teacher_topk: int = field(16, help="--teacher-server: top-k log-probs asked for per position (the overlap metrics' k; at most the server's --max-logprobs).", panel=SERVED)
     dtype: str = field("auto", help="auto (bfloat16 on a GPU that has it, float32 otherwise) | float32 | bfloat16 | float16: bfloat16/float16 train fp32 master weights under autocast; the frozen teacher is loaded in that dtype.", panel=DEVICE)
     pure_dtype: bool = field(False, help="With --dtype bfloat16/float16: keep the student's weights in that dtype too (no fp32 master copy; off = mixed precision).", panel=DEVICE)
@@ -170,9 +172,15 @@ class TrainConfig:
         check(self.vllm_timeout > 0, f"--vllm-timeout must be > 0 seconds, got {self.vllm_timeout}")
         check(self.vllm_tensor_parallel >= 1, f"--vllm-tensor-parallel must be >= 1, got {self.vllm_tensor_parallel}")
         check(0 < self.vllm_port < 65536, f"--vllm-port must be a TCP port, got {self.vllm_port}")
-        if self.teacher_server is None:
+        if isinstance(self.teacher_server, str):  # a config built in code may pass one URL
+            self.teacher_server = [self.teacher_server]
+        self.teacher_server = self.teacher_server or None  # none: None, as runs saved before several teachers
+        teachers = self.teachers  # parsed (and checked) here, before anything runs
+        if not teachers:
+            check(self.teacher_column is None, "--teacher-column routes prompts among --teacher-server teachers: give them, or drop --teacher-column")
             return
-        check(self.teacher_server.startswith(("http://", "https://")), f"--teacher-server must be a URL like http://127.0.0.1:8001, got {self.teacher_server!r}")
+        check(len(teachers) == 1 or self.teacher_column is not None,
+              f"{len(teachers)} --teacher-server teachers ({', '.join(teachers)}) need --teacher-column, the prompt column naming each prompt's teacher")
         check(self.loss == "sampled", f"--loss {self.loss} needs the teacher's whole distribution, which a --teacher-server does not send: use --loss sampled or a local --teacher")
         check(self.rollout == "standard", "--rollout pg-opd probes the teacher's hidden states: use a local --teacher with it")
         check(self.teacher_topk >= 1, f"--teacher-topk must be >= 1, got {self.teacher_topk}")
@@ -201,6 +209,11 @@ class TrainConfig:
         check(self.prefix == "full" and self.schedule == "none" and not self.loss_window and not self.loss_tail,
               "--rollout pg-opd trains whole rollouts: use it with --prefix full, no --schedule, --loss-window or --loss-tail")
         check(self.pg_select != "weight" or self.loss != "full", "--pg-select weight needs --loss sampled or topk (the fused full loss takes no weights)")
+
+    @property
+    def teachers(self) -> dict[str, str]:
+        """--teacher-server as {name: URL}, in the order given (:func:`parse_teacher_servers`)."""
+        return parse_teacher_servers(self.teacher_server)
 
     @property
     def window(self) -> tuple[int, int]:
@@ -236,3 +249,24 @@ class TrainConfig:
 
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else Path("runs") / f"train-{self.name}"
+
+
+TEACHER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # names appear in metric keys: kl/<name>
+
+
+def parse_teacher_servers(specs: list[str] | str | None) -> dict[str, str]:
+    """``--teacher-server`` values, each ``URL`` or ``NAME=URL``, as {name: URL} in the order given. A bare URL is
+    named ``default``; several teachers must each have a name, and names are unique. One-line errors otherwise."""
+    if isinstance(specs, str):
+        specs = [specs]
+    out: dict[str, str] = {}
+    specs = [str(x).strip() for x in specs or []]
+    for spec in specs:
+        bare = spec.startswith(("http://", "https://"))
+        check(not bare or len(specs) == 1, "several --teacher-server teachers: name each one, NAME=URL (a bare URL is only for a single teacher)")
+        name, url = ("default", spec) if bare else (spec.partition("=")[0], spec.partition("=")[2])
+        check(url.startswith(("http://", "https://")), f"--teacher-server must be a URL like http://127.0.0.1:8001 or NAME=URL, got {spec!r}")
+        check(TEACHER_NAME.fullmatch(name) is not None, f"--teacher-server {spec!r}: a teacher's name is letters, digits, '_', '.' or '-', got {name!r}")
+        check(name not in out, f"--teacher-server names the teacher {name!r} twice: give each teacher its own name")
+        out[name] = url.rstrip("/")
+    return out

@@ -47,6 +47,23 @@ def _problems(cfg: TrainConfig, toy: bool) -> list[Any]:
     return problems
 
 
+def _teacher_rows(cfg: TrainConfig, problems: list[Any]) -> list[int] | None:
+    """Each prompt's teacher, an index into --teacher-server's names, from its --teacher-column (None without one).
+    A prompt without the column, or naming no --teacher-server, is one line before anything runs."""
+    if cfg.teacher_column is None:
+        return None
+    names, col = list(cfg.teachers), cfg.teacher_column
+    where = cfg.data or cfg.prompts
+    rows = []
+    for i, p in enumerate(problems):
+        check(col in p.meta, f"prompt {i + 1} ({p.id}) of {where} has no column {col!r} (--teacher-column) naming its teacher")
+        name = str(p.meta[col]).strip()
+        check(name in names, f"prompt {i + 1} ({p.id}) of {where} names the teacher {name!r} in column {col!r}, which no "
+                             f"--teacher-server gives (known: {', '.join(names)})")
+        rows.append(names.index(name))
+    return rows
+
+
 def _progress(total: int, start: int):
     """A rich progress bar with step, L, loss and KL; returns (update_fn, stop_fn)."""
     from rich.progress import TextColumn
@@ -83,6 +100,7 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     flops_fn = _flops_fn(student_src, teacher_src, cfg.attn_coef)
     # max_new_tokens caps every response; an L beyond the model's context is a user error worth one line
     problems = _problems(cfg, toy)
+    teacher_rows = _teacher_rows(cfg, problems)
 
     import torch
     from accelerate import PartialState
@@ -113,6 +131,8 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     columns = {"prompt": prompts}
     if cfg.reward_weight:  # each row's problem: the task reward grades a rollout against its gold answer
         columns["problem"] = list(range(len(problems)))
+    if teacher_rows is not None:  # each row's teacher (--teacher-column), an index into --teacher-server's names
+        columns["teacher"] = teacher_rows
     dataset = Dataset.from_dict(columns)
 
     device, precision, mixed, name, student, teacher = _load_models(cfg, student_src, teacher_src, s_tok, t_tok, world_size)

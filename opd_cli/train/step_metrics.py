@@ -53,6 +53,8 @@ class StepMetrics:
             "time_teacher": 0.0,
             "pg": torch.zeros(len(PG_SUMS), device=dev, dtype=torch.float64),
             "reward": torch.zeros(REWARD_SUMS, device=dev, dtype=torch.float64),
+            # per --teacher-server teacher: KL over its trained tokens, its trained tokens, its rollouts
+            "teacher": torch.zeros(max(len(self.opd.teachers), 1), 3, device=dev, dtype=torch.float64),
         }
 
     def start_clock(self) -> None:
@@ -75,6 +77,11 @@ class StepMetrics:
         """--reward-weight's sums of one rollout batch (:func:`opd_cli.train.task_reward.sums`)."""
         self.acc["reward"] += sums
 
+    def add_teacher_rollouts(self, teacher_B: torch.Tensor) -> None:
+        """The rollouts of one batch routed to each teacher (``teacher_B``: indices into --teacher-server's names)."""
+        acc = self.acc["teacher"]
+        acc[:, 2] += torch.bincount(teacher_B, minlength=acc.shape[0]).to(acc)
+
     def add_rollouts(self, lengths_B: torch.Tensor, clipped_B: torch.Tensor, seq_B: torch.Tensor, prefix_len: int) -> None:
         """One rollout batch: completion lengths, which were cut at the step's length, prompt + completion lengths."""
         acc = self.acc
@@ -84,14 +91,18 @@ class StepMetrics:
         acc["prefix_len"] = prefix_len
 
     def add_tokens(self, old_N, logq_N, ent_p_N, ent_q_N, tr_N, valid_BT, hs_N, ht_N, s_head, t_head,
-                   served=None, metrics_step: bool = False) -> None:
-        """One micro-batch's scored tokens: KL over trained tokens and per position bin over all scored tokens,
-        entropies every step, the overlap metrics on metric steps (``metrics_step``), one row chunk at a time."""
+                   served=None, metrics_step: bool = False, teacher_N: torch.Tensor | None = None) -> None:
+        """One micro-batch's scored tokens: KL over trained tokens (and per teacher, ``teacher_N``: each token's
+        teacher index with --teacher-column) and per position bin over all scored tokens, entropies every step, the
+        overlap metrics on metric steps (``metrics_step``), one row chunk at a time."""
         acc, keys = self.acc, maths.OVERLAP_KEYS
         kl_N = maths.kl_estimate_BT(old_N, logq_N).double()
         tm = tr_N.double()
         acc["sums"][0] += (kl_N * tm).sum()
         acc["sums"][1] += tm.sum()
+        if teacher_N is not None:
+            acc["teacher"][:, 0].index_add_(0, teacher_N, kl_N * tm)
+            acc["teacher"][:, 1].index_add_(0, teacher_N, tm)
         acc["sums"][2] += tr_N.numel()
         ent_p = ent_p_N.double()
         acc["metrics"][keys.index("entropy_student")] += (ent_p * tm).sum()
@@ -135,6 +146,8 @@ class StepMetrics:
             from opd_cli.train import task_reward
 
             rec.update(task_reward.step_metrics(self._reward))
+        if self.opd.teacher_column is not None:  # kl/<name>, tokens_trained/<name>, rollouts/<name>
+            rec.update(teacher_metrics(list(self.opd.teachers), self._teacher))
         self.reset()
         return rec
 
@@ -155,6 +168,7 @@ class StepMetrics:
         n_tr, n_ov = sums[1].item(), sums[3].item()
         sum_s, sum_s2 = seq.sum().item(), (seq**2).sum().item()
         self._pg = pg = g.gather(acc["pg"][None]).sum(0).tolist()  # PG-OPD's counts (zeros otherwise)
+        self._teacher = g.gather(acc["teacher"][None]).sum(0).tolist()
         self._reward = reward = g.gather(acc["reward"][None]).sum(0).tolist()  # --reward-weight's sums (zeros otherwise)
         # + PG-OPD's probe forwards; + the generation of --reward-weight's continuations (grading only)
         grading = {"grade_s": reward[3], "grade_s2": reward[4]} if self.opd.reward_weight else {}
@@ -193,3 +207,14 @@ class StepMetrics:
             count = n_tr if key.startswith("entropy") else n_ov  # overlap metrics: metric steps only
             rec[key] = met[i].item() / count if count else None
         return rec
+
+
+def teacher_metrics(names: list[str], sums: list[list[float]]) -> dict[str, Any]:
+    """Per teacher: the mean KL estimate over the trained tokens it scored (None when none), those tokens, its
+    rollouts; the token-weighted mean of the kl/<name> is the step's kl."""
+    out: dict[str, Any] = {}
+    for name, (kl, tokens, rollouts) in zip(names, sums, strict=True):
+        out[f"kl/{name}"] = kl / tokens if tokens else None
+        out[f"tokens_trained/{name}"] = int(tokens)
+        out[f"rollouts/{name}"] = int(rollouts)
+    return out

@@ -67,10 +67,10 @@ class OpdTrainer(DistillationTrainer):
             self.teacher_model = prepare_teacher(self)  # under FSDP TRL leaves it unsharded, where it was loaded
             self.teacher_model.requires_grad_(False)
         self.teacher_server = None
-        if opd.teacher_server:
-            from opd_cli.core.served_teacher import ServedTeacher
+        if opd.teacher_server:  # one or several served teachers (--teacher-server [NAME=]URL ...)
+            from opd_cli.core import served_teacher
 
-            self.teacher_server = ServedTeacher(opd.teacher_server, opd.teacher_topk, opd.vllm_timeout)
+            self.teacher_server = served_teacher.ServedTeachers(opd.teachers, opd.teacher_topk, opd.vllm_timeout)
         if opd.backend == "vllm":
             from opd_cli.core.vllm_engine import rollout_engine
 
@@ -208,9 +208,13 @@ class OpdTrainer(DistillationTrainer):
 
             train_BT, out["loss_weight"] = pg_opd.loss_mask_and_weights(self, train_BT)
         out["train_mask"] = train_BT
-        if self.teacher_server is not None:  # the teacher's log-probs of this process's rollouts, in one request
+        if self.opd.teacher_column is not None:  # each rollout's teacher, an index into --teacher-server's names
+            out["teacher_idx"] = torch.tensor([x["teacher"] for x in inputs], device=ids_BT.device)
+            self.metrics.add_teacher_rollouts(out["teacher_idx"])
+        if self.teacher_server is not None:  # the teachers' log-probs of this process's rollouts, one request each
             t0 = time.perf_counter()
-            out.update(self.teacher_server.score(out["prompt_ids"], out["prompt_mask"], ids_BT, cmask_BT))
+            out.update(self.teacher_server.score(out["prompt_ids"], out["prompt_mask"], ids_BT, cmask_BT,
+                                                 out.get("teacher_idx")))
             self.metrics.add_time("time_teacher", time.perf_counter() - t0)
         if self._rollout_logprobs is not None:  # vLLM: the log-probs it sampled with (importance ratio != 1)
             lp = torch.zeros(B, T, device=ids_BT.device)
@@ -296,8 +300,9 @@ class OpdTrainer(DistillationTrainer):
                 loss = maths.sum_over_seqs(div_BT, w_BT.to(div_BT.dtype), n)
         with torch.no_grad():
             served = (inputs["teacher_top_ids"], inputs["teacher_top_logp"]) if self.teacher_server is not None else None
+            teacher_N = inputs["teacher_idx"][:, None].expand(B, T)[valid_BT] if "teacher_idx" in inputs else None
             self.metrics.add_tokens(old_N.detach(), logq_N, ent_p_N, ent_q_N, tr_N, valid_BT, hs_N, ht_N, s_head, t_head,
-                                    served, metrics_step=self._metrics_step())
+                                    served, metrics_step=self._metrics_step(), teacher_N=teacher_N)
         return loss
 
     def _teacher_scores(self, inputs, ids, attn, valid_BT, y_N, rows):

@@ -7,8 +7,8 @@ rollout cut at L tokens rarely holds it. So a rollout that stopped at the step's
 the verdict on the whole answer rewards its L trained tokens: a Monte-Carlo return of the prefix under the current
 policy, the estimate a full rollout gives its own first L tokens. The continuation is sampled like the rollouts (on
 the HF path its noise is seeded by (seed, step, row), stage :data:`GRADING_STAGE`), is never scored or trained, and
-costs generation only: its tokens are logged as ``tokens_graded`` and its generation FLOPs (x/3 over the continued
-part of each sequence) are added to ``flops_step``. A rollout that ended (EOS) or reached ``--max-new-tokens`` is
+costs generation only: its tokens are logged as ``tokens_graded``, its time is in ``time_generate`` and its
+generation FLOPs (x/3 over the continued part of each sequence) are added to ``flops_step``. A rollout that ended (EOS) or reached ``--max-new-tokens`` is
 graded as it is.
 """
 

@@ -364,11 +364,11 @@ REAL_PAPER_RUNS := prefix4 prefix prefix16 schedule full
 REAL_PAPER_FIG := $(REAL_FIG)/paper
 sk = $(if $(filter 0,$(1)),,-s$(1))
 
-runs/train-real-paper-%/eval/best.json: | real-world
+runs/train-real-paper-%/eval/best.json: | real-world $(VLLM_STAMP)
 	$(OPD) train --recipe recipes/train-real-$(call unseeded,$*).yaml $(call seed_flag,$*) --name real-paper-$* --if-exists resume
 	$(OPD) eval --run runs/train-real-paper-$* --initial $(REAL_EVAL)
 
-runs/sft-baseline-real-%/final.done: | real-world
+runs/sft-baseline-real-%/final.done: | real-world $(VLLM_STAMP)
 	$(OPD) sft-baseline --recipe recipes/sft-real.yaml $(call seed_flag,$*) --name real-$* \
 	    --output-dir runs/sft-baseline-real-$* --if-exists resume
 	$(OPD) eval --run runs/sft-baseline-real-$* --initial $(REAL_EVAL)
@@ -376,9 +376,10 @@ runs/sft-baseline-real-%/final.done: | real-world
 
 REAL_EVAL := --recipe recipes/eval-real.yaml --if-exists resume
 # base rows of real-paper's table: dev, test and OOD with 4 samples, as its runs are evaluated
-runs/eval-real-paper-%/eval/real-ood.json: | real-world
+runs/eval-real-paper-%/eval/real-ood.json: | real-world $(VLLM_STAMP)
 	$(OPD) eval --model real:$* --benchmark real-dev --benchmark real --benchmark real-ood --samples 4 --temperature 0.5 \
-	    --max-new-tokens 48 --batch-size 120 --template chat --no-think --output-dir runs/eval-real-paper-$* --if-exists resume
+	    --max-new-tokens 48 --batch-size 120 --template chat --no-think --backend vllm --output-dir runs/eval-real-paper-$* \
+	    --if-exists resume
 
 real-paper: real-world  ## the paper's Tables 1-3 and Fig. 2-4 on the real model, over REAL_SEEDS (resumable)
 	$(MAKE) --no-print-directory runs/eval-real-paper-student/eval/real-ood.json runs/eval-real-paper-teacher/eval/real-ood.json \

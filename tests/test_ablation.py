@@ -259,3 +259,19 @@ def test_reference_runs_stand_in_for_references(
     assert (full / "eval" / "step_000002" / "tiny-ablation-dev.json").is_file()  # not in the source: evaluated here
     assert json.loads((full / "reference.json").read_text())["source"] == str(src)
     assert not (out / "runs" / "tail-3" / "reference.json").exists()
+
+
+def test_the_evaluation_backend_reaches_every_evaluation():
+    """eval_backend goes into the evaluations' settings (a reference run's evaluations are adopted only when their
+    backend is the same); anything but hf or vllm is one line."""
+    from types import SimpleNamespace
+
+    from opd_cli.core.config import build_config
+    from opd_cli.window_ablation.config import WindowAblationConfig
+    from opd_cli.window_ablation.run import _eval_overrides
+
+    cfg = build_config(WindowAblationConfig, None, {"eval_backend": "vllm"})
+    assert _eval_overrides(cfg, SimpleNamespace(template="chat", think=False))["backend"] == "vllm"
+    assert _eval_overrides(build_config(WindowAblationConfig, None, {}), SimpleNamespace(template="chat", think=False))["backend"] == "hf"
+    with pytest.raises(OpdError, match="--eval-backend must be hf or vllm, got 'tpu'"):
+        build_config(WindowAblationConfig, None, {"eval_backend": "tpu"})

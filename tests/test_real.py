@@ -275,7 +275,7 @@ def test_every_analysis_runs_on_the_real_world(real_dir, tmp_path):
     run_window_ablation(build_config(WindowAblationConfig, R / "window-ablation-real.yaml", dict(
         overrides=["steps=2", "batch_size=2", "micro_batch_size=2", "max_new_tokens=6", "save_every=1", "device=cpu"],
         windows=["2:4"], prefix_ref=2, reference_runs=[], eval_steps=[2], eval_limit=2, eval_samples=1,
-        eval_max_new_tokens=6, output_dir=str(abl))))
+        eval_max_new_tokens=6, eval_backend="hf", output_dir=str(abl))))
     with open(abl / "table.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == 3  # full, prefix 2, window [2, 4)

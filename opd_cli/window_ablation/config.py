@@ -54,6 +54,7 @@ class WindowAblationConfig:
     )
     eval_batch_size: int = field(0, help="Sequences per generate call at evaluation (0 = the eval default).")
     eval_temperature: float = field(1.0, help="Sampling temperature at evaluation (the paper: 1.0).")
+    eval_backend: str = field("hf", help="Evaluation backend: hf | vllm (as opd eval --backend; the references' evaluations are adopted only from the same one).")
     skip_eval: bool = field(False, help="Train only; the table then shows the evaluations already on disk.")
     output_dir: str = field("runs/window-ablation", help="Ablation folder: runs/<label>/, table.csv, table.md.")
     if_exists: str = field(
@@ -69,6 +70,7 @@ class WindowAblationConfig:
         check(all(s >= 0 for s in self.eval_steps), f"--eval-steps must be non-negative steps, got {self.eval_steps}")
         check(self.eval_samples >= 1, f"--eval-samples must be at least 1, got {self.eval_samples}")
         check(self.eval_limit >= 0, f"--eval-limit must be 0 (all) or positive, got {self.eval_limit}")
+        check(self.eval_backend in ("hf", "vllm"), f"--eval-backend must be hf or vllm, got {self.eval_backend!r}")
         check(self.if_exists in IF_EXISTS, f"--if-exists must be one of {', '.join(IF_EXISTS)}, got {self.if_exists!r}")
         check(
             bool(self.windows) or self.full_ref or self.prefix_ref > 0,

@@ -192,7 +192,7 @@ def _eval_overrides(cfg: WindowAblationConfig, tcfg: Any) -> dict[str, Any]:
     """The dev evaluation's settings: the ablation's eval_* fields, and the prompts the runs trained on (the
     training config's template and <think>)."""
     kw: dict[str, Any] = {"samples": cfg.eval_samples, "limit": cfg.eval_limit, "temperature": cfg.eval_temperature,
-                          "template": tcfg.template, "think": tcfg.think, "if_exists": "resume"}
+                          "template": tcfg.template, "think": tcfg.think, "backend": cfg.eval_backend, "if_exists": "resume"}
     if cfg.eval_max_new_tokens:
         kw["max_new_tokens"] = cfg.eval_max_new_tokens
     if cfg.eval_batch_size:

@@ -170,11 +170,29 @@ $(foreach s,1 2 3 4 5 6 7 8 9,$(eval $(call SFT_RULES,-s$(s),$(s))))
 toy-sft: $(call seeded,runs/sft-baseline-toy{s}/final.done runs/sft-baseline-toy-small{s}/final.done) \
          $(foreach lr,$(SFT_LRS),$(call seeded,runs/sft-toy-prefix-lr$(lr){s}/final.done))  ## SFT rows and prefix SFT (Fig. 6)
 
-toy-table12: toy-base toy-train toy-sft  ## Tables 1-2: accuracies, FLOPs, hours (markdown + CSV), compact and larger student
-	$(OPD) plot main-table runs/eval-toy-student-small $(foreach r,$(TOY_SMALL_RUNS),runs/train-$(r)) \
-	    runs/sft-baseline-toy-small --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)/small
-	$(OPD) plot main-table runs/eval-toy-student $(foreach r,$(TOY_RUNS),runs/train-$(r)) runs/sft-baseline-toy \
-	    --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)
+# A run's test and OOD accuracies at one checkpoint (all problems, 4 samples): the paper's limited-budget rows (full
+# OPD after 10 of its steps, SFT after a fifth of its steps as 300 of 1500) and Table 4's fixed step. The run's dev
+# pick (eval/best.json) stays as it was.
+TOY_AT_STEP := --benchmark toy --benchmark toy-ood --samples 4 --max-new-tokens 192 --batch-size 100 --if-exists resume
+define AT_STEP_RULE
+runs/train-%/eval/step_$(1)/toy-ood.json: runs/train-%/eval/best.json
+	$$(OPD) eval --run runs/train-$$* --steps $(2) $$(TOY_AT_STEP)
+
+runs/sft-baseline-%/eval/step_$(1)/toy-ood.json: runs/sft-baseline-%/final.done
+	$$(OPD) eval --run runs/sft-baseline-$$* --steps $(2) $$(TOY_AT_STEP)
+endef
+$(eval $(call AT_STEP_RULE,000010,10))
+$(eval $(call AT_STEP_RULE,000020,20))
+$(eval $(call AT_STEP_RULE,000030,30))
+TOY_BUDGET_ROWS = $(call seeded,runs/train-toy-$(1)full{s}/eval/step_000010/toy-ood.json \
+                  runs/sft-baseline-toy$(if $(1),-small)$(1:small-=){s}/eval/step_000020/toy-ood.json)
+
+toy-table12: toy-base toy-train toy-sft $(call TOY_BUDGET_ROWS,) $(call TOY_BUDGET_ROWS,small-)  ## Tables 1-2: accuracies, FLOPs, hours (markdown + CSV), compact and larger student, with the limited-budget rows
+	$(OPD) plot main-table runs/eval-toy-student-small runs/train-toy-small-full@10 runs/sft-baseline-toy-small@20 \
+	    $(foreach r,$(TOY_SMALL_RUNS),runs/train-$(r)) runs/sft-baseline-toy-small --in-domain toy-dev,toy --ood toy-ood \
+	    -o $(TOY_FIG)/small
+	$(OPD) plot main-table runs/eval-toy-student runs/train-toy-full@10 runs/sft-baseline-toy@20 \
+	    $(foreach r,$(TOY_RUNS),runs/train-$(r)) runs/sft-baseline-toy --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)
 
 toy-fig2: runs/train-toy-full/final/config.json  ## Fig. 2: KL per position bin during full OPD
 	$(OPD) kl-by-position --recipe recipes/kl-by-position-toy-full.yaml --if-exists resume
@@ -203,8 +221,10 @@ runs/train-toy-prefix-lr%/eval/best.json: | toy-world
 	    $(call seed_flag,$*) --if-exists resume
 	$(OPD) eval --run runs/train-toy-prefix-lr$* --initial $(TOY_EVAL)
 
-toy-fig7: $(foreach lr,$(OPD_LRS),$(call seeded,runs/train-toy-prefix-lr$(lr){s}/eval/best.json))  ## Fig. 7 / Table 4: prefix OPD learning-rate sweep
+toy-fig7: $(foreach lr,$(OPD_LRS),$(call seeded,runs/train-toy-prefix-lr$(lr){s}/eval/step_000030/toy-ood.json))  ## Fig. 7 / Table 4: prefix OPD learning-rate sweep; test and OOD after its 30 steps
 	$(OPD) plot lr-sweep $(foreach lr,$(OPD_LRS),runs/train-toy-prefix-lr$(lr)) -o $(TOY_FIG)
+	$(OPD) plot main-table runs/eval-toy-student $(foreach lr,$(OPD_LRS),runs/train-toy-prefix-lr$(lr)@30) \
+	    --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)/table4
 
 # the window ablation, per seed ($(1) = '' or -s<k>, $(2) = the seed): its references are that seed's main runs
 define WINDOW_RULE

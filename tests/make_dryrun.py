@@ -74,8 +74,8 @@ def read_folders(line: str) -> list[str]:
     """The run folders a command reads: eval's --run, the runs a plot draws, kl-by-position's run, the window
     ablation's reference runs, and a student or teacher that is a checkpoint under runs/."""
     cmd, rec = command(line), recipe(line)
-    if cmd.startswith("plot "):
-        return re.findall(r"(runs/\S+)", line.split(" -o ")[0])
+    if cmd.startswith("plot "):  # RUN@STEP: the run read at one checkpoint
+        return [re.sub(r"@\d+$", "", f) for f in re.findall(r"(runs/\S+)", line.split(" -o ")[0])]
     if cmd == "eval":
         return [flag(line, "--run")] if flag(line, "--run") else []
     if cmd == "kl-by-position":

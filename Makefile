@@ -408,6 +408,16 @@ runs/eval-real-paper-%/eval/real-ood.json: | real-world $(VLLM_STAMP)
 	    --max-new-tokens 48 --batch-size 120 --template chat --no-think --backend vllm --output-dir runs/eval-real-paper-$* \
 	    --if-exists resume
 
+# the limited-budget rows: full OPD and SFT after 10 of their 40 steps (the paper's full OPD after 10 steps, SFT after
+# a fifth of its steps), on test and OOD as every row; the runs' dev picks stay as they were
+REAL_AT_STEP := --benchmark real --benchmark real-ood --samples 4 --temperature 0.5 --max-new-tokens 48 --batch-size 120 \
+    --template chat --no-think --backend vllm --if-exists resume
+runs/train-real-paper-%/eval/step_000010/real-ood.json: | runs/train-real-paper-%/eval/best.json
+	$(OPD) eval --run runs/train-real-paper-$* --steps 10 $(REAL_AT_STEP)
+
+runs/sft-baseline-real-%/eval/step_000010/real-ood.json: | runs/sft-baseline-real-%/final.done
+	$(OPD) eval --run runs/sft-baseline-real-$* --steps 10 $(REAL_AT_STEP)
+
 # the analyses of seed 0 (Fig. 2, Fig. 3, Table 3), each a file make can see, so that kept records stand for them
 runs/kl-by-position-real-paper-full/kl_by_position.csv: | runs/train-real-paper-full/eval/best.json
 	$(OPD) kl-by-position --recipe recipes/kl-by-position-real-full.yaml --run runs/train-real-paper-full \
@@ -439,10 +449,12 @@ real-paper-restore:  ## put kept real-paper records back under runs/ (never over
 real-paper: real-world real-paper-restore  ## the paper's Tables 1-3 and Fig. 2-4 on the real model, over REAL_SEEDS (resumable)
 	$(MAKE) --no-print-directory runs/eval-real-paper-student/eval/real-ood.json runs/eval-real-paper-teacher/eval/real-ood.json \
 	    $(foreach s,$(REAL_SEEDS),$(foreach m,$(REAL_PAPER_RUNS),runs/train-real-paper-$(m)$(call sk,$(s))/eval/best.json) \
-	    runs/sft-baseline-real-paper$(call sk,$(s))/final.done) runs/kl-by-position-real-paper-full/kl_by_position.csv \
+	    runs/sft-baseline-real-paper$(call sk,$(s))/final.done runs/train-real-paper-full$(call sk,$(s))/eval/step_000010/real-ood.json \
+	    runs/sft-baseline-real-paper$(call sk,$(s))/eval/step_000010/real-ood.json) runs/kl-by-position-real-paper-full/kl_by_position.csv \
 	    runs/probe-teacher-prefix-real/probe.csv runs/window-ablation-real/table.csv
-	$(OPD) plot main-table runs/eval-real-paper-student $(foreach m,$(REAL_PAPER_RUNS),runs/train-real-paper-$(m)) \
-	    runs/sft-baseline-real-paper runs/eval-real-paper-teacher --in-domain real-dev,real --ood real-ood -o $(REAL_PAPER_FIG)
+	$(OPD) plot main-table runs/eval-real-paper-student runs/train-real-paper-full@10 runs/sft-baseline-real-paper@10 \
+	    $(foreach m,$(REAL_PAPER_RUNS),runs/train-real-paper-$(m)) runs/sft-baseline-real-paper runs/eval-real-paper-teacher \
+	    --in-domain real-dev,real --ood real-ood -o $(REAL_PAPER_FIG)
 	$(OPD) plot compute-vs-acc $(foreach m,$(REAL_PAPER_RUNS),runs/train-real-paper-$(m)) runs/sft-baseline-real-paper \
 	    -o $(REAL_PAPER_FIG)
 	$(OPD) plot kl-position runs/kl-by-position-real-paper-full -o $(REAL_PAPER_FIG)/fig2

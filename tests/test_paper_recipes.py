@@ -157,7 +157,7 @@ QWEN_RUNS = ["coldstart", "coldstart-base", "teacher-base"]
 
 @pytest.mark.parametrize("run", R1_RUNS + QWEN_RUNS)
 def test_rethink_recipes_use_the_papers_table_2(run: str, vllm_extra: None) -> None:
-    """Rethinking OPD's App. A.2 Table 2: 64 prompts x 4 rollouts per update (256 sequences in opd), lr 1e-6,
+    """Rethinking OPD's App. A.2 Table 2: 64 prompts x 4 rollouts per update (256 sequences), lr 1e-6,
     7,168 response tokens, temperature 1 / top-p 1 (opd's rollouts), Student Top-16 unless the loss is the
     experiment; R1-Distill-1.5B <- JustRL-1.5B on DAPO-Math-17K except §5.1's Qwen3 pair."""
     from opd_cli.train.config import TrainConfig
@@ -165,6 +165,7 @@ def test_rethink_recipes_use_the_papers_table_2(run: str, vllm_extra: None) -> N
     raw = yaml.safe_load((R / f"train-paper-rethink-{run}.yaml").read_text())
     cfg = build_config(TrainConfig, R / f"train-paper-rethink-{run}.yaml", {})
     assert (cfg.batch_size, cfg.lr, cfg.max_new_tokens, cfg.prefix, cfg.warmup) == (256, 1e-6, 7168, "full", 0)
+    assert (cfg.rollouts_per_prompt, cfg.prompts_per_step) == (4, 64)
     assert "temperature" not in raw and "top_p" not in raw  # opd samples rollouts at temperature 1, top-p 1
     if run in R1_RUNS:
         assert (cfg.student, cfg.teacher) == ("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "hbx/JustRL-DeepSeek-1.5B")

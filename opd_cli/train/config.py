@@ -80,7 +80,8 @@ class TrainConfig:
     loss_tail: int = field(0, help="Only the last N tokens of each full-length rollout carry gradient (0 = off).", panel=LOSS)
     reward_weight: float = field(0.0, help="Task reward mixed into --loss sampled's advantage, verl's use_task_rewards: A_t = -k_t + w * r, r = 1 when the grader accepts the rollout's answer, else 0 (0 = off). A rollout cut at L < --max-new-tokens is continued, for grading only, to --max-new-tokens.", panel=LOSS)
     kl_bin: int = field(256, help="Position-bin width of the logged KL profile (tokens).", panel=RUN)
-    batch_size: int = field(32, help="Rollouts (prompts) per optimizer step, over all processes.", panel=OPTIM)
+    batch_size: int = field(32, help="Rollouts (sequences) per optimizer step, over all processes: --batch-size / --rollouts-per-prompt prompts.", panel=OPTIM)
+    rollouts_per_prompt: int = field(1, help="Rollouts sampled from each prompt per step (GRPO's group size G): each step draws --batch-size / G prompts and G rollouts of each (1 = one rollout per prompt; PG-OPD: --candidates).", panel=OPTIM)
     micro_batch_size: int = field(8, help="Rollouts per forward/backward per process; gradient accumulation = batch / (micro * processes).", panel=OPTIM)
     lr: float = field(5e-5, help="AdamW learning rate (constant after warmup).", panel=OPTIM)
     weight_decay: float = field(0.0, help="AdamW weight decay (0 = off).", panel=OPTIM)
@@ -146,6 +147,7 @@ class TrainConfig:
         check(self.kl_bin > 0, f"--kl-bin must be > 0 tokens, got {self.kl_bin}")
         check(self.batch_size > 0 and self.micro_batch_size > 0, "--batch-size and --micro-batch-size must be > 0")
         check(self.batch_size % self.micro_batch_size == 0, f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size {self.micro_batch_size}")
+        self._check_rollouts_per_prompt()
         check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
         from opd_cli.core.tracking import check_hub, parse_report_to
 
@@ -192,6 +194,14 @@ class TrainConfig:
         check(self.loss == "sampled", f"--reward-weight mixes the task reward into the advantage of --loss sampled; --loss {self.loss} has no advantage to mix it into")
         check(self.rollout == "standard", "--reward-weight grades whole rollouts, and --rollout pg-opd stops candidates before their answer: use --rollout standard")
 
+    def _check_rollouts_per_prompt(self) -> None:
+        G = self.rollouts_per_prompt
+        check(G >= 1, f"--rollouts-per-prompt must be at least 1, got {G}")
+        check(self.rollout != "pg-opd" or G in (1, self.candidates),
+              f"--rollout pg-opd samples --candidates {self.candidates} rollouts of each prompt: drop --rollouts-per-prompt {G} (or set --candidates {G})")
+        check(self.batch_size % G == 0, f"--batch-size {self.batch_size} (rollouts per step) must be a multiple of --rollouts-per-prompt {G}: "
+                                        f"each step samples {G} rollouts of --batch-size / {G} prompts")
+
     def _check_pg_opd(self) -> None:
         from opd_cli.train.pg_opd import PG_SELECT, ROLLOUTS
 
@@ -209,6 +219,15 @@ class TrainConfig:
         check(self.prefix == "full" and self.schedule == "none" and not self.loss_window and not self.loss_tail,
               "--rollout pg-opd trains whole rollouts: use it with --prefix full, no --schedule, --loss-window or --loss-tail")
         check(self.pg_select != "weight" or self.loss != "full", "--pg-select weight needs --loss sampled or topk (the fused full loss takes no weights)")
+
+    @property
+    def group_size(self) -> int:
+        """Rollouts of each prompt per step: PG-OPD's --candidates, else --rollouts-per-prompt."""
+        return self.candidates if self.rollout == "pg-opd" else self.rollouts_per_prompt
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.batch_size // self.group_size
 
     @property
     def teachers(self) -> dict[str, str]:

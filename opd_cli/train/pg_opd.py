@@ -76,16 +76,6 @@ def step_metrics(sums: Sequence[float]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ inside the trainer
-def candidate_sampler(trainer: Any, dataset: Any) -> Any:
-    """The training sampler: each prompt ``--candidates`` times in a row (TRL's RepeatSampler, grouped as GRPO's)."""
-    from trl.trainer.utils import RepeatSampler
-
-    args = trainer.args
-    gen_batch = args.per_device_train_batch_size * trainer.accelerator.num_processes * args.gradient_accumulation_steps
-    return RepeatSampler(data_source=dataset, mini_repeat_count=trainer.opd.candidates, batch_size=gen_batch // trainer.opd.candidates,
-                         repeat_count=args.gradient_accumulation_steps, shuffle=trainer.shuffle_dataset, seed=args.seed)
-
-
 def generate(trainer: Any, prompt_ids: list[list[int]], step: int) -> tuple[list[list[int]], list[list[float]] | None]:
     """PG-OPD's two generation stages for this process's candidates; returns (completions, vLLM log-probs or None).
 

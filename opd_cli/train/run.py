@@ -38,7 +38,7 @@ def _problems(cfg: TrainConfig, toy: bool) -> list[Any]:
 
     # a 1.2 M-row source is sampled down to the prompts the run can use, never rendered whole
     source = cfg.prompts or ("toy-train" if toy else "openthoughts3")
-    problems = data.load_problems(source, cfg.data, cfg.limit, cfg.seed, needed=cfg.steps * cfg.batch_size,
+    problems = data.load_problems(source, cfg.data, cfg.limit, cfg.seed, needed=cfg.steps * cfg.prompts_per_step,
                                   question_column=cfg.question_column)
     if cfg.reward_weight:  # the task reward grades every rollout against its problem's gold answer
         missing = sum(not str(p.answer).strip() for p in problems)

@@ -8,7 +8,8 @@ The trainer overrides these methods of ``trl.DistillationTrainer`` (TRL 1.16) an
   vLLM's sampled-token log-probs are kept instead of discarded. ``--rollout pg-opd`` generates in two stages with
   a probe between them (:mod:`opd_cli.train.pg_opd`). With ``--reward-weight`` the rollouts cut at L are continued
   for grading only (:mod:`opd_cli.train.task_reward`);
-- ``_get_train_sampler``: with ``--rollout pg-opd``, each prompt ``--candidates`` times in a row;
+- ``_get_train_sampler``: each prompt ``--rollouts-per-prompt`` times in a row (``--candidates`` with
+  ``--rollout pg-opd``); TRL's distillation sampler draws each prompt once;
 - ``_generate_and_score_completions``: after TRL's rollout/padding code, only the trained-token mask, vLLM's
   log-probs, ``num_items_in_batch`` = number of sequences (the paper sums over tokens) and, with ``--reward-weight``,
   the grader's verdict on each rollout. No model runs here;
@@ -95,11 +96,19 @@ class OpdTrainer(DistillationTrainer):
         return self.opd.gen_len(step, self._adaptive)
 
     def _get_train_sampler(self, dataset: Any = None) -> Any:
-        if self.opd.rollout != "pg-opd":
+        """Each step's prompts, each G times in a row (G = --rollouts-per-prompt, or PG-OPD's --candidates): TRL's
+        RepeatSampler grouped as GRPO's; G = 1 is TRL's own sampler. Each copy is its own rollout: on the HF path its
+        row in the global batch seeds its sampling noise, so the G rollouts of one prompt differ."""
+        G = self.opd.group_size
+        if G == 1:
             return super()._get_train_sampler(dataset)
-        from opd_cli.train import pg_opd
+        from trl.trainer.utils import RepeatSampler
 
-        return pg_opd.candidate_sampler(self, dataset if dataset is not None else self.train_dataset)
+        args = self.args
+        rows = args.per_device_train_batch_size * self.accelerator.num_processes * args.gradient_accumulation_steps
+        return RepeatSampler(data_source=dataset if dataset is not None else self.train_dataset, mini_repeat_count=G,
+                             batch_size=rows // G, repeat_count=args.gradient_accumulation_steps,
+                             shuffle=self.shuffle_dataset, seed=args.seed)
 
     # ------------------------------------------------------------------ helpers
     def _step_index(self) -> int:

@@ -21,7 +21,7 @@ def _train(tiny_model_dirs, prompts_file, out, **over):
 
     student, teacher = tiny_model_dirs
     base = dict(student=str(student), teacher=str(teacher), data=str(prompts_file), steps=3, batch_size=8,
-                micro_batch_size=2, rollouts_per_prompt=4, max_new_tokens=16, kl_bin=4, save_every=1,
+                micro_batch_size=2, rollouts_per_prompt=4, max_new_tokens=16, prefix="10", kl_bin=4, save_every=1,
                 output_dir=str(out), device="cpu", chunk=8)
     run_train(build_config(TrainConfig, None, {**base, **over}))
     return read_metrics(out)
@@ -29,7 +29,7 @@ def _train(tiny_model_dirs, prompts_file, out, **over):
 
 @pytest.fixture(scope="module")
 def grouped_run(tiny_model_dirs, prompts_file, tmp_path_factory):
-    """3 steps of batch 8 with 4 rollouts per prompt, every rollout batch the trainer built recorded:
+    """3 steps of batch 8 with 4 rollouts per prompt, prefix L = 10 of 16, every rollout batch the trainer built recorded:
     (run folder, metrics, [per step: (prompt texts, prompt ids, completion ids)])."""
     import opd_cli.train.trainer as trainer_mod
 
@@ -56,6 +56,7 @@ def grouped_run(tiny_model_dirs, prompts_file, tmp_path_factory):
 def test_each_step_samples_two_prompts_four_times(grouped_run):
     _, rows, seen = grouped_run
     assert len(seen) == 3 and [r["step"] for r in rows] == [1, 2, 3]  # one rollout batch per step
+    assert all(r["prefix_len"] == 10 and 0 < r["rollout_len_max"] <= 10 for r in rows)  # each rollout cut at L
     every_prompt = []
     for texts, _, completions in seen:
         assert len(texts) == len(completions) == 8

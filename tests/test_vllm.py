@@ -189,6 +189,30 @@ def test_colocated_rollouts_follow_the_weights_and_give_the_hf_loss(models, prom
     assert len({round(r["loss"], 6) for r in rows}) == 3  # lr 1e-2: every step trains on other rollouts
 
 
+def test_colocated_lora_rollouts_come_from_the_merged_weights(models, prompts_file, tmp_path, recorded):
+    """--lora with --rollouts-per-prompt 2 on a colocated engine: each step's rollout log-probs equal an HF forward of
+    the merged weights that sampled them (the student at step 1, then each merged checkpoint), so the engine got the
+    adapter's updates; each step samples 4 prompts twice each, two different rollouts per prompt."""
+    pytest.importorskip("peft")
+    run = tmp_path / "run"
+    rows = train(models, prompts_file, run, backend="vllm", vllm_mode="colocate", lora=True, lora_r=4, lora_alpha=32.0,
+                 rollouts_per_prompt=2)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    check_rollouts_came_from_synced_weights(recorded, run, *models)
+    for step in (1, 2, 3):
+        groups: dict[tuple, list[tuple]] = {}
+        for s, batch, _ in recorded:
+            if s == step:
+                for p, pm, c, cm in zip(batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
+                                        batch["completion_mask"], strict=True):
+                    groups.setdefault(tuple(p[pm.bool()].tolist()), []).append(tuple(c[cm.bool()].tolist()))
+        assert sorted(len(g) for g in groups.values()) == [2] * 4, step
+        assert all(a != b for a, b in groups.values()), step
+    # the updates are large enough that the student's own weights would not have passed the check at step 3
+    last = [(batch, hf_logprobs(models[0], batch)) for s, batch, _ in recorded if s == 3]
+    assert max(float((b["old_logp"] - lp)[b["completion_mask"].bool()].abs().max()) for b, lp in last) > 10 * LOGP_TOL
+
+
 def test_colocated_rollouts_on_the_toy_world(tmp_path, recorded):
     """The shipped toy world's teacher and larger student, its training prompts and prefix recipe's length (L = 10):
     three colocated vLLM steps whose rollouts come from the synced weights and give the HF path's loss."""

@@ -109,6 +109,30 @@ def check_same_vocab(student_tok: Any, teacher_tok: Any, student_model: Any = No
         )
 
 
+def merged_lora_params(model: Any) -> Any:
+    """(name, tensor) of a PEFT LoRA model's parameters under the plain model's names, each adapted weight merged:
+    W + delta, delta = peft's own ``get_delta_weight`` (B A * alpha / r) of every active adapter. Computed aside, one
+    weight at a time: the model's weights are not touched (peft's in-place merge then unmerge leaves W + d - d, which
+    in bfloat16 is not W) and no second copy of the model exists. Tied weights appear once, as in
+    ``named_parameters``."""
+    import torch
+
+    base = model.get_base_model()
+    with torch.no_grad():
+        for name, p in base.named_parameters():
+            if ".lora_" in name:
+                continue
+            if not name.endswith(".base_layer.weight"):
+                yield name.replace(".base_layer.", "."), p.detach()
+                continue
+            layer = base.get_submodule(name.removesuffix(".base_layer.weight"))
+            w = p.detach()
+            for adapter in layer.active_adapters:
+                if (adapter in layer.lora_A or adapter in getattr(layer, "lora_embedding_A", {})) and not layer.merged:
+                    w = w + layer.get_delta_weight(adapter)
+            yield name.replace(".base_layer.", "."), w.to(p.dtype)
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:200] if text else type(err).__name__

@@ -5,7 +5,8 @@
 - colocate mode builds the engine with opd's settings (memory share, sleep mode, eager execution on a CPU, where
   compiling costs more than it saves on short rollouts);
 - the colocated weight sync streams the student's parameters through vLLM's layerwise ``reload_weights`` (vLLM's CPU
-  build repacks its linear layers after loading, so a per-tensor ``load_weights`` no longer finds their loaders);
+  build repacks its linear layers after loading, so a per-tensor ``load_weights`` no longer finds their loaders); a
+  LoRA student's are its merged weights, computed without touching the base weights;
 - server mode can sync through a folder instead of NCCL (``--vllm-weight-sync disk``, the default without CUDA,
   where TRL's NCCL transfer cannot run): the student's weights are written as safetensors and the server reloads
   them through its development endpoint ``/collective_rpc`` (start it with ``VLLM_SERVER_DEV_MODE=1``).
@@ -113,6 +114,20 @@ class RolloutEngine(VLLMGeneration):
             self.llm.sleep(level=2)
         self._llm_weights_sleeping = self.enable_sleep_mode
         acc.wait_for_everyone()
+
+    def _iter_named_params(self):
+        """The student's parameters under vLLM's names; a LoRA student's with each adapter merged aside
+        (:func:`opd_cli.core.models.merged_lora_params`) instead of TRL's in-place merge and unmerge, which would move
+        the base weights by rounding at every sync. Sharded students are refused with --lora before this runs."""
+        from accelerate.utils import is_peft_model
+
+        if not is_peft_model(self.model):
+            yield from super()._iter_named_params()
+            return
+        from opd_cli.core.models import merged_lora_params
+
+        for name, tensor in merged_lora_params(self.model):
+            yield self._fix_param_name_to_vllm(name), tensor
 
     def sync_weights(self) -> None:
         if self.mode == "colocate":

@@ -19,10 +19,11 @@ PREFIX = "Prefix and schedule"
 PG = "PG-OPD (prefix-guided rollout allocation)"
 LOSS = "Loss"
 OPTIM = "Batch and optimisation"
+LORA = "LoRA (train an adapter, not the student's weights)"
 ROLLOUTS = "Rollouts and vLLM"
 SERVED = "Served teacher"
 DEVICE = "Precision and device"
-PANELS = (RUN, MODELS, PREFIX, PG, LOSS, OPTIM, ROLLOUTS, SERVED, DEVICE)
+PANELS = (RUN, MODELS, PREFIX, PG, LOSS, OPTIM, LORA, ROLLOUTS, SERVED, DEVICE)
 
 # the choices of TrainConfig's fields, here and not in core/maths.py: building a config must not import torch
 LOSSES = ("sampled", "full", "topk")
@@ -89,6 +90,11 @@ class TrainConfig:
     steps: int = field(60, help="Optimizer steps.", panel=OPTIM)
     warmup: int = field(0, help="Linear warmup steps (0 = off).", panel=OPTIM)
     seed: int = field(0, help="Seed of data order, sampling and initialisation.", panel=OPTIM)
+    lora: bool = field(False, help="Train a LoRA adapter (peft, the lora extra) instead of every student weight: checkpoints and final/ hold the merged weights (what opd eval loads) and the adapter in adapter/; vLLM gets the merged weights (off = full fine-tuning).", panel=LORA)
+    lora_r: int = field(16, help="--lora: rank r of each adapter.", panel=LORA)
+    lora_alpha: float = field(32.0, help="--lora: alpha; the adapter adds B A x * alpha / r.", panel=LORA)
+    lora_dropout: float = field(0.0, help="--lora: dropout on the adapter's input in the training forward, never in rollouts (0 = off).", panel=LORA)
+    lora_target_modules: list[str] = field(["all-linear"], help="--lora: modules that get an adapter, names or name suffixes (repeat or comma-separate); all-linear = every linear layer but the LM head, whose weight opd's losses read directly.", panel=LORA)
     save_every: int = field(10, help="Checkpoint every N optimizer steps (0 = only the final model).", panel=RUN)
     backend: str = field("hf", help="Rollouts: hf (transformers generate) | vllm (the vllm extra on a GPU, make install-vllm on a CPU).", panel=ROLLOUTS)
     vllm_mode: str = field("colocate", help="--backend vllm: colocate (an engine inside each training process) | server (a `vllm serve` of the student, see --vllm-host).", panel=ROLLOUTS)
@@ -148,6 +154,7 @@ class TrainConfig:
         check(self.batch_size > 0 and self.micro_batch_size > 0, "--batch-size and --micro-batch-size must be > 0")
         check(self.batch_size % self.micro_batch_size == 0, f"--batch-size {self.batch_size} must be a multiple of --micro-batch-size {self.micro_batch_size}")
         self._check_rollouts_per_prompt()
+        self._check_lora()
         check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
         from opd_cli.core.tracking import check_hub, parse_report_to
 
@@ -193,6 +200,20 @@ class TrainConfig:
             return
         check(self.loss == "sampled", f"--reward-weight mixes the task reward into the advantage of --loss sampled; --loss {self.loss} has no advantage to mix it into")
         check(self.rollout == "standard", "--reward-weight grades whole rollouts, and --rollout pg-opd stops candidates before their answer: use --rollout standard")
+
+    def _check_lora(self) -> None:
+        if not self.lora:
+            return
+        import importlib.util
+
+        check(importlib.util.find_spec("peft") is not None, "--lora needs peft: pip install 'opd-cli[lora]' (or pip install 'peft>=0.13')")
+        check(self.lora_r >= 1, f"--lora-r must be at least 1, got {self.lora_r}")
+        check(self.lora_alpha > 0, f"--lora-alpha must be > 0, got {self.lora_alpha}")
+        check(0 <= self.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        check(bool(self.lora_target_modules), "--lora-target-modules is empty: name the modules, or all-linear")
+        check("lm_head" not in self.lora_target_modules,
+              "--lora-target-modules lm_head: opd's losses read the LM head's weight directly, so an adapter on it would never "
+              "train; leave it out (all-linear already does)")
 
     def _check_rollouts_per_prompt(self) -> None:
         G = self.rollouts_per_prompt

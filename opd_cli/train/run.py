@@ -111,6 +111,9 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     check(cfg.batch_size % (cfg.micro_batch_size * world_size) == 0,
           f"--batch-size {cfg.batch_size} must be a multiple of --micro-batch-size x processes = {cfg.micro_batch_size * world_size}")
     grad_accum = cfg.batch_size // (cfg.micro_batch_size * world_size)
+    check(not cfg.lora or state.distributed_type.value not in ("FSDP", "DEEPSPEED"),
+          f"--lora is not supported with {state.distributed_type.value} sharding yet (its merged weights are built from whole "
+          "parameters): use several processes without FSDP/ZeRO-3, or full fine-tuning")
 
     run, last = _open_run_folder(cfg, state)
     resume_from, offsets = (str(last[1]), last[2]) if last else (None, {})
@@ -145,6 +148,7 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     trainer = trainer_mod.OpdTrainer(  # looked up at call time: tests substitute a recording subclass
         model=student, teacher_model=teacher, args=args, train_dataset=dataset, processing_class=s_tok,
         opd=cfg, run=run, flops_fn=flops_fn, offsets=offsets, callbacks=callbacks, engine_dtype=name, problems=problems,
+        peft_config=_lora_config(cfg),
     )
     trainer.remove_callback(PrinterCallback)
     point_tensorboard(trainer, run.path)
@@ -159,6 +163,17 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     _save_final(cfg, trainer, run, s_tok, state.is_main_process)
     state.wait_for_everyone()
     return run.path
+
+
+def _lora_config(cfg: TrainConfig) -> Any:
+    """--lora: the adapter TRL wraps the student in (its ``peft_config``); None = full fine-tuning."""
+    if not cfg.lora:
+        return None
+    from peft import LoraConfig
+
+    targets = cfg.lora_target_modules
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
+                      target_modules="all-linear" if targets == ["all-linear"] else list(targets))
 
 
 def _model_sources(cfg: TrainConfig) -> tuple[str, str]:
@@ -288,4 +303,6 @@ def _final_from_checkpoint(ckpt: Path, run_path: Path) -> None:
     for f in ckpt.iterdir():
         if f.is_file() and f.name not in training_state and not f.name.startswith("rng_state"):
             shutil.copy2(f, tmp / f.name)
+        elif f.is_dir() and f.name == "adapter":  # --lora: the adapter beside the merged weights
+            shutil.copytree(f, tmp / f.name)
     swap_in(tmp, run_path / "final")

@@ -20,6 +20,8 @@ The trainer overrides these methods of ``trl.DistillationTrainer`` (TRL 1.16) an
 - ``log`` and ``_save_checkpoint``: one metrics.jsonl line per optimizer step from our own accumulators
   (:class:`opd_cli.train.step_metrics.StepMetrics`; the trackers of ``--report-to`` get the same numbers), and
   checkpoints committed into ``checkpoints/step_XXXXXX`` once every rank has written its files;
+- ``save_model`` and ``_load_from_checkpoint``: with ``--lora``, a checkpoint holds the merged weights (what
+  `opd eval` loads) and the adapter in ``adapter/`` (what a resume loads);
 - ``train``: starts the step clock.
 
 ``--schedule adaptive`` sets each step's L from the KL logged so far (:func:`opd_cli.core.maths.adaptive_prefix_lengths`).
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import is_peft_model
 from transformers import GenerationConfig, LogitsProcessorList
 from trl import DistillationTrainer
 from trl.models import unwrap_model_for_generation
@@ -81,6 +84,10 @@ class OpdTrainer(DistillationTrainer):
         self._signal = [maths.adaptive_signal(r, opd.adaptive_signal) for r in run.read_metrics()] if opd.schedule == "adaptive" else []
         self._adaptive = self._adaptive_lengths()
         self.metrics = StepMetrics(opd, self.accelerator.device, flops_fn, offsets)  # the step's accumulators
+        if opd.lora and opd.lora_dropout:  # TRL's disable_dropout zeroed every nn.Dropout, the adapters' too
+            for name, module in self.model.named_modules():
+                if ".lora_dropout." in f"{name}." and isinstance(module, torch.nn.Dropout):
+                    module.p = opd.lora_dropout
 
     def _adaptive_lengths(self) -> list[int] | None:
         o = self.opd
@@ -127,6 +134,8 @@ class OpdTrainer(DistillationTrainer):
         """Last hidden states predicting the T completion tokens, with position ids that skip left padding
         (generate numbers positions that way; a plain forward would shift the prompts of padded rows)."""
         pos = (attn.long().cumsum(-1) - 1).clamp(min=0)
+        if is_peft_model(model):  # --lora: a PEFT model's base_model is its tuner; the backbone is the base's (as TRL)
+            model = model.get_base_model()
         out = model.base_model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False)
         return out.last_hidden_state[:, -T - 1 : -1, :]
 
@@ -186,8 +195,13 @@ class OpdTrainer(DistillationTrainer):
             self._dist.summon_full_params(self.model_wrapped, recurse=False),
             self.accelerator.autocast(),
         ):
-            out = model.generate(input_ids=ids, attention_mask=attn, generation_config=config,
-                                 logits_processor=LogitsProcessorList([sampling]))
+            training = model.training
+            model.eval()  # --lora-dropout drops in the training forward only: rollouts sample the policy itself
+            try:
+                out = model.generate(input_ids=ids, attention_mask=attn, generation_config=config,
+                                     logits_processor=LogitsProcessorList([sampling]))
+            finally:
+                model.train(training)
         completions = out[:, ids.shape[1] :].cpu()
         is_eos = torch.isin(completions, torch.tensor(self.eos_token_ids))
         ends = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, completions.shape[1])
@@ -356,6 +370,18 @@ class OpdTrainer(DistillationTrainer):
         self.metrics.start_clock()
         return super().train(*args, **kwargs)
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """TRL's save (a LoRA student: the adapter alone); with --lora the folder then holds the merged weights where
+        a model's are (what `opd eval` and vLLM load) and the adapter in adapter/ (what a resume loads)."""
+        super().save_model(output_dir, _internal_call)
+        if self.opd.lora and self.args.should_save:
+            save_lora_folder(self.accelerator.unwrap_model(self.model), Path(output_dir or self.args.output_dir))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        if self.opd.lora:  # transformers would load the merged weights beside it into the PEFT model, not the adapter
+            resume_from_checkpoint = str(Path(resume_from_checkpoint) / LORA_ADAPTER_DIR)
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         step = int(self.state.global_step)
@@ -367,6 +393,24 @@ class OpdTrainer(DistillationTrainer):
             (src / "opd_state.json").write_text(json.dumps(state, indent=2) + "\n")
             self.run_dir.commit(src, step)
         self.accelerator.wait_for_everyone()
+
+
+LORA_ADAPTER_DIR = "adapter"  # --lora: the adapter's folder inside a checkpoint and final/
+PEFT_FILES = ("adapter_model.safetensors", "adapter_config.json", "README.md")  # what peft's save_pretrained writes
+
+
+def save_lora_folder(model: Any, folder: Path) -> None:
+    """``folder`` as a LoRA run's checkpoint: peft's adapter files (written there by TRL's save) moved into
+    ``adapter/``, and the merged weights (:func:`opd_cli.core.models.merged_lora_params`) saved with the student's
+    config as a plain model, so that ``from_pretrained(folder)`` and vLLM load the trained student."""
+    from opd_cli.core.models import merged_lora_params
+
+    adapter = folder / LORA_ADAPTER_DIR
+    adapter.mkdir(parents=True, exist_ok=True)
+    for name in PEFT_FILES:
+        if (folder / name).exists():
+            (folder / name).replace(adapter / name)
+    model.get_base_model().save_pretrained(str(folder), state_dict=dict(merged_lora_params(model)))
 
 
 def _trim_padding(inputs: dict[str, Any]) -> dict[str, Any]:

@@ -14,10 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch pulls several GB of CUDA packages
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,lora]'
 	touch $@
 
-install: $(STAMP)  ## make .venv: torch 2.13.0 (CPU), then opd with [dev]
+install: $(STAMP)  ## make .venv: torch 2.13.0 (CPU), then opd with [dev,lora]
 
 VLLM_STAMP := $(VENV)/.vllm-installed
 $(VLLM_STAMP): $(STAMP)

@@ -158,6 +158,7 @@ def sampled_loss(
     mask_BT: torch.Tensor,
     num_seqs: float | torch.Tensor,
     task_adv_BT: torch.Tensor | None = None,
+    is_cap: float = 0.0,
 ) -> torch.Tensor:
     """Importance-sampled policy-gradient OPD loss (the prefix-OPD paper §2.1, after Thinking Machines' on-policy
     distillation recipe).
@@ -165,13 +166,24 @@ def sampled_loss(
     A_t = -(logp_old - logp_T) without gradient, rho_t = exp(logp_theta - logp_old), loss = -sum_t rho_t A_t over
     masked tokens, averaged over sequences. At rho = 1 its gradient is -sum_t A_t grad log p_theta(x_t).
     ``task_adv_BT`` (None = off) is added to A_t: ``w * r`` of :func:`task_advantage_B` broadcast over a rollout's
-    tokens (verl's ``use_task_rewards``).
+    tokens (verl's ``use_task_rewards``). ``is_cap`` > 0 truncates rho_t at it (:func:`is_ratio_BT`; 0 = off).
     """
     adv_BT = -kl_estimate_BT(logp_old_BT, logp_teacher_BT).detach()
     if task_adv_BT is not None:
         adv_BT = adv_BT + task_adv_BT.detach()
     ratio_BT = torch.exp(logp_BT - logp_old_BT.detach())
+    if is_cap > 0:  # value min(rho, C), gradient min(rho, C) grad log p_theta
+        ratio_BT = ratio_BT * (is_ratio_BT(logp_BT, logp_old_BT, is_cap) / ratio_BT).detach()
     return sum_over_seqs(-ratio_BT * adv_BT, mask_BT.to(logp_BT.dtype), num_seqs)
+
+
+def is_ratio_BT(logp_BT: torch.Tensor, logp_behaviour_BT: torch.Tensor, cap: float = 0.0) -> torch.Tensor:
+    """Per-token importance weight of a rollout sampled by an older policy (``opd train --async``), without
+    gradient: rho_t = pi_theta(x_t) / pi_behaviour(x_t) = exp(logp_theta - logp_behaviour), truncated at ``cap``
+    when ``cap`` > 0 (truncated importance sampling; TRL's async GRPO weights by the same ratio, clipped PPO-style).
+    A rollout k weight versions old has logp_behaviour from those weights; at staleness 0, rho = 1."""
+    rho_BT = torch.exp(logp_BT.detach() - logp_behaviour_BT.detach())
+    return rho_BT.clamp(max=cap) if cap > 0 else rho_BT
 
 
 def task_advantage_B(verdict_B: torch.Tensor, weight: float) -> torch.Tensor:

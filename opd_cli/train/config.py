@@ -103,6 +103,9 @@ class TrainConfig:
     vllm_timeout: float = field(240.0, help="Seconds to wait for a vLLM server (student or --teacher-server) to answer before giving up.", panel=ROLLOUTS)
     vllm_weight_sync: str = field("auto", help="--vllm-mode server: how the student's weights reach the server after each step: nccl (TRL's transfer, CUDA) | disk (safetensors in the run folder, reloaded by the server) | auto (nccl on CUDA, disk otherwise).", panel=ROLLOUTS)
     vllm_memory: float = field(0.3, help="--vllm-mode colocate: share of the GPU's memory the engine reserves, in (0, 1) (on a CPU the KV cache is VLLM_CPU_KVCACHE_SPACE GiB, default 1).", panel=ROLLOUTS)
+    async_rollouts: bool = field(False, help="--async: rollouts sampled from the student's vLLM server (--backend vllm --vllm-mode server) by a background worker while the trainer trains on earlier ones (TRL's AsyncDistillationTrainer, docs/async.md); a rollout's tokens are weighted by pi_theta / pi_behaviour (off = each step samples, then trains).", panel=ROLLOUTS)
+    max_staleness: int = field(1, help="--async: rollouts sampled more than N weight versions ago are dropped (0 = only the current weights').", panel=ROLLOUTS)
+    is_cap: float = field(0.0, help="Truncate each token's importance weight pi_theta / pi_behaviour at C (truncated IS; 0 = off, untruncated as sync opd).", panel=ROLLOUTS)
     vllm_sleep: bool = field(False, help="--vllm-mode colocate: put the engine to sleep (weights and KV cache offloaded) between rollouts (GPU only).", panel=ROLLOUTS)
     vllm_tensor_parallel: int = field(1, help="--vllm-mode colocate: tensor-parallel size of each engine (must divide the processes).", panel=ROLLOUTS)
     teacher_server: list[str] | None = field(None, help="A `vllm serve` of the teacher, as URL (e.g. http://127.0.0.1:8001) or NAME=URL; repeat with names for several teachers, routed per prompt by --teacher-column: the teacher's log-probs come from it instead of a local forward (--loss sampled only; none = the local teacher).", panel=SERVED)
@@ -167,6 +170,7 @@ class TrainConfig:
         check(not self.pure_dtype or self.dtype in ("bfloat16", "float16"), "--pure-dtype needs --dtype bfloat16 or float16")
         check_backend(self.backend)
         self._check_vllm()
+        self._check_async()
         check((self.student is None) == (self.teacher is None), "pass both --student and --teacher, or neither (the toy world)")
         check_toy_student(self.toy_student)
         check(self.student is None or self.toy_student == "large", "--toy-student small picks a toy-world student: it cannot be combined with --student")
@@ -193,6 +197,18 @@ class TrainConfig:
         check(self.loss == "sampled", f"--loss {self.loss} needs the teacher's whole distribution, which a --teacher-server does not send: use --loss sampled or a local --teacher")
         check(self.rollout == "standard", "--rollout pg-opd probes the teacher's hidden states: use a local --teacher with it")
         check(self.teacher_topk >= 1, f"--teacher-topk must be >= 1, got {self.teacher_topk}")
+
+    def _check_async(self) -> None:
+        check(self.max_staleness >= 0, f"--max-staleness must be >= 0 weight versions, got {self.max_staleness}")
+        check(self.is_cap >= 0, f"--is-cap must be >= 0 (0 = off), got {self.is_cap}")
+        if not self.async_rollouts:
+            return
+        check(self.backend == "vllm" and self.vllm_mode == "server",
+              "--async samples from the student's vLLM server: add --backend vllm --vllm-mode server (docs/async.md)")
+        unsupported = [flag for flag, on in (("--loss full/topk", self.loss != "sampled"), ("--schedule adaptive", self.schedule == "adaptive"),
+                       ("--rollout pg-opd", self.rollout != "standard"), ("--reward-weight", self.reward_weight > 0),
+                       ("--lora", self.lora), ("--rollouts-per-prompt", self.rollouts_per_prompt != 1)) if on]
+        check(not unsupported, f"--async does not support {', '.join(unsupported)} yet (docs/async.md): drop it or train without --async")
 
     def _check_reward(self) -> None:
         check(self.reward_weight >= 0, f"--reward-weight must be >= 0 (0 = off), got {self.reward_weight}")

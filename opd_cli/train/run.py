@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from opd_cli.core.config import check
+from opd_cli.core.errors import OpdError
 from opd_cli.core.log import logger
 from opd_cli.core.runs import swap_in
 from opd_cli.train.config import TrainConfig
@@ -115,6 +116,9 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
           f"--lora is not supported with {state.distributed_type.value} sharding yet (its merged weights are built from whole "
           "parameters): use several processes without FSDP/ZeRO-3, or full fine-tuning")
 
+    check(not cfg.async_rollouts or world_size == 1,
+          f"--async trains in one process (its rollouts come from one worker), got {world_size}: drop --async or launch one process")
+    _check_async_resume(cfg)
     run, last = _open_run_folder(cfg, state)
     resume_from, offsets = (str(last[1]), last[2]) if last else (None, {})
     tmp_root = run.checkpoints / ".tmp"
@@ -145,11 +149,15 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     from opd_cli.core.tracking import point_tensorboard
     from opd_cli.train import trainer as trainer_mod
 
-    trainer = trainer_mod.OpdTrainer(  # looked up at call time: tests substitute a recording subclass
-        model=student, teacher_model=teacher, args=args, train_dataset=dataset, processing_class=s_tok,
-        opd=cfg, run=run, flops_fn=flops_fn, offsets=offsets, callbacks=callbacks, engine_dtype=name, problems=problems,
-        peft_config=_lora_config(cfg),
-    )
+    if cfg.async_rollouts:
+        trainer = _async_trainer(cfg, student_src, teacher, dataset, s_tok, run, flops_fn, offsets, callbacks,
+                                 (tmp_root, grad_accum, device, precision, mixed))
+    else:
+        trainer = trainer_mod.OpdTrainer(  # looked up at call time: tests substitute a recording subclass
+            model=student, teacher_model=teacher, args=args, train_dataset=dataset, processing_class=s_tok,
+            opd=cfg, run=run, flops_fn=flops_fn, offsets=offsets, callbacks=callbacks, engine_dtype=name, problems=problems,
+            peft_config=_lora_config(cfg),
+        )
     trainer.remove_callback(PrinterCallback)
     point_tensorboard(trainer, run.path)
     stop = None
@@ -163,6 +171,35 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     _save_final(cfg, trainer, run, s_tok, state.is_main_process)
     state.wait_for_everyone()
     return run.path
+
+
+def _check_async_resume(cfg: TrainConfig) -> None:
+    """--async runs are not resumed mid-way: which rollouts a step trains on depends on the timing of the worker and
+    the trainer (rollouts in flight are lost, stale ones dropped), so a resume would not continue the same run."""
+    from opd_cli.core.runs import list_checkpoints
+
+    out = cfg.resolved_output_dir()
+    if cfg.async_rollouts and cfg.if_exists == "resume" and out.is_dir() and list_checkpoints(out):
+        raise OpdError(f"{out} holds an --async run's checkpoints, and --async runs cannot be resumed mid-way (the rollouts "
+                       "of the next steps depend on timing, docs/async.md): --if-exists overwrite, or train without --async")
+
+
+def _async_trainer(cfg: TrainConfig, student_src: str, teacher: Any, dataset: Any, s_tok: Any, run: Any, flops_fn: Any,
+                   offsets: dict[str, float], callbacks: list[Any] | None, arg_parts: tuple) -> Any:
+    """--async: TRL's AsyncDistillationTrainer subclass (train/async_trainer.py) on the rows' token ids, its rollout
+    worker on the student's vLLM server, the weights synced to it through the run folder."""
+    from opd_cli.train import async_trainer, async_worker
+
+    url = f"http://{cfg.vllm_host}:{cfg.vllm_port}"
+    rows = dataset.add_column("prompt_ids", s_tok(text=list(dataset["prompt"]))["input_ids"])
+    if cfg.teacher_column is not None:  # TRL's worker routes a row to the served teacher named by its teacher_id
+        rows = rows.add_column("teacher_id", [list(cfg.teachers)[i] for i in list(rows["teacher"])])
+    return async_trainer.OpdAsyncTrainer(
+        student_src, args=async_trainer.async_args(cfg, *arg_parts), train_dataset=rows, processing_class=s_tok,
+        callbacks=callbacks, opd=cfg, run=run, flops_fn=flops_fn, offsets=offsets, teacher_model=teacher,
+        rollout_worker=async_trainer.rollout_worker(cfg, rows, s_tok),
+        weight_transfer=async_worker.DiskWeightTransfer(url, run.path / ".vllm-sync", cfg.vllm_timeout),
+    )
 
 
 def _lora_config(cfg: TrainConfig) -> Any:

@@ -35,6 +35,7 @@ class StepMetrics:
         self.flops_total = offsets.get("flops_total", 0.0)
         self.wall_offset = offsets.get("wall_time", 0.0)
         self._t0 = self._t_start = None
+        self.dropped_stale = 0  # --async: rollouts TRL dropped as older than --max-staleness, this step (set at log time)
         self.reset()
 
     def reset(self) -> None:
@@ -55,6 +56,8 @@ class StepMetrics:
             "reward": torch.zeros(REWARD_SUMS, device=dev, dtype=torch.float64),
             # per --teacher-server teacher: KL over its trained tokens, its trained tokens, its rollouts
             "teacher": torch.zeros(max(len(self.opd.teachers), 1), 3, device=dev, dtype=torch.float64),
+            # --async: staleness sum, max, rollouts; importance weight sum over trained tokens, their count
+            "async": [0.0, 0.0, 0, 0.0, 0.0],
         }
 
     def start_clock(self) -> None:
@@ -89,6 +92,19 @@ class StepMetrics:
         acc["clipped"].append(clipped_B.double())
         acc["seq"].append(seq_B.double())
         acc["prefix_len"] = prefix_len
+
+    def add_staleness(self, staleness_B: torch.Tensor) -> None:
+        """--async: how many weight versions old each trained rollout's policy was when it was trained."""
+        a = self.acc["async"]
+        a[0] += float(staleness_B.sum())
+        a[1] = max(a[1], float(staleness_B.max())) if staleness_B.numel() else a[1]
+        a[2] += staleness_B.numel()
+
+    def add_is_ratio(self, rho_N: torch.Tensor, tr_N: torch.Tensor) -> None:
+        """--async: the importance weights (:func:`opd_cli.core.maths.is_ratio_BT`) of the trained tokens."""
+        a = self.acc["async"]
+        a[3] += float((rho_N.double() * tr_N).sum())
+        a[4] += float(tr_N.sum())
 
     def add_tokens(self, old_N, logq_N, ent_p_N, ent_q_N, tr_N, valid_BT, hs_N, ht_N, s_head, t_head,
                    served=None, metrics_step: bool = False, teacher_N: torch.Tensor | None = None) -> None:
@@ -148,6 +164,10 @@ class StepMetrics:
             rec.update(task_reward.step_metrics(self._reward))
         if self.opd.teacher_column is not None:  # kl/<name>, tokens_trained/<name>, rollouts/<name>
             rec.update(teacher_metrics(list(self.opd.teachers), self._teacher))
+        if self.opd.async_rollouts:
+            st, mx, n, rho, n_tok = self.acc["async"]
+            rec.update({"staleness_mean": st / n if n else None, "staleness_max": int(mx),
+                        "is_ratio_mean": rho / n_tok if n_tok else None, "dropped_stale": int(self.dropped_stale)})
         self.reset()
         return rec
 

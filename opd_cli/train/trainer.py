@@ -298,7 +298,9 @@ class OpdTrainer(DistillationTrainer):
             task_N = None
             if self.opd.reward_weight:  # A_t = -k_t + w * r, r the rollout's verdict
                 task_N = maths.task_advantage_B(inputs["reward"], self.opd.reward_weight)[:, None].expand(B, T)[valid_BT]
-            loss = maths.sampled_loss(logp_N, old_N, logq_N, w_BT[valid_BT], n, task_N)
+            loss = maths.sampled_loss(logp_N, old_N, logq_N, w_BT[valid_BT], n, task_N, self.opd.is_cap)
+            if self.opd.async_rollouts:  # stale rollouts: their importance weights (1 at staleness 0)
+                self.metrics.add_is_ratio(maths.is_ratio_BT(logp_N, old_N, self.opd.is_cap), tr_N)
         else:
             with torch.no_grad():
                 logp_N, ent_p_N = maths.map_rows(maths.head_logprobs_N, hs_N.detach(), s_head, y_N, rows)
@@ -322,7 +324,7 @@ class OpdTrainer(DistillationTrainer):
                 )
                 loss = maths.sum_over_seqs(div_BT, w_BT.to(div_BT.dtype), n)
         with torch.no_grad():
-            served = (inputs["teacher_top_ids"], inputs["teacher_top_logp"]) if self.teacher_server is not None else None
+            served = (inputs["teacher_top_ids"], inputs["teacher_top_logp"]) if "teacher_top_ids" in inputs else None
             teacher_N = inputs["teacher_idx"][:, None].expand(B, T)[valid_BT] if "teacher_idx" in inputs else None
             self.metrics.add_tokens(old_N.detach(), logq_N, ent_p_N, ent_q_N, tr_N, valid_BT, hs_N, ht_N, s_head, t_head,
                                     served, metrics_step=self._metrics_step(), teacher_N=teacher_N)
@@ -384,15 +386,21 @@ class OpdTrainer(DistillationTrainer):
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        step = int(self.state.global_step)
-        src = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
-        self.accelerator.wait_for_everyone()  # every rank has written its files (RNG states, shards)
-        if self.accelerator.is_main_process:
-            state = {"step": step, "prefix_len": self.prefix_len(step - 1), "next_prefix_len": self.prefix_len(step),
-                     "flops_total": self.metrics.flops_total}
-            (src / "opd_state.json").write_text(json.dumps(state, indent=2) + "\n")
-            self.run_dir.commit(src, step)
-        self.accelerator.wait_for_everyone()
+        commit_checkpoint(self, trial)
+
+
+def commit_checkpoint(trainer: Any, trial: Any) -> None:
+    """After TRL's save into checkpoint-N: opd_state.json beside it, then the folder committed into the run folder's
+    checkpoints/step_N (``OpdTrainer`` and the ``--async`` trainer)."""
+    step = int(trainer.state.global_step)
+    src = Path(trainer._get_output_dir(trial=trial)) / f"checkpoint-{step}"
+    trainer.accelerator.wait_for_everyone()  # every rank has written its files (RNG states, shards)
+    if trainer.accelerator.is_main_process:
+        state = {"step": step, "prefix_len": trainer.prefix_len(step - 1), "next_prefix_len": trainer.prefix_len(step),
+                 "flops_total": trainer.metrics.flops_total}
+        (src / "opd_state.json").write_text(json.dumps(state, indent=2) + "\n")
+        trainer.run_dir.commit(src, step)
+    trainer.accelerator.wait_for_everyone()
 
 
 LORA_ADAPTER_DIR = "adapter"  # --lora: the adapter's folder inside a checkpoint and final/

@@ -1,0 +1,212 @@
+"""`opd train --async` without a vLLM server: TRL's AsyncDistillationTrainer subclass fed by an in-process worker
+that replays rollouts (TRL's ``rollout_worker=`` hook), a no-op weight transfer. Checks the trainer side: at
+staleness 0 the async run's losses are the sync run's, step for step; a rollout sampled by weights k versions old
+gets rho = pi_theta / pi_behaviour; the maths of the truncated ratio; the config's bad input.
+"""
+
+from __future__ import annotations
+
+import queue
+
+import pytest
+import torch
+
+from opd_cli.core.errors import OpdError
+from opd_cli.core.runs import read_metrics
+
+STEPS, BATCH, MICRO = 3, 4, 2
+
+
+def base(models, prompts_file, out, **over):
+    student, teacher = models
+    cfg = dict(student=str(student), teacher=str(teacher), data=str(prompts_file), steps=STEPS, batch_size=BATCH,
+               micro_batch_size=MICRO, max_new_tokens=12, prefix="8", kl_bin=4, save_every=0, lr=1e-2, chunk=8,
+               output_dir=str(out), dtype="float32", metrics_every=0)
+    cfg.update(over)
+    return cfg
+
+
+def train(cfg):
+    from opd_cli.core.config import build_config
+    from opd_cli.train.config import TrainConfig
+    from opd_cli.train.run import run_train
+
+    run_train(build_config(TrainConfig, None, cfg))
+    return read_metrics(cfg["output_dir"])
+
+
+class ReplayWorker:
+    """TRL's RolloutWorkerProtocol in process: puts the given samples on its queue when the trainer starts it."""
+
+    def __init__(self, samples):
+        self.samples, self.rollout_buffer, self.metrics_queue = samples, queue.Queue(), queue.Queue()
+
+    def start(self):
+        for s in self.samples + self.samples[-BATCH:]:  # and one step more: accelerate's dispatcher reads a batch ahead
+            self.rollout_buffer.put(s)
+
+    def stop(self):
+        pass
+
+    def update_model_version(self, version):
+        self.version = version
+
+    def check_health(self, stale_after_s):
+        raise AssertionError("the trainer ran out of replayed rollouts")
+
+
+class NoTransfer:
+    def init_weight_transfer(self): ...
+    def pause(self): ...
+    def resume(self): ...
+    def destroy(self): ...
+    def send_weights(self, iterator):
+        for _ in iterator:
+            pass
+
+
+def sample(prompt, completion, version, behaviour=None, prompt_id=0):
+    import numpy as np
+    from trl.experimental.async_distillation.async_rollout_worker import RolloutSample
+
+    ids = np.asarray(prompt + completion, dtype=np.int64)
+    return RolloutSample(prompt=None, completion=None, input_ids=ids,
+                         completion_mask=np.asarray([0] * len(prompt) + [1] * len(completion), dtype=np.int64),
+                         teacher_topk_ids=np.zeros((len(ids), 0)), teacher_topk_logprobs=np.zeros((len(ids), 0)),
+                         model_version=version, teacher_id="default", prompt_id=prompt_id,
+                         metrics={"behaviour_logp": behaviour, "teacher_logp": None, "model_version": version})
+
+
+@pytest.fixture
+def replay(monkeypatch):
+    """run_train's --async trainer gets a ReplayWorker of the samples put in the returned list, no server."""
+    import opd_cli.core.vllm_engine as vllm_engine
+    from opd_cli.train import async_trainer, async_worker
+
+    samples: list = []
+    monkeypatch.setattr(vllm_engine, "preflight", lambda cfg, student: None)
+    monkeypatch.setattr(async_trainer, "rollout_worker", lambda cfg, rows, tok: ReplayWorker(samples))
+    monkeypatch.setattr(async_worker, "DiskWeightTransfer", lambda *a: NoTransfer())
+    return samples
+
+
+@pytest.fixture(scope="module")
+def sync_rollouts(tiny_model_dirs, prompts_file, tmp_path_factory):
+    """A sync run's metrics and the rollouts of each step, micro-batch by micro-batch: (step, prompt, completion)."""
+    import opd_cli.train.trainer as trainer_mod
+
+    seen = []
+
+    class Recording(trainer_mod.OpdTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            for ids, pm, cids, cm in zip(inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"],
+                                         inputs["completion_mask"], strict=True):
+                seen.append((int(self.state.global_step), ids[pm.bool()].tolist(), cids[cm.bool()].tolist()))
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_mod, "OpdTrainer", Recording)
+        metrics = train(base(tiny_model_dirs, prompts_file, tmp_path_factory.mktemp("sync") / "run"))
+    return metrics, seen
+
+
+def test_staleness_0_async_losses_equal_the_sync_runs(tiny_model_dirs, prompts_file, tmp_path, sync_rollouts, replay):
+    sync, seen = sync_rollouts
+    assert len(seen) == STEPS * BATCH and max(len(c) for _, _, c in seen) <= 8  # prefix L = 8 of 12
+    # step s's rollouts stamped with the policy version the async trainer holds at step s (TRL's cold sync = 1)
+    replay.extend(sample(p, c, step + 1, prompt_id=i) for i, (step, p, c) in enumerate(seen))
+    cfg = base(tiny_model_dirs, prompts_file, tmp_path / "run", async_rollouts=True, backend="vllm", vllm_mode="server",
+               max_staleness=0)
+    metrics = train(cfg)
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    for a, s in zip(metrics, sync, strict=True):
+        assert a["loss"] == pytest.approx(s["loss"], rel=1e-5, abs=1e-6)
+        assert a["kl"] == pytest.approx(s["kl"], rel=1e-5, abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(s["grad_norm"], rel=1e-4)
+        for key in ("tokens_trained", "rollout_len_max", "prefix_len", "seq_tokens"):
+            assert a[key] == s[key], key
+        assert a["staleness_mean"] == 0 and a["staleness_max"] == 0 and a["dropped_stale"] == 0
+        assert a["is_ratio_mean"] == pytest.approx(1.0)
+    assert sync[1]["loss"] != pytest.approx(sync[0]["loss"], rel=1e-3)  # the steps do differ: the updates matched
+    assert (tmp_path / "run" / "final" / "config.json").exists()
+
+
+def hf_token_logp(model_dir, prompt, completion) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None]).squeeze(-1)
+
+
+def test_a_rollout_k_versions_old_gets_the_importance_weight_of_its_weights(tiny_model_dirs, prompts_file, tmp_path,
+                                                                             sync_rollouts, replay):
+    """Behaviour log-probs from other weights (the 'old' student: its weights perturbed), stamped k = 2 versions
+    before the trainer's: the step's is_ratio_mean is the mean of exp(logp_theta - logp_old) over the trained tokens,
+    its loss -sum rho A / B with A = -(logp_old - log q), and staleness 2."""
+    from transformers import AutoModelForCausalLM
+
+    student, teacher = tiny_model_dirs
+    old_dir = tmp_path / "old"
+    old = AutoModelForCausalLM.from_pretrained(str(student), dtype=torch.float32)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in old.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    old.save_pretrained(str(old_dir))
+    _, seen = sync_rollouts
+    rows = [(p, c) for step, p, c in seen if step == 0]
+    k = 2
+    rhos, loss = [], 0.0
+    for i, (p, c) in enumerate(rows):
+        lp_old = hf_token_logp(old_dir, p, c)
+        lp = hf_token_logp(student, p, c)
+        lq = hf_token_logp(teacher, p, c)
+        replay.append(sample(p, c, 1 - k, behaviour=lp_old.numpy(), prompt_id=i))
+        rho = torch.exp(lp - lp_old)
+        rhos.append(rho)
+        loss += float((rho * (lp_old - lq)).sum()) / BATCH
+    cfg = base(tiny_model_dirs, prompts_file, tmp_path / "run", async_rollouts=True, backend="vllm", vllm_mode="server",
+               max_staleness=k, steps=1)
+    (m,) = train(cfg)
+    rho_all = torch.cat(rhos)
+    assert (rho_all - 1).abs().max() > 0.05  # the weights differ: the correction is not 1
+    assert m["staleness_mean"] == k and m["staleness_max"] == k and m["dropped_stale"] == 0
+    assert m["is_ratio_mean"] == pytest.approx(float(rho_all.mean()), rel=1e-4)
+    assert m["loss"] == pytest.approx(loss, rel=1e-4)
+
+
+def test_truncated_importance_ratio_value_and_gradient():
+    from opd_cli.core import maths
+
+    logp = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
+    old = torch.tensor([[-1.5, -1.0, -0.5]])
+    rho = maths.is_ratio_BT(logp, old)
+    assert torch.allclose(rho, torch.exp(torch.tensor([[0.5, -1.0, 0.0]])))
+    assert torch.allclose(maths.is_ratio_BT(logp, old, cap=1.2), torch.tensor([[1.2, float(torch.exp(torch.tensor(-1.0))), 1.0]]))
+    q = torch.tensor([[-1.0, -1.0, -1.0]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    loss = maths.sampled_loss(logp, old, q, mask, 1.0, is_cap=1.2)
+    adv = -(old - q)
+    assert float(loss) == pytest.approx(float(-(torch.tensor([[1.2, torch.exp(torch.tensor(-1.0)), 1.0]]) * adv).sum()))
+    loss.backward()  # gradient min(rho, C) * (-A) per token: the cap scales, never zeroes, a token's gradient
+    expect = -(torch.tensor([[1.2, float(torch.exp(torch.tensor(-1.0))), 1.0]]) * adv)
+    assert torch.allclose(logp.grad, expect)
+
+
+@pytest.mark.parametrize(("over", "needle"), [
+    ({"async_rollouts": True}, "--async samples from the student's vLLM server: add --backend vllm --vllm-mode server"),
+    ({"async_rollouts": True, "backend": "vllm", "vllm_mode": "server", "loss": "full"}, "--async does not support --loss full/topk"),
+    ({"async_rollouts": True, "backend": "vllm", "vllm_mode": "server", "schedule": "adaptive", "prefix_delta": 4},
+     "--async does not support --schedule adaptive"),
+    ({"max_staleness": -1}, "--max-staleness must be >= 0"),
+    ({"is_cap": -1.0}, "--is-cap must be >= 0"),
+])
+def test_bad_async_config_is_one_line(over, needle):
+    from opd_cli.core.config import build_config
+    from opd_cli.train.config import TrainConfig
+
+    with pytest.raises(OpdError, match=needle.replace("(", r"\(").replace("/", "/")):
+        build_config(TrainConfig, None, over)

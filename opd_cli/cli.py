@@ -61,7 +61,8 @@ def dispatch(module: str, config_cls: str, run_fn: str, recipe: Optional[Path], 
 
 # ------------------------------------------------------------------------------------ generated options
 # (command, field) -> the flag it has always had when that is not --field-name
-FLAGS = {("kl-by-position", "models"): "--model", ("window-ablation", "overrides"): "--set", ("build", "rebuild"): "--rebuild/--reuse"}
+FLAGS = {("kl-by-position", "models"): "--model", ("window-ablation", "overrides"): "--set", ("build", "rebuild"): "--rebuild/--reuse",
+         ("train", "async_rollouts"): "--async/--no-async"}
 SHORT = {"output_dir": "-o", "benchmark": "-b", "samples": "-n"}
 POSITIONAL = {"flops": ("runs",), "plot": ("kind", "runs")}  # fields given as arguments, in order
 

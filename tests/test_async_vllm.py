@@ -1,0 +1,67 @@
+"""`opd train --async` for real: TRL's rollout worker (a spawned child) sampling from a `vllm serve` of the student
+on loopback, the weights synced to it through the run folder after every step, a local teacher. Prefix L (and its
+linear schedule) caps every rollout; a student server that does not answer is one line. vLLM's CPU build or a GPU
+build; skipped without vLLM.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_vllm import MEM, Server, _engine_gone, free_port, one_line_exit_2  # noqa: F401  (its helpers and fixture)
+
+pytestmark = pytest.mark.vllm
+vllm = pytest.importorskip("vllm")
+
+from opd_cli.core.runs import list_checkpoints, read_metrics  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """(student, teacher): random Qwen3s on the toy tokenizer, heads of 32 (vLLM's CPU kernels' smallest)."""
+    from opd_cli.toy.tiny_qwen import save_random_model
+    from opd_cli.toy.tokenizer import build_tokenizer
+
+    root, tok = tmp_path_factory.mktemp("async_models"), build_tokenizer()
+    student = save_random_model(root / "student", tok, layers=1, hidden=64, heads=2, seed=1)
+    teacher = save_random_model(root / "teacher", tok, layers=2, hidden=64, heads=2, seed=2, tie_embeddings=False)
+    return student, teacher
+
+
+def test_async_rollouts_from_a_server_keep_the_prefix_schedule(models, prompts_file, tmp_path):
+    """Linear schedule L = 4, 8, 12 of --max-new-tokens 24: every step's rollouts are at most its L (a stale rollout
+    was cut at an older, shorter L), no rollout is older than --max-staleness 1, and the run's files are the sync
+    run's."""
+    from opd_cli.core.config import build_config
+    from opd_cli.train.config import TrainConfig
+    from opd_cli.train.run import run_train
+
+    student, teacher = models
+    server = Server(student, tmp_path / "server.log").start()
+    try:
+        cfg = dict(student=str(student), teacher=str(teacher), data=str(prompts_file), steps=3, batch_size=4,
+                   micro_batch_size=2, max_new_tokens=24, schedule="linear", prefix_start=4, prefix_delta=4, kl_bin=4,
+                   save_every=1, lr=1e-2, chunk=8, output_dir=str(tmp_path / "run"), dtype="float32", vllm_memory=MEM,
+                   async_rollouts=True, backend="vllm", vllm_mode="server", vllm_port=server.port, max_staleness=1)
+        run_train(build_config(TrainConfig, None, cfg))
+    finally:
+        server.stop()
+    metrics = read_metrics(tmp_path / "run")
+    assert [m["prefix_len"] for m in metrics] == [4, 8, 12]
+    for m in metrics:
+        assert 1 <= m["rollout_len_max"] <= m["prefix_len"]
+        assert m["tokens_trained"] <= 4 * m["prefix_len"]
+        # TRL drops a rollout older than --max-staleness when the dataloader draws it, and accelerate's dispatcher draws
+        # one micro-batch ahead of training: a trained rollout can be one version older than that (docs/async.md)
+        assert m["staleness_max"] <= 1 + 1 and m["is_ratio_mean"] > 0 and m["loss"] == m["loss"]
+    assert metrics[0]["staleness_max"] == 0  # the first step's rollouts come from the weights of the cold sync
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [1, 2, 3]
+    assert (tmp_path / "run" / "final" / "config.json").exists() and not (tmp_path / "run" / ".vllm-sync").exists()
+
+
+def test_async_student_server_that_does_not_answer_is_one_line(models, prompts_file, tmp_path):
+    student, teacher = models
+    port = free_port()
+    line = one_line_exit_2(["train", "--student", str(student), "--teacher", str(teacher), "--data", str(prompts_file),
+                            "--async", "--backend", "vllm", "--vllm-mode", "server", "--vllm-port", str(port),
+                            "--vllm-timeout", "1"], tmp_path)
+    assert f"no vLLM server answers at http://127.0.0.1:{port}" in line

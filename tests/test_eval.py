@@ -405,6 +405,13 @@ def test_weight_files_and_their_errors(tmp_path: Path, monkeypatch: pytest.Monke
     assert weight_files(str(sharded)) == [str(sharded / f) for f in shards]  # what the index names, nothing else
     with pytest.raises(OpdError, match="has no model\\*.safetensors weights"):
         weight_files(str(empty))
+    # a real: name is its world's folder (the initial student of a real-model run, step 0 under vLLM)
+    world = tmp_path / "world"
+    (world / "student").mkdir(parents=True)
+    (world / "student" / "config.json").write_text("{}")
+    (world / "student" / "model.safetensors").write_bytes(b"")
+    monkeypatch.setenv("OPD_REAL_DIR", str(world))
+    assert weight_files("real:student") == [str(world / "student" / "model.safetensors")]
 
     def offline(*a, **k):
         raise OSError("We couldn't connect to the hub\nmore")

@@ -231,11 +231,14 @@ def _vllm_cause(err: BaseException) -> str:
 
 
 def weight_files(model: str) -> list[str]:
-    """The ``.safetensors`` files of a model folder, or of a hub id (fetched into the local hub cache)."""
+    """The ``.safetensors`` files of a model folder, a ``real:`` model, or a hub id (fetched into the local hub
+    cache)."""
     import json
     from pathlib import Path
 
-    folder = Path(model).expanduser()
+    from opd_cli.core.models import resolve_source
+
+    folder = Path(resolve_source(model)).expanduser()
     if not folder.is_dir():
         try:
             from huggingface_hub import snapshot_download

@@ -197,7 +197,7 @@ def test_flops_recipes_load_and_run(recipe):
 
     raw = yaml.safe_load(recipe.read_text())
     rows = run_flops(build_config(FlopsConfig, recipe))
-    assert [r["mean_seq_len"] for r in rows] == raw["lengths"] and len(rows) == 4
+    assert [r["mean_seq_len"] for r in rows] == raw["lengths"] and len(rows) == 5  # prefix 256-2048 and full
     student, teacher = (_config_json(CONFIGS / f"{raw[k]}.json") for k in ("model", "teacher"))
     n, c = raw["steps"] * raw["rollouts"], raw["attn_coef"]
     for r in rows:  # n rollouts of mean length s: sum s = n*s, sum s^2 taken as n*s^2

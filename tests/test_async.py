@@ -78,7 +78,15 @@ def sample(prompt, completion, version, behaviour=None, prompt_id=0):
 
 
 @pytest.fixture
-def replay(monkeypatch):
+def vllm_here(monkeypatch):
+    """--async asks for --backend vllm; these tests replace the server, so they run where vLLM is not installed."""
+    from opd_cli.core import generation
+
+    monkeypatch.setattr(generation, "vllm_available", lambda: True)
+
+
+@pytest.fixture
+def replay(monkeypatch, vllm_here):
     """run_train's --async trainer gets a ReplayWorker of the samples put in the returned list, no server."""
     import opd_cli.core.vllm_engine as vllm_engine
     from opd_cli.train import async_trainer, async_worker
@@ -204,7 +212,7 @@ def test_truncated_importance_ratio_value_and_gradient():
     ({"max_staleness": -1}, "--max-staleness must be >= 0"),
     ({"is_cap": -1.0}, "--is-cap must be >= 0"),
 ])
-def test_bad_async_config_is_one_line(over, needle):
+def test_bad_async_config_is_one_line(over, needle, vllm_here):
     from opd_cli.core.config import build_config
     from opd_cli.train.config import TrainConfig
 

@@ -19,6 +19,15 @@ from opd_cli.train.config import TrainConfig, parse_teacher_servers
 BIG, SELF = "http://127.0.0.1:8101", "http://127.0.0.1:8102"
 
 
+@pytest.fixture(autouse=True)
+def vllm_here(monkeypatch):
+    """These tests stand in for the servers themselves, so they run where vLLM (which TRL's client needs) is not
+    installed; the one test of that case sets it back to False."""
+    from opd_cli.core import generation
+
+    monkeypatch.setattr(generation, "vllm_available", lambda: True)
+
+
 def test_parse_teacher_servers():
     assert parse_teacher_servers(["http://h:1/"]) == {"default": "http://h:1"}
     assert list(parse_teacher_servers(["math=http://a:1", "code=https://b:2"]).items()) == [
@@ -208,10 +217,21 @@ def test_a_teacher_server_that_does_not_answer_is_one_line_exit_2(tiny_model_dir
         return real(url, *a, **k)
 
     monkeypatch.setattr(vllm_engine, "connect", first_answers)
+    monkeypatch.setattr("trl.generation.vllm_client.is_vllm_available", lambda **k: True)  # its HTTP side needs none
     data, _ = routed_data
     err = _bad(["--teacher-server", f"big={BIG}", "--teacher-server", f"self={dead}", "--teacher-column", "teacher",
                 "--vllm-timeout", "1"], tiny_model_dirs, data, tmp_path)
     assert answered == [BIG] and f"no vLLM server answers at {dead}" in err and "teacher 'self'" in err
+
+
+def test_a_teacher_server_without_vllm_installed_is_one_line_exit_2(tiny_model_dirs, prompts_file, tmp_path, monkeypatch):
+    """TRL's VLLMClient will not start without vLLM: said before anything runs, with the install command."""
+    from opd_cli.core import generation
+
+    monkeypatch.setattr(generation, "vllm_available", lambda: False)
+    err = _bad(["--teacher-server", BIG], tiny_model_dirs, prompts_file, tmp_path)
+    assert "--teacher-server talks to the server through TRL's VLLMClient, which needs vLLM" in err
+    assert "make install-vllm" in err
 
 
 def test_runs_saved_before_several_teachers_still_resume():

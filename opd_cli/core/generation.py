@@ -19,6 +19,9 @@ BACKENDS = ("hf", "vllm")
 WEIGHT_SYNCS = ("auto", "nccl", "disk")  # how `opd train --vllm-mode server` sends the student's weights (vllm_engine)
 VLLM_MISSING = ("--backend vllm needs vLLM: pip install 'opd-cli[vllm]' on a GPU machine, make install-vllm on a CPU; "
                 "or use --backend hf")
+# TRL's VLLMClient, which talks to a served teacher or student, refuses to start where vLLM is not installed
+TEACHER_SERVER_NEEDS_VLLM = ("--teacher-server talks to the server through TRL's VLLMClient, which needs vLLM on this machine "
+                             "too: pip install 'opd-cli[vllm]' on a GPU machine, make install-vllm on a CPU; or use a local --teacher")
 
 
 @dataclass

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from opd_cli.core import generation
 from opd_cli.core.config import check, field
 from opd_cli.core.errors import OpdError
 from opd_cli.core.generation import check_backend
@@ -197,6 +198,7 @@ class TrainConfig:
         check(self.loss == "sampled", f"--loss {self.loss} needs the teacher's whole distribution, which a --teacher-server does not send: use --loss sampled or a local --teacher")
         check(self.rollout == "standard", "--rollout pg-opd probes the teacher's hidden states: use a local --teacher with it")
         check(self.teacher_topk >= 1, f"--teacher-topk must be >= 1, got {self.teacher_topk}")
+        check(generation.vllm_available(), generation.TEACHER_SERVER_NEEDS_VLLM)
 
     def _check_async(self) -> None:
         check(self.max_staleness >= 0, f"--max-staleness must be >= 0 weight versions, got {self.max_staleness}")

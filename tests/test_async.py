@@ -38,8 +38,12 @@ def train(cfg):
 class ReplayWorker:
     """TRL's RolloutWorkerProtocol in process: puts the given samples on its queue when the trainer starts it."""
 
-    def __init__(self, samples):
-        self.samples, self.rollout_buffer, self.metrics_queue = samples, queue.Queue(), queue.Queue()
+    def __init__(self, samples, rows=None):
+        self.samples, self.rows, self.rollout_buffer, self.metrics_queue = samples, rows, queue.Queue(), queue.Queue()
+        self.published = []  # the adaptive schedule's (L, tokens to sample) as the trainer publishes them
+
+    def publish_lengths(self, prefix, length):
+        self.published.append((prefix, length))
 
     def start(self):
         for s in self.samples + self.samples[-BATCH:]:  # and one step more: accelerate's dispatcher reads a batch ahead
@@ -56,16 +60,19 @@ class ReplayWorker:
 
 
 class NoTransfer:
+    """Records the names of the weights each sync sends."""
+
+    sent: list[list[str]] = []
+
     def init_weight_transfer(self): ...
     def pause(self): ...
     def resume(self): ...
     def destroy(self): ...
     def send_weights(self, iterator):
-        for _ in iterator:
-            pass
+        NoTransfer.sent.append([name for name, _ in iterator])
 
 
-def sample(prompt, completion, version, behaviour=None, prompt_id=0):
+def sample(prompt, completion, version, behaviour=None, prompt_id=0, reward=None, prefix=None):
     import numpy as np
     from trl.experimental.async_distillation.async_rollout_worker import RolloutSample
 
@@ -74,7 +81,8 @@ def sample(prompt, completion, version, behaviour=None, prompt_id=0):
                          completion_mask=np.asarray([0] * len(prompt) + [1] * len(completion), dtype=np.int64),
                          teacher_topk_ids=np.zeros((len(ids), 0)), teacher_topk_logprobs=np.zeros((len(ids), 0)),
                          model_version=version, teacher_id="default", prompt_id=prompt_id,
-                         metrics={"behaviour_logp": behaviour, "teacher_logp": None, "model_version": version})
+                         metrics={"behaviour_logp": behaviour, "teacher_logp": None, "model_version": version,
+                                  "prefix_len": prefix, "reward": reward, "graded_len": None if reward is None else len(completion)})
 
 
 @pytest.fixture
@@ -91,31 +99,54 @@ def replay(monkeypatch, vllm_here):
     import opd_cli.core.vllm_engine as vllm_engine
     from opd_cli.train import async_trainer, async_worker
 
-    samples: list = []
+    samples = Replay()
+    workers: list = []
+
+    def worker(cfg, rows, tok, problems=None):
+        workers.append(ReplayWorker(samples, rows))
+        return workers[-1]
+
     monkeypatch.setattr(vllm_engine, "preflight", lambda cfg, student: None)
-    monkeypatch.setattr(async_trainer, "rollout_worker", lambda cfg, rows, tok: ReplayWorker(samples))
+    monkeypatch.setattr(async_trainer, "rollout_worker", worker)
     monkeypatch.setattr(async_worker, "DiskWeightTransfer", lambda *a: NoTransfer())
+    NoTransfer.sent = []
+    samples.workers = workers
     return samples
 
 
-@pytest.fixture(scope="module")
-def sync_rollouts(tiny_model_dirs, prompts_file, tmp_path_factory):
-    """A sync run's metrics and the rollouts of each step, micro-batch by micro-batch: (step, prompt, completion)."""
+class Replay(list):
+    """The samples a ReplayWorker puts on its queue (and the workers built, in ``workers``)."""
+
+
+def record_sync(tiny_model_dirs, prompts_file, out, **over):
+    """A sync run's metrics and the rollouts of each step, micro-batch by micro-batch: (step, prompt, completion,
+    reward or None, the step's L). With --reward-weight the grader is a stand-in, right iff the rollout's length is
+    odd (the tiny models never answer right)."""
     import opd_cli.train.trainer as trainer_mod
+    from opd_cli.train import task_reward
 
     seen = []
 
     class Recording(trainer_mod.OpdTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            for ids, pm, cids, cm in zip(inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"],
-                                         inputs["completion_mask"], strict=True):
-                seen.append((int(self.state.global_step), ids[pm.bool()].tolist(), cids[cm.bool()].tolist()))
+            rewards = inputs["reward"].tolist() if "reward" in inputs else [None] * len(inputs["prompt_ids"])
+            for ids, pm, cids, cm, r in zip(inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"],
+                                            inputs["completion_mask"], rewards, strict=True):
+                step = int(self.state.global_step)
+                seen.append((step, ids[pm.bool()].tolist(), cids[cm.bool()].tolist(), r, self.prefix_len(step)))
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(trainer_mod, "OpdTrainer", Recording)
-        metrics = train(base(tiny_model_dirs, prompts_file, tmp_path_factory.mktemp("sync") / "run"))
+        mp.setattr(task_reward, "verdicts", lambda problems, tok, answers: [float(len(a) % 2) for a in answers])
+        metrics = train(base(tiny_model_dirs, prompts_file, out, **over))
     return metrics, seen
+
+
+@pytest.fixture(scope="module")
+def sync_rollouts(tiny_model_dirs, prompts_file, tmp_path_factory):
+    metrics, seen = record_sync(tiny_model_dirs, prompts_file, tmp_path_factory.mktemp("sync") / "run")
+    return metrics, [(step, p, c) for step, p, c, _, _ in seen]
 
 
 def test_staleness_0_async_losses_equal_the_sync_runs(tiny_model_dirs, prompts_file, tmp_path, sync_rollouts, replay):
@@ -137,6 +168,50 @@ def test_staleness_0_async_losses_equal_the_sync_runs(tiny_model_dirs, prompts_f
         assert a["is_ratio_mean"] == pytest.approx(1.0)
     assert sync[1]["loss"] != pytest.approx(sync[0]["loss"], rel=1e-3)  # the steps do differ: the updates matched
     assert (tmp_path / "run" / "final" / "config.json").exists()
+
+
+FEATURES = {
+    "lora": dict(lora=True, lora_r=4, lora_alpha=8.0),
+    "reward": dict(reward_weight=0.5, prefix="full"),  # full-length rollouts: graded as they are, no continuation
+    "adaptive": dict(schedule="adaptive", prefix_start=4, prefix_delta=4, adaptive_floor=10.0),  # grows every step
+    "groups": dict(rollouts_per_prompt=2),
+}
+
+
+@pytest.mark.parametrize("feature", list(FEATURES))
+def test_async_features_at_staleness_0_equal_the_sync_run(feature, tiny_model_dirs, prompts_file, tmp_path, replay):
+    """--lora, --reward-weight, --schedule adaptive and --rollouts-per-prompt under --async: fed the sync run's
+    rollouts (and verdicts, and Ls), the async run's losses, KLs, grad norms and metrics are the sync run's."""
+    over = FEATURES[feature]
+    sync, seen = record_sync(tiny_model_dirs, prompts_file, tmp_path / "sync", **over)
+    replay.extend(sample(p, c, step + 1, prompt_id=i, reward=r, prefix=L if feature == "adaptive" else None)
+                  for i, (step, p, c, r, L) in enumerate(seen))
+    metrics = train(base(tiny_model_dirs, prompts_file, tmp_path / "run", async_rollouts=True, backend="vllm",
+                         vllm_mode="server", max_staleness=0, **over))
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    for a, s in zip(metrics, sync, strict=True):
+        assert a["loss"] == pytest.approx(s["loss"], rel=1e-5, abs=1e-6)
+        assert a["kl"] == pytest.approx(s["kl"], rel=1e-5, abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(s["grad_norm"], rel=1e-4)
+        for key in ("tokens_trained", "rollout_len_max", "prefix_len", "seq_tokens", "reward_mean", "tokens_graded"):
+            assert a.get(key) == s.get(key), key
+    assert sync[1]["loss"] != pytest.approx(sync[0]["loss"], rel=1e-3)
+    worker = replay.workers[0]
+    if feature == "lora":  # the server gets merged weights under the base model's names, once per step and at the start
+        from transformers import AutoModelForCausalLM
+
+        names = [n for n, _ in AutoModelForCausalLM.from_pretrained(str(tiny_model_dirs[0])).named_parameters()]
+        assert len(NoTransfer.sent) == 4 and all(sorted(sent) == sorted(names) for sent in NoTransfer.sent)
+        final = tmp_path / "run" / "final"  # as a sync LoRA run's: the merged weights, the adapter in adapter/
+        assert (final / "model.safetensors").exists() and (final / "adapter" / "adapter_model.safetensors").exists()
+    if feature == "reward":
+        assert [m["reward_mean"] for m in metrics] == [sum(r for st, *_, r, _ in seen if st == k) / BATCH for k in range(3)]
+    if feature == "adaptive":  # L grows by 4 each step; each step's L reached the worker after the step before
+        assert [m["prefix_len"] for m in metrics] == [4, 8, 12]
+        assert worker.published == [(8, 8), (12, 12), (12, 12)]
+    if feature == "groups":  # the worker gets each prompt twice in a row, as its own rollout
+        prompts = list(worker.rows["prompt"])
+        assert prompts[0::2] == prompts[1::2] and len(prompts) == 64
 
 
 def hf_token_logp(model_dir, prompt, completion) -> torch.Tensor:
@@ -207,8 +282,8 @@ def test_truncated_importance_ratio_value_and_gradient():
 @pytest.mark.parametrize(("over", "needle"), [
     ({"async_rollouts": True}, "--async samples from the student's vLLM server: add --backend vllm --vllm-mode server"),
     ({"async_rollouts": True, "backend": "vllm", "vllm_mode": "server", "loss": "full"}, "--async does not support --loss full/topk"),
-    ({"async_rollouts": True, "backend": "vllm", "vllm_mode": "server", "schedule": "adaptive", "prefix_delta": 4},
-     "--async does not support --schedule adaptive"),
+    ({"async_rollouts": True, "backend": "vllm", "vllm_mode": "server", "rollout": "pg-opd", "prefix": "full"},
+     "--async does not support --rollout pg-opd"),
     ({"max_staleness": -1}, "--max-staleness must be >= 0"),
     ({"is_cap": -1.0}, "--is-cap must be >= 0"),
 ])

@@ -65,3 +65,34 @@ def test_async_student_server_that_does_not_answer_is_one_line(models, prompts_f
                             "--async", "--backend", "vllm", "--vllm-mode", "server", "--vllm-port", str(port),
                             "--vllm-timeout", "1"], tmp_path)
     assert f"no vLLM server answers at http://127.0.0.1:{port}" in line
+
+
+def test_async_lora_reward_groups_and_adaptive_schedule_on_a_server(models, prompts_file, tmp_path):
+    """The four together through TRL's worker: a LoRA student (the server reloads its merged weights), two rollouts
+    of each prompt, the adaptive schedule's L published by the trainer after each step (floor 10 nats: it grows every
+    step), and each rollout graded in the worker, those cut at L continued to --max-new-tokens first."""
+    from opd_cli.core.config import build_config
+    from opd_cli.train.config import TrainConfig
+    from opd_cli.train.run import run_train
+
+    student, teacher = models
+    server = Server(student, tmp_path / "server.log").start()
+    try:
+        cfg = dict(student=str(student), teacher=str(teacher), data=str(prompts_file), steps=3, batch_size=4,
+                   micro_batch_size=2, max_new_tokens=24, schedule="adaptive", prefix_start=4, prefix_delta=4,
+                   adaptive_floor=10.0, kl_bin=4, save_every=0, lr=1e-2, chunk=8, output_dir=str(tmp_path / "run"),
+                   dtype="float32", vllm_memory=MEM, async_rollouts=True, backend="vllm", vllm_mode="server",
+                   vllm_port=server.port, max_staleness=1, lora=True, lora_r=4, reward_weight=0.5,
+                   rollouts_per_prompt=2, ignore_eos=True)
+        run_train(build_config(TrainConfig, None, cfg))
+    finally:
+        server.stop()
+    metrics = read_metrics(tmp_path / "run")
+    assert [m["prefix_len"] for m in metrics] == [4, 8, 12]
+    for m in metrics:
+        assert 1 <= m["rollout_len_max"] <= m["prefix_len"]  # a rollout dispatched before the publish has an older L
+        assert m["reward_mean"] is not None and 0 <= m["reward_mean"] <= 1
+        # --ignore-eos: every rollout runs to its L and is continued to 24 tokens for grading
+        assert m["tokens_graded"] >= 4 * (24 - m["prefix_len"])
+    assert max(m["rollout_len_max"] for m in metrics) > 4  # an L the trainer published reached the worker
+    assert (tmp_path / "run" / "final" / "adapter" / "adapter_model.safetensors").exists()

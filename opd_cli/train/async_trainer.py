@@ -16,12 +16,15 @@ while the trainer trains; samples older than ``max_staleness`` weight versions a
   time the trainer waited for rollouts, plus staleness_mean/max, is_ratio_mean, dropped_stale) and checkpoints
   committed into the run folder; ``train`` starts the step clock.
 
-A local teacher scores in the trainer (TRL's worker scores with servers only); served teachers in the worker.
+A local teacher scores in the trainer (TRL's worker scores with servers only); served teachers in the worker, and
+with --reward-weight the worker grades each rollout. The adaptive schedule's L goes to the worker after each step
+(``log``); a LoRA student is TRL's ``peft_config``, its merged weights synced by TRL.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # opd pins TRL 1.16 and names the experimental API it uses
@@ -34,7 +37,7 @@ from trl.trainer.utils import pad  # noqa: E402
 
 from opd_cli.core import maths  # noqa: E402
 from opd_cli.train.step_metrics import StepMetrics  # noqa: E402
-from opd_cli.train.trainer import OpdTrainer, commit_checkpoint  # noqa: E402
+from opd_cli.train.trainer import OpdTrainer, commit_checkpoint, save_lora_folder  # noqa: E402
 
 
 class OpdRolloutCollator:
@@ -46,7 +49,7 @@ class OpdRolloutCollator:
     def __call__(self, examples: list[Any]) -> dict[str, torch.Tensor]:
         t, opd = self.t, self.t.opd
         rows = [ex for group in examples[0] for ex in group]  # one process: the planner's one group
-        prompts, completions, old, teacher, versions, L_B = [], [], [], [], [], []
+        prompts, completions, old, teacher, versions, L_B, reward, graded = [], [], [], [], [], [], [], []
         for ex in rows:
             ids, cm = torch.as_tensor(ex["input_ids"]), torch.as_tensor(ex["completion_mask"]).bool()
             prompts.append(ids[~cm])
@@ -57,7 +60,12 @@ class OpdRolloutCollator:
             if m["teacher_logp"] is not None:
                 teacher.append(torch.as_tensor(m["teacher_logp"], dtype=torch.float32))
             versions.append(int(m["model_version"]))
-            L_B.append(t.prefix_len(max(int(m["model_version"]) - 1, 0)))  # the step it was sampled for
+            # the L it was sampled with: the adaptive schedule's as published then, else that of the step it was for
+            L = m.get("prefix_len")
+            L_B.append(int(L) if L is not None else t.prefix_len(max(int(m["model_version"]) - 1, 0)))
+            if m.get("reward") is not None:  # --reward-weight: the child's verdict on the (continued) answer
+                reward.append(float(m["reward"]))
+                graded.append(int(m["graded_len"]))
             t._trained_prompts.add(ex["prompt_id"])
         pad_id = t.processing_class.pad_token_id
         out = {
@@ -73,6 +81,8 @@ class OpdRolloutCollator:
             out["old_logp"] = pad(old, padding_value=0.0, padding_side="right")
         if teacher:
             out["teacher_logp"] = pad(teacher, padding_value=0.0, padding_side="right")
+        if reward:
+            out["reward"], out["graded_len"] = torch.tensor(reward), torch.tensor(graded)
         if opd.teacher_column is not None:
             names = list(opd.teachers)
             out["teacher_idx"] = torch.tensor([names.index(ex["teacher_id"]) for ex in rows])
@@ -103,6 +113,7 @@ class OpdAsyncTrainer(AsyncDistillationTrainer):
     prefix_len = OpdTrainer.prefix_len
     gen_len = OpdTrainer.gen_len
     _write_metrics = OpdTrainer._write_metrics
+    _adaptive_lengths = OpdTrainer._adaptive_lengths
 
     def __init__(self, model: str, *, opd: Any, run: Any, flops_fn: Any, offsets: dict[str, float],
                  teacher_model: Any = None, **kwargs: Any):
@@ -119,7 +130,8 @@ class OpdAsyncTrainer(AsyncDistillationTrainer):
         if teacher_model is not None:
             self.teacher_model = teacher_model.to(self.accelerator.device).eval().requires_grad_(False)
         self.teacher_server = True if opd.teacher_server else None  # served teachers score in the worker
-        self._adaptive = None  # --schedule adaptive is refused with --async
+        self._signal = []  # the adaptive schedule's signal per step (async runs start afresh, never resumed)
+        self._adaptive = self._adaptive_lengths()
         self.metrics = StepMetrics(opd, self.accelerator.device, flops_fn, offsets)
 
     def _metrics_step(self) -> bool:
@@ -149,6 +161,11 @@ class OpdAsyncTrainer(AsyncDistillationTrainer):
                                   self.prefix_len(self._step_index()))
         if "teacher_idx" in inputs:
             self.metrics.add_teacher_rollouts(inputs["teacher_idx"])
+        if "graded_len" in inputs:
+            from opd_cli.train import task_reward
+
+            self.metrics.add_reward(task_reward.sums(inputs["reward"], inputs["prompt_mask"].sum(1), lengths_B,
+                                                     inputs.pop("graded_len")))
         return self.compute_loss_sync(model, inputs, return_outputs, num_items_in_batch)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -159,11 +176,20 @@ class OpdAsyncTrainer(AsyncDistillationTrainer):
             self.metrics.add_time("time_generate", float(sum(sink.get("perf/rollout_wait_s", []))))
             self.metrics.dropped_stale = len(sink.get("sample/dropped_stale_total", []))
             logs = {**logs, **tracker_scalars(self._write_metrics(logs))}
+            if self.opd.schedule == "adaptive":  # the next step's L, from the KL just logged, to the worker
+                step = int(self.state.global_step)
+                self.rollout_worker.publish_lengths(self.prefix_len(step), self.gen_len(step))
         super().log(logs, start_time)
 
     def train(self, *args, **kwargs):
         self.metrics.start_clock()
         return super().train(*args, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """As the sync trainer's: a LoRA student's folder holds the merged weights and the adapter in adapter/."""
+        super().save_model(output_dir, _internal_call)
+        if self.opd.lora and self.args.should_save:
+            save_lora_folder(self.accelerator.unwrap_model(self.model), Path(output_dir or self.args.output_dir))
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)  # TRL's: rollout_state.json, then the Trainer's files
@@ -197,9 +223,9 @@ def async_args(cfg: Any, tmp_root: Any, grad_accum: int, device: str, precision:
     )
 
 
-def rollout_worker(cfg: Any, dataset: Any, tokenizer: Any) -> Any:
-    """The worker that samples (and with --teacher-server scores) the rollouts: TRL's, running opd's loop, asking
-    the student's server for the model it serves."""
+def rollout_worker(cfg: Any, dataset: Any, tokenizer: Any, problems: list[Any] | None = None) -> Any:
+    """The worker that samples (and with --teacher-server scores, with --reward-weight grades against ``problems``)
+    the rollouts: TRL's, running opd's loop, asking the student's server for the model it serves."""
     import requests
 
     from opd_cli.train.async_worker import OpdRolloutWorker
@@ -213,5 +239,6 @@ def rollout_worker(cfg: Any, dataset: Any, tokenizer: Any) -> Any:
         vllm_server_url=url, teacher_server_urls=dict(cfg.teachers) or None,
         teacher_top_k=cfg.teacher_topk, request_timeout=int(cfg.vllm_timeout),
         lengths=[cfg.gen_len(s) for s in range(cfg.steps)], seed=cfg.seed, served=bool(cfg.teacher_server),
-        ignore_eos=cfg.ignore_eos,
+        ignore_eos=cfg.ignore_eos, live=(cfg.prefix_len(0), cfg.gen_len(0)) if cfg.schedule == "adaptive" else None,
+        problems=problems if cfg.reward_weight else None, max_new_tokens=cfg.max_new_tokens,
     )

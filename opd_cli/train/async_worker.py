@@ -4,10 +4,13 @@ transfer for servers without NCCL (docs/async.md).
 
 - :class:`OpdRolloutLoop` (TRL's ``_AsyncRolloutLoop``) overrides ``_generate_and_score_one`` only: the prompt is
   opd's rendered ``prompt_ids`` (TRL renders chat messages), ``max_tokens`` is the length of the step the sample is
-  dispatched at (the prefix L or its schedule, looked up by the policy version), vLLM returns the sampled tokens'
-  behaviour log-probs (``logprobs: 0``; TRL's distillation worker drops them, its GRPO worker keeps them), the seed
-  is a function of (run seed, prompt index) instead of ``random.getrandbits``, and a served teacher's log-prob of
-  each sampled token is kept (a local teacher scores in the trainer instead);
+  dispatched at (the prefix L or its schedule, looked up by the policy version; the adaptive schedule's, which
+  depends on the logged KL, is the one the trainer last published), vLLM returns the sampled tokens' behaviour
+  log-probs (``logprobs: 0``; TRL's distillation worker drops them, its GRPO worker keeps them), the seed is a
+  function of (run seed, prompt index) instead of ``random.getrandbits``, and a served teacher's log-prob of each
+  sampled token is kept (a local teacher scores in the trainer instead). With ``--reward-weight`` the child grades
+  the rollout (:mod:`opd_cli.train.task_reward`'s rule: one cut at L without ending is continued to
+  ``--max-new-tokens`` first) and stamps the verdict on the sample, off the trainer's step;
 - :class:`OpdRolloutWorker` (TRL's ``AsyncRolloutWorker``) starts :func:`_opd_child_main` instead of TRL's
   ``_child_main``, which names TRL's loop class (a spawned child re-imports modules, so a patch made in the parent
   never reaches it);
@@ -29,35 +32,62 @@ import numpy as np
 from trl.experimental.async_distillation import async_rollout_worker as W
 
 
-def request_seed(seed: int, prompt_id: int) -> int:
+def request_seed(seed: int, prompt_id: int, stage: int = 0) -> int:
     """vLLM's sampling seed of the rollout of prompt ``prompt_id`` (counted over the run): the same prompt of the
-    same run draws the same noise, whatever the timing."""
-    return (seed * 1_000_003 + prompt_id * 7919 + 1) % (2**63 - 1)
+    same run draws the same noise, whatever the timing. ``stage``: 0 the rollout, task_reward.GRADING_STAGE its
+    continuation for grading."""
+    return (seed * 1_000_003 + prompt_id * 7919 + stage * 104_729 + 1) % (2**63 - 1)
 
 
 class OpdRolloutLoop(W._AsyncRolloutLoop):
     """TRL's generate-and-score loop with opd's request (module docstring).
 
     ``lengths``: tokens to sample at each optimizer step (index = policy version - 1: TRL's cold sync makes the first
-    step's policy version 1); ``seed``: the run seed; ``served``: score with the teacher servers (else the trainer
-    scores with its local teacher)."""
+    step's policy version 1); ``live``: instead, shared values (prefix L, tokens to sample) the trainer publishes
+    after each step (the adaptive schedule); ``seed``: the run seed; ``served``: score with the teacher servers (else
+    the trainer scores with its local teacher); ``problems`` (by dataset row ``problem``) and ``max_new_tokens``:
+    grade each rollout (--reward-weight; None = no grading)."""
 
-    def __init__(self, *, lengths: list[int], seed: int, served: bool, ignore_eos: bool = False, **kwargs: Any):
+    def __init__(self, *, lengths: list[int], seed: int, served: bool, ignore_eos: bool = False, live: Any = None,
+                 problems: list[Any] | None = None, max_new_tokens: int = 0, **kwargs: Any):
         super().__init__(**kwargs)
         self.lengths, self.seed, self.served, self.ignore_eos = lengths, seed, served, ignore_eos
+        self.live, self.problems, self.max_new_tokens = live, problems, max_new_tokens
 
     async def _resolve_teacher_model_names(self) -> None:
         if self.served:  # a local teacher scores in the trainer: no teacher server to ask
             await super()._resolve_teacher_model_names()
 
-    def length_at(self, version: int) -> int:
-        return self.lengths[min(max(version - 1, 0), len(self.lengths) - 1)]
+    def length_at(self, version: int) -> tuple[int | None, int]:
+        """(prefix L or None = the trainer's own schedule, tokens to sample) for a rollout dispatched at ``version``."""
+        if self.live is not None:
+            return self.live.read()
+        return None, self.lengths[min(max(version - 1, 0), len(self.lengths) - 1)]
+
+    async def _grade(self, prompt_id: int, row: dict[str, Any], prompt_ids: list[int], completion_ids: list[int],
+                     L: int) -> tuple[float, int]:
+        """(the grader's verdict, tokens graded): a rollout cut at L without ending is continued to --max-new-tokens
+        first, no log-probs, its own seed (task_reward's docstring)."""
+        from opd_cli.core.grading import grade
+        from opd_cli.train.task_reward import GRADING_STAGE
+
+        full = list(completion_ids)
+        budget = self.max_new_tokens - L
+        if budget > 0 and len(full) >= L and full and full[-1] not in self.eos_token_ids:
+            payload = {"model": self._request_model, "prompt": prompt_ids + full, "max_tokens": budget, "temperature": 1.0,
+                       "top_p": 1.0, "top_k": 0, "n": 1, "return_token_ids": True,
+                       "seed": request_seed(self.seed, prompt_id, GRADING_STAGE), "ignore_eos": self.ignore_eos}
+            out = await self._retry(lambda: self._post(self.vllm_server_url, "/v1/completions", payload, self.request_timeout),
+                                    max_attempts=3, label="student vllm /v1/completions (grading)")
+            full += list(out["choices"][0]["token_ids"])
+        text = self.tokenizer.decode(full, skip_special_tokens=True)
+        return float(grade(self.problems[int(row["problem"])], text)[0]), len(full)
 
     async def _generate_and_score_one(self, prompt_id: int, row: dict[str, Any]) -> W.RolloutSample:
         version = self.model_version
         t0 = time.monotonic()
         prompt_ids = [int(x) for x in row["prompt_ids"]]
-        L = self.length_at(version)
+        prefix, L = self.length_at(version)
         payload = {"model": self._request_model, "prompt": prompt_ids, "max_tokens": L, "temperature": 1.0,
                    "top_p": 1.0, "top_k": 0, "n": 1, "return_token_ids": True, "logprobs": 0,
                    "seed": request_seed(self.seed, prompt_id), "ignore_eos": self.ignore_eos}
@@ -74,6 +104,7 @@ class OpdRolloutLoop(W._AsyncRolloutLoop):
             score_s = time.monotonic() - t1
             # vLLM always reports the realised token among a position's candidates
             teacher_logp = np.asarray([lp[c.index(t)] for c, lp, t in zip(ids, lps, completion_ids, strict=True)], np.float32)
+        verdict, graded = (await self._grade(prompt_id, row, prompt_ids, completion_ids, L)) if self.problems else (None, None)
         n_p = len(prompt_ids)
         self._push_rollout_metrics(completion_ids=completion_ids, teacher_id=teacher_id, score_s=score_s,
                                    duration_s=time.monotonic() - t0)
@@ -85,7 +116,7 @@ class OpdRolloutLoop(W._AsyncRolloutLoop):
             teacher_topk_ids=empty, teacher_topk_logprobs=empty, model_version=version, teacher_id=teacher_id,
             prompt_id=prompt_id,
             metrics={"behaviour_logp": np.asarray(behaviour, np.float32), "teacher_logp": teacher_logp,
-                     "model_version": version},
+                     "model_version": version, "prefix_len": prefix, "reward": verdict, "graded_len": graded},
         )
 
 
@@ -104,8 +135,51 @@ def _opd_child_main(loop_kwargs: dict[str, Any], samples_queue, model_version_va
     loop.run()
 
 
+class LiveLengths:
+    """The adaptive schedule's current (prefix L, tokens to sample), written by the trainer and read by the child
+    before each request, through a small file: TRL checks that the loop's arguments pickle, which a shared
+    ``mp.Value`` does not (it travels only as a Process argument)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def write(self, prefix: int, length: int) -> None:
+        tmp = f"{self.path}.tmp"
+        Path(tmp).write_text(f"{prefix} {length}")
+        Path(tmp).replace(self.path)  # atomic: the child never reads half a write
+
+    def read(self) -> tuple[int, int]:
+        prefix, length = Path(self.path).read_text().split()
+        return int(prefix), int(length)
+
+
 class OpdRolloutWorker(W.AsyncRolloutWorker):
-    """TRL's worker (spawn, queue, health checks, resume index) running :class:`OpdRolloutLoop` in its child."""
+    """TRL's worker (spawn, queue, health checks, resume index) running :class:`OpdRolloutLoop` in its child.
+
+    ``live``: (prefix L, tokens to sample) of the first step, for a schedule the trainer computes as it goes (the
+    adaptive one): a :class:`LiveLengths` shared with the child, updated by :meth:`publish_lengths`."""
+
+    def __init__(self, *, live: tuple[int, int] | None = None, **kwargs: Any):
+        import os
+        import tempfile
+
+        self._live = None
+        if live is not None:
+            fd, path = tempfile.mkstemp(prefix="opd-schedule-")
+            os.close(fd)
+            self._live = LiveLengths(path)
+            self._live.write(*live)
+            kwargs["live"] = self._live
+        super().__init__(**kwargs)
+
+    def publish_lengths(self, prefix: int, length: int) -> None:
+        """The adaptive schedule's next L: the rollouts dispatched from now on sample ``length`` tokens."""
+        self._live.write(prefix, length)
+
+    def stop(self) -> None:
+        super().stop()
+        if self._live is not None:
+            Path(self._live.path).unlink(missing_ok=True)
 
     def start(self) -> None:
         # TRL's start() names its module's _child_main when it builds the Process; the child imports the function

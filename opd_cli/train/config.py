@@ -207,9 +207,7 @@ class TrainConfig:
             return
         check(self.backend == "vllm" and self.vllm_mode == "server",
               "--async samples from the student's vLLM server: add --backend vllm --vllm-mode server (docs/async.md)")
-        unsupported = [flag for flag, on in (("--loss full/topk", self.loss != "sampled"), ("--schedule adaptive", self.schedule == "adaptive"),
-                       ("--rollout pg-opd", self.rollout != "standard"), ("--reward-weight", self.reward_weight > 0),
-                       ("--lora", self.lora), ("--rollouts-per-prompt", self.rollouts_per_prompt != 1)) if on]
+        unsupported = [flag for flag, on in (("--loss full/topk", self.loss != "sampled"), ("--rollout pg-opd", self.rollout != "standard")) if on]
         check(not unsupported, f"--async does not support {', '.join(unsupported)} yet (docs/async.md): drop it or train without --async")
 
     def _check_reward(self) -> None:

@@ -151,7 +151,7 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
 
     if cfg.async_rollouts:
         trainer = _async_trainer(cfg, student_src, teacher, dataset, s_tok, run, flops_fn, offsets, callbacks,
-                                 (tmp_root, grad_accum, device, precision, mixed))
+                                 (tmp_root, grad_accum, device, precision, mixed), problems)
     else:
         trainer = trainer_mod.OpdTrainer(  # looked up at call time: tests substitute a recording subclass
             model=student, teacher_model=teacher, args=args, train_dataset=dataset, processing_class=s_tok,
@@ -185,19 +185,24 @@ def _check_async_resume(cfg: TrainConfig) -> None:
 
 
 def _async_trainer(cfg: TrainConfig, student_src: str, teacher: Any, dataset: Any, s_tok: Any, run: Any, flops_fn: Any,
-                   offsets: dict[str, float], callbacks: list[Any] | None, arg_parts: tuple) -> Any:
+                   offsets: dict[str, float], callbacks: list[Any] | None, arg_parts: tuple, problems: list[Any]) -> Any:
     """--async: TRL's AsyncDistillationTrainer subclass (train/async_trainer.py) on the rows' token ids, its rollout
-    worker on the student's vLLM server, the weights synced to it through the run folder."""
+    worker on the student's vLLM server, the weights synced to it through the run folder (a LoRA student's merged
+    weights: TRL merges the adapter for the transfer and unmerges it after). With --rollouts-per-prompt G each row
+    comes G times in a row, each copy its own rollout (its own prompt index, so its own vLLM seed)."""
     from opd_cli.train import async_trainer, async_worker
 
     url = f"http://{cfg.vllm_host}:{cfg.vllm_port}"
     rows = dataset.add_column("prompt_ids", s_tok(text=list(dataset["prompt"]))["input_ids"])
+    G = cfg.rollouts_per_prompt
+    if G > 1:
+        rows = rows.select([i for i in range(len(rows)) for _ in range(G)])
     if cfg.teacher_column is not None:  # TRL's worker routes a row to the served teacher named by its teacher_id
         rows = rows.add_column("teacher_id", [list(cfg.teachers)[i] for i in list(rows["teacher"])])
     return async_trainer.OpdAsyncTrainer(
         student_src, args=async_trainer.async_args(cfg, *arg_parts), train_dataset=rows, processing_class=s_tok,
         callbacks=callbacks, opd=cfg, run=run, flops_fn=flops_fn, offsets=offsets, teacher_model=teacher,
-        rollout_worker=async_trainer.rollout_worker(cfg, rows, s_tok),
+        rollout_worker=async_trainer.rollout_worker(cfg, rows, s_tok, problems), peft_config=_lora_config(cfg),
         weight_transfer=async_worker.DiskWeightTransfer(url, run.path / ".vllm-sync", cfg.vllm_timeout),
     )
 

@@ -1,10 +1,12 @@
 """Benchmark (a script that prints, not a test): `opd train` steps per minute, sync against `--async`, on the toy
-world (its large student and its teacher, local), rollouts from one `vllm serve` of the student on loopback in both
-(sync: --backend vllm --vllm-mode server, the weights synced through the run folder after every step; async: the
-same server, TRL's rollout worker sampling while the trainer trains, --max-staleness 1).
+world (its large student and its teacher, local) or the real one (SmolLM2-135M-Instruct healing its pruned copy,
+recipes/train-real-full.yaml: chat template, its prompts; `opd real build` first), rollouts from one `vllm serve` of
+the student on loopback in both (sync: --backend vllm --vllm-mode server, the weights synced through the run folder
+after every step; async: the same server, TRL's rollout worker sampling while the trainer trains, --max-staleness 1).
 
     .venv/bin/python bench/async_vs_sync.py                        # 6 steps each, CPU
     .venv/bin/python bench/async_vs_sync.py --steps 10 --batch-size 16 --max-new-tokens 128
+    .venv/bin/python bench/async_vs_sync.py --world real --steps 6 --batch-size 16 --max-new-tokens 48
 
 Steps per minute over the steps after the first (the first carries start-up). The machines are shared and noisy:
 read the ratio. Needs vLLM (its CPU build: make install-vllm).
@@ -65,14 +67,22 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--max-staleness", type=int, default=1)
+    ap.add_argument("--world", choices=("toy", "real"), default="toy")
     a = ap.parse_args()
-    from opd_cli.toy.build import toy_model_paths
+    if a.world == "real":
+        from opd_cli.core.models import resolve_source
 
-    student, _ = toy_model_paths()
+        student = resolve_source("real:student")
+        world = ["--recipe", str(ROOT / "recipes" / "train-real-full.yaml"), "--prefix", "full", "--save-every", "0"]
+    else:
+        from opd_cli.toy.build import toy_model_paths
+
+        student, _ = toy_model_paths()
+        world = []
     port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix="opd-async-bench-"))
     server = serve(student, port, tmp / "server.log")
-    common = [sys.executable, "-m", "opd_cli.cli", "train", "--steps", str(a.steps), "--batch-size", str(a.batch_size),
+    common = [sys.executable, "-m", "opd_cli.cli", "train", *world, "--steps", str(a.steps), "--batch-size", str(a.batch_size),
               "--micro-batch-size", str(a.batch_size), "--max-new-tokens", str(a.max_new_tokens), "--save-every", "0",
               "--metrics-every", "0", "--dtype", "float32", "--backend", "vllm", "--vllm-mode", "server",
               "--vllm-port", str(port)]
@@ -88,7 +98,7 @@ def main() -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
-    print(f"async / sync: {out['async'] / out['sync']:.2f}x  (batch {a.batch_size}, {a.max_new_tokens} new tokens, "
+    print(f"async / sync: {out['async'] / out['sync']:.2f}x  ({a.world} world, batch {a.batch_size}, {a.max_new_tokens} new tokens, "
           f"--max-staleness {a.max_staleness}; folders in {tmp})")
 
 

@@ -214,6 +214,20 @@ def test_async_features_at_staleness_0_equal_the_sync_run(feature, tiny_model_di
         assert prompts[0::2] == prompts[1::2] and len(prompts) == 64
 
 
+def test_async_trains_a_real_world_name(tiny_model_dirs, prompts_file, tmp_path, sync_rollouts, replay, monkeypatch):
+    """--student real:student reaches TRL's trainer as the world's folder (TRL loads the student from a path)."""
+    import shutil
+
+    world = tmp_path / "world"
+    shutil.copytree(tiny_model_dirs[0], world / "student")
+    monkeypatch.setenv("OPD_REAL_DIR", str(world))
+    _, seen = sync_rollouts
+    replay.extend(sample(p, c, 1, prompt_id=i) for i, (step, p, c) in enumerate(seen) if step == 0)
+    (m,) = train(base(tiny_model_dirs, prompts_file, tmp_path / "run", student="real:student", steps=1,
+                      async_rollouts=True, backend="vllm", vllm_mode="server", max_staleness=0))
+    assert m["loss"] == pytest.approx(sync_rollouts[0][0]["loss"], rel=1e-5, abs=1e-6)
+
+
 def hf_token_logp(model_dir, prompt, completion) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
 

@@ -199,8 +199,10 @@ def _async_trainer(cfg: TrainConfig, student_src: str, teacher: Any, dataset: An
         rows = rows.select([i for i in range(len(rows)) for _ in range(G)])
     if cfg.teacher_column is not None:  # TRL's worker routes a row to the served teacher named by its teacher_id
         rows = rows.add_column("teacher_id", [list(cfg.teachers)[i] for i in list(rows["teacher"])])
+    from opd_cli.core.models import resolve_source
+
     return async_trainer.OpdAsyncTrainer(
-        student_src, args=async_trainer.async_args(cfg, *arg_parts), train_dataset=rows, processing_class=s_tok,
+        resolve_source(student_src), args=async_trainer.async_args(cfg, *arg_parts), train_dataset=rows, processing_class=s_tok,
         callbacks=callbacks, opd=cfg, run=run, flops_fn=flops_fn, offsets=offsets, teacher_model=teacher,
         rollout_worker=async_trainer.rollout_worker(cfg, rows, s_tok, problems), peft_config=_lora_config(cfg),
         weight_transfer=async_worker.DiskWeightTransfer(url, run.path / ".vllm-sync", cfg.vllm_timeout),

@@ -389,6 +389,9 @@ real-seeds: real-world  ## make real's runs over training seeds REAL_SEEDS (0 1 
 # runs/train-real-paper-<method>[-s<k>], apart from make real's (which checkpoint only their last step).
 REAL_PAPER_RUNS := prefix4 prefix prefix16 schedule full
 REAL_PAPER_FIG := $(REAL_FIG)/paper
+# vLLM's CPU build binds each engine's compute thread to the first core and reserves the others (auto binding): two
+# evaluations at once (make -j2) then share one core. Unbound, the OS spreads them; set it to auto to go back.
+real-paper: export VLLM_CPU_OMP_THREADS_BIND ?= nobind
 sk = $(if $(filter 0,$(1)),,-s$(1))
 
 runs/train-real-paper-%/eval/best.json: | real-world $(VLLM_STAMP)

@@ -96,3 +96,37 @@ def test_async_lora_reward_groups_and_adaptive_schedule_on_a_server(models, prom
         assert m["tokens_graded"] >= 4 * (24 - m["prefix_len"])
     assert max(m["rollout_len_max"] for m in metrics) > 4  # an L the trainer published reached the worker
     assert (tmp_path / "run" / "final" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_async_served_teachers_routed_by_a_column(models, prompts_file, tmp_path):
+    """Two teacher names on one `vllm serve` of the teacher, prompts routed between them by a column: TRL's worker
+    scores each rollout with its prompt's teacher as it finishes, and the per-teacher metrics add up to the step's."""
+    import json
+
+    from opd_cli.core.config import build_config
+    from opd_cli.train.config import TrainConfig
+    from opd_cli.train.run import run_train
+
+    student, teacher = models
+    rows = [json.loads(x) for x in prompts_file.read_text().splitlines() if x.strip()]
+    routed = tmp_path / "routed.jsonl"
+    routed.write_text("".join(json.dumps({**r, "teacher": "ab"[i % 2]}) + "\n" for i, r in enumerate(rows)))
+    s_server, t_server = Server(student, tmp_path / "student.log"), Server(teacher, tmp_path / "teacher.log", "--max-logprobs", "16")
+    try:
+        s_server.start(), t_server.start()
+        cfg = dict(student=str(student), teacher=str(teacher), data=str(routed), steps=3, batch_size=4,
+                   micro_batch_size=2, max_new_tokens=12, prefix="8", kl_bin=4, save_every=0, lr=1e-2, chunk=8,
+                   output_dir=str(tmp_path / "run"), dtype="float32", vllm_memory=MEM, async_rollouts=True,
+                   backend="vllm", vllm_mode="server", vllm_port=s_server.port, max_staleness=1,
+                   teacher_server=[f"a={t_server.url}", f"b={t_server.url}"], teacher_column="teacher")
+        run_train(build_config(TrainConfig, None, cfg))
+    finally:
+        s_server.stop()
+        t_server.stop()
+    metrics = read_metrics(tmp_path / "run")
+    assert len(metrics) == 3
+    for m in metrics:
+        assert m["rollouts/a"] + m["rollouts/b"] == 4
+        assert m["tokens_trained/a"] + m["tokens_trained/b"] == m["tokens_trained"]
+        assert m["kl"] == m["kl"] and abs(m["kl"]) < 50
+    assert sum(m["rollouts/a"] for m in metrics) > 0 and sum(m["rollouts/b"] for m in metrics) > 0

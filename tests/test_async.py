@@ -6,10 +6,12 @@ gets rho = pi_theta / pi_behaviour; the maths of the truncated ratio; the config
 
 from __future__ import annotations
 
+import json
 import queue
 
 import pytest
 import torch
+from trl.experimental.async_distillation.async_rollout_worker import AsyncRolloutWorker
 
 from opd_cli.core.errors import OpdError
 from opd_cli.core.runs import read_metrics
@@ -35,12 +37,14 @@ def train(cfg):
     return read_metrics(cfg["output_dir"])
 
 
-class ReplayWorker:
-    """TRL's RolloutWorkerProtocol in process: puts the given samples on its queue when the trainer starts it."""
+class ReplayWorker(AsyncRolloutWorker):
+    """TRL's rollout worker in process: puts the given samples on its queue when the trainer starts it. A subclass of
+    TRL's, so that the trainer saves and restores its prompt position (rollout_state.json); nothing is spawned."""
 
-    def __init__(self, samples, rows=None):
+    def __init__(self, samples, rows=None):  # not TRL's: it starts a child process and wants vLLM
         self.samples, self.rows, self.rollout_buffer, self.metrics_queue = samples, rows, queue.Queue(), queue.Queue()
         self.published = []  # the adaptive schedule's (L, tokens to sample) as the trainer publishes them
+        self._loop_kwargs = {"dataset_start_index": 0}
 
     def publish_lengths(self, prefix, length):
         self.published.append((prefix, length))
@@ -208,10 +212,48 @@ def test_async_features_at_staleness_0_equal_the_sync_run(feature, tiny_model_di
         assert [m["reward_mean"] for m in metrics] == [sum(r for st, *_, r, _ in seen if st == k) / BATCH for k in range(3)]
     if feature == "adaptive":  # L grows by 4 each step; each step's L reached the worker after the step before
         assert [m["prefix_len"] for m in metrics] == [4, 8, 12]
-        assert worker.published == [(8, 8), (12, 12), (12, 12)]
+        assert worker.published == [(4, 4), (8, 8), (12, 12), (12, 12)]
     if feature == "groups":  # the worker gets each prompt twice in a row, as its own rollout
         prompts = list(worker.rows["prompt"])
         assert prompts[0::2] == prompts[1::2] and len(prompts) == 64
+
+
+def test_a_killed_async_run_resumes_where_it_stopped(tiny_model_dirs, prompts_file, tmp_path, sync_rollouts, replay):
+    """Killed during step 3 (its checkpoint, final/ and metrics line gone) and resumed: the worker restarts at the
+    first prompt step 3 had not trained (8), its policy version one past the checkpoint's, and fed the rollouts the
+    uninterrupted run trained at step 3, the resumed step 3 is that run's (loss, KL, grad norm, final weights)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from opd_cli.core.runs import list_checkpoints
+
+    _, seen = sync_rollouts
+    replay.extend(sample(p, c, step + 1, prompt_id=i) for i, (step, p, c) in enumerate(seen))
+    # a linear schedule (L = 2, 4, 6): the resumed step 3 must mask its rollouts at 6, not at the next step's 8
+    over = dict(async_rollouts=True, backend="vllm", vllm_mode="server", max_staleness=0, save_every=1,
+                schedule="linear", prefix_start=2, prefix_delta=2)
+    out = tmp_path / "run"
+    rows = train(base(tiny_model_dirs, prompts_file, out, **over))
+    assert [m["prefix_len"] for m in rows] == [2, 4, 6] and rows[2]["tokens_trained"] < 4 * 8
+    killed = tmp_path / "killed"
+    shutil.copytree(out, killed)
+    shutil.rmtree(killed / "checkpoints" / "step_000003")
+    shutil.rmtree(killed / "final")
+    (killed / "metrics.jsonl").write_text("".join((killed / "metrics.jsonl").read_text().splitlines(True)[:2]))
+    assert json.loads((killed / "checkpoints" / "step_000002" / "rollout_state.json").read_text()) == {
+        "prompt_index": 8, "model_version": 3}
+    # step 3's rollouts, numbered from the resumed worker's first prompt and sampled at its version (3 + the cold sync)
+    replay[:] = [sample(p, c, 4, prompt_id=i) for i, (step, p, c) in enumerate(s for s in seen if s[0] == 2)]
+    resumed = train(base(tiny_model_dirs, prompts_file, killed, if_exists="resume", **over))
+    assert replay.workers[-1]._loop_kwargs["dataset_start_index"] == 8
+    assert [m["step"] for m in resumed] == [1, 2, 3]
+    a, b = resumed[2], rows[2]
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6) and a["kl"] == pytest.approx(b["kl"], rel=1e-5, abs=1e-6)
+    assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4) and a["staleness_max"] == 0
+    assert [s for s, _ in list_checkpoints(killed)] == [1, 2, 3]
+    x, y = load_file(str(killed / "final" / "model.safetensors")), load_file(str(out / "final" / "model.safetensors"))
+    assert all(torch.allclose(x[k], y[k], rtol=1e-5, atol=1e-7) for k in y)
 
 
 def test_async_trains_a_real_world_name(tiny_model_dirs, prompts_file, tmp_path, sync_rollouts, replay, monkeypatch):

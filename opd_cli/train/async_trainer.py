@@ -62,11 +62,10 @@ class OpdRolloutCollator:
             versions.append(int(m["model_version"]))
             # the L it was sampled with: the adaptive schedule's as published then, else that of the step it was for
             L = m.get("prefix_len")
-            L_B.append(int(L) if L is not None else t.prefix_len(max(int(m["model_version"]) - 1, 0)))
+            L_B.append(int(L) if L is not None else t.prefix_len(t.step_of(int(m["model_version"]))))
             if m.get("reward") is not None:  # --reward-weight: the child's verdict on the (continued) answer
                 reward.append(float(m["reward"]))
                 graded.append(int(m["graded_len"]))
-            t._trained_prompts.add(ex["prompt_id"])
         pad_id = t.processing_class.pad_token_id
         out = {
             "prompt_ids": pad(prompts, padding_value=pad_id, padding_side="left"),
@@ -74,6 +73,7 @@ class OpdRolloutCollator:
             "completion_ids": pad(completions, padding_value=pad_id, padding_side="right"),
             "completion_mask": pad([torch.ones_like(c) for c in completions], padding_value=0, padding_side="right"),
             "model_version": torch.tensor(versions),
+            "prompt_id": torch.tensor([int(ex["prompt_id"]) for ex in rows]),
             # the step's rollouts (sum over tokens, mean over sequences), one per row: accelerate slices every tensor by row
             "num_items_in_batch": torch.full((len(rows),), float(opd.batch_size)),
         }
@@ -130,7 +130,9 @@ class OpdAsyncTrainer(AsyncDistillationTrainer):
         if teacher_model is not None:
             self.teacher_model = teacher_model.to(self.accelerator.device).eval().requires_grad_(False)
         self.teacher_server = True if opd.teacher_server else None  # served teachers score in the worker
-        self._signal = []  # the adaptive schedule's signal per step (async runs start afresh, never resumed)
+        # the adaptive schedule: its signal at every step so far (replayed from metrics.jsonl on resume), L per step
+        self._version_shift = 0  # 1 in a resumed run (below)
+        self._signal = [maths.adaptive_signal(r, opd.adaptive_signal) for r in run.read_metrics()] if opd.schedule == "adaptive" else []
         self._adaptive = self._adaptive_lengths()
         self.metrics = StepMetrics(opd, self.accelerator.device, flops_fn, offsets)
 
@@ -150,11 +152,14 @@ class OpdAsyncTrainer(AsyncDistillationTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         version_B = inputs.pop("model_version")
+        # trained now, not when collated (the dispatcher collates a micro-batch ahead): the checkpoint's
+        # rollout_state.json names the first prompt not trained, where a resumed worker starts
+        self._trained_prompts.update(int(i) for i in inputs.pop("prompt_id"))
         inputs["num_items_in_batch"] = inputs["num_items_in_batch"][0]
         # the rollout metrics of the trained micro-batch (the dispatcher collates one batch ahead of training)
         self.metrics.add_staleness((self.model_version - version_B).double())  # versions old when trained
         ids_BT, lengths_B = inputs["completion_ids"], inputs["completion_mask"].sum(1)
-        gen_B = torch.tensor([self.gen_len(max(int(v) - 1, 0)) for v in version_B], device=ids_BT.device)
+        gen_B = torch.tensor([self.gen_len(self.step_of(int(v))) for v in version_B], device=ids_BT.device)
         last = ids_BT.gather(1, (lengths_B - 1).clamp(min=0)[:, None]).squeeze(1)
         ended = torch.isin(last, torch.tensor(self.eos_token_ids, device=ids_BT.device)) & (lengths_B > 0)
         self.metrics.add_rollouts(lengths_B, (~ended) & (lengths_B >= gen_B), inputs["prompt_mask"].sum(1) + lengths_B,
@@ -181,9 +186,29 @@ class OpdAsyncTrainer(AsyncDistillationTrainer):
                 self.rollout_worker.publish_lengths(self.prefix_len(step), self.gen_len(step))
         super().log(logs, start_time)
 
-    def train(self, *args, **kwargs):
+    def step_of(self, version: int) -> int:
+        """The optimizer step (0-based) a rollout sampled at policy ``version`` was for."""
+        return max(version - 1 - self._version_shift, 0)
+
+    def train(self, *args, resume_from_checkpoint: Any = None, **kwargs):
+        if resume_from_checkpoint is not None:
+            # TRL restores the checkpoint's policy version (1 + its steps), then its cold sync at train begin adds one:
+            # from then on, step k's rollouts are sampled at version k + 2, and the worker must know it too
+            self._version_shift = 1
+            if hasattr(self.rollout_worker, "_loop_kwargs"):
+                self.rollout_worker._loop_kwargs["version_shift"] = 1
+        if self.opd.schedule == "adaptive":  # a resumed run's L, from its logged KL, before the worker starts
+            step = len(self._signal)
+            self.rollout_worker.publish_lengths(self.prefix_len(step), self.gen_len(step))
         self.metrics.start_clock()
-        return super().train(*args, **kwargs)
+        return super().train(*args, resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        if self.opd.lora:  # as the sync trainer's: the adapter, not the merged weights beside it
+            from opd_cli.train.trainer import LORA_ADAPTER_DIR
+
+            resume_from_checkpoint = str(Path(resume_from_checkpoint) / LORA_ADAPTER_DIR)
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """As the sync trainer's: a LoRA student's folder holds the merged weights and the adapter in adapter/."""

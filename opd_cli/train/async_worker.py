@@ -42,17 +42,20 @@ def request_seed(seed: int, prompt_id: int, stage: int = 0) -> int:
 class OpdRolloutLoop(W._AsyncRolloutLoop):
     """TRL's generate-and-score loop with opd's request (module docstring).
 
-    ``lengths``: tokens to sample at each optimizer step (index = policy version - 1: TRL's cold sync makes the first
-    step's policy version 1); ``live``: instead, shared values (prefix L, tokens to sample) the trainer publishes
+    ``lengths``: tokens to sample at each optimizer step (index = policy version - 1 - ``version_shift``: TRL's cold
+    sync makes the first step's policy version 1, and a resumed run's one more); ``live``: instead, shared values (prefix L, tokens to sample) the trainer publishes
     after each step (the adaptive schedule); ``seed``: the run seed; ``served``: score with the teacher servers (else
     the trainer scores with its local teacher); ``problems`` (by dataset row ``problem``) and ``max_new_tokens``:
     grade each rollout (--reward-weight; None = no grading)."""
 
     def __init__(self, *, lengths: list[int], seed: int, served: bool, ignore_eos: bool = False, live: Any = None,
-                 problems: list[Any] | None = None, max_new_tokens: int = 0, **kwargs: Any):
+                 problems: list[Any] | None = None, max_new_tokens: int = 0, version_shift: int = 0, **kwargs: Any):
         super().__init__(**kwargs)
         self.lengths, self.seed, self.served, self.ignore_eos = lengths, seed, served, ignore_eos
         self.live, self.problems, self.max_new_tokens = live, problems, max_new_tokens
+        # TRL numbers a resumed run's prompts from 0 again: the seeds count from where the run stopped
+        self.start_index = int(kwargs.get("dataset_start_index", 0))
+        self.version_shift = version_shift  # 1 in a resumed run (OpdAsyncTrainer.step_of)
 
     async def _resolve_teacher_model_names(self) -> None:
         if self.served:  # a local teacher scores in the trainer: no teacher server to ask
@@ -62,7 +65,7 @@ class OpdRolloutLoop(W._AsyncRolloutLoop):
         """(prefix L or None = the trainer's own schedule, tokens to sample) for a rollout dispatched at ``version``."""
         if self.live is not None:
             return self.live.read()
-        return None, self.lengths[min(max(version - 1, 0), len(self.lengths) - 1)]
+        return None, self.lengths[min(max(version - 1 - self.version_shift, 0), len(self.lengths) - 1)]
 
     async def _grade(self, prompt_id: int, row: dict[str, Any], prompt_ids: list[int], completion_ids: list[int],
                      L: int) -> tuple[float, int]:
@@ -76,7 +79,7 @@ class OpdRolloutLoop(W._AsyncRolloutLoop):
         if budget > 0 and len(full) >= L and full and full[-1] not in self.eos_token_ids:
             payload = {"model": self._request_model, "prompt": prompt_ids + full, "max_tokens": budget, "temperature": 1.0,
                        "top_p": 1.0, "top_k": 0, "n": 1, "return_token_ids": True,
-                       "seed": request_seed(self.seed, prompt_id, GRADING_STAGE), "ignore_eos": self.ignore_eos}
+                       "seed": request_seed(self.seed, self.start_index + prompt_id, GRADING_STAGE), "ignore_eos": self.ignore_eos}
             out = await self._retry(lambda: self._post(self.vllm_server_url, "/v1/completions", payload, self.request_timeout),
                                     max_attempts=3, label="student vllm /v1/completions (grading)")
             full += list(out["choices"][0]["token_ids"])
@@ -90,7 +93,7 @@ class OpdRolloutLoop(W._AsyncRolloutLoop):
         prefix, L = self.length_at(version)
         payload = {"model": self._request_model, "prompt": prompt_ids, "max_tokens": L, "temperature": 1.0,
                    "top_p": 1.0, "top_k": 0, "n": 1, "return_token_ids": True, "logprobs": 0,
-                   "seed": request_seed(self.seed, prompt_id), "ignore_eos": self.ignore_eos}
+                   "seed": request_seed(self.seed, self.start_index + prompt_id), "ignore_eos": self.ignore_eos}
         out = await self._retry(lambda: self._post(self.vllm_server_url, "/v1/completions", payload, self.request_timeout),
                                 max_attempts=3, label="student vllm /v1/completions")
         choice = out["choices"][0]

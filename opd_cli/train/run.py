@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from opd_cli.core.config import check
-from opd_cli.core.errors import OpdError
 from opd_cli.core.log import logger
 from opd_cli.core.runs import swap_in
 from opd_cli.train.config import TrainConfig
@@ -118,7 +117,6 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
 
     check(not cfg.async_rollouts or world_size == 1,
           f"--async trains in one process (its rollouts come from one worker), got {world_size}: drop --async or launch one process")
-    _check_async_resume(cfg)
     run, last = _open_run_folder(cfg, state)
     resume_from, offsets = (str(last[1]), last[2]) if last else (None, {})
     tmp_root = run.checkpoints / ".tmp"
@@ -171,17 +169,6 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     _save_final(cfg, trainer, run, s_tok, state.is_main_process)
     state.wait_for_everyone()
     return run.path
-
-
-def _check_async_resume(cfg: TrainConfig) -> None:
-    """--async runs are not resumed mid-way: which rollouts a step trains on depends on the timing of the worker and
-    the trainer (rollouts in flight are lost, stale ones dropped), so a resume would not continue the same run."""
-    from opd_cli.core.runs import list_checkpoints
-
-    out = cfg.resolved_output_dir()
-    if cfg.async_rollouts and cfg.if_exists == "resume" and out.is_dir() and list_checkpoints(out):
-        raise OpdError(f"{out} holds an --async run's checkpoints, and --async runs cannot be resumed mid-way (the rollouts "
-                       "of the next steps depend on timing, docs/async.md): --if-exists overwrite, or train without --async")
 
 
 def _async_trainer(cfg: TrainConfig, student_src: str, teacher: Any, dataset: Any, s_tok: Any, run: Any, flops_fn: Any,

@@ -47,3 +47,11 @@ def test_the_headline_rows_get_five_seeds() -> None:
         "toy-full", "toy-prefix", "toy-small-full", "toy-small-prefix") for k in (3, 4)}
     evaluated = {flag(ln, "--run") for ln in lines if command(ln) == "eval" and flag(ln, "--steps") == "10"}
     assert {"runs/train-toy-full-s3", "runs/train-toy-full-s4", "runs/train-toy-small-full-s4"} <= evaluated
+
+
+def test_toy_rethinking_reads_only_folders_its_runs_write() -> None:
+    """toy-rethinking trains through a parallel sub-make ($(TOY_MAKE) toy-rethinking-runs), which `make -n` does not
+    expand: its lines are the runs target's, then its own plots'."""
+    lines = opd_lines("toy-rethinking-runs", SEEDS) + opd_lines("toy-rethinking", SEEDS)
+    assert sum(command(ln) == "train" for ln in lines) >= 3 * 10 and any(command(ln).startswith("plot") for ln in lines)
+    assert unwritten_reads(lines) == []

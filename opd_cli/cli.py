@@ -158,8 +158,16 @@ for _group, *_spec in COMMANDS:
     config_command(_group, *_spec)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
-    """Console entry point."""
+    """Console entry point. SIGTERM (a stopped make, a job scheduler) exits through Python's unwinding, as Ctrl-C
+    does, so that a vLLM engine's shutdown hooks stop its engine and worker processes instead of orphaning them."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     app()
 
 

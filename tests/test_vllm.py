@@ -507,3 +507,53 @@ def test_sleep_mode_without_a_gpu_is_one_line(models, prompts_file, tmp_path):
     line = one_line_exit_2(["train", "--student", str(student), "--teacher", str(teacher), "--data", str(prompts_file),
                             "--backend", "vllm", "--vllm-sleep"], tmp_path)
     assert "--vllm-sleep offloads a colocated engine's GPU memory" in line
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, command name) of every process below ``pid``."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for line in subprocess.run(["ps", "-e", "-o", "pid=,ppid=,comm="], capture_output=True, text=True).stdout.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) == 3:
+            children.setdefault(int(parts[1]), []).append((int(parts[0]), parts[2]))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child[0])
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_a_stopped_evaluation_stops_its_engine(models, prompts_file, tmp_path):
+    """SIGTERM (a stopped make) to `opd eval` with vLLM: it exits 143 and its engine core and worker processes go with
+    it (Python's default for SIGTERM skips vLLM's shutdown hooks and left them running, a core each)."""
+    proc = subprocess.Popen([sys.executable, "-m", "opd_cli.cli", "eval", "--model", str(models[0]), "--data", str(prompts_file),
+                             "-n", "2000", "--max-new-tokens", "256", "--backend", "vllm", "--dtype", "float32",
+                             "-o", str(tmp_path / "eval")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    engine: list[int] = []
+    try:
+        end = time.time() + 400
+        while time.time() < end and not any("VLLM::Worker" in name for _, name in _descendants(proc.pid)):
+            assert proc.poll() is None, "the evaluation ended before its engine was seen"
+            time.sleep(0.5)
+        engine = [p for p, name in _descendants(proc.pid) if name.startswith("VLLM::")]
+        assert engine, "no vLLM engine process started"
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 128 + signal.SIGTERM
+        end = time.time() + 30
+        while time.time() < end and any(_running(p) for p in engine):
+            time.sleep(0.5)
+        assert not [p for p in engine if _running(p)]
+    finally:  # orphans belong to init once the parent is gone: kill what was seen
+        for p in engine + [p for p, _ in _descendants(proc.pid)]:
+            if _running(p):
+                os.kill(p, signal.SIGKILL)
+        proc.kill()

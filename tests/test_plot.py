@@ -92,6 +92,21 @@ def test_compute_vs_acc(tmp_path):
     assert acc["SFT"] == {"x": [1.0e13, 2.0e13], "y": [0.2, 0.25]}
 
 
+def test_compute_vs_acc_labels_its_ticks_within_one_decade(tmp_path):
+    """Runs whose FLOPs span less than a decade (3e15-1e16 here) have no decade tick in view: the 2-9 x 10^k ticks
+    are labelled; over several decades only the decades are."""
+    import shutil
+
+    run = tmp_path / "opd_full"
+    shutil.copytree(RUNS / "opd_full", run)
+    res = plot(tmp_path / "one", "compute-vs-acc", [run])
+    assert res.data["acc"]["OPD full"]["x"] == [3.0e15, 1.0e16]
+    assert res.data["x_tick_labels"] and all("times10^{15}" in t or "10^{16}" in t for t in res.data["x_tick_labels"])
+    assert any("times" in t for t in res.data["x_tick_labels"])
+    wide = plot(tmp_path / "wide", "compute-vs-acc", [RUNS / "opd_full", RUNS / "sft"])  # 1e13 to 1e16
+    assert wide.data["x_tick_labels"] and not any("times" in t for t in wide.data["x_tick_labels"])
+
+
 def test_compute_vs_acc_over_wall_time(tmp_path):
     res = plot(tmp_path, "compute-vs-acc", [RUNS / "opd_full", RUNS / "opd_prefix"], x_axis="wall")
     acc = res.data["acc"]

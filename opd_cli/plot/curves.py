@@ -172,7 +172,9 @@ def _acc_plot(cfg: PlotConfig, out: Path, stem: str, x_axis: str, title: str, wi
         from matplotlib.ticker import NullFormatter
 
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones overlap
+        lo, hi = ax.get_xlim()
+        if hi / lo > 10:  # several decades: their labels only (minor ones overlap); within one, matplotlib's 2-9 labels
+            ax.xaxis.set_minor_formatter(NullFormatter())
     benches = sorted({b for _, seeds in runs for b, _ in seeds})
     ax.set(
         xlabel={"flops": "cumulative training FLOPs", "wall": "training wall time (s)"}.get(x_axis, "step"),
@@ -180,7 +182,11 @@ def _acc_plot(cfg: PlotConfig, out: Path, stem: str, x_axis: str, title: str, wi
         title=title,
     )
     ax.legend(fontsize=8)
-    return PlotResult(save(fig, out, stem), {"acc": axes_data(ax)})
+    fig.canvas.draw()  # tick labels are made at draw time
+    lo, hi = ax.get_xlim()
+    ticks = [t.get_text() for minor in (False, True) for t in ax.get_xticklabels(minor=minor)
+             if t.get_text() and lo <= t.get_position()[0] <= hi]
+    return PlotResult(save(fig, out, stem), {"acc": axes_data(ax), "x_tick_labels": ticks})
 
 
 def plot_compute_vs_acc(cfg: PlotConfig, out: Path) -> PlotResult:

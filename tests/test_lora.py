@@ -256,3 +256,17 @@ def test_lora_without_peft_is_one_line(tiny_model_dirs, prompts_file, tmp_path, 
                                    "--device", "cpu", "-o", str(tmp_path / "bad"), "--lora"])
     assert res.exit_code == 2 and "--lora needs peft: pip install 'opd-cli[lora]'" in res.output, res.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_lora_steps_flops_count_no_base_weight_gradients(lora_run, tiny_model_dirs):
+    """flops_step of a LoRA run: the sync formula with the update 2x/3 instead of x (no gradients of the frozen base
+    weights), x the student's forward + backward over the step's sequences."""
+    from opd_cli.core.flops_formula import ModelShape, flops_from_sums, opd_flops
+
+    _, rows, _, _ = lora_run
+    s, t = (ModelShape.from_source(str(d)) for d in tiny_model_dirs)
+    coef = 12.0  # --attn-coef's default
+    for r in rows:
+        x = flops_from_sums(s, r["seq_tokens"], r["seq_tokens_sq"], coef)
+        assert r["flops_step"] == pytest.approx(opd_flops(s, t, r["seq_tokens"], r["seq_tokens_sq"], coef, lora=True), rel=1e-9)
+        assert opd_flops(s, t, r["seq_tokens"], r["seq_tokens_sq"], coef) - r["flops_step"] == pytest.approx(x / 3, rel=1e-9)

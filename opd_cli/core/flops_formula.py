@@ -158,11 +158,16 @@ def flops(shape: ModelShape, seq_lens: Iterable[int], attn_coef: float = 12) -> 
     return flops_from_sums(shape, sum_s, sum_s2, attn_coef)
 
 
-def opd_flops(student: ModelShape, teacher: ModelShape, sum_s: float, sum_s2: float, attn_coef: float = 12) -> float:
-    """OPD rollouts: x/3 (generate) + x/3 (student log-probs) + y/3 (teacher log-probs) + x (update)."""
+def opd_flops(student: ModelShape, teacher: ModelShape, sum_s: float, sum_s2: float, attn_coef: float = 12,
+              lora: bool = False) -> float:
+    """OPD rollouts: x/3 (generate) + x/3 (student log-probs) + y/3 (teacher log-probs) + x (update).
+
+    ``lora``: the update of a LoRA student is 2x/3, a forward and the backward's activation gradients, without the
+    weight gradients of the frozen base (a third of x); the adapters' own FLOPs, 2 r (d_in + d_out) per token and
+    linear layer (a few % of the layer's at r = 16), are not counted."""
     x = flops_from_sums(student, sum_s, sum_s2, attn_coef)
     y = flops_from_sums(teacher, sum_s, sum_s2, attn_coef)
-    return x / 3 + x / 3 + y / 3 + x
+    return x / 3 + x / 3 + y / 3 + (2 * x / 3 if lora else x)
 
 
 def sft_flops(student: ModelShape, sum_s: float, sum_s2: float, attn_coef: float = 12) -> float:

@@ -19,15 +19,16 @@ from opd_cli.train.config import TrainConfig
 
 
 # --------------------------------------------------------------------------------------------- run_train
-def _flops_fn(student: str, teacher: str, attn_coef: float):
+def _flops_fn(student: str, teacher: str, attn_coef: float, lora: bool = False):
     """FLOPs of one step from its sequences' (sum s, sum s^2), plus PG-OPD's probe forwards' (sum, sum^2), plus the
-    generation (x/3) of --reward-weight's continuations, from the (sum, sum^2) differences of their sequences."""
+    generation (x/3) of --reward-weight's continuations, from the (sum, sum^2) differences of their sequences; a
+    --lora student's update without the base weights' gradients (:func:`opd_flops`)."""
     from opd_cli.core.flops_formula import ModelShape, flops_from_sums, opd_flops, probe_flops
 
     s, t = ModelShape.from_source(student), ModelShape.from_source(teacher)
 
     def step_flops(sum_s, sum_s2, probe_s=0.0, probe_s2=0.0, grade_s=0.0, grade_s2=0.0):
-        return (opd_flops(s, t, sum_s, sum_s2, attn_coef) + probe_flops(s, t, probe_s, probe_s2, attn_coef)
+        return (opd_flops(s, t, sum_s, sum_s2, attn_coef, lora) + probe_flops(s, t, probe_s, probe_s2, attn_coef)
                 + flops_from_sums(s, grade_s, grade_s2, attn_coef) / 3)
 
     return step_flops
@@ -97,7 +98,7 @@ def run_train(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Path:
     s_tok = load_tokenizer(student_src, "student")
     t_tok = load_tokenizer(teacher_src, "teacher")
     check_same_vocab(s_tok, t_tok)
-    flops_fn = _flops_fn(student_src, teacher_src, cfg.attn_coef)
+    flops_fn = _flops_fn(student_src, teacher_src, cfg.attn_coef, cfg.lora)
     # max_new_tokens caps every response; an L beyond the model's context is a user error worth one line
     problems = _problems(cfg, toy)
     teacher_rows = _teacher_rows(cfg, problems)

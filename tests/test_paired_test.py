@@ -41,3 +41,14 @@ def test_the_same_answers_give_no_difference(tmp_path):
 def test_other_problems_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="different problems"):
         paired_test.compare(_eval(tmp_path / "x", [[True]] * 3), _eval(tmp_path / "y", [[True]] * 4), "b")
+
+
+def test_a_seed_not_evaluated_yet_is_left_out_and_said(tmp_path, capsys):
+    a = _eval(tmp_path / "run-a", [[True, True]] * 5, step=40)
+    (tmp_path / "run-a-s1" / "eval").mkdir(parents=True)  # seed 1 still training
+    r = paired_test.compare(a, _eval(tmp_path / "base", [[False, True]] * 5), "b", rounds=200)
+    assert r["seeds_a"] == 1 and r["a"] == 1.0
+    err = capsys.readouterr().err
+    assert "seed folder left out" in err and "run-a-s1" in err
+    with pytest.raises(SystemExit, match="does not exist"):  # the run itself must be evaluated
+        paired_test.compare(tmp_path / "run-a-s1", a, "b")

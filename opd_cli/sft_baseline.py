@@ -80,6 +80,7 @@ class SftConfig:
     max_grad_norm: float = field(1.0, help="Gradient clipping norm (0 = off).")
     gradient_checkpointing: bool = field(False, help="Recompute activations in backward to save memory.")
     save_every: int = field(100, help="Write a checkpoint every N steps (0 = only at the last step).")
+    optimizer_states: str = field("all", help="Optimizer states kept in checkpoints: all | last (the newest checkpoint's only, all a resume reads; older checkpoints keep their weights for evaluation, at about a third of the size under Adam).")
     save_only_model: bool = field(False, help="Checkpoints without optimizer state: smaller, but --if-exists resume restarts the optimizer.")
     template: str = field("auto", help="Prompt template: auto | chat | plain (as in opd train).")
     think: bool = field(True, help="Append <think> to the prompt (as in opd train).")
@@ -110,6 +111,9 @@ class SftConfig:
         check(self.warmup_steps >= 0, f"--warmup-steps must be 0 (off) or positive, got {self.warmup_steps}")
         check(self.max_length >= 0, f"--max-length must be 0 (off) or a positive number of tokens, got {self.max_length}")
         check(self.save_every >= 0, f"--save-every must be 0 (last step only) or positive, got {self.save_every}")
+        from opd_cli.core.runs import OPTIMIZER_STATES
+
+        check(self.optimizer_states in OPTIMIZER_STATES, f"unknown --optimizer-states {self.optimizer_states!r}: use last or all")
         check(self.limit >= 0, f"--limit must be 0 (all) or positive, got {self.limit}")
         check(self.sample in SAMPLES, f"--sample must be one of {', '.join(SAMPLES)}, got {self.sample!r}")
         check(self.sample == "first" or self.limit > 0, "--sample random draws --limit problems: pass --limit N (N > 0)")
@@ -287,7 +291,7 @@ def _make_callback(run: Any, model: Any, shape: Any, cfg: SftConfig, start: dict
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             src = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if state.is_world_process_zero and src.is_dir():
-                logger.info(f"checkpoint step {state.global_step} -> {run.commit(src, state.global_step)}")
+                logger.info(f"checkpoint step {state.global_step} -> {run.commit(src, state.global_step, cfg.optimizer_states)}")
 
     return SftMetrics()
 
@@ -313,7 +317,7 @@ def run_sft(cfg: SftConfig) -> Path:
 
     shape = ModelShape.from_source(cfg.student)  # fails early on a model the FLOPs formula cannot read
     # A finished run may be extended (--steps 1500 over 300) or saved more often; anything else must match.
-    run = open_run(out, cfg.if_exists, cfg, compare_ignore=("steps", "save_every", *TRACKING_FIELDS))
+    run = open_run(out, cfg.if_exists, cfg, compare_ignore=("steps", "save_every", "optimizer_states", *TRACKING_FIELDS))
     last = run.resume_point()
     resume_from, start = (last[1], last[2]) if last else (None, {})
     if last is not None:

@@ -140,6 +140,20 @@ def test_sft_resume_extends_run(tiny_model_dirs: tuple[Path, Path], tmp_path: Pa
     assert rows[-1]["flops_total"] == pytest.approx(sum(r["flops_step"] for r in rows))
 
 
+def test_sft_optimizer_states_last(tiny_model_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    """--optimizer-states last: only the newest checkpoint keeps optimizer.pt, every one its weights."""
+    from opd_cli.core.runs import list_checkpoints
+    from opd_cli.sft_baseline import run_sft
+
+    student, _ = tiny_model_dirs
+    _write_data(tmp_path / "d.jsonl")
+    out = run_sft(_cfg(student, tmp_path / "d.jsonl", tmp_path / "run", steps=3, optimizer_states="last"))
+    ckpts = list_checkpoints(out)
+    assert [s for s, _ in ckpts] == [1, 2, 3]
+    assert [(c / "optimizer.pt").exists() for _, c in ckpts] == [False, False, True]
+    assert all((c / "model.safetensors").exists() for _, c in ckpts)
+
+
 def test_sft_generate_with_teacher(tiny_model_dirs: tuple[Path, Path], tmp_path: Path) -> None:
     """The teacher writes 2 responses to each of 4 problems, capped at 6 tokens; the one step trains on 4 of those 8
     examples (prompt + response, as written), not on the data file's own responses."""

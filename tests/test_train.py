@@ -326,3 +326,32 @@ def test_compute_loss_and_gradient_match_the_maths_reference(tiny_model_dirs, pr
     assert set(seen["grads"]) == set(ref_grads)
     for name, g in ref_grads.items():
         torch.testing.assert_close(seen["grads"][name], g, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_optimizer_states_last_keeps_only_the_newest_and_resumes(base_run, tiny_model_dirs, prompts_file, tmp_path):
+    """--optimizer-states last: after each checkpoint the older ones lose optimizer.pt (weights, scheduler and RNG
+    stay, for evaluation); the newest keeps it, so a run killed after step 2's checkpoint resumes to the uninterrupted
+    run's step 3."""
+    import torch
+    from safetensors.torch import load_file
+
+    out, rows = base_run
+    last = tmp_path / "last"
+    again = _train(tiny_model_dirs, prompts_file, last, optimizer_states="last")
+    assert _strip(again) == _strip(rows)
+    ckpts = dict(list_checkpoints(last))
+    assert [s for s in ckpts] == [1, 2, 3]
+    assert [(ckpts[s] / "optimizer.pt").exists() for s in (1, 2, 3)] == [False, False, True]
+    for s in (1, 2):
+        a, b = load_file(str(ckpts[s] / "model.safetensors")), load_file(str(out / "checkpoints" / f"step_{s:06d}" / "model.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in b)
+    # killed during step 3: the folder as --optimizer-states last leaves it then, step 2's state the only one
+    killed = tmp_path / "killed"
+    shutil.copytree(out, killed)
+    shutil.rmtree(killed / "checkpoints" / "step_000003")
+    shutil.rmtree(killed / "final")
+    (killed / "checkpoints" / "step_000001" / "optimizer.pt").unlink()
+    (killed / "metrics.jsonl").write_text("".join((killed / "metrics.jsonl").read_text().splitlines(True)[:2]))
+    resumed = _train(tiny_model_dirs, prompts_file, killed, optimizer_states="last", if_exists="resume")
+    assert _strip(resumed) == _strip(rows)
+    assert not (killed / "checkpoints" / "step_000002" / "optimizer.pt").exists()

@@ -534,9 +534,13 @@ def _running(pid: int) -> bool:
 def test_a_stopped_evaluation_stops_its_engine(models, prompts_file, tmp_path):
     """SIGTERM (a stopped make) to `opd eval` with vLLM: it exits 143 and its engine core and worker processes go with
     it (Python's default for SIGTERM skips vLLM's shutdown hooks and left them running, a core each)."""
+    # a shell's environment: the colocated tests before this one set vLLM's in-process engine and a process group in
+    # os.environ (TRL's colocate mode), under which the engine would spawn no processes
+    leaked = {"VLLM_ENABLE_V1_MULTIPROCESSING", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in leaked}
     proc = subprocess.Popen([sys.executable, "-m", "opd_cli.cli", "eval", "--model", str(models[0]), "--data", str(prompts_file),
                              "-n", "2000", "--max-new-tokens", "256", "--backend", "vllm", "--dtype", "float32",
-                             "-o", str(tmp_path / "eval")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "-o", str(tmp_path / "eval")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     engine: list[int] = []
     try:
         end = time.time() + 400

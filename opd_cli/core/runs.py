@@ -113,10 +113,16 @@ class RunDir:
         totals = {k: float(rows[-1].get(k) or 0.0) for k in ("flops_total", "wall_time")} if rows else {}
         return (*last, totals)
 
-    def commit(self, tmp_dir: Path, step: int) -> Path:
-        """Move a fully written checkpoint folder into checkpoints/ as ``step`` (:func:`commit_checkpoint`)."""
+    def commit(self, tmp_dir: Path, step: int, optimizer_states: str = "all") -> Path:
+        """Move a fully written checkpoint folder into checkpoints/ as ``step`` (:func:`commit_checkpoint`).
+        ``optimizer_states="last"``: then drop the optimizer state of every older checkpoint (their weights stay,
+        for evaluation; a resume reads only the newest), which is most of a checkpoint's size under Adam."""
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         commit_checkpoint(tmp_dir, self.checkpoint_dir(step))
+        if optimizer_states == "last":
+            for older, folder in list_checkpoints(self.path):
+                if older < step:
+                    drop_optimizer_state(folder)
         return self.checkpoint_dir(step)
 
 
@@ -155,6 +161,18 @@ def list_checkpoints(run: str | Path) -> list[tuple[int, Path]]:
             except ValueError:
                 continue
     return sorted(out)
+
+
+OPTIMIZER_STATES = ("last", "all")
+
+
+def drop_optimizer_state(folder: Path) -> None:
+    """Remove a checkpoint's optimizer state: transformers' optimizer.pt, accelerate's sharded optimizer_<i> folders."""
+    for entry in folder.glob("optimizer*"):
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def commit_checkpoint(tmp_dir: Path, final_dir: Path) -> None:

@@ -97,6 +97,7 @@ class TrainConfig:
     lora_dropout: float = field(0.0, help="--lora: dropout on the adapter's input in the training forward, never in rollouts (0 = off).", panel=LORA)
     lora_target_modules: list[str] = field(["all-linear"], help="--lora: modules that get an adapter, names or name suffixes (repeat or comma-separate); all-linear = every linear layer but the LM head, whose weight opd's losses read directly.", panel=LORA)
     save_every: int = field(10, help="Checkpoint every N optimizer steps (0 = only the final model).", panel=RUN)
+    optimizer_states: str = field("all", help="Optimizer states kept in checkpoints: all | last (the newest checkpoint's only, all a resume reads; older checkpoints keep their weights for evaluation, at about a third of the size under Adam).", panel=RUN)
     backend: str = field("hf", help="Rollouts: hf (transformers generate) | vllm (the vllm extra on a GPU, make install-vllm on a CPU).", panel=ROLLOUTS)
     vllm_mode: str = field("colocate", help="--backend vllm: colocate (an engine inside each training process) | server (a `vllm serve` of the student, see --vllm-host).", panel=ROLLOUTS)
     vllm_host: str = field("127.0.0.1", help="--vllm-mode server: host of the student's vLLM server.", panel=ROLLOUTS)
@@ -167,6 +168,9 @@ class TrainConfig:
         check(self.steps > 0, f"--steps must be > 0, got {self.steps}")
         check(self.warmup >= 0 and self.save_every >= 0 and self.limit >= 0, "--warmup, --save-every and --limit must be >= 0")
         check(self.chunk > 0, f"--chunk must be > 0, got {self.chunk}")
+        from opd_cli.core.runs import OPTIMIZER_STATES
+
+        check(self.optimizer_states in OPTIMIZER_STATES, f"unknown --optimizer-states {self.optimizer_states!r}: use last or all")
         check(self.metrics_every >= 0, f"--metrics-every must be >= 0 (0 = never), got {self.metrics_every}")
         check(not self.pure_dtype or self.dtype in ("bfloat16", "float16"), "--pure-dtype needs --dtype bfloat16 or float16")
         check_backend(self.backend)

@@ -267,7 +267,7 @@ def _open_run_folder(cfg: TrainConfig, state: Any) -> tuple[Any, Any]:
 
     out = cfg.resolved_output_dir()
     if state.is_main_process:
-        run = open_run(out, cfg.if_exists, cfg, compare_ignore=("output_dir", *TRACKING_FIELDS))  # a moved run folder still resumes
+        run = open_run(out, cfg.if_exists, cfg, compare_ignore=("output_dir", "optimizer_states", *TRACKING_FIELDS))  # a moved run folder still resumes
     state.wait_for_everyone()
     if not state.is_main_process:
         run = RunDir(out, resumed=cfg.if_exists == "resume")

@@ -399,7 +399,7 @@ def commit_checkpoint(trainer: Any, trial: Any) -> None:
         state = {"step": step, "prefix_len": trainer.prefix_len(step - 1), "next_prefix_len": trainer.prefix_len(step),
                  "flops_total": trainer.metrics.flops_total}
         (src / "opd_state.json").write_text(json.dumps(state, indent=2) + "\n")
-        trainer.run_dir.commit(src, step)
+        trainer.run_dir.commit(src, step, trainer.opd.optimizer_states)
     trainer.accelerator.wait_for_everyone()
 
 

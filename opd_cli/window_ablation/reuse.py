@@ -21,7 +21,8 @@ def _check_reusable(label: str, run_dir: Path, train_cfg: Any) -> None:
     from opd_cli.core.runs import read_config
 
     saved = with_defaults(read_config(run_dir), train_cfg)
-    diff = differing_keys(saved, to_dict(train_cfg), {"if_exists", "output_dir", *TRACKING_FIELDS}, only_now=True)
+    diff = differing_keys(saved, to_dict(train_cfg), {"if_exists", "output_dir", "optimizer_states", *TRACKING_FIELDS},
+                          only_now=True)
     if saved and diff:
         raise OpdError(
             f"run {run_dir} is complete but was trained with different {', '.join(diff)}: "
@@ -29,8 +30,9 @@ def _check_reusable(label: str, run_dir: Path, train_cfg: Any) -> None:
         )
 
 
-# fields a stand-in reference may differ in: where it lives and how long it ran (checkpoints must cover the steps)
-_STAND_IN_FREE = {"name", "output_dir", "if_exists", "steps", "save_every", *TRACKING_FIELDS}
+# fields a stand-in reference may differ in: where it lives, how long it ran (checkpoints must cover the steps) and
+# what its checkpoints keep besides the weights
+_STAND_IN_FREE = {"name", "output_dir", "if_exists", "steps", "save_every", "optimizer_states", *TRACKING_FIELDS}
 
 
 def find_stand_in(tcfg: Any, candidates: list[str], eval_steps: list[int]) -> Path | None:

@@ -50,9 +50,11 @@ def per_problem(folder: Path, benchmark: str) -> dict[str, list[bool]]:
 def pooled(run: Path, benchmark: str) -> tuple[dict[str, float], list[float]]:
     """(problem -> accuracy over all seeds' samples, each seed's mean accuracy). A seed folder not evaluated yet (a
     run still training) is left out, said on stderr, as `opd plot` does; the run itself must be evaluated."""
-    folders = [run] + [f for f in seed_folders(run)[1:] if _samples_file(f, benchmark).is_file()]
-    for f in sorted(set(seed_folders(run)) - set(folders)):
-        print(f"seed folder left out: {f} has no {benchmark} evaluation yet", file=sys.stderr)
+    run_itself, *others = seed_folders(run)
+    folders = [run_itself] + [f for f in others if _samples_file(f, benchmark).is_file()]
+    for f in others:
+        if f not in folders:
+            print(f"seed folder left out: {f} has no {benchmark} evaluation yet", file=sys.stderr)
     seeds = [per_problem(f, benchmark) for f in folders]
     keys = set(seeds[0])
     if any(set(s) != keys for s in seeds):

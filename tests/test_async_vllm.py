@@ -27,25 +27,30 @@ def models(tmp_path_factory):
     return student, teacher
 
 
-def test_async_rollouts_from_a_server_keep_the_prefix_schedule(models, prompts_file, tmp_path):
-    """Linear schedule L = 4, 8, 12 of --max-new-tokens 24: every step's rollouts are at most its L (a stale rollout
-    was cut at an older, shorter L), no rollout is older than --max-staleness 1, and the run's files are the sync
-    run's."""
+def train_async(models, data, out, port, **over):
+    """`opd train --async` of the tiny student against the student server on ``port``: 3 steps of 4 rollouts."""
     from opd_cli.core.config import build_config
     from opd_cli.train.config import TrainConfig
     from opd_cli.train.run import run_train
 
     student, teacher = models
-    server = Server(student, tmp_path / "server.log").start()
+    cfg = dict(student=str(student), teacher=str(teacher), data=str(data), steps=3, batch_size=4, micro_batch_size=2,
+               kl_bin=4, lr=1e-2, chunk=8, output_dir=str(out), dtype="float32", vllm_memory=MEM, async_rollouts=True,
+               backend="vllm", vllm_mode="server", vllm_port=port, max_staleness=1)
+    run_train(build_config(TrainConfig, None, {**cfg, **over}))
+    return read_metrics(out)
+
+
+def test_async_rollouts_from_a_server_keep_the_prefix_schedule(models, prompts_file, tmp_path):
+    """Linear schedule L = 4, 8, 12 of --max-new-tokens 24: every step's rollouts are at most its L (a stale rollout
+    was cut at an older, shorter L), no rollout is older than --max-staleness 1, and the run's files are the sync
+    run's."""
+    server = Server(models[0], tmp_path / "server.log").start()
     try:
-        cfg = dict(student=str(student), teacher=str(teacher), data=str(prompts_file), steps=3, batch_size=4,
-                   micro_batch_size=2, max_new_tokens=24, schedule="linear", prefix_start=4, prefix_delta=4, kl_bin=4,
-                   save_every=1, lr=1e-2, chunk=8, output_dir=str(tmp_path / "run"), dtype="float32", vllm_memory=MEM,
-                   async_rollouts=True, backend="vllm", vllm_mode="server", vllm_port=server.port, max_staleness=1)
-        run_train(build_config(TrainConfig, None, cfg))
+        metrics = train_async(models, prompts_file, tmp_path / "run", server.port, max_new_tokens=24, schedule="linear",
+                              prefix_start=4, prefix_delta=4, save_every=1)
     finally:
         server.stop()
-    metrics = read_metrics(tmp_path / "run")
     assert [m["prefix_len"] for m in metrics] == [4, 8, 12]
     for m in metrics:
         assert 1 <= m["rollout_len_max"] <= m["prefix_len"]
@@ -71,23 +76,13 @@ def test_async_lora_reward_groups_and_adaptive_schedule_on_a_server(models, prom
     """The four together through TRL's worker: a LoRA student (the server reloads its merged weights), two rollouts
     of each prompt, the adaptive schedule's L published by the trainer after each step (floor 10 nats: it grows every
     step), and each rollout graded in the worker, those cut at L continued to --max-new-tokens first."""
-    from opd_cli.core.config import build_config
-    from opd_cli.train.config import TrainConfig
-    from opd_cli.train.run import run_train
-
-    student, teacher = models
-    server = Server(student, tmp_path / "server.log").start()
+    server = Server(models[0], tmp_path / "server.log").start()
     try:
-        cfg = dict(student=str(student), teacher=str(teacher), data=str(prompts_file), steps=3, batch_size=4,
-                   micro_batch_size=2, max_new_tokens=24, schedule="adaptive", prefix_start=4, prefix_delta=4,
-                   adaptive_floor=10.0, kl_bin=4, save_every=0, lr=1e-2, chunk=8, output_dir=str(tmp_path / "run"),
-                   dtype="float32", vllm_memory=MEM, async_rollouts=True, backend="vllm", vllm_mode="server",
-                   vllm_port=server.port, max_staleness=1, lora=True, lora_r=4, reward_weight=0.5,
-                   rollouts_per_prompt=2, ignore_eos=True)
-        run_train(build_config(TrainConfig, None, cfg))
+        metrics = train_async(models, prompts_file, tmp_path / "run", server.port, max_new_tokens=24, schedule="adaptive",
+                              prefix_start=4, prefix_delta=4, adaptive_floor=10.0, save_every=0, lora=True, lora_r=4,
+                              reward_weight=0.5, rollouts_per_prompt=2, ignore_eos=True)
     finally:
         server.stop()
-    metrics = read_metrics(tmp_path / "run")
     assert [m["prefix_len"] for m in metrics] == [4, 8, 12]
     for m in metrics:
         assert 1 <= m["rollout_len_max"] <= m["prefix_len"]  # a rollout dispatched before the publish has an older L
@@ -103,10 +98,6 @@ def test_async_served_teachers_routed_by_a_column(models, prompts_file, tmp_path
     scores each rollout with its prompt's teacher as it finishes, and the per-teacher metrics add up to the step's."""
     import json
 
-    from opd_cli.core.config import build_config
-    from opd_cli.train.config import TrainConfig
-    from opd_cli.train.run import run_train
-
     student, teacher = models
     rows = [json.loads(x) for x in prompts_file.read_text().splitlines() if x.strip()]
     routed = tmp_path / "routed.jsonl"
@@ -114,16 +105,11 @@ def test_async_served_teachers_routed_by_a_column(models, prompts_file, tmp_path
     s_server, t_server = Server(student, tmp_path / "student.log"), Server(teacher, tmp_path / "teacher.log", "--max-logprobs", "16")
     try:
         s_server.start(), t_server.start()
-        cfg = dict(student=str(student), teacher=str(teacher), data=str(routed), steps=3, batch_size=4,
-                   micro_batch_size=2, max_new_tokens=12, prefix="8", kl_bin=4, save_every=0, lr=1e-2, chunk=8,
-                   output_dir=str(tmp_path / "run"), dtype="float32", vllm_memory=MEM, async_rollouts=True,
-                   backend="vllm", vllm_mode="server", vllm_port=s_server.port, max_staleness=1,
-                   teacher_server=[f"a={t_server.url}", f"b={t_server.url}"], teacher_column="teacher")
-        run_train(build_config(TrainConfig, None, cfg))
+        metrics = train_async(models, routed, tmp_path / "run", s_server.port, max_new_tokens=12, prefix="8", save_every=0,
+                              teacher_server=[f"a={t_server.url}", f"b={t_server.url}"], teacher_column="teacher")
     finally:
         s_server.stop()
         t_server.stop()
-    metrics = read_metrics(tmp_path / "run")
     assert len(metrics) == 3
     for m in metrics:
         assert m["rollouts/a"] + m["rollouts/b"] == 4

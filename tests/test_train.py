@@ -126,6 +126,7 @@ BAD = [
     (["--vllm-mode", "ray"], "--vllm-mode"),
     (["--vllm-memory", "1.5"], "--vllm-memory"),
     (["--vllm-weight-sync", "nfs"], "--vllm-weight-sync"),
+    (["--optimizer-states", "some"], "unknown --optimizer-states 'some': use last or all"),
     (["--teacher-server", "localhost:8001"], "--teacher-server must be a URL"),
     (["--teacher-server", "http://127.0.0.1:1", "--rollout", "pg-opd", "--pg-prefix", "4", "--probe-window", "2",
       "--batch-size", "8"], "probes the teacher"),

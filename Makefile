@@ -463,6 +463,13 @@ real-paper: real-world real-paper-restore  ## the paper's Tables 1-3 and Fig. 2-
 	$(OPD) plot kl-position runs/kl-by-position-real-paper-full -o $(REAL_PAPER_FIG)/fig2
 	$(OPD) plot teacher-prefix runs/probe-teacher-prefix-real -o $(REAL_PAPER_FIG)
 	$(OPD) plot window-ablation runs/window-ablation-real -o $(REAL_PAPER_FIG)
+	{ for a in train-real-paper-prefix train-real-paper-full; do \
+	      $(BIN)/python analysis/paired_test.py runs/$$a runs/eval-real-paper-student --benchmark real; done; \
+	  for a in $(foreach m,$(filter-out full,$(REAL_PAPER_RUNS)),train-real-paper-$(m)) sft-baseline-real-paper eval-real-paper-teacher; do \
+	      $(BIN)/python analysis/paired_test.py runs/$$a runs/train-real-paper-full --benchmark real; done; } \
+	    > $(REAL_PAPER_FIG)/paired-tests.txt
+	$(BIN)/python analysis/claims.py $(REAL_PAPER_FIG)/main-table.csv --reference real-paper-full --benchmark real \
+	    > $(REAL_PAPER_FIG)/claims.txt
 
 test-real: $(VLLM_STAMP)  ## the real SmolLM2-135M-Instruct (built by opd real build): loading, recorded values, vLLM log-probs
 	OPD_REQUIRE_VLLM=1 $(BIN)/pytest -q -m real

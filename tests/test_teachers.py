@@ -235,13 +235,15 @@ def test_a_teacher_server_without_vllm_installed_is_one_line_exit_2(tiny_model_d
 
 
 def test_runs_saved_before_several_teachers_still_resume():
-    """config.yaml of older runs holds `teacher_server: null` or one URL: both compare equal to today's config."""
+    """config.yaml of older runs holds `teacher_server: null`, `[]` or one URL: each compares equal to today's config
+    (a real-paper run saved with `[]` was not adopted by window-ablation as a stand-in before `[]` read as None)."""
     from opd_cli.core.config import differing_keys, to_dict, with_defaults
 
-    for value in (None, "http://h:1"):
+    for value in (None, [], "http://h:1"):
         cfg = build_config(TrainConfig, None, {"teacher_server": value} if value else {})
         saved = {**to_dict(cfg), "teacher_server": value}
         saved.pop("teacher_column")  # a field the old run did not have
         assert differing_keys(with_defaults(saved, cfg), to_dict(cfg)) == [], value
     two = build_config(TrainConfig, None, {"teacher_server": ["a=http://h:1", "b=http://h:2"], "teacher_column": "t"})
     assert differing_keys(with_defaults({**to_dict(two), "teacher_server": "http://h:1"}, two), to_dict(two)) == ["teacher_server"]
+    assert differing_keys(with_defaults({**to_dict(two), "teacher_server": []}, two), to_dict(two)) == ["teacher_server"]

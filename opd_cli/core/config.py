@@ -146,7 +146,8 @@ def with_defaults(saved: dict[str, Any], cfg: Any) -> dict[str, Any]:
 
     A field added after a run was saved (e.g. ``toy_student``) then compares equal when it is at its default,
     so older runs stay resumable and reusable; an empty mapping (no config.yaml) stays empty. A saved single value
-    of a field that has since become a list (``teacher_server: URL``) is read as that one-item list.
+    of a field that has since become a list (``teacher_server: URL``) is read as that one-item list, and an empty list
+    saved for a list field whose default is now None (``teacher_server: []``) as None.
     """
     if not saved:
         return {}
@@ -158,6 +159,8 @@ def with_defaults(saved: dict[str, Any], cfg: Any) -> dict[str, Any]:
             tp = [a for a in typing.get_args(hints[f.name]) if a is not type(None)] or [hints[f.name]]
             if isinstance(saved[f.name], str) and typing.get_origin(tp[0]) is list:
                 saved[f.name] = [saved[f.name]]
+            elif saved[f.name] == [] and f.default is None and typing.get_origin(tp[0]) is list:
+                saved[f.name] = None  # an empty list saved before the field's "none" became None
             continue
         if f.default is not dataclasses.MISSING:
             missing[f.name] = f.default

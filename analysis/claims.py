@@ -25,6 +25,12 @@ def _num(row: dict[str, str], key: str) -> float | None:
     return float(value) if value not in ("", None) else None
 
 
+def _seeds(row: dict[str, str], benchmark: str) -> float:
+    """How many seeds the benchmark's mean is over: its ``<benchmark>_n`` column (a seed not evaluated on it yet
+    is left out), else the row's seeds (tables written before that column), else 1."""
+    return _num(row, f"{benchmark}_n") or _num(row, "seeds") or 1.0
+
+
 def welch(mean_a: float, sd_a: float, n_a: float, mean_b: float, sd_b: float, n_b: float) -> dict[str, float] | None:
     """Welch's two-sample t-test of mean_a - mean_b from the groups' means, sample sds and sizes: the difference,
     its standard error, degrees of freedom, two-sided p and 95 % interval. None where there is no variance to test
@@ -49,10 +55,10 @@ def compare(rows: list[dict[str, str]], reference: str, benchmark: str) -> list[
     ref = by_name[reference]
     base = next((r for r in rows if r["method"].startswith("base")), None)
     acc_ref, sd_ref = _num(ref, benchmark), _num(ref, f"{benchmark}_sd") or 0.0
-    n_ref = _num(ref, "seeds") or 1.0
+    n_ref = _seeds(ref, benchmark)
     out = []
     for r in rows:
-        acc, sd, n = _num(r, benchmark), _num(r, f"{benchmark}_sd") or 0.0, _num(r, "seeds") or 1.0
+        acc, sd, n = _num(r, benchmark), _num(r, f"{benchmark}_sd") or 0.0, _seeds(r, benchmark)
         if r is ref or acc is None or acc_ref is None or r is base:
             continue
         test = welch(acc, sd, n, acc_ref, sd_ref, n_ref)

@@ -49,3 +49,14 @@ def test_no_test_without_variance():
 def test_unknown_reference_is_one_line():
     with pytest.raises(SystemExit, match="no method 'nope' in the table"):
         claims.compare(ROWS, "nope", "toy")
+
+
+def test_a_column_over_fewer_seeds_is_tested_on_those():
+    """toy_n (opd plot main-table's count of the seeds a column's mean is over) outranks the row's seeds."""
+    from scipy import stats
+
+    rows = [dict(r) for r in ROWS]
+    rows[2]["toy_n"] = "2"  # prefix: one of its 3 seeds not evaluated on toy yet
+    test = {c["method"]: c for c in claims.compare(rows, "full", "toy")}["prefix"]["test"]
+    raw = stats.ttest_ind_from_stats(0.6, 0.06, 2, 0.7, 0.03, 3, equal_var=False)
+    assert test["p"] == pytest.approx(raw.pvalue) and test["se"] == pytest.approx(math.sqrt(0.06**2 / 2 + 0.03**2 / 3))

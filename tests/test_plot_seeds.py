@@ -96,6 +96,18 @@ def test_a_benchmark_one_row_lacks_is_a_dash(tmp_path, seeded):
     assert "| base | 1 | - | 10.0 | - |" in res.data["markdown"]
 
 
+def test_a_cell_over_fewer_seeds_than_its_row_says_so(tmp_path, seeded):
+    """A seed whose picked checkpoint has no toy-ood evaluation yet (its evaluation stopped) counts for toy only."""
+    (seeded / "opd_full-s1" / "eval" / "step_000004" / "toy-ood.json").unlink()
+    res = plot(tmp_path, "main-table", [seeded / "base", seeded / "opd_full"])
+    row = {r["method"]: r for r in res.data["rows"]}["OPD full"]
+    assert row["seeds"] == 3
+    line = next(ln for ln in res.data["markdown"].splitlines() if ln.startswith("| OPD full |"))
+    assert "| **40.0 ± 5.0** | " in line and "** (2 of 3 seeds) |" in line and line.count("of 3 seeds") == 1
+    full = {r["method"]: r for r in csv.DictReader((tmp_path / "out" / "main-table.csv").open())}["OPD full"]
+    assert (full["seeds"], full["toy_n"], full["toy-ood_n"]) == ("3", "3", "2")  # what analysis/claims.py tests on
+
+
 def test_a_folder_of_runs_folds_seed_folders_into_their_run(tmp_path, seeded):
     res = plot(tmp_path, "main-table", [seeded])
     assert [r["method"] for r in res.data["rows"]] == ["base", "OPD full", "opd_prefix"]

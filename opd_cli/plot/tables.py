@@ -120,7 +120,7 @@ def main_table_row(run: Path) -> dict[str, Any]:
     }
 
 
-TABLE_KEYS = ("method", "seeds", "best_step", "flops", "hours", "problems")
+TABLE_KEYS = ("method", "seeds", "best_step", "flops", "hours", "problems", "counts")
 
 
 def over_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -132,12 +132,19 @@ def over_seeds(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "seeds": len(rows),
         "best_step": steps[0] if len(set(steps)) == 1 else "/".join("-" if s is None else str(s) for s in steps),
     }
+    out["counts"] = {}
     for bench in dict.fromkeys(k for r in rows for k in r if k not in TABLE_KEYS):
-        out[bench], out[f"{bench}_sd"], _ = mean_sd(r.get(bench) for r in rows)
+        out[bench], out[f"{bench}_sd"], out["counts"][bench] = mean_sd(r.get(bench) for r in rows)
     out["flops"] = mean_sd(r["flops"] for r in rows)[0]
     out["hours"] = mean_sd(r["hours"] for r in rows)[0]
     out["problems"] = {b: {r["problems"].get(b) for r in rows if b in r["problems"]} for r in rows for b in r["problems"]}
     return out
+
+
+def _fewer_seeds(row: dict[str, Any], bench: str) -> str:
+    """`` (2 of 3 seeds)`` after a cell whose mean leaves out seeds of its row, else nothing."""
+    n = row.get("counts", {}).get(bench, 0)
+    return f" ({n} of {row['seeds']} seeds)" if row.get("seeds", 1) > 1 and 0 < n < row["seeds"] else ""
 
 
 def problems_note(rows: list[dict[str, Any]], benches: list[str]) -> str:
@@ -173,7 +180,7 @@ def plot_main_table(cfg: PlotConfig, out: Path) -> PlotResult:
             r["method"],
             *([str(r["seeds"])] if multi else []),
             "-" if r["best_step"] is None else str(r["best_step"]),
-            *[marks[b][r["method"]] for b in benches],
+            *[marks[b][r["method"]] + _fewer_seeds(r, b) for b in benches],
             "-" if r["flops"] is None else f"{r['flops']:.2g}",
             "-" if r["hours"] is None else f"{r['hours']:.2f}",
         ]
@@ -185,10 +192,11 @@ def plot_main_table(cfg: PlotConfig, out: Path) -> PlotResult:
         md = f"{md}\n{note}\n"
     if multi:
         md = f"Mean ± standard deviation over training seeds (the seeds column: how many).\n\n{md}"
-        columns = ["method", "seeds", "best_step", *benches, *[f"{b}_sd" for b in benches], "flops", "hours"]
+        columns = ["method", "seeds", "best_step", *benches, *[f"{b}_sd" for b in benches], *[f"{b}_n" for b in benches],
+                   "flops", "hours"]
     else:
         columns = ["method", "best_step", *benches, "flops", "hours"]
-    rows = [{k: r.get(k) for k in columns} for r in rows]
+    rows = [{k: r.get(k, r["counts"].get(k[:-2])) for k in columns} for r in rows]  # <bench>_n: its seeds
     out.mkdir(parents=True, exist_ok=True)
     (out / "main-table.md").write_text(md)
     paths = [write_csv(rows, out / "main-table.csv"), out / "main-table.md"]

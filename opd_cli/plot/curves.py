@@ -181,7 +181,7 @@ def _acc_plot(cfg: PlotConfig, out: Path, stem: str, x_axis: str, title: str, wi
         ylabel=f"{'/'.join(benches)} Mean Acc",
         title=title,
     )
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, framealpha=0.5)  # see-through: with wide bands no corner is free of points
     fig.canvas.draw()  # tick labels are made at draw time
     lo, hi = ax.get_xlim()
     ticks = [t.get_text() for minor in (False, True) for t in ax.get_xticklabels(minor=minor)

@@ -470,6 +470,11 @@ real-paper: real-world real-paper-restore  ## the paper's Tables 1-3 and Fig. 2-
 	    > $(REAL_PAPER_FIG)/paired-tests.txt
 	$(BIN)/python analysis/claims.py $(REAL_PAPER_FIG)/main-table.csv --reference real-paper-full --benchmark real \
 	    > $(REAL_PAPER_FIG)/claims.txt
+	{ for w in window-8-16 window-16-24 window-24-32 tail-8 full; do $(BIN)/python analysis/paired_test.py \
+	      runs/window-ablation-real/runs/prefix-8@40 runs/window-ablation-real/runs/$$w@40 --benchmark real-dev; done; \
+	  for w in prefix-8 window-8-16 window-16-24 window-24-32 tail-8; do $(BIN)/python analysis/paired_test.py \
+	      runs/window-ablation-real/runs/$$w@40 runs/eval-real-paper-student --benchmark real-dev; done; } \
+	    > $(REAL_PAPER_FIG)/window-tests.txt
 
 test-real: $(VLLM_STAMP)  ## the real SmolLM2-135M-Instruct (built by opd real build): loading, recorded values, vLLM log-probs
 	OPD_REQUIRE_VLLM=1 $(BIN)/pytest -q -m real

@@ -3,8 +3,8 @@ sign-flip permutation test over problems (no distributional assumption, exact up
 
     .venv/bin/python analysis/paired_test.py runs/train-real-prefix runs/train-real-full --benchmark real
 
-Each argument is a run folder (its evaluated checkpoint: eval/best.json's step) or an `opd eval --model` folder
-(eval/<benchmark>.samples.jsonl). A run's training seeds (<run>-s<k> folders beside it) are pooled: a problem's
+Each argument is a run folder (its evaluated checkpoint: eval/best.json's step; RUN@STEP: checkpoint STEP, as `opd
+plot main-table` reads it) or an `opd eval --model` folder (eval/<benchmark>.samples.jsonl). A run's training seeds (<run>-s<k> folders beside it) are pooled: a problem's
 accuracy is the mean over every seed's samples of it. Both sides must hold the same problems. The seeds' own spread
 (the sd of the seed means) is printed too: the test is over problems, which it holds fixed, not over seeds.
 """
@@ -20,8 +20,16 @@ import sys
 from pathlib import Path
 
 
-def _samples_file(folder: Path, benchmark: str) -> Path:
+def _at_step(run: Path) -> tuple[Path, int | None]:
+    """``runs/x@40`` -> (runs/x, 40): the run read at checkpoint 40 instead of its dev pick; else (run, None)."""
+    name, at, step = run.name.rpartition("@")
+    return (run.with_name(name), int(step)) if at and step.isdigit() else (run, None)
+
+
+def _samples_file(folder: Path, benchmark: str, step: int | None = None) -> Path:
     best = folder / "eval" / "best.json"
+    if step is not None:
+        return folder / "eval" / f"step_{step:06d}" / f"{benchmark}.samples.jsonl"
     if best.is_file():
         step = int(json.loads(best.read_text())["best_step"])
         return folder / "eval" / f"step_{step:06d}" / f"{benchmark}.samples.jsonl"
@@ -35,8 +43,8 @@ def seed_folders(run: Path) -> list[Path]:
     return [run, *extra]
 
 
-def per_problem(folder: Path, benchmark: str) -> dict[str, list[bool]]:
-    f = _samples_file(folder, benchmark)
+def per_problem(folder: Path, benchmark: str, step: int | None = None) -> dict[str, list[bool]]:
+    f = _samples_file(folder, benchmark, step)
     if not f.is_file():
         raise SystemExit(f"error: {f} does not exist: evaluate {folder} on {benchmark} first")
     out: dict[str, list[bool]] = {}
@@ -50,12 +58,13 @@ def per_problem(folder: Path, benchmark: str) -> dict[str, list[bool]]:
 def pooled(run: Path, benchmark: str) -> tuple[dict[str, float], list[float]]:
     """(problem -> accuracy over all seeds' samples, each seed's mean accuracy). A seed folder not evaluated yet (a
     run still training) is left out, said on stderr, as `opd plot` does; the run itself must be evaluated."""
+    run, step = _at_step(run)
     run_itself, *others = seed_folders(run)
-    folders = [run_itself] + [f for f in others if _samples_file(f, benchmark).is_file()]
+    folders = [run_itself] + [f for f in others if _samples_file(f, benchmark, step).is_file()]
     for f in others:
         if f not in folders:
             print(f"seed folder left out: {f} has no {benchmark} evaluation yet", file=sys.stderr)
-    seeds = [per_problem(f, benchmark) for f in folders]
+    seeds = [per_problem(f, benchmark, step) for f in folders]
     keys = set(seeds[0])
     if any(set(s) != keys for s in seeds):
         raise SystemExit(f"error: the seeds of {run} were evaluated on different problems of {benchmark}")

@@ -52,3 +52,16 @@ def test_a_seed_not_evaluated_yet_is_left_out_and_said(tmp_path, capsys):
     assert "seed folder left out" in err and "run-a-s1" in err
     with pytest.raises(SystemExit, match="does not exist"):  # the run itself must be evaluated
         paired_test.compare(tmp_path / "run-a-s1", a, "b")
+
+
+def test_run_at_step_reads_that_checkpoint(tmp_path):
+    """runs/x@10: step 10's samples, not the dev pick's (a window ablation's runs compared at a fixed step)."""
+    a = _eval(tmp_path / "run-a", [[True, True]] * 6, step=40)
+    (a / "eval" / "step_000010").mkdir()
+    lines = [json.dumps({"problem_id": f"p{i}", "sample": 0, "correct": i < 3}) for i in range(6)]
+    (a / "eval" / "step_000010" / "b.samples.jsonl").write_text("\n".join(lines) + "\n")
+    base = _eval(tmp_path / "base", [[False]] * 6)
+    assert paired_test.compare(a, base, "b", rounds=200)["diff"] == pytest.approx(1.0)
+    assert paired_test.compare(Path(f"{a}@10"), base, "b", rounds=200)["diff"] == pytest.approx(0.5)
+    with pytest.raises(SystemExit, match="step_000020"):
+        paired_test.compare(Path(f"{a}@20"), base, "b")

@@ -37,7 +37,8 @@ def spread(runs: list[Path], benchmark: str) -> list[dict]:
     for run in runs:
         accs = {seed: accuracy(folder, benchmark) for seed, folder in sorted(seed_runs(run).items())}
         if not accs:
-            raise SystemExit(f"error: {run} has no evaluated seed (eval/best.json): run `make toy-seeds` first")
+            raise SystemExit(f"error: {run} has no evaluated seed (eval/best.json): run opd eval --run on it first "
+                             "(make toy-seeds and make real-seeds do); a RUN@STEP row is read by opd plot main-table")
         values = list(accs.values())
         mean, sd, _ = mean_sd(values)
         rows.append({"run": run.name.removeprefix("train-"), "seeds": list(accs), "acc": values, "mean": mean, "sd": sd})

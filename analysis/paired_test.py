@@ -4,8 +4,8 @@ sign-flip permutation test over problems (no distributional assumption, exact up
     .venv/bin/python analysis/paired_test.py runs/train-real-prefix runs/train-real-full --benchmark real
 
 Each argument is a run folder (its evaluated checkpoint: eval/best.json's step; RUN@STEP: checkpoint STEP, as `opd
-plot main-table` reads it) or an `opd eval --model` folder (eval/<benchmark>.samples.jsonl). A run's training seeds (<run>-s<k> folders beside it) are pooled: a problem's
-accuracy is the mean over every seed's samples of it. Both sides must hold the same problems. The seeds' own spread
+plot main-table` reads it) or an `opd eval --model` folder (eval/<benchmark>.samples.jsonl). A run's training seeds
+(<run>-s<k> folders beside it) are pooled: a problem's accuracy is the mean over every seed's samples of it. Both sides must hold the same problems. The seeds' own spread
 (the sd of the seed means) is printed too: the test is over problems, which it holds fixed, not over seeds.
 """
 

@@ -192,8 +192,8 @@ def plot_main_table(cfg: PlotConfig, out: Path) -> PlotResult:
         md = f"{md}\n{note}\n"
     if multi:
         md = f"Mean ± standard deviation over training seeds (the seeds column: how many).\n\n{md}"
-        columns = ["method", "seeds", "best_step", *benches, *[f"{b}_sd" for b in benches], *[f"{b}_n" for b in benches],
-                   "flops", "hours"]
+        columns = ["method", "seeds", "best_step", *benches, *[f"{b}_sd" for b in benches],
+                   *[f"{b}_n" for b in benches], "flops", "hours"]
     else:
         columns = ["method", "best_step", *benches, "flops", "hours"]
     rows = [{k: r.get(k, r["counts"].get(k[:-2])) for k in columns} for r in rows]  # <bench>_n: its seeds

@@ -5,8 +5,9 @@ sign-flip permutation test over problems (no distributional assumption, exact up
 
 Each argument is a run folder (its evaluated checkpoint: eval/best.json's step; RUN@STEP: checkpoint STEP, as `opd
 plot main-table` reads it) or an `opd eval --model` folder (eval/<benchmark>.samples.jsonl). A run's training seeds
-(<run>-s<k> folders beside it) are pooled: a problem's accuracy is the mean over every seed's samples of it. Both sides must hold the same problems. The seeds' own spread
-(the sd of the seed means) is printed too: the test is over problems, which it holds fixed, not over seeds.
+(<run>-s<k> folders beside it) are pooled: a problem's accuracy is the mean over every seed's samples of it. Both
+sides must hold the same problems. The seeds' own spread (the sd of the seed means) is printed too: the test is over
+problems, which it holds fixed, not over seeds.
 """
 
 from __future__ import annotations

@@ -20,21 +20,18 @@ import statistics
 import sys
 from pathlib import Path
 
-
-def _at_step(run: Path) -> tuple[Path, int | None]:
-    """``runs/x@40`` -> (runs/x, 40): the run read at checkpoint 40 instead of its dev pick; else (run, None)."""
-    name, at, step = run.name.rpartition("@")
-    return (run.with_name(name), int(step)) if at and step.isdigit() else (run, None)
+from opd_cli.core.runs import step_folder
+from opd_cli.plot.read import at_step
 
 
 def _samples_file(folder: Path, benchmark: str, step: int | None = None) -> Path:
+    """The samples of ``folder``'s checkpoint ``step``, else of its dev pick (eval/best.json), else of a model."""
     best = folder / "eval" / "best.json"
-    if step is not None:
-        return folder / "eval" / f"step_{step:06d}" / f"{benchmark}.samples.jsonl"
-    if best.is_file():
+    if step is None and best.is_file():
         step = int(json.loads(best.read_text())["best_step"])
-        return folder / "eval" / f"step_{step:06d}" / f"{benchmark}.samples.jsonl"
-    return folder / "eval" / f"{benchmark}.samples.jsonl"
+    if step is None:
+        return folder / "eval" / f"{benchmark}.samples.jsonl"
+    return folder / "eval" / step_folder(step) / f"{benchmark}.samples.jsonl"
 
 
 def seed_folders(run: Path) -> list[Path]:
@@ -59,7 +56,7 @@ def per_problem(folder: Path, benchmark: str, step: int | None = None) -> dict[s
 def pooled(run: Path, benchmark: str) -> tuple[dict[str, float], list[float]]:
     """(problem -> accuracy over all seeds' samples, each seed's mean accuracy). A seed folder not evaluated yet (a
     run still training) is left out, said on stderr, as `opd plot` does; the run itself must be evaluated."""
-    run, step = _at_step(run)
+    run, step = at_step(run)
     run_itself, *others = seed_folders(run)
     folders = [run_itself] + [f for f in others if _samples_file(f, benchmark, step).is_file()]
     for f in others:

@@ -196,7 +196,8 @@ def plot_main_table(cfg: PlotConfig, out: Path) -> PlotResult:
                    *[f"{b}_n" for b in benches], "flops", "hours"]
     else:
         columns = ["method", "best_step", *benches, "flops", "hours"]
-    rows = [{k: r.get(k, r["counts"].get(k[:-2])) for k in columns} for r in rows]  # <bench>_n: its seeds
+    rows = [{**r, **{f"{b}_n": n for b, n in r["counts"].items()}} for r in rows]  # <benchmark>_n: its seeds
+    rows = [{k: r.get(k) for k in columns} for r in rows]
     out.mkdir(parents=True, exist_ok=True)
     (out / "main-table.md").write_text(md)
     paths = [write_csv(rows, out / "main-table.csv"), out / "main-table.md"]

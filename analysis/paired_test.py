@@ -58,11 +58,12 @@ def pooled(run: Path, benchmark: str) -> tuple[dict[str, float], list[float]]:
     run still training) is left out, said on stderr, as `opd plot` does; the run itself must be evaluated."""
     run, step = at_step(run)
     run_itself, *others = seed_folders(run)
-    folders = [run_itself] + [f for f in others if _samples_file(f, benchmark, step).is_file()]
+    seeds = [per_problem(run_itself, benchmark, step)]  # first: a run not evaluated is an error before any note
     for f in others:
-        if f not in folders:
+        if _samples_file(f, benchmark, step).is_file():
+            seeds.append(per_problem(f, benchmark, step))
+        else:
             print(f"seed folder left out: {f} has no {benchmark} evaluation yet", file=sys.stderr)
-    seeds = [per_problem(f, benchmark, step) for f in folders]
     keys = set(seeds[0])
     if any(set(s) != keys for s in seeds):
         raise SystemExit(f"error: the seeds of {run} were evaluated on different problems of {benchmark}")
@@ -95,7 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--benchmark", required=True)
     ap.add_argument("--rounds", type=int, default=10000)
     args = ap.parse_args(argv)
-    r = compare(args.a, args.b, args.benchmark, args.rounds)
+    try:
+        r = compare(args.a, args.b, args.benchmark, args.rounds)
+    except SystemExit as err:  # bad input: one line on stderr, exit 2 (as opd's own commands)
+        if not isinstance(err.code, str):
+            raise
+        print(err.code, file=sys.stderr)
+        return 2
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
     print(f"{args.benchmark}: {args.a.name} {pct(r['a'])} ± {pct(r['a_sd'])} ({r['seeds_a']} seeds) vs {args.b.name} "
           f"{pct(r['b'])} ± {pct(r['b_sd'])} ({r['seeds_b']}); difference {pct(r['diff'])} points, 95 % interval "

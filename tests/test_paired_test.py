@@ -65,3 +65,11 @@ def test_run_at_step_reads_that_checkpoint(tmp_path):
     assert paired_test.compare(Path(f"{a}@10"), base, "b", rounds=200)["diff"] == pytest.approx(0.5)
     with pytest.raises(SystemExit, match="step_000020"):
         paired_test.compare(Path(f"{a}@20"), base, "b")
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    a = _eval(tmp_path / "run-a", [[True]] * 3, step=40)
+    _eval(tmp_path / "run-a-s1", [[True]] * 3, step=40)  # a seed without step 20 either: no note before the error
+    assert paired_test.main([f"{a}@20", str(_eval(tmp_path / "base", [[False]] * 3)), "--benchmark", "b"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.count("\n") == 1 and out.err.startswith("error: ") and "step_000020" in out.err

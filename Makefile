@@ -194,12 +194,28 @@ TOY_BUDGET_ROWS = $(call seeded,runs/train-toy-$(1)full{s}/eval/step_000010/toy-
                   $(call headline,runs/train-toy-$(1)full{s}/eval/step_000010/toy-ood.json) $(call seeded,\
                   runs/sft-baseline-toy$(if $(1),-small)$(1:small-=){s}/eval/step_000020/toy-ood.json)
 
+# The claims the docs make from a main table: each row against full OPD, Welch's t over seeds, on test and OOD
+# ($(1): the table's folder, $(2): full OPD's label); and a paired permutation test over problems of runs/$(1)
+# against runs/$(2), on test and OOD
+TOY_CLAIMS = for b in toy toy-ood; do $(BIN)/python analysis/claims.py $(1)/main-table.csv --reference "$(2)" \
+    --benchmark $$b; echo; done
+TOY_PAIRED = for b in toy toy-ood; do $(BIN)/python analysis/paired_test.py runs/$(1) runs/$(2) --benchmark $$b; done
+
 toy-table12: toy-base toy-train toy-sft $(call TOY_BUDGET_ROWS,) $(call TOY_BUDGET_ROWS,small-)  ## Tables 1-2: accuracies, FLOPs, hours (markdown + CSV), compact and larger student, with the limited-budget rows
 	$(OPD) plot main-table runs/eval-toy-student-small runs/train-toy-small-full@10 runs/sft-baseline-toy-small@20 \
 	    $(foreach r,$(TOY_SMALL_RUNS),runs/train-$(r)) runs/sft-baseline-toy-small --in-domain toy-dev,toy --ood toy-ood \
 	    -o $(TOY_FIG)/small
 	$(OPD) plot main-table runs/eval-toy-student runs/train-toy-full@10 runs/sft-baseline-toy@20 \
 	    $(foreach r,$(TOY_RUNS),runs/train-$(r)) runs/sft-baseline-toy --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)
+	$(call TOY_CLAIMS,$(TOY_FIG),toy-full) > $(TOY_FIG)/claims.md
+	$(call TOY_CLAIMS,$(TOY_FIG)/small,toy-small-full (small)) > $(TOY_FIG)/small/claims.md
+	{ for r in $(addprefix train-,$(TOY_RUNS)) sft-baseline-toy; do $(call TOY_PAIRED,$$r,eval-toy-student); done; \
+	  for r in $(addprefix train-,$(TOY_SMALL_RUNS)) sft-baseline-toy-small; do \
+	      $(call TOY_PAIRED,$$r,eval-toy-student-small); done; \
+	  for r in $(addprefix train-,$(filter-out toy-full,$(TOY_RUNS))) sft-baseline-toy; do \
+	      $(call TOY_PAIRED,$$r,train-toy-full); done; \
+	  for r in $(addprefix train-,$(filter-out toy-small-full,$(TOY_SMALL_RUNS))) sft-baseline-toy-small; do \
+	      $(call TOY_PAIRED,$$r,train-toy-small-full); done; } > $(TOY_FIG)/paired-tests.txt
 
 toy-fig2: runs/train-toy-full/final/config.json  ## Fig. 2: KL per position bin during full OPD
 	$(OPD) kl-by-position --recipe recipes/kl-by-position-toy-full.yaml --if-exists resume
@@ -232,6 +248,7 @@ toy-fig7: $(foreach lr,$(OPD_LRS),$(call seeded,runs/train-toy-prefix-lr$(lr){s}
 	$(OPD) plot lr-sweep $(foreach lr,$(OPD_LRS),runs/train-toy-prefix-lr$(lr)) -o $(TOY_FIG)
 	$(OPD) plot main-table runs/eval-toy-student $(foreach lr,$(OPD_LRS),runs/train-toy-prefix-lr$(lr)@30) \
 	    --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)/table4
+	$(call TOY_CLAIMS,$(TOY_FIG)/table4,toy-prefix-lr1e-4 @ step 30) > $(TOY_FIG)/table4/claims.md
 
 # the window ablation, per seed ($(1) = '' or -s<k>, $(2) = the seed): its references are that seed's main runs
 define WINDOW_RULE
@@ -244,6 +261,11 @@ $(foreach s,1 2 3 4 5 6 7 8 9,$(eval $(call WINDOW_RULE,-s$(s),$(s))))
 
 toy-table3: $(call seeded,runs/window-ablation-toy{s}/table.csv)  ## Table 3: loss-window ablation (references adopted from the main runs)
 	$(OPD) plot window-ablation runs/window-ablation-toy -o $(TOY_FIG)
+	{ for w in window-10-20 window-20-30 window-30-40 tail-10 full; do $(BIN)/python analysis/paired_test.py \
+	      runs/window-ablation-toy/runs/prefix-10@30 runs/window-ablation-toy/runs/$$w@30 --benchmark toy-dev; done; \
+	  for w in window-10-20 window-20-30 window-30-40 tail-10; do $(BIN)/python analysis/paired_test.py \
+	      runs/window-ablation-toy/runs/$$w@30 runs/window-ablation-toy/runs/full@30 --benchmark toy-dev; done; } \
+	    > $(TOY_FIG)/window-tests.txt
 
 toy-overlap: runs/train-toy-full/final/config.json runs/train-toy-prefix/final/config.json  ## Rethinking-OPD overlap dynamics
 	$(OPD) plot overlap runs/train-toy-full runs/train-toy-prefix -o $(TOY_FIG)
@@ -271,6 +293,7 @@ toy-pgopd: toy-base $(foreach r,$(TOY_PG_RUNS),$(call seeded,runs/train-$(r){s}/
 	$(OPD) plot compute-vs-acc $(foreach r,$(TOY_PG_RUNS),runs/train-$(r)) --x-axis wall -o $(TOY_FIG)/pgopd
 	$(OPD) plot main-table runs/eval-toy-student $(foreach r,$(TOY_PG_RUNS),runs/train-$(r)) \
 	    --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)/pgopd
+	$(call TOY_CLAIMS,$(TOY_FIG)/pgopd,toy-full) > $(TOY_FIG)/pgopd/claims.md
 
 TOY_AD_RUNS := toy-full toy-schedule toy-adaptive
 toy-adaptive: toy-base $(foreach r,$(TOY_AD_RUNS) $(patsubst toy-%,toy-small-%,$(TOY_AD_RUNS)),$(call seeded,runs/train-$(r){s}/eval/best.json))  ## the adaptive prefix schedule vs the linear one and full OPD (both students)
@@ -280,6 +303,10 @@ toy-adaptive: toy-base $(foreach r,$(TOY_AD_RUNS) $(patsubst toy-%,toy-small-%,$
 	    --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)/adaptive
 	$(OPD) plot main-table runs/eval-toy-student-small $(foreach r,$(TOY_AD_RUNS),runs/train-$(patsubst toy-%,toy-small-%,$(r))) \
 	    --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)/small/adaptive
+	{ $(call TOY_CLAIMS,$(TOY_FIG)/adaptive,toy-full); $(call TOY_CLAIMS,$(TOY_FIG)/adaptive,toy-schedule); } \
+	    > $(TOY_FIG)/adaptive/claims.md
+	{ $(call TOY_CLAIMS,$(TOY_FIG)/small/adaptive,toy-small-full (small)); \
+	  $(call TOY_CLAIMS,$(TOY_FIG)/small/adaptive,toy-small-schedule (small)); } > $(TOY_FIG)/small/adaptive/claims.md
 
 # Rethinking OPD's experiments on the toy world (recipes/train-toy-rethink-*.yaml: 30 steps each, dev accuracy at
 # steps 0/10/20/30), their figures in analysis/toy/rethinking/. Every training run (and the cold start's SFT) is made

@@ -5,7 +5,8 @@ sign-flip permutation test over problems (no distributional assumption, exact up
 
 Each argument is a run folder (its evaluated checkpoint: eval/best.json's step; RUN@STEP: checkpoint STEP, as `opd
 plot main-table` reads it) or an `opd eval --model` folder (eval/<benchmark>.samples.jsonl). A run's training seeds
-(<run>-s<k> folders beside it) are pooled: a problem's accuracy is the mean over every seed's samples of it. Both
+(<run>-s<k> folders beside it; a window ablation's run <ablation>/runs/<name> has them in
+<ablation>-s<k>/runs/<name>) are pooled: a problem's accuracy is the mean over every seed's samples of it. Both
 sides must hold the same problems. The seeds' own spread (the sd of the seed means) is printed too: the test is over
 problems, which it holds fixed, not over seeds.
 """
@@ -34,11 +35,20 @@ def _samples_file(folder: Path, benchmark: str, step: int | None = None) -> Path
     return folder / "eval" / step_folder(step) / f"{benchmark}.samples.jsonl"
 
 
+def _seeds_beside(folder: Path) -> list[Path]:
+    """``folder``'s <folder>-s<k> siblings, seed order."""
+    pattern = re.escape(folder.name) + r"-s\d+"
+    return sorted((p for p in folder.parent.glob(folder.name + "-s*") if re.fullmatch(pattern, p.name)),
+                  key=lambda p: int(p.name.rsplit("-s", 1)[1]))
+
+
 def seed_folders(run: Path) -> list[Path]:
-    """The run and its <run>-s<k> seed folders, seed order."""
-    extra = sorted((p for p in run.parent.glob(run.name + "-s*") if re.fullmatch(re.escape(run.name) + r"-s\d+", p.name)),
-                   key=lambda p: int(p.name.rsplit("-s", 1)[1]))
-    return [run, *extra]
+    """The run and its seed folders, seed order: <run>-s<k> beside it, or, for a run inside a seeded ablation
+    (<ablation>/runs/<name>, as opd window-ablation writes), <ablation>-s<k>/runs/<name>."""
+    beside = _seeds_beside(run)
+    if beside or run.parent.name != "runs":
+        return [run, *beside]
+    return [run, *(a / "runs" / run.name for a in _seeds_beside(run.parent.parent) if (a / "runs" / run.name).is_dir())]
 
 
 def per_problem(folder: Path, benchmark: str, step: int | None = None) -> dict[str, list[bool]]:

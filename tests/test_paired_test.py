@@ -73,3 +73,14 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert paired_test.main([f"{a}@20", str(_eval(tmp_path / "base", [[False]] * 3)), "--benchmark", "b"]) == 2
     out = capsys.readouterr()
     assert out.out == "" and out.err.count("\n") == 1 and out.err.startswith("error: ") and "step_000020" in out.err
+
+
+def test_a_window_ablation_run_pools_the_seeded_ablations(tmp_path):
+    """<ablation>/runs/<name>'s seeds live in <ablation>-s<k>/runs/<name> (opd window-ablation per seed)."""
+    a = _eval(tmp_path / "window-ablation" / "runs" / "prefix-10", [[True, True]] * 8, step=30)
+    _eval(tmp_path / "window-ablation-s1" / "runs" / "prefix-10", [[False, False]] * 8, step=30)
+    _eval(tmp_path / "window-ablation-s2" / "runs" / "prefix-10", [[True, False]] * 8, step=30)
+    (tmp_path / "window-ablation-s3" / "runs").mkdir(parents=True)  # a seed without this window: not a seed of it
+    assert paired_test.seed_folders(a) == [a, *(tmp_path / f"window-ablation-s{k}" / "runs" / "prefix-10" for k in (1, 2))]
+    r = paired_test.compare(a, _eval(tmp_path / "base", [[False, False]] * 8), "b", rounds=200)
+    assert r["seeds_a"] == 3 and r["a"] == pytest.approx(0.5) and r["diff"] == pytest.approx(0.5)

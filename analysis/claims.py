@@ -104,7 +104,7 @@ def format_table(found: list[dict[str, object]], benchmark: str, reference: str)
         t = c["test"]
         interval = "-" if t is None else f"[{100 * t['low']:+.1f}, {100 * t['high']:+.1f}]"
         welch_t = "-" if t is None else f"{t['t']:.2f} ({t['df']:.1f})"
-        p = "-" if t is None else f"{t['p']:.3f}"
+        p = "-" if t is None else "< 0.001" if t["p"] < 0.0005 else f"{t['p']:.3f}"
         gain = "-" if c["gain_share"] is None else f"{100 * c['gain_share']:.0f} %"
         ratio = "-" if c["flops_ratio"] is None else f"{c['flops_ratio']:.2f}"
         lines.append(f"| {c['method']} | {100 * c['acc']:.1f} | {100 * c['diff']:+.1f} | {interval} | {welch_t} | {p} "

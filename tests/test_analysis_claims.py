@@ -39,6 +39,9 @@ def test_compare_against_the_reference():
     assert out["prefix"]["flops_ratio"] == pytest.approx(0.2)
     table = claims.format_table(list(out.values()), "toy", "full")
     assert "| prefix | 60.0 | -10.0 | [" in table and "| 0.083 |" in table
+    far = claims.compare([{**ROWS[1], "seeds": "10"}, {**ROWS[2], "seeds": "10", "toy": "0.2"}], "full", "toy")
+    assert far[0]["test"]["p"] < 0.0005  # 50 points below on 10 seeds each
+    assert "| < 0.001 |" in claims.format_table(far, "toy", "full")
 
 
 def test_no_test_without_variance():

@@ -194,8 +194,8 @@ TOY_BUDGET_ROWS = $(call seeded,runs/train-toy-$(1)full{s}/eval/step_000010/toy-
                   $(call headline,runs/train-toy-$(1)full{s}/eval/step_000010/toy-ood.json) $(call seeded,\
                   runs/sft-baseline-toy$(if $(1),-small)$(1:small-=){s}/eval/step_000020/toy-ood.json)
 
-# The claims the docs make from a main table: each row against full OPD, Welch's t over seeds, on test and OOD
-# ($(1): the table's folder, $(2): full OPD's label); and a paired permutation test over problems of runs/$(1)
+# The claims the docs make from a main table: each row against a reference row (full OPD, its 10-step row, the
+# schedule), Welch's t over seeds, on test and OOD ($(1): the table's folder, $(2): the reference's label); and a paired permutation test over problems of runs/$(1)
 # against runs/$(2), on test and OOD
 TOY_CLAIMS = for b in toy toy-ood; do $(BIN)/python analysis/claims.py $(1)/main-table.csv --reference "$(2)" \
     --benchmark $$b; echo; done
@@ -207,8 +207,9 @@ toy-table12: toy-base toy-train toy-sft $(call TOY_BUDGET_ROWS,) $(call TOY_BUDG
 	    -o $(TOY_FIG)/small
 	$(OPD) plot main-table runs/eval-toy-student runs/train-toy-full@10 runs/sft-baseline-toy@20 \
 	    $(foreach r,$(TOY_RUNS),runs/train-$(r)) runs/sft-baseline-toy --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)
-	$(call TOY_CLAIMS,$(TOY_FIG),toy-full) > $(TOY_FIG)/claims.md
-	$(call TOY_CLAIMS,$(TOY_FIG)/small,toy-small-full (small)) > $(TOY_FIG)/small/claims.md
+	{ $(call TOY_CLAIMS,$(TOY_FIG),toy-full); $(call TOY_CLAIMS,$(TOY_FIG),toy-full @ step 10); } > $(TOY_FIG)/claims.md
+	{ $(call TOY_CLAIMS,$(TOY_FIG)/small,toy-small-full (small)); \
+	  $(call TOY_CLAIMS,$(TOY_FIG)/small,toy-small-full (small) @ step 10); } > $(TOY_FIG)/small/claims.md
 	{ for r in $(addprefix train-,$(TOY_RUNS)) sft-baseline-toy; do $(call TOY_PAIRED,$$r,eval-toy-student); done; \
 	  for r in $(addprefix train-,$(TOY_SMALL_RUNS)) sft-baseline-toy-small; do \
 	      $(call TOY_PAIRED,$$r,eval-toy-student-small); done; \
@@ -238,6 +239,10 @@ toy-fig4: toy-train  ## Fig. 4: training FLOPs vs dev accuracy over checkpoints 
 
 toy-fig6: toy-sft $(call seeded,runs/train-toy-prefix{s}/eval/best.json)  ## Fig. 6: prefix SFT at several learning rates vs prefix OPD
 	$(OPD) plot sft-prefix $(foreach lr,$(SFT_LRS),runs/sft-toy-prefix-lr$(lr)) runs/train-toy-prefix -o $(TOY_FIG)
+	$(OPD) plot main-table $(foreach lr,$(SFT_LRS),runs/sft-toy-prefix-lr$(lr)@40) runs/train-toy-prefix@40 \
+	    --in-domain toy-dev -o $(TOY_FIG)/fig6
+	$(BIN)/python analysis/claims.py $(TOY_FIG)/fig6/main-table.csv --reference "toy-prefix @ step 40" \
+	    --benchmark toy-dev > $(TOY_FIG)/fig6/claims.md
 
 runs/train-toy-prefix-lr%/eval/best.json: | toy-world
 	$(OPD) train --recipe recipes/train-toy-prefix.yaml --lr $(call unseeded,$*) --steps 30 --name toy-prefix-lr$* \

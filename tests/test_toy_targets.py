@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from make_dryrun import command, flag, opd_lines, unwritten_reads
+from make_dryrun import ROOT, command, flag, opd_lines, unwritten_reads
 
 SEEDS = "TOY_SEEDS=0 1 2"
 
@@ -55,3 +55,22 @@ def test_toy_rethinking_reads_only_folders_its_runs_write() -> None:
     lines = opd_lines("toy-rethinking-runs", SEEDS) + opd_lines("toy-rethinking", SEEDS)
     assert sum(command(ln) == "train" for ln in lines) >= 3 * 10 and any(command(ln).startswith("plot") for ln in lines)
     assert unwritten_reads(lines) == []
+
+
+@pytest.mark.parametrize("target", ["toy-table12", "toy-fig6", "toy-fig7", "toy-pgopd", "toy-adaptive"])
+def test_each_claims_reference_is_a_method_of_its_shipped_table(target: str) -> None:
+    """The claims the docs quote (analysis/claims.py on a main table) compare against a row the table has: the
+    labels `opd plot main-table` gives (`toy-small-full (small)`, `toy-prefix-lr1e-4 @ step 30`) are easy to miss."""
+    import csv
+    import shlex
+    import subprocess
+
+    out = subprocess.run(["make", "-n", "-B", "--no-print-directory", target, SEEDS], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.replace("\\\n", " ")
+    calls = [shlex.split(m) for m in re.findall(r"analysis/claims\.py ([^;]+?) --benchmark", out)]
+    assert calls, f"{target} writes no claims"
+    for words in calls:
+        table, reference = ROOT / words[0], words[words.index("--reference") + 1]
+        with table.open(newline="") as f:
+            methods = [row["method"] for row in csv.DictReader(f)]
+        assert reference in methods, f"{table}: no row {reference!r}"

@@ -195,8 +195,8 @@ TOY_BUDGET_ROWS = $(call seeded,runs/train-toy-$(1)full{s}/eval/step_000010/toy-
                   runs/sft-baseline-toy$(if $(1),-small)$(1:small-=){s}/eval/step_000020/toy-ood.json)
 
 # The claims the docs make from a main table: each row against a reference row (full OPD, its 10-step row, the
-# schedule), Welch's t over seeds, on test and OOD ($(1): the table's folder, $(2): the reference's label); and a paired permutation test over problems of runs/$(1)
-# against runs/$(2), on test and OOD
+# schedule), Welch's t over seeds, on test and OOD ($(1): the table's folder, $(2): the reference's label); and a
+# paired permutation test over problems of runs/$(1) against runs/$(2), on test and OOD
 TOY_CLAIMS = for b in toy toy-ood; do $(BIN)/python analysis/claims.py $(1)/main-table.csv --reference "$(2)" \
     --benchmark $$b; echo; done
 TOY_PAIRED = for b in toy toy-ood; do $(BIN)/python analysis/paired_test.py runs/$(1) runs/$(2) --benchmark $$b; done
@@ -291,14 +291,18 @@ toy-paper-all: toy-table3 toy-table12 toy-fig2 toy-fig3 toy-fig4 toy-fig5 toy-fi
 # ------------------------------------------------------------------------------------------------ beyond the paper
 # PG-OPD (prefix-guided rollout allocation) and the adaptive prefix schedule against full and prefix OPD: dev
 # accuracy over checkpoints against training FLOPs and wall time (Fig. 4 style), and the main table. The reference
-# runs are the ones of Tables 1-2 (made here if missing).
+# runs are the ones of Tables 1-2 (made here if missing). Each table gets its Welch claims (claims.md) and paired
+# permutation tests over problems (paired-tests.txt): the new method against full OPD and against its nearest rival.
 TOY_PG_RUNS := toy-full toy-prefix toy-pgopd toy-pgopd-all toy-pgopd-weight
 toy-pgopd: toy-base $(foreach r,$(TOY_PG_RUNS),$(call seeded,runs/train-$(r){s}/eval/best.json))  ## PG-OPD vs full and prefix OPD, with its two ablations (continue all, overlap as weight)
 	$(OPD) plot compute-vs-acc $(foreach r,$(TOY_PG_RUNS),runs/train-$(r)) -o $(TOY_FIG)/pgopd
 	$(OPD) plot compute-vs-acc $(foreach r,$(TOY_PG_RUNS),runs/train-$(r)) --x-axis wall -o $(TOY_FIG)/pgopd
 	$(OPD) plot main-table runs/eval-toy-student $(foreach r,$(TOY_PG_RUNS),runs/train-$(r)) \
 	    --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)/pgopd
-	$(call TOY_CLAIMS,$(TOY_FIG)/pgopd,toy-full) > $(TOY_FIG)/pgopd/claims.md
+	{ $(call TOY_CLAIMS,$(TOY_FIG)/pgopd,toy-full); $(call TOY_CLAIMS,$(TOY_FIG)/pgopd,toy-pgopd); } \
+	    > $(TOY_FIG)/pgopd/claims.md
+	{ $(call TOY_PAIRED,train-toy-pgopd,train-toy-full); $(call TOY_PAIRED,train-toy-pgopd,train-toy-pgopd-all); \
+	  $(call TOY_PAIRED,train-toy-pgopd-weight,train-toy-pgopd-all); } > $(TOY_FIG)/pgopd/paired-tests.txt
 
 TOY_AD_RUNS := toy-full toy-schedule toy-adaptive
 toy-adaptive: toy-base $(foreach r,$(TOY_AD_RUNS) $(patsubst toy-%,toy-small-%,$(TOY_AD_RUNS)),$(call seeded,runs/train-$(r){s}/eval/best.json))  ## the adaptive prefix schedule vs the linear one and full OPD (both students)
@@ -312,6 +316,11 @@ toy-adaptive: toy-base $(foreach r,$(TOY_AD_RUNS) $(patsubst toy-%,toy-small-%,$
 	    > $(TOY_FIG)/adaptive/claims.md
 	{ $(call TOY_CLAIMS,$(TOY_FIG)/small/adaptive,toy-small-full (small)); \
 	  $(call TOY_CLAIMS,$(TOY_FIG)/small/adaptive,toy-small-schedule (small)); } > $(TOY_FIG)/small/adaptive/claims.md
+	{ $(call TOY_PAIRED,train-toy-adaptive,train-toy-full); $(call TOY_PAIRED,train-toy-adaptive,train-toy-schedule); \
+	  $(call TOY_PAIRED,train-toy-schedule,train-toy-full); } > $(TOY_FIG)/adaptive/paired-tests.txt
+	{ $(call TOY_PAIRED,train-toy-small-adaptive,train-toy-small-full); \
+	  $(call TOY_PAIRED,train-toy-small-adaptive,train-toy-small-schedule); \
+	  $(call TOY_PAIRED,train-toy-small-schedule,train-toy-small-full); } > $(TOY_FIG)/small/adaptive/paired-tests.txt
 
 # Rethinking OPD's experiments on the toy world (recipes/train-toy-rethink-*.yaml: 30 steps each, dev accuracy at
 # steps 0/10/20/30), their figures in analysis/toy/rethinking/. Every training run (and the cold start's SFT) is made

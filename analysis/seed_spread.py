@@ -4,12 +4,15 @@
 
 Each argument is a seed-0 run folder; its other seeds are the folders beside it named ``<run>-s<seed>``. For each
 run, the accuracy is the Mean Acc of ``--benchmark`` at the checkpoint its ``eval/best.json`` picked (the step that
-`opd eval --run` chose on its dev benchmark). Prints a table and writes ``<out>/seed-spread.md`` and ``.json``.
+`opd eval --run` chose on its dev benchmark). With several runs, each is tested against the last one (the reference,
+e.g. full OPD) with Welch's t over the seeds (analysis/claims.py): the difference, its 95 % interval and p. Prints a
+table and the tests, and writes ``<out>/seed-spread.md`` and ``.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from pathlib import Path
 
@@ -45,12 +48,34 @@ def spread(runs: list[Path], benchmark: str) -> list[dict]:
     return rows
 
 
+def _welch():
+    spec = importlib.util.spec_from_file_location("claims", Path(__file__).with_name("claims.py"))
+    claims = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claims)
+    return claims.welch
+
+
+def tests(rows: list[dict]) -> list[dict]:
+    """Each run against the last one: Welch's t over their seeds (None where neither has a spread to test with)."""
+    welch, ref = _welch(), rows[-1]
+    return [{"run": r["run"], "reference": ref["run"],
+             "test": welch(r["mean"], r["sd"] or 0.0, len(r["acc"]), ref["mean"], ref["sd"] or 0.0, len(ref["acc"]))}
+            for r in rows[:-1]]
+
+
 def markdown(rows: list[dict], benchmark: str) -> str:
     lines = [f"| run | seeds | {benchmark} mean ± sd | per seed |", "|---|---|---|---|"]
     for r in rows:
         sd = "n/a" if r["sd"] is None else f"{100 * r['sd']:.1f}"
         per = ", ".join(f"{100 * a:.1f}" for a in r["acc"])
         lines.append(f"| {r['run']} | {len(r['seeds'])} | {100 * r['mean']:.1f} ± {sd} | {per} |")
+    for c in tests(rows) if len(rows) > 1 else []:
+        t, pair = c["test"], f"{c['run']} vs {c['reference']}"
+        if t is None:
+            lines.append(f"\n{pair}: no spread to test with (one seed each, or no variance)")
+        else:
+            lines.append(f"\n{pair}: {100 * t['diff']:+.1f} points, 95 % interval [{100 * t['low']:+.1f}, "
+                         f"{100 * t['high']:+.1f}], Welch t = {t['t']:.2f} on {t['df']:.1f} df, p = {t['p']:.3f}")
     return "\n".join(lines) + "\n"
 
 
@@ -66,7 +91,8 @@ def main() -> None:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "seed-spread.md").write_text(table)
-        (args.out / "seed-spread.json").write_text(json.dumps(rows, indent=2) + "\n")
+        found = {"runs": rows, "tests": tests(rows) if len(rows) > 1 else []}
+        (args.out / "seed-spread.json").write_text(json.dumps(found, indent=2) + "\n")
 
 
 if __name__ == "__main__":

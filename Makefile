@@ -207,9 +207,11 @@ toy-table12: toy-base toy-train toy-sft $(call TOY_BUDGET_ROWS,) $(call TOY_BUDG
 	    -o $(TOY_FIG)/small
 	$(OPD) plot main-table runs/eval-toy-student runs/train-toy-full@10 runs/sft-baseline-toy@20 \
 	    $(foreach r,$(TOY_RUNS),runs/train-$(r)) runs/sft-baseline-toy --in-domain toy-dev,toy --ood toy-ood -o $(TOY_FIG)
-	{ $(call TOY_CLAIMS,$(TOY_FIG),toy-full); $(call TOY_CLAIMS,$(TOY_FIG),toy-full @ step 10); } > $(TOY_FIG)/claims.md
+	{ $(call TOY_CLAIMS,$(TOY_FIG),toy-full); $(call TOY_CLAIMS,$(TOY_FIG),toy-full @ step 10); \
+	  $(call TOY_CLAIMS,$(TOY_FIG),toy-prefix); } > $(TOY_FIG)/claims.md
 	{ $(call TOY_CLAIMS,$(TOY_FIG)/small,toy-small-full (small)); \
-	  $(call TOY_CLAIMS,$(TOY_FIG)/small,toy-small-full (small) @ step 10); } > $(TOY_FIG)/small/claims.md
+	  $(call TOY_CLAIMS,$(TOY_FIG)/small,toy-small-full (small) @ step 10); \
+	  $(call TOY_CLAIMS,$(TOY_FIG)/small,toy-small-prefix (small)); } > $(TOY_FIG)/small/claims.md
 	{ for r in $(addprefix train-,$(TOY_RUNS)) sft-baseline-toy; do $(call TOY_PAIRED,$$r,eval-toy-student); done; \
 	  for r in $(addprefix train-,$(TOY_SMALL_RUNS)) sft-baseline-toy-small; do \
 	      $(call TOY_PAIRED,$$r,eval-toy-student-small); done; \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -371,3 +372,31 @@ def test_teacher_prefix_plot_of_a_student_prefix_run(tmp_path):
     assert {"probe", "probe: student alone", "probe: teacher", "sp: teacher alone"} <= set(both.data["probe"])
     assert both.data["axes"]["x"] == "prefix length L (tokens)"
     assert plot(tmp_path / "t", "teacher-prefix", [AN / "probe"]).data["axes"]["x"] == "teacher prefix length L (tokens)"
+
+
+def _sweep_run(tmp_path, name, dev, ood_steps):
+    """A copy of the prefix fixture with dev (toy) accuracies ``dev`` at steps 0, 2, 4 and toy-ood only at
+    ``ood_steps``."""
+    run = tmp_path / "runs" / name
+    shutil.copytree(RUNS / "opd_prefix", run)
+    for step, acc in zip((0, 2, 4), dev, strict=True):
+        folder = run / "eval" / f"step_{step:06d}"
+        summary = json.loads((folder / "toy.json").read_text())
+        (folder / "toy.json").write_text(json.dumps({**summary, "mean_acc": acc}))
+        if step not in ood_steps:
+            (folder / "toy-ood.json").unlink()
+    return run
+
+
+def test_lr_sweep_level_is_not_set_by_a_run_that_never_trains(tmp_path):
+    """A collapsed lr (never above its first checkpoint) would put the level at the untrained student's; the
+    checkpoint is picked among those evaluated out of domain (here step 4 of `late`, not its closer step 2)."""
+    runs = [_sweep_run(tmp_path, "good", [0.1, 0.35, 0.4], {0, 2, 4}),
+            _sweep_run(tmp_path, "late", [0.1, 0.42, 0.5], {0, 4}),
+            _sweep_run(tmp_path, "collapsed", [0.1, 0.05, 0.02], {0, 4})]
+    res = plot(tmp_path / "out", "lr-sweep", runs, ood=["toy-ood"])
+    assert res.data["target"] == 0.4  # the lowest level the runs that train reach, not 0.1
+    rows = {r["method"].split(" ")[0]: r for r in csv.DictReader((tmp_path / "out" / "lr-sweep.csv").open())}
+    assert [(rows[n]["step"], rows[n]["trains"]) for n in ("good", "late", "collapsed")] == [
+        ("4", "True"), ("4", "True"), ("0", "False")]
+    assert float(rows["late"]["toy-ood"]) == 0.28

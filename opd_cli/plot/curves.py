@@ -199,19 +199,29 @@ def plot_sft_prefix(cfg: PlotConfig, out: Path) -> PlotResult:
 
 
 def plot_lr_sweep(cfg: PlotConfig, out: Path) -> PlotResult:
-    """Dev accuracy over steps per lr, and OOD accuracy at the checkpoint whose dev accuracy is closest to a level;
-    over seeds, the mean curve picks the checkpoint and the OOD accuracy is the seeds' mean there."""
+    """Dev accuracy over steps per lr, and OOD accuracy at a matched dev level: each run's checkpoint closest to the
+    level among those evaluated out of domain (all of them where none is). The level is --match-acc, else the
+    highest that every run that trains reaches at such a checkpoint; a run that never rises above its first
+    checkpoint (a collapsed lr) does not set it, or it would be the untrained student's. Over seeds, the mean curve
+    picks the checkpoint and the OOD accuracy is the seeds' mean there."""
     groups = collect_seeds(cfg, lambda run: (dev_curve(run, cfg)[1], {b: eval_scores(run, b) for b in cfg.ood}))
     curves = {run: {s: m for s, (m, _) in mean_curve([dev for dev, _ in seeds]).items()} for run, seeds in groups}
-    target = cfg.match_acc if cfg.match_acc >= 0 else min(max(s.values()) for s in curves.values())
+    candidates = {}
+    for run, seeds in groups:
+        with_ood = {s for _, oods in seeds for b in cfg.ood for s in oods[b]} & set(curves[run])
+        candidates[run] = sorted(with_ood or curves[run])
+    reach = {run: max(curves[run][s] for s in candidates[run]) for run in curves}
+    trains = {run: reach[run] > curves[run][min(curves[run])] for run in curves}
+    levels = [reach[run] for run in curves if trains[run]] or list(reach.values())
+    target = cfg.match_acc if cfg.match_acc >= 0 else min(levels)
     fig, axes = _panels(2, 5.5)
     rows: list[dict[str, Any]] = []
     for run, seeds in groups:
         scores = curves[run]
         name = label_with_seeds(_run_label(run, with_lr=True), len(seeds))
         axes[0].plot(list(scores), list(scores.values()), marker="o", label=name)
-        step = min(scores, key=lambda s: (abs(scores[s] - target), s))  # earliest of equally close checkpoints
-        row: dict[str, Any] = {"method": name, "step": step, "dev_acc": scores[step]}
+        step = min(candidates[run], key=lambda s: (abs(scores[s] - target), s))  # earliest of equally close ones
+        row: dict[str, Any] = {"method": name, "step": step, "dev_acc": scores[step], "trains": trains[run]}
         for b in cfg.ood:
             ood = [oods[b][step] for _, oods in seeds if step in oods[b]]
             if ood:
@@ -233,7 +243,7 @@ def plot_lr_sweep(cfg: PlotConfig, out: Path) -> PlotResult:
     axes[1].set_xticks([j + 0.4 - width / 2 for j in range(len(oods))], oods)
     axes[1].set(ylabel="Mean Acc", title=f"OOD at matched dev accuracy ({target:.3f})")
     axes[1].legend(fontsize=8)
-    table = [{k: r.get(k, "") for k in ["method", "step", "dev_acc", *oods]} for r in rows]
+    table = [{k: r.get(k, "") for k in ["method", "step", "dev_acc", *oods, "trains"]} for r in rows]
     paths = save(fig, out, "lr-sweep") + [write_csv(table, out / "lr-sweep.csv")]
     return PlotResult(paths, {"dev": axes_data(axes[0]), "matched": table, "target": target})
 

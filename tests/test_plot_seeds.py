@@ -172,3 +172,14 @@ def test_dynamics_over_seeds_draws_means_and_tabulates_them(tmp_path, seeded):
     md = (tmp_path / "out" / "dynamics.md").read_text()
     assert "over up to 3 training seeds" in md and "| OPD full (3 seeds) | 3 |" in md and "| opd_prefix | 1 |" in md
     assert (tmp_path / "out" / "dynamics.csv").is_file()
+
+
+def test_lr_sweep_matches_only_where_every_seed_was_evaluated_out_of_domain(tmp_path, seeded):
+    """Seeds 1 and 2 lack toy-ood at step 4 (seed 0's alone is there): opd_full is matched at step 2, where all three
+    seeds have it, and the level is the 0.3 its mean curve reaches there."""
+    for seed in (1, 2):
+        (seeded / f"opd_full-s{seed}" / "eval" / "step_000004" / "toy-ood.json").unlink()
+    res = plot(tmp_path, "lr-sweep", [seeded / "opd_full", seeded / "opd_prefix"], ood=["toy-ood"])
+    assert res.data["target"] == pytest.approx(0.3)
+    rows = list(csv.DictReader((tmp_path / "out" / "lr-sweep.csv").open()))
+    assert [(r["step"], r["trains"]) for r in rows] == [("2", "True"), ("2", "True")]

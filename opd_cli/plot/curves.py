@@ -200,15 +200,16 @@ def plot_sft_prefix(cfg: PlotConfig, out: Path) -> PlotResult:
 
 def plot_lr_sweep(cfg: PlotConfig, out: Path) -> PlotResult:
     """Dev accuracy over steps per lr, and OOD accuracy at a matched dev level: each run's checkpoint closest to the
-    level among those evaluated out of domain (all of them where none is). The level is --match-acc, else the
-    highest that every run that trains reaches at such a checkpoint; a run that never rises above its first
-    checkpoint (a collapsed lr) does not set it, or it would be the untrained student's. Over seeds, the mean curve
-    picks the checkpoint and the OOD accuracy is the seeds' mean there."""
+    level among those where every seed was evaluated out of domain (all of them where none is). The level is
+    --match-acc, else the highest that every run that trains reaches at such a checkpoint; a run that never rises
+    above its first checkpoint (a collapsed lr) does not set it, or it would be the untrained student's. Over seeds,
+    the mean curve picks the checkpoint and the OOD accuracy is the seeds' mean there."""
     groups = collect_seeds(cfg, lambda run: (dev_curve(run, cfg)[1], {b: eval_scores(run, b) for b in cfg.ood}))
     curves = {run: {s: m for s, (m, _) in mean_curve([dev for dev, _ in seeds]).items()} for run, seeds in groups}
     candidates = {}
     for run, seeds in groups:
-        with_ood = {s for _, oods in seeds for b in cfg.ood for s in oods[b]} & set(curves[run])
+        # a step where every seed was evaluated out of domain (a seed's own best pick is evaluated there alone)
+        with_ood = set(curves[run]).intersection(*({s for b in cfg.ood for s in oods[b]} for _, oods in seeds))
         candidates[run] = sorted(with_ood or curves[run])
     reach = {run: max(curves[run][s] for s in candidates[run]) for run in curves}
     trains = {run: reach[run] > curves[run][min(curves[run])] for run in curves}
@@ -238,10 +239,14 @@ def plot_lr_sweep(cfg: PlotConfig, out: Path) -> PlotResult:
     width = 0.8 / len(rows)
     for i, r in enumerate(rows):
         axes[1].bar(
-            [j + i * width for j in range(len(oods))], [r.get(b, float("nan")) for b in oods], width, label=r["method"]
+            [j + i * width for j in range(len(oods))], [r.get(b, float("nan")) for b in oods], width,
+            label=r["method"] if r["trains"] else f"{r['method']}: does not train (step {r['step']})",
+            hatch="" if r["trains"] else "//",
         )
     axes[1].set_xticks([j + 0.4 - width / 2 for j in range(len(oods))], oods)
     axes[1].set(ylabel="Mean Acc", title=f"OOD at matched dev accuracy ({target:.3f})")
+    top = max((r.get(b, 0.0) for r in rows for b in oods), default=0.0)
+    axes[1].set_ylim(0, 1.5 * top or 1.0)  # room above the bars for the legend
     axes[1].legend(fontsize=8)
     table = [{k: r.get(k, "") for k in ["method", "step", "dev_acc", *oods, "trains"]} for r in rows]
     paths = save(fig, out, "lr-sweep") + [write_csv(table, out / "lr-sweep.csv")]

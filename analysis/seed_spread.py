@@ -12,9 +12,10 @@ table and the tests, and writes ``<out>/seed-spread.md`` and ``.json``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
+
+from claims import welch  # analysis/claims.py, beside this script
 
 from opd_cli.plot.seeds import SEED_SUFFIX, mean_sd, seed_folders
 
@@ -48,28 +49,21 @@ def spread(runs: list[Path], benchmark: str) -> list[dict]:
     return rows
 
 
-def _welch():
-    spec = importlib.util.spec_from_file_location("claims", Path(__file__).with_name("claims.py"))
-    claims = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(claims)
-    return claims.welch
-
-
 def tests(rows: list[dict]) -> list[dict]:
     """Each run against the last one: Welch's t over their seeds (None where neither has a spread to test with)."""
-    welch, ref = _welch(), rows[-1]
+    ref = rows[-1]
     return [{"run": r["run"], "reference": ref["run"],
              "test": welch(r["mean"], r["sd"] or 0.0, len(r["acc"]), ref["mean"], ref["sd"] or 0.0, len(ref["acc"]))}
             for r in rows[:-1]]
 
 
-def markdown(rows: list[dict], benchmark: str) -> str:
+def markdown(rows: list[dict], benchmark: str, found: list[dict]) -> str:
     lines = [f"| run | seeds | {benchmark} mean ± sd | per seed |", "|---|---|---|---|"]
     for r in rows:
         sd = "n/a" if r["sd"] is None else f"{100 * r['sd']:.1f}"
         per = ", ".join(f"{100 * a:.1f}" for a in r["acc"])
         lines.append(f"| {r['run']} | {len(r['seeds'])} | {100 * r['mean']:.1f} ± {sd} | {per} |")
-    for c in tests(rows) if len(rows) > 1 else []:
+    for c in found:
         t, pair = c["test"], f"{c['run']} vs {c['reference']}"
         if t is None:
             lines.append(f"\n{pair}: no spread to test with (one seed each, or no variance)")
@@ -86,13 +80,13 @@ def main() -> None:
     p.add_argument("-o", "--out", type=Path, default=None, help="folder for seed-spread.md and seed-spread.json")
     args = p.parse_args()
     rows = spread(args.runs, args.benchmark)
-    table = markdown(rows, args.benchmark)
+    found = tests(rows)  # none for a single run
+    table = markdown(rows, args.benchmark, found)
     print(table, end="")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "seed-spread.md").write_text(table)
-        found = {"runs": rows, "tests": tests(rows) if len(rows) > 1 else []}
-        (args.out / "seed-spread.json").write_text(json.dumps(found, indent=2) + "\n")
+        (args.out / "seed-spread.json").write_text(json.dumps({"runs": rows, "tests": found}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

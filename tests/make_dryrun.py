@@ -15,13 +15,17 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def opd_lines(target: str, *variables: str) -> list[str]:
-    """The `opd` command lines `make -n -B <target> VAR=value ...` prints, in order, continuations joined."""
+def dry_run(target: str, *variables: str) -> str:
+    """What `make -n -B <target> VAR=value ...` prints, continuation lines joined."""
     if shutil.which("make") is None:
         pytest.skip("needs make")
-    out = subprocess.run(["make", "-n", "-B", "--no-print-directory", target, *variables], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout.replace("\\\n", " ")
-    return [" ".join(ln.split()) for ln in out.splitlines() if "/opd " in ln]
+    return subprocess.run(["make", "-n", "-B", "--no-print-directory", target, *variables], cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout.replace("\\\n", " ")
+
+
+def opd_lines(target: str, *variables: str) -> list[str]:
+    """The `opd` command lines `make -n -B <target> VAR=value ...` prints, in order, continuations joined."""
+    return [" ".join(ln.split()) for ln in dry_run(target, *variables).splitlines() if "/opd " in ln]
 
 
 def command(line: str) -> str:

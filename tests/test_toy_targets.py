@@ -4,10 +4,12 @@ limited-budget rows and Table 4) is evaluated at that step, for every seed."""
 
 from __future__ import annotations
 
+import csv
 import re
+import shlex
 
 import pytest
-from make_dryrun import ROOT, command, flag, opd_lines, unwritten_reads
+from make_dryrun import ROOT, command, dry_run, flag, opd_lines, unwritten_reads, written_folder
 
 SEEDS = "TOY_SEEDS=0 1 2"
 
@@ -63,12 +65,7 @@ def test_toy_rethinking_reads_only_folders_its_runs_write() -> None:
 def test_each_claims_reference_is_a_method_of_its_shipped_table(target: str) -> None:
     """The claims the docs quote (analysis/claims.py on a main table) compare against a row the table has: the
     labels `opd plot main-table` gives (`toy-small-full (small)`, `toy-prefix-lr1e-4 @ step 30`) are easy to miss."""
-    import csv
-    import shlex
-    import subprocess
-
-    out = subprocess.run(["make", "-n", "-B", "--no-print-directory", target, SEEDS], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout.replace("\\\n", " ")
+    out = dry_run(target, SEEDS)
     calls = [shlex.split(m) for m in re.findall(r"analysis/claims\.py ([^;]+?) --benchmark", out)]
     assert calls, f"{target} writes no claims"
     for words in calls:
@@ -84,13 +81,8 @@ def test_each_claims_reference_is_a_method_of_its_shipped_table(target: str) -> 
 def test_each_paired_test_compares_runs_its_target_writes(target: str) -> None:
     """analysis/paired_test.py is no `opd` line, so the read-back above does not see it: each run it compares is a
     folder an `opd` line of the same target writes (a typo there would test nothing until the target ran)."""
-    import subprocess
-
-    from make_dryrun import written_folder
-
     written = {out for ln in opd_lines(target, SEEDS) if (out := written_folder(ln)) is not None}
-    out = subprocess.run(["make", "-n", "-B", "--no-print-directory", target, SEEDS], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout.replace("\\\n", " ")
+    out = dry_run(target, SEEDS)
     compared = [re.sub(r"@\d+$", "", f) for m in re.findall(r"analysis/paired_test\.py ([^;]+?) --benchmark", out)
                 for f in m.split() if f != "runs/$r"]
     # a shell loop over runs (`for r in A B; do ... paired_test.py runs/$r ...`) compares each of them
